@@ -1,0 +1,200 @@
+"""Every setting paramserver reads from the environment, read in this one place.
+
+The ps-lite ecosystem's names (``DMLC_*``) are accepted so that its launchers work
+unchanged; the project's own settings are named ``PS_*``. docs/configuration.md lists each
+setting with its default (a test keeps the two in step), and ``paramserver config`` prints
+the values in effect.
+
+:class:`Config` is an immutable snapshot: read it once with :meth:`Config.from_env` and pass
+it down; nothing below this module reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ConfigError
+
+__all__ = ["SETTINGS", "Config", "Setting", "parse_address"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, the Config field it fills, default and meaning."""
+
+    env: str
+    field: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any]
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise ValueError("must be a percentage between 0 and 100")
+    return value
+
+
+def _role(text: str) -> str:
+    low = text.strip().lower()
+    if low not in ("scheduler", "server", "worker", ""):
+        raise ValueError("must be scheduler, server or worker")
+    return low
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- the ps-lite / BytePS names -------------------------------------------------------
+    Setting("DMLC_ROLE", "role", "", "Role of this process: scheduler, server or worker.", _role),
+    Setting("DMLC_PS_ROOT_URI", "root_uri", "127.0.0.1", "Host (IP or name) of the scheduler.", str),
+    Setting("DMLC_PS_ROOT_PORT", "root_port", 0, "TCP port of the scheduler (0: pick a free one; a scheduler only).", _nonneg_int),
+    Setting("DMLC_NUM_SERVER", "num_servers", 1, "Number of server processes the scheduler waits for before the key ranges are fixed.", _nonneg_int),
+    Setting("DMLC_NUM_WORKER", "num_workers", 0, "Number of workers in the job (0: unknown, workers may come and go; the job then ends on shutdown).", _nonneg_int),
+    Setting("DMLC_NODE_HOST", "node_host", "", "Same as PS_HOST (the ps-lite name).", str),
+    # --- our own ------------------------------------------------------------------------
+    Setting("PS_SCHEDULER", "scheduler", "", "Scheduler address as host:port or tcp://host:port; overrides DMLC_PS_ROOT_URI/PORT.", str),
+    Setting("PS_HOST", "host", "", "Address this node binds and advertises (default: the local address that routes to the scheduler).", str),
+    Setting("PS_PORT", "port", 0, "TCP port this node binds (0: a free port).", _nonneg_int),
+    Setting("PS_CONNECT_TIMEOUT", "connect_timeout", 30.0, "Seconds a node waits for the scheduler to answer its registration.", _positive_float),
+    Setting("PS_TIMEOUT", "timeout", 300.0, "Default limit in seconds on any wait (a reply, a barrier, a pull) when the call gives none.", _positive_float),
+    Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 1.0, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
+    Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 10.0, "Seconds without a heartbeat after which the scheduler declares a node dead.", _positive_float),
+    Setting("PS_WORKER_RANK", "worker_rank", -1, "Rank of this worker, set by the launcher (-1: the scheduler assigns ranks in order of registration).", int),
+    Setting("PS_LOG_LEVEL", "log_level", "INFO", "Log level of scheduler and server processes (DEBUG, INFO, WARNING, ERROR).", str),
+    Setting("PS_DROP_MSG", "drop_msg", 0.0, "Percentage of received messages to drop on purpose (fault injection, as in ps-lite).", _percent),
+    Setting("PS_VERBOSE", "verbose", False, "1 to log every message sent and received (very slow; for debugging).", _bool),
+    Setting("PS_DATA_DIR", "data_dir", "", "Folder where data sets are cached (default ~/.cache/paramserver).", str),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings in effect for one process. Immutable and therefore thread-safe."""
+
+    role: str = ""
+    root_uri: str = "127.0.0.1"
+    root_port: int = 0
+    num_servers: int = 1
+    num_workers: int = 0
+    node_host: str = ""
+    scheduler: str = ""
+    host: str = ""
+    port: int = 0
+    connect_timeout: float = 30.0
+    timeout: float = 300.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 10.0
+    worker_rank: int = -1
+    log_level: str = "INFO"
+    drop_msg: float = 0.0
+    verbose: bool = False
+    data_dir: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read every setting of :data:`SETTINGS` from ``environ`` (default ``os.environ``).
+
+        Keyword ``overrides`` (field names) take precedence over the environment.
+
+        Raises
+        ------
+        ConfigError
+            A variable is set to a value that cannot be parsed; the message names it.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            raw = env.get(s.env)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[s.field] = s.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {s.env}={raw!r} is invalid: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings: {sorted(unknown)}")
+        return cls(**values)
+
+    def scheduler_address(self) -> str:
+        """The scheduler's address as ``tcp://host:port`` (PS_SCHEDULER wins over DMLC_*)."""
+        if self.scheduler:
+            return parse_address(self.scheduler)
+        if not self.root_port:
+            raise ConfigError(
+                "no scheduler address: set PS_SCHEDULER=host:port (or DMLC_PS_ROOT_URI and "
+                "DMLC_PS_ROOT_PORT), or pass the address to paramserver.connect()"
+            )
+        return parse_address(f"{self.root_uri}:{self.root_port}")
+
+    def data_path(self) -> str:
+        """The data cache folder: PS_DATA_DIR, else ~/.cache/paramserver."""
+        return self.data_dir or os.path.join(os.path.expanduser("~"), ".cache", "paramserver")
+
+    def bind_host(self) -> str:
+        """The host this node binds, if set (PS_HOST, else DMLC_NODE_HOST); "" means choose."""
+        return self.host or self.node_host
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce this config in a child process."""
+        out: dict[str, str] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.field)
+            if isinstance(value, bool):
+                out[s.env] = "1" if value else "0"
+            else:
+                out[s.env] = str(value)
+        return out
+
+
+def parse_address(address: str) -> str:
+    """Normalise ``host:port`` or ``tcp://host:port`` to ``tcp://host:port``.
+
+    Raises
+    ------
+    ConfigError
+        The address has no port, or the port is not a number in 1..65535.
+    """
+    text = address.strip()
+    if text.startswith("tcp://"):
+        text = text[len("tcp://") :]
+    elif "://" in text:
+        raise ConfigError(f"address {address!r}: only tcp:// addresses are supported")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"address {address!r} must look like host:port or tcp://host:port")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ConfigError(f"address {address!r}: port {port!r} is not a number") from None
+    if not 0 < port_no < 65536:
+        raise ConfigError(f"address {address!r}: port {port_no} is out of range")
+    return f"tcp://{host}:{port_no}"

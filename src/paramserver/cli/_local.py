@@ -1,0 +1,170 @@
+"""LocalCluster: a scheduler and servers as subprocesses of this process.
+
+``with LocalCluster(servers=2) as cluster: w = paramserver.connect(cluster.address)`` gives
+a real cluster on 127.0.0.1: every node its own OS process, talking over TCP. The cluster
+is ready when the context is entered (every server registered); leaving it shuts the job
+down, closes this process's workers connected to it, and reaps every child (killing any
+that do not exit within a few seconds). If this process dies, the scheduler notices and
+ends the job, and the servers follow it.
+
+Thread-safety: create, use and close a LocalCluster from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from .._config import Config
+from .._errors import ConnectError, InvalidArgument, PSError
+from ..scheduler import AdminClient
+from ..worker import open_workers
+from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_all
+
+__all__ = ["LocalCluster"]
+
+log = logging.getLogger("paramserver.local")
+
+
+class LocalCluster:
+    """A local cluster of one scheduler and ``servers`` server processes.
+
+    Parameters
+    ----------
+    servers:
+        Number of server processes.
+    replicas:
+        Copies of each key range (1: no copies). Must be at most ``servers``.
+    workers:
+        Number of workers the job expects (barriers count them; the job ends when all
+        have closed). 0 (default): workers come and go freely.
+    host:
+        Address to bind (127.0.0.1 by default).
+    env:
+        Extra environment variables for the node processes (e.g. ``PS_HEARTBEAT_TIMEOUT``).
+    log_level:
+        Log level of the node processes (PS_LOG_LEVEL), WARNING by default.
+    timeout:
+        Seconds to wait for the cluster to come up.
+
+    Attributes
+    ----------
+    address:
+        The scheduler's address, ``tcp://host:port``; pass it to :func:`paramserver.connect`.
+    server_pids:
+        OS process ids of the servers, in order of start.
+    scheduler_pid:
+        OS process id of the scheduler.
+    """
+
+    def __init__(self, servers: int = 1, replicas: int = 1, *, workers: int = 0, host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None, log_level: str = "WARNING", timeout: float = 60.0) -> None:
+        if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
+            raise InvalidArgument(f"servers must be an int >= 1, got {servers!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= servers:
+            raise InvalidArgument(f"replicas must be an int in [1, servers={servers}], got {replicas!r}")
+        if replicas > 1:
+            raise InvalidArgument("replicas > 1 needs chain replication, which this version does not have yet")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise InvalidArgument(f"workers must be an int >= 0, got {workers!r}")
+        self.servers = servers
+        self.replicas = replicas
+        self.workers = workers
+        self.host = host
+        self.timeout = timeout
+        self._env = {**os.environ, "PS_LOG_LEVEL": log_level, **(env or {})}
+        Config.from_env(self._env)  # fail early on a bad setting
+        self._procs: list[Proc] = []
+        self._servers: list[Proc] = []
+        self.address = ""
+        self.scheduler_pid = 0
+        self._closed = False
+        self._start()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start(self) -> None:
+        try:
+            sched, self.address = start_scheduler(self._env, host=self.host, servers=self.servers,
+                                                  workers=self.workers, replicas=self.replicas,
+                                                  timeout=self.timeout)
+            self._procs.append(sched)
+            self.scheduler_pid = sched.pid
+            env = {**self._env, "PS_SCHEDULER": self.address}
+            for i in range(self.servers):
+                proc = spawn(f"server {i}", node_command("server", "--host", self.host), env)
+                self._servers.append(proc)
+                self._procs.append(proc)
+            self._wait_ready()
+        except BaseException:
+            self._kill()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for p in self._procs:
+                code = p.poll()
+                if code is not None:
+                    raise ConnectError(f"LocalCluster: {p} exited with code {code} during start-up")
+            try:
+                with AdminClient(self.address, timeout=5.0, config=Config.from_env(self._env)) as admin:
+                    while time.monotonic() < deadline:
+                        status = admin.status()
+                        if len(status.get("servers", {})) >= self.servers and status.get("keymap"):
+                            return
+                        for p in self._procs:
+                            if p.poll() is not None:
+                                raise ConnectError(f"LocalCluster: {p} exited with code {p.poll()} during start-up")
+                        time.sleep(0.05)
+            except ConnectError:
+                raise
+            except PSError as exc:
+                log.debug("cluster not ready yet: %s", exc)
+            if time.monotonic() > deadline:
+                raise ConnectError(f"LocalCluster: the servers did not all register within {self.timeout:g} s")
+            time.sleep(0.1)
+
+    @property
+    def server_pids(self) -> list[int]:
+        return [p.pid for p in self._servers]
+
+    def status(self) -> dict[str, Any]:
+        """The cluster's status as ``paramserver status --json`` prints it."""
+        with AdminClient(self.address, config=Config.from_env(self._env)) as admin:
+            return admin.status()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Shut the job down and reap every process. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in open_workers():
+            if w.address == self.address:
+                w.close(timeout=2.0)
+        if self._procs and self._procs[0].poll() is None:
+            try:
+                with AdminClient(self.address, timeout=5.0, config=Config.from_env(self._env)) as admin:
+                    admin.shutdown("the LocalCluster was closed")
+            except PSError as exc:
+                log.warning("LocalCluster: shutdown request failed (%s); terminating the processes", exc)
+        if not wait_all(self._procs, timeout):
+            log.warning("LocalCluster: processes still running after %g s; killing them", timeout)
+        self._kill()
+
+    def _kill(self) -> None:
+        stop_all(self._procs, grace=2.0)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self._kill()
+
+    def __repr__(self) -> str:
+        return f"<LocalCluster {self.address} servers={self.servers} pids={self.server_pids}>"

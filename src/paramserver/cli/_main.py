@@ -1,0 +1,164 @@
+"""The ``paramserver`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .._config import SETTINGS, Config, parse_address
+from .._errors import PSError
+from .._version import __version__
+
+__all__ = ["main"]
+
+log = logging.getLogger("paramserver")
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.log_level.upper(), None)
+    if not isinstance(level, int):
+        level = logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+
+
+def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
+    from ..scheduler import SchedulerProcess
+
+    config = Config.from_env(num_servers=args.servers, num_workers=args.workers)
+    proc = SchedulerProcess(config, host=args.host or config.root_uri, port=config.root_port if args.port is None
+                            else args.port, replicas=args.replicas, parent_pid=args.exit_with_parent)
+    address = proc.start()
+    signal.signal(signal.SIGTERM, lambda s, f: proc.request_shutdown("the scheduler received SIGTERM", 143))
+    log.info("scheduler listening at %s; waiting for %d servers; workers: %s", address, config.num_servers,
+             config.num_workers or "dynamic")
+    if args.address_file:
+        tmp = args.address_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(address)
+        os.replace(tmp, args.address_file)
+    else:
+        print(address, flush=True)
+    return proc.run()
+
+
+def _cmd_server(args: argparse.Namespace, config: Config) -> int:
+    from ..server import run_server
+
+    if args.scheduler:
+        config = Config.from_env(scheduler=args.scheduler)
+    signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    return run_server(config, host=args.host or "", port=args.port or 0)
+
+
+def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
+    import subprocess
+
+    address = parse_address(args.scheduler) if args.scheduler else config.scheduler_address()
+    if not args.command:
+        print("paramserver worker: give the command to run after --", file=sys.stderr)
+        return 2
+    env = {**os.environ, "DMLC_ROLE": "worker", "PS_SCHEDULER": address}
+    return subprocess.call(args.command, env=env)
+
+
+def _cmd_launch(args: argparse.Namespace, config: Config) -> int:
+    from ._launch import launch
+
+    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host)
+
+
+def _cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from ..scheduler import AdminClient
+    from ._status import format_status
+
+    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+        print(format_status(admin.status(), as_json=args.json))
+    return 0
+
+
+def _cmd_shutdown(args: argparse.Namespace, config: Config) -> int:
+    from ..scheduler import AdminClient
+
+    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+        admin.shutdown(args.reason)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace, config: Config) -> int:
+    for s in SETTINGS:
+        value = getattr(config, s.field)
+        mark = "" if value == s.default else "   (set)"
+        print(f"{s.env:<24} {value!r:<22}{mark}\n    {s.help}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="paramserver", description="A parameter server for distributed machine learning.")
+    p.add_argument("--version", action="version", version=f"paramserver {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("scheduler", help="run the scheduler of a cluster")
+    s.add_argument("--host", help="address to bind (DMLC_PS_ROOT_URI, default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to bind (DMLC_PS_ROOT_PORT; 0 picks a free one)")
+    s.add_argument("--servers", type=int, help="servers to wait for (DMLC_NUM_SERVER)")
+    s.add_argument("--workers", type=int, help="workers in the job, 0 for any (DMLC_NUM_WORKER)")
+    s.add_argument("--replicas", type=int, default=1, help="copies of each key range (1: none)")
+    s.add_argument("--address-file", help="write the bound address to this file instead of stdout")
+    s.add_argument("--exit-with-parent", type=int, default=0, metavar="PID",
+                   help="end the job when process PID exits")
+    s.set_defaults(fn=_cmd_scheduler)
+
+    s = sub.add_parser("server", help="run one server")
+    s.add_argument("--scheduler", help="scheduler address host:port (PS_SCHEDULER or DMLC_PS_ROOT_URI/PORT)")
+    s.add_argument("--host", help="address to bind and advertise (PS_HOST)")
+    s.add_argument("--port", type=int, help="port to bind (PS_PORT; 0 picks a free one)")
+    s.set_defaults(fn=_cmd_server)
+
+    s = sub.add_parser("worker", help="run a command as a worker of a cluster")
+    s.add_argument("--scheduler", help="scheduler address host:port")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
+    s.set_defaults(fn=_cmd_worker)
+
+    s = sub.add_parser("launch", help="run a whole job locally: scheduler, servers and workers")
+    s.add_argument("-s", "--servers", type=int, default=1, help="server processes (default 1)")
+    s.add_argument("-w", "--workers", type=int, default=1, help="worker processes (default 1)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments of each worker")
+    s.set_defaults(fn=_cmd_launch)
+
+    s = sub.add_parser("status", help="show nodes, key ranges and tables of a cluster")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    s.set_defaults(fn=_cmd_status)
+
+    s = sub.add_parser("shutdown", help="end the job of a cluster and stop its nodes")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("--reason", default="shutdown requested from the command line")
+    s.add_argument("--timeout", type=float, default=10.0)
+    s.set_defaults(fn=_cmd_shutdown)
+
+    s = sub.add_parser("config", help="print every setting and its value here")
+    s.set_defaults(fn=_cmd_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``paramserver`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        config = Config.from_env()
+        _setup_logging(config)
+        return int(args.fn(args, config))
+    except PSError as exc:
+        print(f"paramserver {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,65 @@
+"""``paramserver status``: what the cluster looks like, for people or as JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..placement import KEY_SPACE
+
+__all__ = ["format_status"]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _share(lo: int, last: int) -> str:
+    return f"{(last - lo + 1) / KEY_SPACE:.1%}"
+
+
+def format_status(status: dict[str, Any], *, as_json: bool = False) -> str:
+    """Render a status reply (AdminClient.status()) as a table or as JSON."""
+    if as_json:
+        return json.dumps(status, indent=2, sort_keys=True)
+    lines = [f"cluster up {status.get('uptime', 0):.0f} s; {status.get('num_servers')} servers expected, "
+             f"workers: {status.get('num_workers') or 'dynamic'}"]
+    seen = status.get("last_seen", {})
+    lines.append(f"{'id':>4} {'role':<9} {'address':<24} {'pid':>7}  {'host':<16} heartbeat")
+    for nid, role, address, host, pid, rank in status.get("nodes", []):
+        tag = f"{role} r{rank}" if role == "worker" else role
+        age = seen.get(str(nid))
+        lines.append(f"{nid:>4} {tag:<9} {address:<24} {pid:>7}  {host:<16} "
+                     f"{'-' if age is None else f'{age:.1f} s ago'}")
+    km = status.get("keymap")
+    if km:
+        lines.append(f"key map epoch {km['epoch']}:")
+        for lo, last, master, replicas in km["ranges"]:
+            rep = f" replicas {replicas}" if replicas else ""
+            lines.append(f"  [{lo:#018x}, {last:#018x}]  {_share(lo, last):>6}  server {master}{rep}")
+    tables = {str(t[0]): t[1] for t in status.get("tables", [])}
+    lines.append(f"tables: {len(tables)}")
+    servers = status.get("servers", {})
+    for tid, spec in sorted(tables.items(), key=lambda kv: int(kv[0])):
+        total_keys = total_bytes = 0
+        per = []
+        for sid, rep in sorted(servers.items(), key=lambda kv: int(kv[0])):
+            t = rep.get("tables", {}).get(tid)
+            if t:
+                total_keys += t["keys"]
+                total_bytes += t["bytes"]
+                per.append(f"server {sid}: {t['keys']} keys, {_size(t['bytes'])}")
+        lines.append(f"  {tid} {spec['name']!r}: width {spec['width']} {spec['dtype']} updater {spec['updater']}, "
+                     f"{total_keys} keys, {_size(total_bytes)}")
+        lines.extend(f"      {p}" for p in per)
+    for sid, rep in sorted(servers.items(), key=lambda kv: int(kv[0])):
+        if "error" in rep:
+            lines.append(f"server {sid}: {rep['error']}")
+        else:
+            lines.append(f"server {sid}: pid {rep.get('pid')}, memory {_size(rep.get('rss', 0))}, "
+                         f"{rep.get('counters', {}).get('messages_received', 0)} messages received")
+    return "\n".join(lines)

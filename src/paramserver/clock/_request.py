@@ -1,0 +1,182 @@
+"""Request handles: the caller's view of an asynchronous task (a push, a pull, a control call).
+
+A request is created with the set of peers it awaits a part from; each reply marks one
+part finished, and the request completes when every part has, or fails at the first error.
+Waiting always has a limit: a wait that runs out raises :class:`RequestTimeout` naming the
+peers that did not answer.
+
+Thread-safety: every method may be called from any thread; replies are delivered by the
+node's receive thread, waits happen in user threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .._errors import ClosedError, RequestTimeout
+
+__all__ = ["Request"]
+
+_UNSET: Any = object()
+
+
+class Request:
+    """Handle of one asynchronous request.
+
+    Attributes
+    ----------
+    ts:
+        The request's timestamp: unique and increasing within its node.
+    what:
+        A short description used in error messages ("push to table 'w'").
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "_combine",
+        "_default_timeout",
+        "_event",
+        "_exc",
+        "_lock",
+        "_peer_names",
+        "_pending",
+        "_result",
+        "finished",
+        "started",
+        "ts",
+        "what",
+    )
+
+    def __init__(
+        self,
+        ts: int,
+        what: str,
+        peers: Iterable[int],
+        *,
+        default_timeout: float,
+        peer_names: Callable[[int], str] = str,
+        combine: Callable[[], Any] | None = None,
+    ) -> None:
+        self.ts = ts
+        self.what = what
+        self._pending = set(peers)
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._result: Any = _UNSET
+        self._exc: BaseException | None = None
+        self._callbacks: list[Callable[[Request], None]] = []
+        self._default_timeout = default_timeout
+        self._peer_names = peer_names
+        self._combine = combine
+        self.started = time.monotonic()
+        self.finished = 0.0
+        if not self._pending:
+            self._finish(None, None)
+
+    # ----------------------------------------------------------------- caller side
+    def done(self) -> bool:
+        """True once the request finished, successfully or not."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the request finishes; raise its error if it failed.
+
+        Parameters
+        ----------
+        timeout:
+            Seconds to wait at most; ``None`` uses the node's default (PS_TIMEOUT).
+
+        Raises
+        ------
+        RequestTimeout
+            The limit passed first; the message names the peers still awaited.
+        PSError
+            The request failed (RemoteError, NodeUnavailable, JobAborted, ...).
+        """
+        self._wait_done(timeout)
+        if self._exc is not None:
+            raise self._exc
+
+    def _wait_done(self, timeout: float | None) -> None:
+        limit = self._default_timeout if timeout is None else timeout
+        if not self._event.wait(limit):
+            with self._lock:
+                waiting = ", ".join(self._peer_names(p) for p in sorted(self._pending))
+            raise RequestTimeout(
+                f"{self.what} (ts={self.ts}) timed out after {limit:g} s, still waiting for "
+                f"{waiting or 'local work'}; raise the timeout (argument or PS_TIMEOUT) if "
+                f"the work is legitimately slow"
+            )
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait (as :meth:`wait`) and return the request's value (the pulled array for a pull)."""
+        self.wait(timeout)
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait and return the request's error, or ``None`` if it succeeded.
+
+        Raises
+        ------
+        RequestTimeout
+            The request did not finish within ``timeout``.
+        """
+        self._wait_done(timeout)
+        return self._exc
+
+    def add_done_callback(self, fn: Callable[[Request], None]) -> None:
+        """Call ``fn(request)`` when it finishes (at once if it already has).
+
+        Callbacks run in the thread that completes the request (usually the node's
+        receive thread): keep them short and never block in them.
+        """
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else f"waiting for {sorted(self._pending)}"
+        return f"<Request ts={self.ts} {self.what}: {state}>"
+
+    # ------------------------------------------------------------ completion side
+    def part_done(self, peer: int) -> None:
+        """Mark the part from ``peer`` finished; complete the request after the last."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._pending.discard(peer)
+            if self._pending:
+                return
+        result = self._combine() if self._combine is not None else None
+        self._finish(result, None)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the request with ``exc`` (the first failure wins)."""
+        self._finish(None, exc)
+
+    def awaits(self, peer: int) -> bool:
+        """True if a part from ``peer`` is still outstanding."""
+        with self._lock:
+            return peer in self._pending
+
+    def _finish(self, result: Any, exc: BaseException | None) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._result = result
+            self._exc = exc
+            self.finished = time.monotonic()
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
+
+
+def closed_error(what: str) -> ClosedError:
+    """The error given to requests still open when their node is closed."""
+    return ClosedError(f"{what}: the worker was closed before the request finished")

@@ -1,0 +1,529 @@
+"""The node runtime: one per node, shared by every role.
+
+A :class:`Node` owns a transport and one receive thread. The thread decodes each incoming
+message and either completes a pending :class:`Request` (a response) or calls the handler
+registered for the message's op (a request); it also runs timers (heartbeats). A handler
+that raises is answered with an error reply carrying the traceback, and the node keeps
+serving; a malformed message is logged and, where its header names a sender, answered
+with a ``ProtocolError`` reply.
+
+The runtime also keeps the node table and the cached key map, both replaced as a whole
+when the scheduler broadcasts a change (``Op.NODES``), registers with the scheduler, sends
+heartbeats, and counts messages and bytes per table and direction.
+
+Thread-safety: :meth:`Node.send`, :meth:`Node.request`, :meth:`Node.call` and the
+accessors may be used from any thread. Handlers, response callbacks and timers all run on
+the receive thread, one at a time, so role code they touch needs no lock of its own unless
+user threads touch it too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._config import Config
+from .._errors import (
+    ClosedError,
+    ConnectError,
+    JobAborted,
+    NodeUnavailable,
+    ProtocolError,
+    PSError,
+    RequestTimeout,
+)
+from ..clock import Request
+from ..placement import KeyMap
+from ..protocol import Message, Op, Status, decode, encode, get
+from ..protocol._codec import decode_header
+from ..transport import Transport, ZmqTransport
+from ._errors_wire import error_body, error_from_body
+from ._info import SCHEDULER_ID, NodeInfo
+
+__all__ = ["Node"]
+
+log = logging.getLogger("paramserver.node")
+
+Handler = Callable[[Message], None]
+PartCallback = Callable[[Message], None]
+
+
+@dataclass
+class _Timer:
+    when: float
+    seq: int
+    fn: Callable[[], None]
+    interval: float  # 0 for one-shot
+
+    def __lt__(self, other: _Timer) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+
+class Node:
+    """The runtime of one node. See the module docstring.
+
+    Parameters
+    ----------
+    role:
+        ``"scheduler"``, ``"server"``, ``"worker"`` or ``"client"``.
+    config:
+        The settings in effect (timeouts, heartbeats, fault injection).
+    transport:
+        Defaults to a new :class:`ZmqTransport`.
+    """
+
+    def __init__(self, role: str, config: Config, transport: Transport | None = None) -> None:
+        self.role = role
+        self.config = config
+        self.transport = transport if transport is not None else ZmqTransport()
+        self.id = SCHEDULER_ID if role == "scheduler" else -1
+        self.keymap: KeyMap | None = None
+        self._handlers: dict[Op, Handler] = {
+            Op.PING: lambda m: self.reply(m),
+            Op.NODES: self._on_nodes,
+            Op.SHUTDOWN: self._on_shutdown,
+        }
+        self._nodes: dict[int, NodeInfo] = {}
+        self._connected: set[int] = set()
+        self._lock = threading.RLock()
+        self._pending: dict[int, tuple[Request, PartCallback | None]] = {}
+        self._ts = itertools.count(1)
+        self._timers: list[_Timer] = []
+        self._timer_seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._aborted: PSError | None = None
+        self._scheduler_seen = time.monotonic()
+        self._drop = config.drop_msg / 100.0
+        self._rng = random.Random()
+        self.counters: defaultdict[str, int] = defaultdict(int)
+        self.table_bytes: defaultdict[tuple[int, str], int] = defaultdict(int)
+        #: Called on the receive thread after the node table or key map changed.
+        self.on_nodes_changed: list[Callable[[set[int]], None]] = []
+        #: Called on the receive thread when the job ends (scheduler lost or shutdown).
+        self.on_abort: list[Callable[[PSError], None]] = []
+        #: Called on the receive thread with responses no pending request awaits.
+        self.on_unmatched_response: Callable[[Message], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+    def start(self, host: str, port: int = 0) -> str:
+        """Bind the transport and start the receive thread; return the bound address."""
+        address = self.transport.bind(host, port)
+        self._running = True
+        self._thread = threading.Thread(
+            target=self._loop, name=f"paramserver-{self.role}-recv", daemon=True
+        )
+        self._thread.start()
+        return address
+
+    def close(self, linger: float = 1.0) -> None:
+        """Stop the receive thread, fail what is pending with :class:`ClosedError`, close."""
+        self._running = False
+        self.transport.wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._fail_all(ClosedError(f"{self.role} {self.id} was closed"))
+        self.transport.close(linger)
+
+    @property
+    def aborted(self) -> PSError | None:
+        """The error that ended the job for this node, if it has ended."""
+        return self._aborted
+
+    def abort(self, exc: PSError) -> None:
+        """Mark the job over: fail every pending request and every future one with ``exc``."""
+        with self._lock:
+            if self._aborted is not None:
+                return
+            self._aborted = exc
+        self._fail_all(exc)
+        for fn in list(self.on_abort):
+            try:
+                fn(exc)
+            except Exception:
+                log.exception("abort hook failed")
+
+    # ------------------------------------------------------------------ node table
+    def on(self, op: Op, handler: Handler) -> None:
+        """Register the handler for requests of ``op`` (replaces any previous one)."""
+        self._handlers[op] = handler
+
+    def nodes(self) -> dict[int, NodeInfo]:
+        """A copy of the node table."""
+        with self._lock:
+            return dict(self._nodes)
+
+    def node_info(self, node: int) -> NodeInfo | None:
+        with self._lock:
+            return self._nodes.get(node)
+
+    def describe_peer(self, node: int) -> str:
+        info = self.node_info(node)
+        if info is not None:
+            return str(info)
+        if node == SCHEDULER_ID:
+            return f"the scheduler at {self.config.scheduler_address() if self.role != 'scheduler' else self.address}"
+        return f"node {node}"
+
+    def set_nodes(self, nodes: list[NodeInfo], keymap: KeyMap | None, dead: set[int]) -> None:
+        """Replace the node table (and key map, if given); fail requests awaiting ``dead``."""
+        with self._lock:
+            old = self._nodes
+            self._nodes = {n.id: n for n in nodes}
+            if keymap is not None and (self.keymap is None or keymap.epoch >= self.keymap.epoch):
+                self.keymap = keymap
+            for nid, info in self._nodes.items():
+                prev = old.get(nid)
+                if prev is not None and prev.address != info.address and nid in self._connected:
+                    self.transport.connect(nid, info.address)
+            gone = (set(old) - set(self._nodes)) | dead
+        for nid in gone:
+            self.peer_failed(nid, NodeUnavailable(f"{old.get(nid) or f'node {nid}'} left the cluster or died"))
+        for fn in list(self.on_nodes_changed):
+            fn(gone)
+
+    def peer_failed(self, node: int, exc: PSError) -> None:
+        """Fail every pending request that awaits a part from ``node``; drop the link."""
+        with self._lock:
+            waiting = [req for req, _ in self._pending.values() if req.awaits(node)]
+            if node in self._connected and node != SCHEDULER_ID:
+                self._connected.discard(node)
+                self.transport.disconnect(node)
+        for req in waiting:
+            req.fail(exc)
+
+    # ------------------------------------------------------------------ sending
+    def connect(self, node: int, address: str) -> None:
+        """Open the link to ``node`` at ``address`` (used before the node table knows it)."""
+        with self._lock:
+            self.transport.connect(node, address)
+            self._connected.add(node)
+
+    def _ensure_link(self, node: int) -> None:
+        if node in self._connected:
+            return
+        with self._lock:
+            if node in self._connected:
+                return
+            info = self._nodes.get(node)
+            if info is None:
+                raise NodeUnavailable(f"node {node} is not in the node table (dead or never joined)")
+            self.transport.connect(node, info.address)
+            self._connected.add(node)
+
+    def send(self, node: int, msg: Message) -> int:
+        """Send ``msg`` to ``node`` (stamping the sender); return the bytes sent.
+
+        Raises
+        ------
+        NodeUnavailable
+            ``node`` is unknown or its link is closed.
+        ProtocolError
+            The message cannot be encoded.
+        """
+        msg.sender = self.id
+        frames = encode(msg)
+        self._ensure_link(node)
+        nbytes = self.transport.send(node, frames)
+        with self._lock:
+            self.counters["messages_sent"] += 1
+            self.counters["bytes_sent"] += nbytes
+            if msg.table >= 0:
+                self.table_bytes[(msg.table, "sent")] += nbytes
+        if self.config.verbose:
+            log.debug("%s %d -> %d: %s", self.role, self.id, node, msg.describe())
+        return nbytes
+
+    def reply(self, request: Message, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
+              arrays: list[Any] | None = None) -> None:
+        """Answer ``request``; a reply that cannot be delivered is logged and dropped."""
+        try:
+            self.send(request.sender, request.reply(status=status, body=body, arrays=arrays))
+        except PSError as exc:
+            log.warning("%s %d: cannot answer %s: %s", self.role, self.id, request.describe(), exc)
+
+    def reply_error(self, request: Message, exc: BaseException, *, with_traceback: bool = True) -> None:
+        """Answer ``request`` with an error reply describing ``exc``."""
+        self.reply(request, status=Status.ERROR, body=error_body(exc, with_traceback=with_traceback))
+
+    def next_ts(self) -> int:
+        return next(self._ts)
+
+    def request(
+        self,
+        parts: dict[int, Message],
+        what: str,
+        *,
+        on_part: PartCallback | None = None,
+        combine: Callable[[], Any] | None = None,
+        timeout: float | None = None,
+        ts: int | None = None,
+    ) -> Request:
+        """Send one message per peer as one request; return its handle at once.
+
+        ``on_part`` runs on the receive thread for each successful reply before that part
+        counts as done (an exception in it fails the request); ``combine`` gives the
+        request's result once every part is done.
+        """
+        ts = self.next_ts() if ts is None else ts
+        req = Request(
+            ts,
+            what,
+            parts.keys(),
+            default_timeout=self.config.timeout if timeout is None else timeout,
+            peer_names=self.describe_peer,
+            combine=combine,
+        )
+        with self._lock:
+            aborted = self._aborted
+            if aborted is None and self._running:
+                self._pending[ts] = (req, on_part)
+        if aborted is not None:
+            req.fail(aborted)
+            return req
+        if not self._running:
+            req.fail(ClosedError(f"{what}: the {self.role} is closed"))
+            return req
+        req.add_done_callback(self._forget)
+        for peer, msg in parts.items():
+            msg.ts = ts
+            try:
+                self.send(peer, msg)
+            except PSError as exc:
+                req.fail(exc)
+                break
+        return req
+
+    def _forget(self, req: Request) -> None:
+        with self._lock:
+            self._pending.pop(req.ts, None)
+
+    def call(self, node: int, msg: Message, what: str, timeout: float | None = None) -> Message:
+        """Send one request and block for its reply message.
+
+        Raises
+        ------
+        RequestTimeout, RemoteError, NodeUnavailable, JobAborted
+        """
+        box: list[Message] = []
+        req = self.request({node: msg}, what, on_part=box.append, timeout=timeout)
+        req.wait()
+        return box[0]
+
+    def _fail_all(self, exc: PSError) -> None:
+        with self._lock:
+            pending = [req for req, _ in self._pending.values()]
+        for req in pending:
+            req.fail(exc)
+
+    # ------------------------------------------------------------------ registration
+    def register(self, scheduler: str, body: dict[str, Any], timeout: float) -> Message:
+        """Join the cluster through the scheduler at ``scheduler``; return its reply.
+
+        Raises
+        ------
+        ConnectError
+            No scheduler answered within ``timeout`` seconds.
+        """
+        self.connect(SCHEDULER_ID, scheduler)
+        box: list[Message] = []
+        msg = Message(Op.REGISTER, body=body)
+        req = self.request({SCHEDULER_ID: msg}, f"registration with the scheduler at {scheduler}",
+                           on_part=box.append, timeout=timeout)
+        try:
+            req.wait()
+        except RequestTimeout:
+            raise ConnectError(
+                f"no scheduler answered at {scheduler} within {timeout:g} s "
+                f"(PS_CONNECT_TIMEOUT); check the address, or start one with "
+                f"`paramserver scheduler`"
+            ) from None
+        reply = box[0]
+        self.id = get(reply.body, "id", int)
+        self._apply_nodes(reply.body)
+        self._scheduler_seen = time.monotonic()
+        return reply
+
+    def _apply_nodes(self, body: dict[str, Any]) -> None:
+        nodes = [NodeInfo.from_wire(x) for x in get(body, "nodes", list)]
+        km = body.get("keymap")
+        keymap = KeyMap.from_wire(km) if km is not None else None
+        dead = set(get(body, "dead", list, []))
+        self.set_nodes(nodes, keymap, dead)
+
+    def _on_nodes(self, msg: Message) -> None:
+        self._apply_nodes(msg.body)
+        self.reply(msg)
+
+    def _on_shutdown(self, msg: Message) -> None:
+        reason = get(msg.body, "reason", str, "the cluster was shut down")
+        code = get(msg.body, "code", int, 0)
+        self.reply(msg)
+        self.abort(JobAborted(f"the job ended: {reason}", code))
+
+    def start_heartbeats(self) -> None:
+        """Send a heartbeat every PS_HEARTBEAT_INTERVAL; abort if the scheduler is silent
+        for PS_HEARTBEAT_TIMEOUT."""
+        self._scheduler_seen = time.monotonic()
+        self.call_every(self.config.heartbeat_interval, self._heartbeat)
+
+    def heartbeat_body(self) -> dict[str, Any]:
+        """What a heartbeat reports (roles may extend it)."""
+        return {}
+
+    def _heartbeat(self) -> None:
+        if self._aborted is not None:
+            return
+        now = time.monotonic()
+        silent = now - self._scheduler_seen
+        if silent > self.config.heartbeat_timeout:
+            self.abort(NodeUnavailable(
+                f"the scheduler at {self.config.scheduler_address()} is unreachable since "
+                f"{time.strftime('%H:%M:%S', time.localtime(time.time() - silent))} "
+                f"(no answer for {silent:.1f} s)"
+            ))
+            return
+
+        def seen(_: Message) -> None:
+            self._scheduler_seen = time.monotonic()
+
+        def check(req: Request) -> None:
+            exc = req.exception(timeout=0)
+            if isinstance(exc, JobAborted):
+                self.abort(exc)
+
+        req = self.request({SCHEDULER_ID: Message(Op.HEARTBEAT, body=self.heartbeat_body())},
+                           "heartbeat", on_part=seen, timeout=self.config.heartbeat_timeout)
+        req.add_done_callback(check)
+
+    # ------------------------------------------------------------------ timers
+    def call_every(self, interval: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the receive thread every ``interval`` seconds. Thread-safe."""
+        self._add_timer(_Timer(time.monotonic() + interval, next(self._timer_seq), fn, interval))
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once on the receive thread after ``delay`` seconds. Thread-safe."""
+        self._add_timer(_Timer(time.monotonic() + delay, next(self._timer_seq), fn, 0.0))
+
+    def _add_timer(self, timer: _Timer) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, timer)
+        self.transport.wake()
+
+    def _run_timers(self) -> float:
+        """Run due timers; return seconds until the next one (at most 1)."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                if not self._timers or self._timers[0].when > now:
+                    return min(1.0, self._timers[0].when - now) if self._timers else 1.0
+                timer = heapq.heappop(self._timers)
+                if timer.interval:
+                    timer.when = max(timer.when + timer.interval, now)
+                    heapq.heappush(self._timers, timer)
+            try:
+                timer.fn()
+            except Exception:
+                log.exception("%s %d: timer %r failed", self.role, self.id, timer.fn)
+
+    # ------------------------------------------------------------------ receiving
+    def _loop(self) -> None:
+        while self._running:
+            wait = self._run_timers()
+            try:
+                frames = self.transport.recv(max(wait, 0.0))
+            except Exception:
+                if self._running:
+                    log.exception("%s %d: receive failed", self.role, self.id)
+                    time.sleep(0.05)
+                continue
+            if frames is None:
+                continue
+            if self._drop and self._rng.random() < self._drop:
+                self.counters["messages_dropped"] += 1
+                continue
+            self._on_frames(frames)
+
+    def _on_frames(self, frames: list[Any]) -> None:
+        nbytes = sum(memoryview(f).nbytes for f in frames)
+        try:
+            msg = decode(frames)
+        except ProtocolError as exc:
+            self._on_malformed(frames, exc)
+            return
+        with self._lock:
+            self.counters["messages_received"] += 1
+            self.counters["bytes_received"] += nbytes
+            if msg.table >= 0:
+                self.table_bytes[(msg.table, "received")] += nbytes
+        if self.config.verbose:
+            log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
+        if msg.response:
+            self._on_response(msg)
+        else:
+            self._on_request(msg)
+
+    def _on_malformed(self, frames: list[Any], exc: ProtocolError) -> None:
+        with self._lock:
+            self.counters["messages_malformed"] += 1
+        log.warning("%s %d: dropped a malformed message: %s", self.role, self.id, exc)
+        try:  # answer if the header at least names a known sender of a request
+            header, _ = decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
+            sender, ts, flags = header[2], header[3], header[4]
+            if type(sender) is int and type(ts) is int and ts >= 0 and flags == 0 and sender in self._nodes:
+                self.reply_error(Message(Op.PING, sender=sender, ts=ts), exc, with_traceback=False)
+        except Exception:
+            pass
+
+    def _on_response(self, msg: Message) -> None:
+        with self._lock:
+            entry = self._pending.get(msg.ts)
+        if entry is None:
+            if self.on_unmatched_response is not None:
+                self.on_unmatched_response(msg)
+            return  # else a late reply to a request that already failed or timed out
+        req, on_part = entry
+        if msg.status == Status.ERROR:
+            req.fail(error_from_body(msg.body, msg.sender, req.what))
+            return
+        try:
+            if on_part is not None:
+                on_part(msg)
+        except Exception as exc:
+            req.fail(exc)
+            return
+        req.part_done(msg.sender)
+
+    def _on_request(self, msg: Message) -> None:
+        handler = self._handlers.get(msg.op)
+        if handler is None:
+            self.reply_error(msg, ProtocolError(f"a {self.role} does not handle {msg.op.name} requests"),
+                             with_traceback=False)
+            return
+        try:
+            handler(msg)
+        except PSError as exc:
+            self.reply_error(msg, exc, with_traceback=not isinstance(exc, ProtocolError))
+        except Exception as exc:
+            log.warning("%s %d: handler for %s raised %r", self.role, self.id, msg.op.name, exc)
+            self.reply_error(msg, exc)
+
+
+def process_info() -> dict[str, Any]:
+    """The fields of this process that a registration carries."""
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname()}

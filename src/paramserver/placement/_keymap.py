@@ -1,0 +1,172 @@
+"""Key ranges and the versioned key map: which server owns which part of the key space.
+
+The key space is the 64-bit unsigned integers, ``[0, 2**64)``. A :class:`KeyMap` cuts it
+into contiguous :class:`KeyRange` pieces, each with a master server and an ordered chain of
+replicas, and carries an ``epoch`` that grows each time ownership changes. The scheduler
+owns the map; every node caches it and puts its epoch in each request.
+
+Invariants of a KeyMap: its ranges are sorted, disjoint, and cover the whole key space;
+its epoch never decreases over a cluster's life. KeyMaps are immutable and thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._errors import InvalidArgument, ProtocolError
+
+__all__ = ["KEY_SPACE", "Assignment", "KeyMap", "KeyRange"]
+
+#: One past the largest key.
+KEY_SPACE = 1 << 64
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class KeyRange:
+    """The keys ``lo <= k < hi`` (``hi`` may be ``2**64``)."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lo < self.hi <= KEY_SPACE:
+            raise InvalidArgument(f"invalid key range [{self.lo}, {self.hi})")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and self.lo <= key < self.hi
+
+    def overlaps(self, other: KeyRange) -> bool:
+        return self.lo < other.hi and other.lo < self.hi
+
+    def __str__(self) -> str:
+        return f"[{self.lo:#x}, {self.hi:#x})"
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One range of the key map: its master and its replica chain (master excluded)."""
+
+    range: KeyRange
+    master: int
+    replicas: tuple[int, ...] = ()
+
+
+class KeyMap:
+    """An immutable, versioned assignment of the whole key space to servers."""
+
+    __slots__ = ("_bounds", "_entries", "epoch")
+
+    def __init__(self, epoch: int, entries: list[Assignment] | tuple[Assignment, ...]) -> None:
+        entries = tuple(sorted(entries, key=lambda a: a.range.lo))
+        if not entries:
+            raise InvalidArgument("a key map needs at least one range")
+        expect = 0
+        for a in entries:
+            if a.range.lo != expect:
+                raise InvalidArgument(f"key map ranges must tile the key space; gap or overlap at {expect:#x}")
+            expect = a.range.hi
+        if expect != KEY_SPACE:
+            raise InvalidArgument("key map ranges must reach 2**64")
+        self.epoch = epoch
+        self._entries = entries
+        self._bounds = np.array([a.range.lo for a in entries[1:]], dtype=np.uint64)
+
+    def __iter__(self) -> Iterator[Assignment]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyMap) and (self.epoch, self._entries) == (other.epoch, other._entries)
+
+    def __hash__(self) -> int:
+        return hash((self.epoch, self._entries))
+
+    def __repr__(self) -> str:
+        return f"KeyMap(epoch={self.epoch}, ranges={len(self._entries)}, servers={self.servers()})"
+
+    def servers(self) -> list[int]:
+        """Every node that masters or replicates a range, sorted."""
+        nodes = {a.master for a in self._entries}
+        for a in self._entries:
+            nodes.update(a.replicas)
+        return sorted(nodes)
+
+    def ranges_of(self, node: int) -> list[KeyRange]:
+        """The ranges ``node`` masters, sorted."""
+        return [a.range for a in self._entries if a.master == node]
+
+    def master_of(self, key: int) -> int:
+        """The master of one key."""
+        i = int(np.searchsorted(self._bounds, np.uint64(key), side="right"))
+        return self._entries[i].master
+
+    def owns(self, node: int, lo: int, hi: int) -> bool:
+        """True if ``node`` masters every key of ``[lo, hi)``."""
+        i = int(np.searchsorted(self._bounds, np.uint64(lo), side="right"))
+        while i < len(self._entries):
+            a = self._entries[i]
+            if a.master != node:
+                return False
+            if a.range.hi >= hi:
+                return True
+            i += 1
+        return False
+
+    def slice(self, keys: np.ndarray) -> dict[int, list[tuple[int, int]]]:
+        """Split sorted keys by master: ``{node: [(start, stop), ...]}`` positions in ``keys``.
+
+        ``keys`` must be sorted ascending (uint64). Only masters with at least one key
+        appear; a master with several ranges gets one (start, stop) pair per range hit.
+        Costs one ``np.searchsorted`` over the range bounds, O(ranges * log n).
+        """
+        cuts = np.searchsorted(keys, self._bounds, side="left")
+        out: dict[int, list[tuple[int, int]]] = {}
+        start = 0
+        n = len(keys)
+        for i, a in enumerate(self._entries):
+            stop = int(cuts[i]) if i < len(cuts) else n
+            if stop > start:
+                out.setdefault(a.master, []).append((start, stop))
+            start = stop
+        return out
+
+    def slice_range(self, lo: int, hi: int) -> dict[int, list[KeyRange]]:
+        """The masters of ``[lo, hi)`` and the sub-ranges each owns, in key order."""
+        if not 0 <= lo < hi <= KEY_SPACE:
+            raise InvalidArgument(f"invalid key range [{lo}, {hi}): need 0 <= lo < hi <= 2**64")
+        out: dict[int, list[KeyRange]] = {}
+        for a in self._entries:
+            if a.range.hi <= lo or a.range.lo >= hi:
+                continue
+            out.setdefault(a.master, []).append(KeyRange(max(lo, a.range.lo), min(hi, a.range.hi)))
+        return out
+
+    # ---------------------------------------------------------------- wire form
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-able form: ``{"epoch": e, "ranges": [[lo, last, master, [replicas]]...]}``."""
+        return {
+            "epoch": self.epoch,
+            "ranges": [[a.range.lo, a.range.hi - 1, a.master, list(a.replicas)] for a in self._entries],
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> KeyMap:
+        """Inverse of :meth:`to_wire`; raises :class:`ProtocolError` on malformed data."""
+        try:
+            epoch = data["epoch"]
+            if type(epoch) is not int or epoch < 0:
+                raise ValueError("bad epoch")
+            entries = []
+            for lo, last, master, replicas in data["ranges"]:
+                if not all(type(x) is int for x in (lo, last, master, *replicas)):
+                    raise ValueError("non-integer field")
+                entries.append(Assignment(KeyRange(lo, last + 1), master, tuple(replicas)))
+            return cls(epoch, entries)
+        except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+            raise ProtocolError(f"malformed key map: {exc}") from None

@@ -1,0 +1,104 @@
+"""The Message: one header plus raw arrays, the unit every node sends and receives.
+
+A message maps one-to-one onto ZeroMQ multipart frames: frame 0 is a small msgpack header,
+frames 1..n are the raw bytes of numpy arrays (sent without copies). The header describes
+each array (dtype and shape), so the receiver rebuilds them with ``np.frombuffer``, again
+without copies. See docs/protocol.md for the wire layout.
+
+Fields carried by every message, so that later features need no new framing:
+
+* ``ts``: the request's timestamp at its sender (unique per sender); a response echoes it.
+* ``epoch``: the version of the key map the sender used to slice the request.
+* ``clock`` and ``key_range``: the sender's range vector clock entry for the request.
+* ``deps``: timestamps this request depends on (execute-after-finished).
+* ``filters``: the names of the filters applied to the arrays, in order, for decoding.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["KEY_DTYPE", "Message", "Op", "Status"]
+
+#: dtype of keys on the wire and in every table: unsigned 64-bit, little-endian.
+KEY_DTYPE = np.dtype("<u8")
+
+
+class Op(enum.IntEnum):
+    """What a message asks for. Control operations are < 32, data operations >= 32."""
+
+    REGISTER = 1  # node -> scheduler: join the cluster
+    NODES = 2  # scheduler -> all: node table and key map changed
+    HEARTBEAT = 3  # node -> scheduler: alive (with load figures)
+    BARRIER = 4  # node -> scheduler: wait for a group; the reply releases it
+    TABLE = 5  # worker -> scheduler: declare a table; scheduler -> server: add it
+    SHUTDOWN = 6  # anyone -> scheduler: end the job; scheduler -> node: exit now
+    BYE = 7  # worker -> scheduler: this worker is finished
+    STATUS = 8  # client -> scheduler -> servers: report state
+    PING = 9  # liveness probe; answered at once
+    PUSH = 32  # worker -> server: apply values to keys with the table's updater
+    PULL = 33  # worker -> server: read values of keys
+    PULL_RANGE = 34  # worker -> server: read every present key in a range
+
+
+class Status(enum.IntEnum):
+    """Outcome carried by a response."""
+
+    OK = 0
+    ERROR = 1  # body: {"type", "message", "traceback"}
+    MOVED = 2  # the receiver does not own the keys under the sender's epoch
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded message. Arrays may be read-only views of the received frames.
+
+    Not thread-safe; a message belongs to one thread at a time.
+    """
+
+    op: Op
+    sender: int = -1
+    ts: int = 0
+    response: bool = False
+    table: int = -1
+    epoch: int = 0
+    clock: int = 0
+    key_range: tuple[int, int] | None = None  # [lo, hi), hi may be 2**64
+    deps: tuple[int, ...] = ()
+    status: Status = Status.OK
+    filters: tuple[str, ...] = ()
+    body: dict[str, Any] = field(default_factory=dict)
+    arrays: list[np.ndarray] = field(default_factory=list)
+
+    def reply(self, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
+              arrays: list[np.ndarray] | None = None, sender: int = -1) -> Message:
+        """A response to this request: same op, timestamp and table."""
+        return Message(
+            op=self.op,
+            sender=sender,
+            ts=self.ts,
+            response=True,
+            table=self.table,
+            epoch=self.epoch,
+            clock=self.clock,
+            status=status,
+            body=body if body is not None else {},
+            arrays=arrays if arrays is not None else [],
+        )
+
+    def nbytes(self) -> int:
+        """Bytes of array payload (the header excluded)."""
+        return sum(int(a.nbytes) for a in self.arrays)
+
+    def describe(self) -> str:
+        """A one-line summary for logs."""
+        kind = "rsp" if self.response else "req"
+        shapes = ",".join("x".join(map(str, a.shape)) + ":" + a.dtype.str for a in self.arrays)
+        return (
+            f"{self.op.name} {kind} ts={self.ts} from={self.sender} table={self.table} "
+            f"status={self.status.name} arrays=[{shapes}]"
+        )

@@ -1,0 +1,52 @@
+"""A short-lived client node for operators: cluster status and shutdown.
+
+Used by ``paramserver status`` and by :class:`~paramserver.LocalCluster`. It registers with
+the role ``client``, which the scheduler answers at once and never announces to servers.
+
+Thread-safety: one user thread at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._config import Config, parse_address
+from ..node import SCHEDULER_ID, Node, choose_host, process_info
+from ..protocol import Message, Op
+
+__all__ = ["AdminClient"]
+
+
+class AdminClient:
+    """Talks to the scheduler at ``address``. Use as a context manager."""
+
+    def __init__(self, address: str, *, timeout: float = 10.0, config: Config | None = None) -> None:
+        self.address = parse_address(address)
+        self.config = config or Config.from_env()
+        self.timeout = timeout
+        self.node = Node("client", self.config)
+        self.node.start(choose_host(self.address))
+        try:
+            self.node.register(self.address, {"role": "client", "address": self.node.address, **process_info()},
+                               timeout=timeout)
+        except BaseException:
+            self.node.close(linger=0)
+            raise
+
+    def status(self) -> dict[str, Any]:
+        """The scheduler's view: nodes, key map, tables, and each server's report."""
+        return self.node.call(SCHEDULER_ID, Message(Op.STATUS), "status request", self.timeout).body
+
+    def shutdown(self, reason: str = "shutdown requested", code: int = 0) -> None:
+        """Ask the scheduler to end the job and stop every node."""
+        self.node.call(SCHEDULER_ID, Message(Op.SHUTDOWN, body={"reason": reason, "code": code}),
+                       "shutdown request", self.timeout)
+
+    def close(self) -> None:
+        self.node.close(linger=0.5)
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,446 @@
+"""The scheduler's logic as a pure state machine: messages and clock ticks in, actions out.
+
+:class:`SchedulerCore` holds membership (the node table, heartbeats, worker ranks), the
+server manager's key map, the table registry, barriers, and the end of the job. It never
+touches a socket: :meth:`SchedulerCore.handle` and :meth:`SchedulerCore.tick` return
+:class:`Send` / :class:`Connect` / :class:`Disconnect` / :class:`Finish` actions that the
+I/O shell (``_process.py``) carries out, so the unit tests drive it with plain messages.
+
+Rules it enforces:
+
+* Registration replies wait until the expected servers (DMLC_NUM_SERVER) have registered
+  and the key map exists. A node joining later is announced to the servers first (an
+  ``Op.NODES`` round, acknowledged), so a server always knows a worker before the worker
+  can send it a request.
+* With a fixed number of workers (DMLC_NUM_WORKER > 0) the job ends when every worker has
+  said goodbye; the death of any node ends it with an error naming the node. With a
+  dynamic number (0), workers come and go and the job ends on a shutdown request.
+* Every outstanding exchange (a broadcast, a table creation, a status gather) has a
+  deadline, so nothing waits forever on a silent node.
+
+Not thread-safe: the shell calls it from one thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
+from ..node import SCHEDULER_ID, NodeInfo, error_body
+from ..placement import EvenSplit, KeyMap, Placement
+from ..protocol import Message, Op, Status, get
+from ..table import TableSpec
+
+__all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "Send"]
+
+log = logging.getLogger("paramserver.scheduler")
+
+
+@dataclass
+class Send:
+    node: int
+    msg: Message
+
+
+@dataclass
+class Connect:
+    node: int
+    address: str
+
+
+@dataclass
+class Disconnect:
+    node: int
+
+
+@dataclass
+class Finish:
+    """The job is over: exit with ``code`` after the sends before this action."""
+
+    code: int
+    reason: str
+
+
+Action = Send | Connect | Disconnect | Finish
+
+
+@dataclass
+class _Gather:
+    """An exchange with several nodes: requests out, one reply (or failure) from each."""
+
+    awaiting: set[int]
+    deadline: float
+    on_done: Callable[[_Gather], list[Action]]
+    replies: dict[int, Message] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Table:
+    id: int
+    spec: TableSpec
+    ready: bool = False
+    waiters: list[Message] = field(default_factory=list)
+
+
+GROUPS = ("workers", "servers", "all")
+
+
+class SchedulerCore:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        num_servers: int,
+        num_workers: int = 0,
+        replicas: int = 1,
+        heartbeat_timeout: float = 10.0,
+        request_timeout: float = 60.0,
+        placement: Placement | None = None,
+        now: float = 0.0,
+    ) -> None:
+        if num_servers < 1:
+            raise InvalidArgument("a cluster needs at least one server (DMLC_NUM_SERVER >= 1)")
+        self.address = address
+        self.num_servers = num_servers
+        self.num_workers = num_workers
+        self.replicas = replicas
+        self.heartbeat_timeout = heartbeat_timeout
+        self.request_timeout = request_timeout
+        self.placement = placement or EvenSplit()
+        self.started = now
+        self.nodes: dict[int, NodeInfo] = {SCHEDULER_ID: NodeInfo(SCHEDULER_ID, "scheduler", address)}
+        self.last_seen: dict[int, float] = {}
+        self.keymap: KeyMap | None = None
+        self.finished = False
+        self._ids = itertools.count(1)
+        self._ts = itertools.count(1)
+        self._waiting_regs: list[tuple[NodeInfo, Message]] = []
+        self._round_busy = False
+        self._gathers: dict[int, _Gather] = {}
+        self._barriers: dict[str, dict[int, Message]] = {g: {} for g in GROUPS}
+        self._tables: dict[str, _Table] = {}
+        self._table_ids = itertools.count(0)
+        self._byes: set[int] = set()
+        self._ranks: dict[int, int] = {}
+
+    # ================================================================= helpers
+    def _members(self, role: str) -> list[int]:
+        return sorted(n.id for n in self.nodes.values() if n.role == role)
+
+    def _nodes_body(self, dead: list[int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "nodes": [n.to_wire() for n in self.nodes.values() if n.role in ("scheduler", "server", "worker")],
+            "keymap": self.keymap.to_wire() if self.keymap else None,
+        }
+        if dead:
+            body["dead"] = dead
+        return body
+
+    def _request(self, nodes: list[int], make: Callable[[int], Message], now: float,
+                 on_done: Callable[[_Gather], list[Action]]) -> list[Action]:
+        ts = next(self._ts)
+        gather = _Gather(set(nodes), now + self.request_timeout, on_done)
+        if not nodes:
+            return on_done(gather)
+        self._gathers[ts] = gather
+        out: list[Action] = []
+        for nid in nodes:
+            msg = make(nid)
+            msg.ts = ts
+            out.append(Send(nid, msg))
+        return out
+
+    @staticmethod
+    def _error(msg: Message, exc: PSError) -> Send:
+        return Send(msg.sender, msg.reply(status=Status.ERROR, body=error_body(exc, with_traceback=False)))
+
+    def _expected(self, group: str) -> int:
+        servers = len(self._members("server"))
+        if self.num_workers:
+            workers = self.num_workers - len(self._byes)
+        else:
+            workers = len(self._members("worker"))
+        return {"workers": workers, "servers": servers, "all": workers + servers}[group]
+
+    # ================================================================= entry points
+    def handle(self, msg: Message, now: float) -> list[Action]:
+        """Process one message from the network."""
+        if msg.response:
+            return self._on_response(msg, now)
+        if msg.sender in self.nodes:
+            self.last_seen[msg.sender] = now
+        handler = {
+            Op.REGISTER: self._on_register,
+            Op.HEARTBEAT: self._on_heartbeat,
+            Op.BARRIER: self._on_barrier,
+            Op.TABLE: self._on_table,
+            Op.BYE: self._on_bye,
+            Op.SHUTDOWN: self._on_shutdown,
+            Op.STATUS: self._on_status,
+            Op.PING: lambda m, t: [Send(m.sender, m.reply())],
+        }.get(msg.op)
+        if handler is None:
+            return [self._error(msg, ProtocolError(f"the scheduler does not handle {msg.op.name} requests"))]
+        if msg.op != Op.REGISTER and msg.sender not in self.nodes:
+            return [self._error(msg, JobAborted(
+                f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
+        try:
+            return handler(msg, now)
+        except PSError as exc:
+            if msg.op == Op.REGISTER:
+                raise
+            return [self._error(msg, exc)]
+
+    def tick(self, now: float) -> list[Action]:
+        """Check heartbeats and deadlines; call about every heartbeat interval."""
+        out: list[Action] = []
+        for nid, seen in list(self.last_seen.items()):
+            if now - seen > self.heartbeat_timeout and nid in self.nodes:
+                info = self.nodes[nid]
+                out += self.node_failed(nid, f"{info} died: no heartbeat for {now - seen:.1f} s", now)
+        for ts, g in list(self._gathers.items()):
+            if now > g.deadline and ts in self._gathers:
+                del self._gathers[ts]
+                for nid in g.awaiting:
+                    g.errors[nid] = f"no answer within {self.request_timeout:g} s"
+                g.awaiting.clear()
+                out += g.on_done(g)
+        return out
+
+    def shutdown(self, reason: str, code: int = 0) -> list[Action]:
+        """End the job: tell every node to exit, then finish."""
+        if self.finished:
+            return []
+        self.finished = True
+        out: list[Action] = []
+        for nid, info in self.nodes.items():
+            if nid != SCHEDULER_ID:
+                out.append(Send(nid, Message(Op.SHUTDOWN, body={"reason": reason, "code": code})))
+        out.append(Finish(code, reason))
+        return out
+
+    def node_failed(self, nid: int, reason: str, now: float) -> list[Action]:
+        """A node died (or was unreachable for too long)."""
+        info = self.nodes.pop(nid, None)
+        self.last_seen.pop(nid, None)
+        if info is None:
+            return []
+        log.warning("%s", reason)
+        out: list[Action] = [Disconnect(nid)]
+        for ts, g in list(self._gathers.items()):
+            if nid in g.awaiting:
+                g.awaiting.discard(nid)
+                g.errors[nid] = reason
+                if not g.awaiting:
+                    del self._gathers[ts]
+                    out += g.on_done(g)
+        for group in GROUPS:
+            self._barriers[group].pop(nid, None)
+        if info.role == "server":
+            return out + self.shutdown(
+                f"{reason}; the job cannot go on without the keys it held (no replicas)", code=1)
+        if info.role == "worker" and self.num_workers and nid not in self._byes:
+            return out + self.shutdown(f"{reason}; the job needs all {self.num_workers} workers", code=1)
+        if info.role == "worker":
+            self._ranks.pop(nid, None)
+            out += self._broadcast_nodes(now, dead=[nid])
+            out += self._check_barriers()
+        return out
+
+    # ================================================================= membership
+    def _on_register(self, msg: Message, now: float) -> list[Action]:
+        body = msg.body
+        role = get(body, "role", str)
+        address = get(body, "address", str)
+        if role not in ("server", "worker", "client"):
+            raise ProtocolError(f"cannot register a node of role {role!r}")
+        nid = next(self._ids)
+        rank = get(body, "rank", int, -1)
+        info = NodeInfo(nid, role, address, get(body, "host", str, ""), get(body, "pid", int, 0), rank)
+        out: list[Action] = [Connect(nid, address)]
+        msg.sender = nid  # replies go to the new id
+        try:
+            if self.finished:
+                raise JobAborted("the job is shutting down")
+            if role == "server" and self.keymap is not None:
+                raise InvalidArgument(
+                    f"the cluster already has its {self.num_servers} servers; a server cannot join a "
+                    f"running cluster in this version")
+            if role == "worker":
+                info = self._assign_rank(info)
+        except PSError as exc:
+            out += [self._error(msg, exc), Disconnect(nid)]
+            return out
+        self.nodes[nid] = info
+        if role == "client":  # operators' tools: answered at once, never announced
+            out.append(Send(nid, msg.reply(body={"id": nid, **self._nodes_body()})))
+            return out
+        self.last_seen[nid] = now
+        log.info("registered %s", info)
+        self._waiting_regs.append((info, msg))
+        return out + self._next_round(now)
+
+    def _assign_rank(self, info: NodeInfo) -> NodeInfo:
+        taken = set(self._ranks.values())
+        live = len(self._members("worker"))
+        if self.num_workers and live + len(self._byes) >= self.num_workers:
+            raise InvalidArgument(
+                f"the job already has its {self.num_workers} workers (DMLC_NUM_WORKER); "
+                f"this worker cannot join")
+        rank = info.rank
+        if rank < 0 or rank in taken or (self.num_workers and rank >= self.num_workers):
+            rank = next(r for r in itertools.count() if r not in taken)
+        self._ranks[info.id] = rank
+        return NodeInfo(info.id, info.role, info.address, info.host, info.pid, rank)
+
+    def _next_round(self, now: float) -> list[Action]:
+        """Answer waiting registrations once servers know of the new nodes."""
+        if self._round_busy or not self._waiting_regs:
+            return []
+        if self.keymap is None:
+            servers = self._members("server")
+            if len(servers) < self.num_servers:
+                return []
+            self.keymap = self.placement.assign(servers, epoch=1, replicas=self.replicas)
+            log.info("all %d servers registered; %r", len(servers), self.keymap)
+        batch, self._waiting_regs = self._waiting_regs, []
+        new = {info.id for info, _ in batch}
+        old_servers = [s for s in self._members("server") if s not in new]
+        self._round_busy = True
+
+        def done(g: _Gather) -> list[Action]:
+            self._round_busy = False
+            out: list[Action] = []
+            for info, reg in batch:
+                if info.id not in self.nodes:
+                    continue  # died meanwhile
+                body = {"id": info.id, "rank": info.rank, "num_workers": self.num_workers,
+                        "tables": [[t.id, t.spec.to_wire()] for t in self._tables.values() if t.ready],
+                        **self._nodes_body()}
+                out.append(Send(info.id, reg.reply(body=body)))
+            return out + self._next_round(now) + self._check_barriers()
+
+        body = self._nodes_body()
+        return self._request(old_servers, lambda nid: Message(Op.NODES, body=body), now, done)
+
+    def _broadcast_nodes(self, now: float, dead: list[int] | None = None) -> list[Action]:
+        body = self._nodes_body(dead)
+        targets = [n for n in self.nodes if n != SCHEDULER_ID and self.nodes[n].role != "client"]
+        return self._request(targets, lambda nid: Message(Op.NODES, body=body), now, lambda g: [])
+
+    def _on_heartbeat(self, msg: Message, now: float) -> list[Action]:
+        return [Send(msg.sender, msg.reply())]
+
+    def _on_bye(self, msg: Message, now: float) -> list[Action]:
+        info = self.nodes.pop(msg.sender)
+        self.last_seen.pop(msg.sender, None)
+        out: list[Action] = [Send(msg.sender, msg.reply()), Disconnect(msg.sender)]
+        if info.role != "worker":
+            return out
+        self._byes.add(msg.sender)
+        self._ranks.pop(msg.sender, None)
+        log.info("%s finished", info)
+        for group in GROUPS:
+            self._barriers[group].pop(msg.sender, None)
+        if self.num_workers and len(self._byes) >= self.num_workers:
+            return out + self.shutdown(f"the job finished: all {self.num_workers} workers are done")
+        return out + self._broadcast_nodes(now, dead=[msg.sender]) + self._check_barriers()
+
+    def _on_shutdown(self, msg: Message, now: float) -> list[Action]:
+        reason = get(msg.body, "reason", str, "shutdown requested")
+        code = get(msg.body, "code", int, 0)
+        return [Send(msg.sender, msg.reply())] + self.shutdown(reason, code)
+
+    # ================================================================= barriers
+    def _on_barrier(self, msg: Message, now: float) -> list[Action]:
+        group = get(msg.body, "group", str, "workers")
+        if group not in GROUPS:
+            raise InvalidArgument(f"unknown barrier group {group!r}; use one of {list(GROUPS)}")
+        role = self.nodes[msg.sender].role
+        if group != "all" and group != role + "s":
+            raise InvalidArgument(f"a {role} cannot enter a barrier of the {group}")
+        self._barriers[group][msg.sender] = msg
+        return self._check_barriers()
+
+    def _check_barriers(self) -> list[Action]:
+        out: list[Action] = []
+        for group, waiting in self._barriers.items():
+            if waiting and len(waiting) >= self._expected(group):
+                for nid, m in waiting.items():
+                    out.append(Send(nid, m.reply()))
+                waiting.clear()
+        return out
+
+    # ================================================================= tables
+    def _on_table(self, msg: Message, now: float) -> list[Action]:
+        spec = TableSpec.from_wire(get(msg.body, "spec", dict))
+        table = self._tables.get(spec.name)
+        if table is not None:
+            table.spec.check_compatible(spec)
+            if table.ready:
+                return [Send(msg.sender, msg.reply(body={"id": table.id}))]
+            table.waiters.append(msg)
+            return []
+        table = _Table(next(self._table_ids), spec, waiters=[msg])
+        self._tables[spec.name] = table
+        body = {"id": table.id, "spec": spec.to_wire()}
+
+        def done(g: _Gather) -> list[Action]:
+            waiters, table.waiters = table.waiters, []
+            if g.errors or any(r.status != Status.OK for r in g.replies.values()):
+                del self._tables[spec.name]
+                why = "; ".join(f"server {n}: {e}" for n, e in g.errors.items())
+                failed = [r for r in g.replies.values() if r.status != Status.OK]
+                if failed:
+                    r = failed[0]
+                    why = f"server {r.sender}: {r.body.get('type')}: {r.body.get('message')}"
+                exc = TableError(f"table {spec.name!r} could not be created: {why}")
+                return [self._error(w, exc) for w in waiters]
+            table.ready = True
+            log.info("table %d %r (%s)", table.id, spec.name, spec.describe())
+            return [Send(w.sender, w.reply(body={"id": table.id})) for w in waiters]
+
+        return self._request(self._members("server"), lambda nid: Message(Op.TABLE, body=body), now, done)
+
+    # ================================================================= status
+    def _on_status(self, msg: Message, now: float) -> list[Action]:
+        def done(g: _Gather) -> list[Action]:
+            servers: dict[str, Any] = {}
+            for nid, r in g.replies.items():
+                servers[str(nid)] = r.body if r.status == Status.OK else {"error": r.body.get("message", "")}
+            for nid, e in g.errors.items():
+                servers[str(nid)] = {"error": e}
+            body = {
+                **self._nodes_body(),
+                "last_seen": {str(n): round(now - t, 3) for n, t in self.last_seen.items()},
+                "tables": [[t.id, t.spec.to_wire()] for t in self._tables.values() if t.ready],
+                "servers": servers,
+                "num_servers": self.num_servers,
+                "num_workers": self.num_workers,
+                "uptime": round(now - self.started, 3),
+            }
+            return [Send(msg.sender, msg.reply(body=body))]
+
+        return self._request(self._members("server"), lambda nid: Message(Op.STATUS), now, done)
+
+    # ================================================================= replies
+    def _on_response(self, msg: Message, now: float) -> list[Action]:
+        g = self._gathers.get(msg.ts)
+        if g is None or msg.sender not in g.awaiting:
+            return []
+        if msg.sender in self.nodes:
+            self.last_seen[msg.sender] = now
+        g.awaiting.discard(msg.sender)
+        g.replies[msg.sender] = msg
+        if g.awaiting:
+            return []
+        del self._gathers[msg.ts]
+        return g.on_done(g)
+

@@ -1,0 +1,121 @@
+"""The scheduler process: the I/O shell around :class:`SchedulerCore`.
+
+It binds the scheduler's address, feeds every incoming message and a periodic tick to the
+core on the node's receive thread, and carries out the actions the core returns. When the
+core finishes the job, the shell lets the last messages leave and returns the exit code.
+
+Thread-safety: the core is touched only on the receive thread; :meth:`SchedulerProcess.run`
+blocks the calling thread until the job ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from .._config import Config
+from .._errors import PSError
+from ..node import Node
+from ..protocol import Message, Op
+from ._core import Connect, Disconnect, Finish, SchedulerCore, Send
+
+__all__ = ["SchedulerProcess"]
+
+log = logging.getLogger("paramserver.scheduler")
+
+
+class SchedulerProcess:
+    """Runs one scheduler until the job ends. See the module docstring."""
+
+    def __init__(self, config: Config, *, host: str, port: int = 0, replicas: int = 1,
+                 parent_pid: int = 0) -> None:
+        self.config = config
+        self.node = Node("scheduler", config)
+        self.host = host
+        self.port = port
+        self.replicas = replicas
+        self.parent_pid = parent_pid
+        self.core: SchedulerCore | None = None
+        self.finished = threading.Event()
+        self.exit_code = 0
+        self.reason = ""
+
+    def start(self) -> str:
+        """Bind and start serving; return the address workers and servers connect to."""
+        address = self.node.start(self.host, self.port)
+        self.core = SchedulerCore(
+            address=address,
+            num_servers=self.config.num_servers,
+            num_workers=self.config.num_workers,
+            replicas=self.replicas,
+            heartbeat_timeout=self.config.heartbeat_timeout,
+            request_timeout=min(self.config.timeout, 60.0),
+            now=time.monotonic(),
+        )
+        for op in Op:
+            self.node.on(op, self._dispatch)
+        self.node.on_unmatched_response = self._dispatch
+        self.node.call_every(min(self.config.heartbeat_interval, 1.0) / 2, self._tick)
+        return address
+
+    def run(self) -> int:
+        """Block until the job ends; close and return the exit code."""
+        try:
+            self.finished.wait()
+        except KeyboardInterrupt:
+            self.node.call_later(0, lambda: self._perform(self._core().shutdown("the scheduler was interrupted", 130)))
+            self.finished.wait(10)
+        time.sleep(0.2)  # let the last SHUTDOWN messages leave
+        self.node.close(linger=2.0)
+        return self.exit_code
+
+    def request_shutdown(self, reason: str, code: int = 0) -> None:
+        """End the job from another thread (signal handlers)."""
+        self.node.call_later(0, lambda: self._perform(self._core().shutdown(reason, code)))
+
+    def _core(self) -> SchedulerCore:
+        assert self.core is not None
+        return self.core
+
+    def _dispatch(self, msg: Message) -> None:
+        try:
+            actions = self._core().handle(msg, time.monotonic())
+        except PSError as exc:
+            log.warning("ignored a request from an unknown sender: %s", exc)
+            return
+        self._perform(actions)
+
+    def _tick(self) -> None:
+        if self.parent_pid and not _alive(self.parent_pid):
+            self._perform(self._core().shutdown(f"the process that started the cluster (pid {self.parent_pid}) exited", 1))
+            return
+        self._perform(self._core().tick(time.monotonic()))
+
+    def _perform(self, actions: list[Send | Connect | Disconnect | Finish]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                try:
+                    self.node.send(action.node, action.msg)
+                except PSError as exc:
+                    log.warning("could not send %s to node %d: %s", action.msg.op.name, action.node, exc)
+            elif isinstance(action, Connect):
+                self.node.connect(action.node, action.address)
+            elif isinstance(action, Disconnect):
+                self.node.peer_failed(action.node, PSError(f"node {action.node} left"))
+            elif isinstance(action, Finish):
+                self.exit_code = action.code
+                self.reason = action.reason
+                (log.info if action.code == 0 else log.error)("job ended: %s", action.reason)
+                self.finished.set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

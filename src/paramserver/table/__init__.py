@@ -1,0 +1,42 @@
+"""The model of a table shared by every role: spec, server updaters and initial values."""
+
+from ._init import BUILTIN_INITS, Constant, Initializer, Normal, Uniform, Zeros, resolve_init
+from ._spec import TABLE_DTYPES, TableSpec
+from ._updaters import (
+    BUILTIN_UPDATERS,
+    FTRL,
+    SGD,
+    AdaGrad,
+    Adam,
+    Assign,
+    Max,
+    Min,
+    Sum,
+    Updater,
+    resolve_updater,
+    updater_name,
+)
+
+__all__ = [
+    "BUILTIN_INITS",
+    "BUILTIN_UPDATERS",
+    "FTRL",
+    "SGD",
+    "TABLE_DTYPES",
+    "AdaGrad",
+    "Adam",
+    "Assign",
+    "Constant",
+    "Initializer",
+    "Max",
+    "Min",
+    "Normal",
+    "Sum",
+    "TableSpec",
+    "Uniform",
+    "Updater",
+    "Zeros",
+    "resolve_init",
+    "resolve_updater",
+    "updater_name",
+]

@@ -1,0 +1,306 @@
+"""Server-side updaters (the paper's user-defined functions on servers).
+
+An updater decides how a pushed array changes the stored values of its keys. It runs on the
+server, vectorised over all keys of one push: ``apply`` receives the table's whole value
+array, the per-key optimizer state arrays, the row numbers (``slots``) of the pushed keys,
+and the pushed rows. Slots of one call are distinct, so fancy-index assignment is exact.
+
+Builtins are named (``"sum"``, ``"sgd"``, ...); a user updater is a subclass of
+:class:`Updater` named by its import path ``"package.module:Name"``, which servers import.
+Code is never pickled: a table's spec carries only the name and the keyword arguments
+(:meth:`Updater.get_params`), which must be msgpack-able scalars.
+
+Updaters are stateless apart from their parameters; the per-key state lives in the
+server's store. They are called on one thread at a time per table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._errors import ConfigError, InvalidArgument
+
+__all__ = [
+    "BUILTIN_UPDATERS",
+    "FTRL",
+    "SGD",
+    "AdaGrad",
+    "Adam",
+    "Assign",
+    "Max",
+    "Min",
+    "Sum",
+    "Updater",
+    "resolve_updater",
+    "updater_name",
+]
+
+
+class Updater:
+    """Base class of server updaters. Subclass it for your own (see the module docstring).
+
+    Class attributes
+    ----------------
+    name:
+        The builtin name, or empty for user updaters (their import path is used).
+    floating_only:
+        True if the updater needs a floating-point table dtype.
+    """
+
+    name: ClassVar[str] = ""
+    floating_only: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise InvalidArgument(f"{type(self).__name__} takes no parameters, got {sorted(params)}")
+
+    def get_params(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this updater (scikit-learn style)."""
+        return {}
+
+    def state_layout(self, width: int, dtype: np.dtype[Any]) -> dict[str, tuple[int, np.dtype[Any], float]]:
+        """Per-key state arrays: ``{name: (columns, dtype, initial value)}``."""
+        return {}
+
+    def apply(
+        self,
+        values: np.ndarray,
+        state: Mapping[str, np.ndarray],
+        slots: np.ndarray,
+        update: np.ndarray,
+    ) -> None:
+        """Apply ``update`` (m x width) to rows ``slots`` (m distinct ints) in place."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_params() == other.get_params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(self.get_params().items()))))
+
+
+class Sum(Updater):
+    """``w += u``: the default; gradients, counts and sketches add up."""
+
+    name = "sum"
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        values[slots] += update
+
+
+class Assign(Updater):
+    """``w = u``: the last push wins (order-sensitive; shows sequential consistency)."""
+
+    name = "assign"
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        values[slots] = update
+
+
+class Max(Updater):
+    """``w = max(w, u)`` elementwise (sketches, e.g. HyperLogLog registers)."""
+
+    name = "max"
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        values[slots] = np.maximum(values[slots], update)
+
+
+class Min(Updater):
+    """``w = min(w, u)`` elementwise."""
+
+    name = "min"
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        values[slots] = np.minimum(values[slots], update)
+
+
+class _Optimizer(Updater):
+    """An updater with float hyper-parameters given by keyword (validated > 0 or >= 0)."""
+
+    floating_only = True
+    defaults: ClassVar[dict[str, float]] = {}
+    nonneg: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise InvalidArgument(
+                f"{type(self).__name__} has no parameter {sorted(unknown)}; it takes {sorted(self.defaults)}"
+            )
+        self._params: dict[str, float] = {}
+        for key, default in self.defaults.items():
+            value = params.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidArgument(f"{type(self).__name__}: {key} must be a number, got {value!r}")
+            value = float(value)
+            ok = value >= 0 if key in self.nonneg else value > 0
+            if not ok or not np.isfinite(value):
+                bound = ">= 0" if key in self.nonneg else "> 0"
+                raise InvalidArgument(f"{type(self).__name__}: {key}={value} must be finite and {bound}")
+            self._params[key] = value
+
+    def get_params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    def __getattr__(self, key: str) -> float:
+        try:
+            return self.__dict__["_params"][key]  # type: ignore[no-any-return]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class SGD(_Optimizer):
+    """``w -= lr * g``."""
+
+    name = "sgd"
+    defaults = {"lr": 0.01}
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        values[slots] -= self.lr * update
+
+
+class AdaGrad(_Optimizer):
+    """``G += g*g; w -= lr * g / (sqrt(G) + eps)`` per coordinate (PyTorch's formula)."""
+
+    name = "adagrad"
+    defaults = {"lr": 0.01, "eps": 1e-10, "initial_accumulator_value": 0.0}
+    nonneg = frozenset({"initial_accumulator_value"})
+
+    def state_layout(self, width: int, dtype: np.dtype[Any]) -> dict[str, tuple[int, np.dtype[Any], float]]:
+        return {"sum_sq": (width, dtype, self.initial_accumulator_value)}
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        acc = state["sum_sq"]
+        g2 = acc[slots] + update * update
+        acc[slots] = g2
+        values[slots] -= self.lr * update / (np.sqrt(g2) + self.eps)
+
+
+class Adam(_Optimizer):
+    """Adam with a step count per key ("lazy" Adam, as sparse embeddings need).
+
+    ``t += 1; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+    w -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``, where ``t`` counts the
+    pushes that touched the key.
+    """
+
+    name = "adam"
+    defaults = {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        for key in ("beta1", "beta2"):
+            if not self._params[key] < 1:
+                raise InvalidArgument(f"Adam: {key}={self._params[key]} must be < 1")
+
+    def state_layout(self, width: int, dtype: np.dtype[Any]) -> dict[str, tuple[int, np.dtype[Any], float]]:
+        return {"m": (width, dtype, 0.0), "v": (width, dtype, 0.0), "t": (1, np.dtype(np.float64), 0.0)}
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        b1, b2 = self.beta1, self.beta2
+        t = state["t"][slots] + 1.0
+        state["t"][slots] = t
+        m = b1 * state["m"][slots] + (1 - b1) * update
+        v = b2 * state["v"][slots] + (1 - b2) * update * update
+        state["m"][slots] = m
+        state["v"][slots] = v
+        c1 = (1.0 - b1**t).astype(values.dtype)
+        c2 = (1.0 - b2**t).astype(values.dtype)
+        values[slots] -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+
+
+class FTRL(_Optimizer):
+    """FTRL-Proximal (McMahan et al., 2013), per coordinate.
+
+    ``sigma = (sqrt(n + g*g) - sqrt(n)) / alpha; z += g - sigma * w; n += g*g;
+    w = 0 if |z| <= l1 else -(z - sign(z) * l1) / ((beta + sqrt(n)) / alpha + l2)``.
+    """
+
+    name = "ftrl"
+    defaults = {"alpha": 0.1, "beta": 1.0, "l1": 0.0, "l2": 0.0}
+    nonneg = frozenset({"beta", "l1", "l2"})
+
+    def state_layout(self, width: int, dtype: np.dtype[Any]) -> dict[str, tuple[int, np.dtype[Any], float]]:
+        return {"z": (width, dtype, 0.0), "n": (width, dtype, 0.0)}
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        z_all, n_all = state["z"], state["n"]
+        w = values[slots]
+        n = n_all[slots]
+        n_new = n + update * update
+        sigma = (np.sqrt(n_new) - np.sqrt(n)) / self.alpha
+        z = z_all[slots] + update - sigma * w
+        z_all[slots] = z
+        n_all[slots] = n_new
+        shrunk = np.sign(z) * self.l1 - z
+        denom = (self.beta + np.sqrt(n_new)) / self.alpha + self.l2
+        values[slots] = np.where(np.abs(z) <= self.l1, 0, shrunk / denom).astype(values.dtype)
+
+
+BUILTIN_UPDATERS: dict[str, type[Updater]] = {
+    cls.name: cls for cls in (Sum, Assign, Max, Min, SGD, AdaGrad, Adam, FTRL)
+}
+
+
+def updater_name(updater: str | Updater | type[Updater]) -> str:
+    """The name a spec carries for ``updater``: a builtin name or ``"module:Class"``."""
+    if isinstance(updater, str):
+        return updater
+    cls = updater if isinstance(updater, type) else type(updater)
+    if cls.name and BUILTIN_UPDATERS.get(cls.name) is cls:
+        return cls.name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve_updater(name: str, params: Mapping[str, Any] | None = None) -> Updater:
+    """Build the updater ``name`` (builtin or ``"pkg.module:Name"``) with ``params``.
+
+    Raises
+    ------
+    ConfigError
+        The name is unknown, the import fails, or the object is not an Updater subclass.
+    InvalidArgument
+        The parameters are wrong for that updater.
+    """
+    params = dict(params or {})
+    cls: Any = BUILTIN_UPDATERS.get(name)
+    if cls is None:
+        if ":" not in name:
+            raise ConfigError(
+                f"unknown updater {name!r}: use one of {sorted(BUILTIN_UPDATERS)} or an "
+                f"import path 'package.module:ClassName'"
+            )
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            cls = module
+            for part in attr.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"cannot import updater {name!r}: {exc}; the module must be importable on "
+                f"every server (installed, or on PYTHONPATH)"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, Updater)):
+            raise ConfigError(f"{name!r} is not a subclass of paramserver.Updater")
+    try:
+        return cls(**params)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise InvalidArgument(f"updater {name!r}: {exc}") from None

@@ -1,0 +1,7 @@
+"""Layer 1, the transport: frames between numbered nodes (ZeroMQ, or in memory for tests)."""
+
+from ._base import Frames, Transport
+from ._memory import MemoryHub, MemoryTransport
+from ._zmq import ZmqTransport
+
+__all__ = ["Frames", "MemoryHub", "MemoryTransport", "Transport", "ZmqTransport"]

@@ -1,0 +1,142 @@
+"""The ZeroMQ transport: one bound ROUTER per node, one DEALER per peer.
+
+This is ps-lite's Van in Python: every message travels one way, from the sender's DEALER
+for that peer to the receiver's ROUTER, and a reply is a message the other way. The ROUTER
+prepends the sending socket's identity, which :meth:`ZmqTransport.recv` drops: the sender
+is named inside the message header.
+
+Arrays are handed to ZeroMQ with ``copy=False``: frames above pyzmq's copy threshold
+(64 KiB) are sent from the caller's memory and received into buffers that numpy wraps
+without copying.
+
+Thread-safety: each DEALER has its own lock, so :meth:`send` may be called from any
+thread; the ROUTER is used only by the thread that calls :meth:`recv`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import zmq
+
+from .._errors import NodeUnavailable
+from ._base import Frames, Transport
+
+__all__ = ["ZmqTransport"]
+
+
+class _Link:
+    __slots__ = ("address", "lock", "socket")
+
+    def __init__(self, socket: zmq.Socket[Any], address: str) -> None:
+        self.socket = socket
+        self.address = address
+        self.lock = threading.Lock()
+
+
+class ZmqTransport(Transport):
+    """ZeroMQ over TCP. See the module docstring."""
+
+    def __init__(self) -> None:
+        self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+        self._router: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.RCVHWM, 0)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._wake_addr = f"inproc://wake-{os.urandom(6).hex()}"
+        self._wake_rx: zmq.Socket[Any] = self._ctx.socket(zmq.PULL)
+        self._wake_rx.bind(self._wake_addr)
+        self._wake_tx: zmq.Socket[Any] = self._ctx.socket(zmq.PUSH)
+        self._wake_tx.connect(self._wake_addr)
+        self._wake_lock = threading.Lock()
+        self._poller = zmq.Poller()
+        self._poller.register(self._router, zmq.POLLIN)
+        self._poller.register(self._wake_rx, zmq.POLLIN)
+        self._links: dict[int, _Link] = {}
+        self._links_lock = threading.Lock()
+        self._address = ""
+        self._identity = os.urandom(8)
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def bind(self, host: str, port: int = 0) -> str:
+        if port:
+            self._router.bind(f"tcp://{host}:{port}")
+        else:
+            port = self._router.bind_to_random_port(f"tcp://{host}")
+        self._address = f"tcp://{host}:{port}"
+        return self._address
+
+    def connect(self, peer: int, address: str) -> None:
+        with self._links_lock:
+            link = self._links.get(peer)
+            if link is not None:
+                if link.address == address:
+                    return
+                self._close_link(link, linger=0)
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, self._identity)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.connect(address)
+            self._links[peer] = _Link(sock, address)
+
+    def disconnect(self, peer: int) -> None:
+        with self._links_lock:
+            link = self._links.pop(peer, None)
+            if link is not None:
+                self._close_link(link, linger=1.0)  # let a last reply leave
+
+    @staticmethod
+    def _close_link(link: _Link, linger: float) -> None:
+        with link.lock:
+            link.socket.close(linger=int(linger * 1000))
+
+    def send(self, peer: int, frames: Frames) -> int:
+        link = self._links.get(peer)
+        if link is None:
+            raise NodeUnavailable(f"no connection to node {peer}")
+        with link.lock:
+            if link.socket.closed:
+                raise NodeUnavailable(f"the connection to node {peer} was closed")
+            link.socket.send_multipart(frames, copy=False)
+        return sum(memoryview(f).nbytes for f in frames)
+
+    def recv(self, timeout: float | None) -> list[Any] | None:
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        ready = dict(self._poller.poll(ms))
+        if self._wake_rx in ready:
+            while self._wake_rx.poll(0):
+                self._wake_rx.recv()
+        if self._router not in ready:
+            return None
+        frames = self._router.recv_multipart(copy=False)
+        return frames[1:]  # drop the routing identity
+
+    def wake(self) -> None:
+        with self._wake_lock:
+            if not self._closed:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+
+    def close(self, linger: float = 1.0) -> None:
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with self._links_lock:
+            links = list(self._links.values())
+            self._links.clear()
+        for link in links:
+            self._close_link(link, linger)
+        with self._wake_lock:
+            self._wake_tx.close(linger=0)
+        self._wake_rx.close(linger=0)
+        self._router.close(linger=0)
+        self._ctx.term()

@@ -1,0 +1,263 @@
+"""A worker's handle on one table: push, pull, range pull, wait.
+
+Keys may come unsorted and with duplicates: a push sorts them and sums the values of equal
+keys; a pull asks each distinct key once and answers in the caller's order. The sorted keys
+are sliced by the key map into one message per server, and replies are merged back.
+
+Arrays are not copied on the way out when they can be sent as they are (sorted, distinct
+keys; C-contiguous values of the table's dtype): leave them unchanged until the request is
+done, as with ``torch.distributed.isend``.
+
+Thread-safety: a Table may be used from several threads; requests are independent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._errors import DTypeError, InvalidArgument, ProtocolError
+from ..clock import Request
+from ..placement import KEY_SPACE
+from ..protocol import KEY_DTYPE, Message, Op
+from ..table import TableSpec
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["Table", "as_keys"]
+
+
+def as_keys(keys: Any) -> np.ndarray:
+    """``keys`` as a 1-D uint64 array (no copy when it already is one).
+
+    Raises
+    ------
+    DTypeError
+        Keys that are not integers.
+    InvalidArgument
+        Negative keys, or not one-dimensional.
+    """
+    k = np.asarray(keys)
+    if k.dtype != KEY_DTYPE:
+        if (k.size == 0 and k.dtype == np.float64) or np.issubdtype(k.dtype, np.unsignedinteger):  # np.asarray([]) is float64
+            k = k.astype(KEY_DTYPE)
+        elif np.issubdtype(k.dtype, np.signedinteger):
+            if k.size and int(k.min()) < 0:
+                raise InvalidArgument("keys must be non-negative (they are uint64)")
+            k = k.astype(KEY_DTYPE)
+        else:
+            raise DTypeError(f"keys must be integers (uint64), got an array of {k.dtype}")
+    if k.ndim != 1:
+        raise InvalidArgument(f"keys must be one-dimensional, got shape {k.shape}")
+    return k
+
+
+def _strictly_increasing(k: np.ndarray) -> bool:
+    return len(k) < 2 or bool(np.all(k[1:] > k[:-1]))
+
+
+class Table:
+    """A table as seen from one worker. Obtain it with :meth:`Worker.table`."""
+
+    def __init__(self, worker: Worker, table_id: int, spec: TableSpec) -> None:
+        self._worker = worker
+        self.id = table_id
+        self.spec = spec
+        self.name = spec.name
+        self.width = spec.width
+        self.dtype = spec.np_dtype
+        self.pushes = 0
+        self.pulls = 0
+        self.keys_pushed = 0
+        self.keys_pulled = 0
+
+    def __repr__(self) -> str:
+        return f"<Table {self.name!r} id={self.id} {self.spec.describe()}>"
+
+    # ------------------------------------------------------------------ push
+    def _values(self, values: Any, n: int) -> np.ndarray:
+        if isinstance(values, np.ndarray):
+            if values.dtype != self.dtype:
+                raise DTypeError(
+                    f"table {self.name!r} holds {self.dtype}; values have dtype {values.dtype} "
+                    f"(convert with .astype(np.{self.dtype}))"
+                )
+            v = values
+        else:
+            v = np.asarray(values, dtype=self.dtype)
+        if v.ndim == 1 and self.width == 1:
+            v = v.reshape(-1, 1)
+        if v.shape != (n, self.width):
+            raise InvalidArgument(
+                f"table {self.name!r}: values of shape {v.shape} for {n} keys; expected "
+                f"({n}, {self.width})" + (f" or ({n},)" if self.width == 1 else "")
+            )
+        return v
+
+    def push(self, keys: Any, values: Any, *, timeout: float | None = None) -> Request:
+        """Send ``values`` for ``keys`` to the servers, to be applied by the table's updater.
+
+        Returns at once with a :class:`Request`; ``req.wait()`` blocks until every server
+        applied its part. Values of duplicate keys are summed before sending.
+
+        Parameters
+        ----------
+        keys:
+            Integer keys (any order, duplicates allowed), converted to uint64.
+        values:
+            Array of shape ``(len(keys), width)`` (or ``(len(keys),)`` for width 1) of the
+            table's dtype.
+        timeout:
+            Default limit for ``wait`` on the returned request (PS_TIMEOUT if None).
+
+        Raises
+        ------
+        DTypeError, InvalidArgument
+            Before anything is sent, if keys or values are malformed.
+        ClosedError, JobAborted
+            The worker is closed or the job ended.
+        """
+        k = as_keys(keys)
+        v = self._values(values, len(k))
+        if not _strictly_increasing(k):
+            order = np.argsort(k, kind="stable")
+            k = k[order]
+            v = v[order]
+            if len(k) > 1:
+                first = np.empty(len(k), dtype=bool)
+                first[0] = True
+                np.not_equal(k[1:], k[:-1], out=first[1:])
+                if not first.all():
+                    starts = np.flatnonzero(first)
+                    k = k[starts]
+                    v = np.add.reduceat(v, starts, axis=0)
+        self.pushes += 1
+        self.keys_pushed += len(k)
+        worker = self._worker
+        keymap = worker._keymap()
+        parts: dict[int, Message] = {}
+        for server, pieces in keymap.slice(k).items():
+            if len(pieces) == 1:
+                a, b = pieces[0]
+                ks, vs = k[a:b], v[a:b]
+            else:
+                idx = np.concatenate([np.arange(a, b) for a, b in pieces])
+                ks, vs = k[idx], v[idx]
+            parts[server] = Message(Op.PUSH, table=self.id, epoch=keymap.epoch, arrays=[ks, vs])
+        return worker._request(parts, f"push to table {self.name!r}", timeout=timeout)
+
+    # ------------------------------------------------------------------ pull
+    def pull(self, keys: Any, *, block: bool = True, out: np.ndarray | None = None,
+             timeout: float | None = None) -> Any:
+        """Read the values of ``keys`` (absent keys read as the table's initial values).
+
+        Parameters
+        ----------
+        keys:
+            Integer keys, any order, duplicates allowed.
+        block:
+            If True (default) return the array; if False return a :class:`Request` whose
+            ``result()`` is the array.
+        out:
+            Optional C-contiguous, writable array of shape ``(len(keys), width)`` and the
+            table's dtype to receive the values (no allocation).
+        timeout:
+            Limit in seconds (PS_TIMEOUT if None).
+
+        Returns
+        -------
+        numpy.ndarray or Request
+            Shape ``(len(keys), width)``, in the order of ``keys``.
+        """
+        k = as_keys(keys)
+        n = len(k)
+        if out is not None:
+            if out.shape != (n, self.width) or out.dtype != self.dtype:
+                raise InvalidArgument(
+                    f"out must have shape ({n}, {self.width}) and dtype {self.dtype}, got {out.shape} {out.dtype}")
+            if not (out.flags.c_contiguous and out.flags.writeable):
+                raise InvalidArgument("out must be C-contiguous and writable")
+        target = out if out is not None else np.empty((n, self.width), dtype=self.dtype)
+        if _strictly_increasing(k):
+            uniq, inverse, buf = k, None, target
+        else:
+            uniq, inverse = np.unique(k, return_inverse=True)
+            buf = np.empty((len(uniq), self.width), dtype=self.dtype)
+        self.pulls += 1
+        self.keys_pulled += len(uniq)
+        worker = self._worker
+        keymap = worker._keymap()
+        parts: dict[int, Message] = {}
+        layout: dict[int, list[tuple[int, int]]] = keymap.slice(uniq)
+        for server, pieces in layout.items():
+            if len(pieces) == 1:
+                a, b = pieces[0]
+                ks = uniq[a:b]
+            else:
+                ks = np.concatenate([uniq[a:b] for a, b in pieces])
+            parts[server] = Message(Op.PULL, table=self.id, epoch=keymap.epoch, arrays=[ks])
+
+        def on_part(msg: Message) -> None:
+            pieces = layout[msg.sender]
+            count = sum(b - a for a, b in pieces)
+            if len(msg.arrays) != 1 or msg.arrays[0].shape != (count, self.width) or msg.arrays[0].dtype != self.dtype:
+                raise ProtocolError(f"server {msg.sender} answered a pull of {count} keys with a malformed reply")
+            vals = msg.arrays[0]
+            pos = 0
+            for a, b in pieces:
+                buf[a:b] = vals[pos:pos + b - a]
+                pos += b - a
+
+        def combine() -> np.ndarray:
+            if inverse is not None:
+                np.take(buf, inverse.reshape(-1), axis=0, out=target)
+            return target
+
+        req = worker._request(parts, f"pull from table {self.name!r}", on_part=on_part, combine=combine,
+                              timeout=timeout)
+        return req.result(timeout) if block else req
+
+    def pull_range(self, lo: int = 0, hi: int = KEY_SPACE, *, block: bool = True,
+                   timeout: float | None = None) -> Any:
+        """Every key present on the servers in ``[lo, hi)``, ascending, with its values.
+
+        Returns ``(keys, values)`` (or a Request of it when ``block=False``).
+        """
+        if isinstance(lo, bool) or isinstance(hi, bool) or not isinstance(lo, (int, np.integer)) \
+                or not isinstance(hi, (int, np.integer)):
+            raise InvalidArgument("pull_range bounds must be integers")
+        lo, hi = int(lo), int(hi)
+        if not 0 <= lo < hi <= KEY_SPACE:
+            raise InvalidArgument(f"invalid key range [{lo}, {hi}): need 0 <= lo < hi <= 2**64")
+        worker = self._worker
+        keymap = worker._keymap()
+        parts: dict[int, Message] = {}
+        for server, ranges in keymap.slice_range(lo, hi).items():
+            rng = (ranges[0].lo, ranges[-1].hi)
+            parts[server] = Message(Op.PULL_RANGE, table=self.id, epoch=keymap.epoch, key_range=rng)
+        got: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def on_part(msg: Message) -> None:
+            if len(msg.arrays) != 2 or msg.arrays[1].shape != (len(msg.arrays[0]), self.width):
+                raise ProtocolError(f"server {msg.sender} answered a range pull with a malformed reply")
+            got.append((msg.arrays[0], msg.arrays[1]))
+
+        def combine() -> tuple[np.ndarray, np.ndarray]:
+            if not got:
+                return np.empty(0, dtype=KEY_DTYPE), np.empty((0, self.width), dtype=self.dtype)
+            keys = np.concatenate([g[0] for g in got])
+            values = np.concatenate([g[1] for g in got])
+            order = np.argsort(keys, kind="stable")
+            return keys[order], values[order]
+
+        self.pulls += 1
+        req = worker._request(parts, f"range pull from table {self.name!r}", on_part=on_part,
+                              combine=combine, timeout=timeout)
+        return req.result(timeout) if block else req
+
+    def wait(self, ts: int, timeout: float | None = None) -> None:
+        """Wait for the request with timestamp ``ts`` (as returned in ``Request.ts``)."""
+        self._worker.wait(ts, timeout)
+

@@ -1,0 +1,284 @@
+"""The worker role: the user's process joined to the cluster.
+
+:func:`connect` registers this process with the scheduler and returns a :class:`Worker`,
+through which the user declares tables and pushes and pulls. A worker is a node of its own
+(one bound socket, one receive thread); its requests are asynchronous and complete on the
+receive thread.
+
+Thread-safety: a Worker and its Tables may be used from several user threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .._config import Config, parse_address
+from .._errors import ClosedError, PSError
+from ..clock import Request
+from ..node import SCHEDULER_ID, Node, choose_host, process_info
+from ..placement import KeyMap
+from ..protocol import Message, Op, get
+from ..table import Initializer, TableSpec, Updater
+from ..transport import Transport
+from ._table import Table
+
+__all__ = ["Worker", "connect", "open_workers"]
+
+log = logging.getLogger("paramserver.worker")
+
+_open: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+def open_workers() -> list[Worker]:
+    """Workers of this process that are not closed yet."""
+    return [w for w in list(_open) if not w.closed]
+
+
+class Worker:
+    """A worker node in this process. Create it with :func:`connect`.
+
+    Attributes
+    ----------
+    id:
+        The node id the scheduler gave it.
+    rank:
+        Its rank among the workers, 0-based (from the launcher, or in order of joining).
+    num_workers:
+        Workers in the job, or 0 if the job has no fixed number.
+    address:
+        The scheduler's address.
+    """
+
+    def __init__(self, node: Node, reply: Message, address: str) -> None:
+        self._node = node
+        self.address = address
+        self.id = node.id
+        self.rank = get(reply.body, "rank", int)
+        self.num_workers = get(reply.body, "num_workers", int)
+        self._tables: dict[str, Table] = {}
+        self._requests: dict[int, Request] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.requests = 0
+        _open.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"connected to {self.address}"
+        return f"<Worker id={self.id} rank={self.rank} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the worker is closed; connect again with paramserver.connect()")
+        if self._node.aborted is not None:
+            raise self._node.aborted
+
+    def _keymap(self) -> KeyMap:
+        self._check_open()
+        keymap = self._node.keymap
+        assert keymap is not None, "registered workers always have a key map"
+        return keymap
+
+    def _request(self, parts: dict[int, Message], what: str, *,
+                 on_part: Callable[[Message], None] | None = None,
+                 combine: Callable[[], Any] | None = None, timeout: float | None = None) -> Request:
+        self._check_open()
+        req = self._node.request(parts, what, on_part=on_part, combine=combine, timeout=timeout)
+        with self._lock:
+            self.requests += 1
+            if not req.done():
+                self._requests[req.ts] = req
+        req.add_done_callback(self._forget)
+        return req
+
+    def _forget(self, req: Request) -> None:
+        with self._lock:
+            self._requests.pop(req.ts, None)
+
+    # ------------------------------------------------------------------ API
+    def table(
+        self,
+        name: str,
+        width: int = 1,
+        dtype: Any = "float32",
+        updater: str | Updater | type[Updater] = "sum",
+        init: str | Initializer = "zeros",
+        *,
+        updater_args: dict[str, Any] | None = None,
+        init_args: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Table:
+        """Declare the table ``name`` (or attach to it if it exists with the same spec).
+
+        Parameters
+        ----------
+        name:
+            The table's name, shared by every worker.
+        width:
+            Values per key (1 for a weight vector, d for d-dimensional embeddings).
+        dtype:
+            Value dtype: float16/32/64 or a (u)int8/16/32/64.
+        updater:
+            How servers apply pushes: ``"sum"`` (default), ``"assign"``, ``"sgd"``,
+            ``"adagrad"``, ``"adam"``, ``"ftrl"``, ``"max"``, ``"min"``, an
+            :class:`Updater` object (``paramserver.SGD(lr=0.1)``) or ``"pkg.module:Name"``.
+        init:
+            Values of keys never pushed: ``"zeros"`` (default), ``"normal"``,
+            ``"uniform"``, ``"constant"``, or an initializer object
+            (``paramserver.Normal(std=0.01, seed=1)``).
+        updater_args, init_args:
+            Keyword parameters when ``updater`` / ``init`` are given by name.
+
+        Raises
+        ------
+        TableError
+            The table exists with another spec.
+        DTypeError, InvalidArgument, ConfigError
+            The spec is invalid (checked before anything is sent).
+        """
+        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args)
+        self._check_open()
+        with self._lock:
+            existing = self._tables.get(name)
+        if existing is not None:
+            existing.spec.check_compatible(spec)
+            return existing
+        reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body={"spec": spec.to_wire()}),
+                                f"declaring table {name!r}", timeout)
+        table = Table(self, get(reply.body, "id", int), spec)
+        with self._lock:
+            return self._tables.setdefault(name, table)
+
+    def barrier(self, group: str = "workers", *, timeout: float | None = None) -> None:
+        """Block until every worker (or every node of ``group``) has called barrier.
+
+        Parameters
+        ----------
+        group:
+            ``"workers"`` (default) or ``"all"`` (workers and servers).
+        timeout:
+            Seconds to wait at most (PS_TIMEOUT if None).
+        """
+        self._check_open()
+        self._node.call(SCHEDULER_ID, Message(Op.BARRIER, body={"group": group}),
+                        f"barrier of the {group}", timeout)
+
+    def wait(self, ts: int, timeout: float | None = None) -> None:
+        """Wait for this worker's request with timestamp ``ts``; return at once if it is done."""
+        with self._lock:
+            req = self._requests.get(ts)
+        if req is not None:
+            req.wait(timeout)
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        """Wait for every request of this worker that is still in flight."""
+        with self._lock:
+            reqs = list(self._requests.values())
+        for req in reqs:
+            req.wait(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, messages and bytes, overall and per table.
+
+        Byte counts are the lengths of the frames sent and received, headers included.
+        """
+        node = self._node
+        with node._lock:
+            counters = dict(node.counters)
+            table_bytes = dict(node.table_bytes)
+        tables = {}
+        for name, t in self._tables.items():
+            tables[name] = {
+                "id": t.id,
+                "pushes": t.pushes,
+                "pulls": t.pulls,
+                "keys_pushed": t.keys_pushed,
+                "keys_pulled": t.keys_pulled,
+                "bytes_sent": table_bytes.get((t.id, "sent"), 0),
+                "bytes_received": table_bytes.get((t.id, "received"), 0),
+            }
+        return {
+            "node": self.id,
+            "rank": self.rank,
+            "requests": self.requests,
+            "in_flight": len(self._requests),
+            "messages_sent": counters.get("messages_sent", 0),
+            "messages_received": counters.get("messages_received", 0),
+            "bytes_sent": counters.get("bytes_sent", 0),
+            "bytes_received": counters.get("bytes_received", 0),
+            "tables": tables,
+        }
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Say goodbye to the scheduler and close. Idempotent.
+
+        Requests still in flight fail with :class:`ClosedError`; call :meth:`wait_all`
+        first to let them finish.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        node = self._node
+        if node.aborted is None:
+            try:
+                node.call(SCHEDULER_ID, Message(Op.BYE), "goodbye", timeout)
+            except PSError as exc:
+                log.debug("worker %d: goodbye not acknowledged: %s", self.id, exc)
+        node.close(linger=1.0)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self._node.close(linger=0)
+            except Exception:
+                pass
+
+
+def connect(address: str | None = None, *, timeout: float | None = None,
+            config: Config | None = None, transport: Transport | None = None) -> Worker:
+    """Join the cluster whose scheduler is at ``address`` as a worker.
+
+    Parameters
+    ----------
+    address:
+        ``host:port`` or ``tcp://host:port``; if None, read from the environment
+        (PS_SCHEDULER, or DMLC_PS_ROOT_URI and DMLC_PS_ROOT_PORT, as set by the launcher).
+    timeout:
+        Seconds to wait for the scheduler (PS_CONNECT_TIMEOUT if None).
+
+    Raises
+    ------
+    ConnectError
+        No scheduler answered in time; the message names the address.
+    ConfigError
+        No address given and none in the environment.
+    """
+    cfg = config or Config.from_env()
+    addr = parse_address(address) if address else cfg.scheduler_address()
+    node = Node("worker", cfg, transport)
+    node.start(cfg.bind_host() or choose_host(addr), cfg.port)
+    try:
+        reply = node.register(
+            addr,
+            {"role": "worker", "address": node.address, "rank": cfg.worker_rank, **process_info()},
+            timeout=cfg.connect_timeout if timeout is None else timeout,
+        )
+    except BaseException:
+        node.close(linger=0)
+        raise
+    node.start_heartbeats()
+    return Worker(node, reply, addr)
