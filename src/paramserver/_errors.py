@@ -96,7 +96,7 @@ class RemoteError(PSError):
     def __str__(self) -> str:
         text = super().__str__()
         if self.remote_traceback:
-            text += "\n\nRemote traceback (node %d):\n%s" % (self.node, self.remote_traceback)
+            text += f"\n\nRemote traceback (node {self.node}):\n{self.remote_traceback}"
         return text
 
 

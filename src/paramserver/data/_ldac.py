@@ -92,9 +92,7 @@ def load_ldac(path: str | os.PathLike[str]) -> list[Document]:
                     raise ValueError("each term must be id:count")
                 pairs = raw.reshape(-1, 2)
             except ValueError as exc:
-                raise InvalidArgument(
-                    f"{path}, line {lineno}: not an LDA-C line 'N id:count ...' ({exc})"
-                ) from None
+                raise InvalidArgument(f"{path}, line {lineno}: not an LDA-C line 'N id:count ...' ({exc})") from None
             if n_terms != len(pairs) or (pairs < 0).any():
                 raise InvalidArgument(
                     f"{path}, line {lineno}: declares {n_terms} terms but has {len(pairs)} "

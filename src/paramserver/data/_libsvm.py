@@ -60,7 +60,7 @@ def _bad_line(path: object, lineno: int, line: str, why: str) -> InvalidArgument
 
 def _check_lines(path: object, linenos: list[int], labels: list[str], rests: list[str]) -> None:
     """Slow path: raise InvalidArgument naming the first line that does not parse."""
-    for lineno, label, rest in zip(linenos, labels, rests):
+    for lineno, label, rest in zip(linenos, labels, rests, strict=True):
         line = f"{label} {rest}"
         try:
             float(label)
@@ -69,7 +69,7 @@ def _check_lines(path: object, linenos: list[int], labels: list[str], rests: lis
         if not _FEATURES_RE.fullmatch(rest):
             raise _bad_line(path, lineno, line, "expected index:value pairs")
         for pair in rest.split():
-            index, _, value = pair.partition(":")
+            value = pair.partition(":")[2]
             try:
                 float(value)
             except ValueError:
@@ -142,17 +142,15 @@ def load_libsvm(
     if seen <= {-1.0, 1.0}:
         return X, (y > 0).astype(np.int8)
     shown = sorted(seen)[:5]
-    raise InvalidArgument(
-        f"{path}: labels {shown} are not binary (-1/+1 or 0/1); pass binary=False to keep them"
-    )
+    raise InvalidArgument(f"{path}: labels {shown} are not binary (-1/+1 or 0/1); pass binary=False to keep them")
 
 
 def _as_text(values: npt.NDArray[Any]) -> npt.NDArray[np.str_]:
     """Numbers as their shortest exact text; integral values without a decimal point."""
     values = np.asarray(values, dtype=np.float64)
-    if np.all(np.isfinite(values)) and np.all(values == np.trunc(values)):
-        if np.all(np.abs(values) < 2**53):
-            return values.astype(np.int64).astype(str)
+    integral = np.all(np.isfinite(values)) and np.all(values == np.trunc(values))
+    if integral and np.all(np.abs(values) < 2**53):
+        return values.astype(np.int64).astype(str)
     return values.astype(str)  # numpy prints the shortest repr that reads back exactly
 
 
@@ -188,8 +186,5 @@ def save_libsvm(path: str | os.PathLike[str], X: Any, y: npt.ArrayLike) -> None:
     with atomic_writer(pathlib.Path(path)) as fh:
         for start in range(0, X.shape[0], _ROWS_PER_WRITE):
             stop = min(start + _ROWS_PER_WRITE, X.shape[0])
-            lines = [
-                " ".join([label_text[r], *pair_text[indptr[r] : indptr[r + 1]]])
-                for r in range(start, stop)
-            ]
+            lines = [" ".join([label_text[r], *pair_text[indptr[r] : indptr[r + 1]]]) for r in range(start, stop)]
             fh.write(("\n".join(lines) + "\n").encode("utf-8"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import pathlib
+import sys
 import zipfile
 from typing import Literal, NamedTuple
 
@@ -174,14 +175,10 @@ def _load(path: pathlib.Path) -> NewsgroupsBinary:
             mat.has_sorted_indices = True
             return mat
 
-        return NewsgroupsBinary(
-            matrix("train"), z["y_train"], matrix("test"), z["y_test"], vocabulary
-        )
+        return NewsgroupsBinary(matrix("train"), z["y_train"], matrix("test"), z["y_test"], vocabulary)
 
 
-def newsgroups_binary(
-    ngram_range: tuple[int, int] = (1, 2), *, use_cache: bool = True
-) -> NewsgroupsBinary:
+def newsgroups_binary(ngram_range: tuple[int, int] = (1, 2), *, use_cache: bool = True) -> NewsgroupsBinary:
     """20 Newsgroups as a sparse binary classification problem (``comp.*``/``sci.*`` = 1).
 
     Features are built exactly as scikit-learn's ``CountVectorizer(binary=True,
@@ -217,6 +214,8 @@ def newsgroups_binary(
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # unreadable cache (older format, disk trouble): rebuild it
     train_texts, train_cats = newsgroups_documents("train")
+    if use_cache:
+        print(f"paramserver: building the 20 Newsgroups features (once; cached in {path})", file=sys.stderr)
     test_texts, test_cats = newsgroups_documents("test")
     x_train, x_test, vocabulary = binary_ngrams(train_texts, test_texts, (lo, hi))
     data = NewsgroupsBinary(x_train, _labels(train_cats), x_test, _labels(test_cats), vocabulary)

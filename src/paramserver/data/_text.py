@@ -54,15 +54,11 @@ def _unique(values: _I64) -> _I64:
 def _check_range(ngram_range: tuple[int, int]) -> tuple[int, int]:
     lo, hi = (int(v) for v in ngram_range)
     if not 1 <= lo <= hi <= 2:
-        raise InvalidArgument(
-            f"ngram_range {tuple(ngram_range)!r} is not supported; use (1, 1), (1, 2) or (2, 2)"
-        )
+        raise InvalidArgument(f"ngram_range {tuple(ngram_range)!r} is not supported; use (1, 1), (1, 2) or (2, 2)")
     return lo, hi
 
 
-def _token_ids(
-    docs: Sequence[str], lookup: dict[str, int], *, grow: bool, desc: str
-) -> tuple[_I64, _I64]:
+def _token_ids(docs: Sequence[str], lookup: dict[str, int], *, grow: bool, desc: str) -> tuple[_I64, _I64]:
     """Token ids of every document, flattened, and each token's document number.
 
     With ``grow`` new tokens are added to ``lookup``; without it they get id -1.
@@ -82,9 +78,7 @@ def _token_ids(
     return ids, doc_of
 
 
-def _ngram_keys(
-    ids: _I64, doc_of: _I64, n_tokens: int, lo: int, hi: int
-) -> tuple[_I64, _I64]:
+def _ngram_keys(ids: _I64, doc_of: _I64, n_tokens: int, lo: int, hi: int) -> tuple[_I64, _I64]:
     """The distinct ``(document, n-gram key)`` pairs, sorted by document then key.
 
     Unigram keys are token ids in ``[0, U)``; bigram keys are ``U + a * U + b``. Tokens
@@ -113,9 +107,7 @@ def _ngram_keys(
     return pairs[:, 0].copy(), pairs[:, 1].copy()  # pragma: no cover
 
 
-def _to_csr(
-    doc: _I64, col: _I64, n_docs: int, n_cols: int, dtype: npt.DTypeLike
-) -> sp.csr_matrix:
+def _to_csr(doc: _I64, col: _I64, n_docs: int, n_cols: int, dtype: npt.DTypeLike) -> sp.csr_matrix:
     """A binary CSR matrix with ones at ``(doc, col)``; ``doc`` is sorted, pairs distinct."""
     code = np.sort(doc * n_cols + col)  # n_docs * n_cols < 2**63 for any real corpus
     indices = (code % max(n_cols, 1)).astype(np.int32 if n_cols < 2**31 else np.int64)
@@ -170,10 +162,7 @@ def binary_ngrams(
 
     feature_keys = _unique(key)
     words = list(lookup)  # insertion order is id order
-    names = [
-        words[k] if k < u else f"{words[(k - u) // u]} {words[(k - u) % u]}"
-        for k in feature_keys.tolist()
-    ]
+    names = [words[k] if k < u else f"{words[(k - u) // u]} {words[(k - u) % u]}" for k in feature_keys.tolist()]
     order = sorted(range(len(names)), key=names.__getitem__)
     vocabulary = [names[i] for i in order]
     col_of = np.empty(len(order), dtype=np.int64)

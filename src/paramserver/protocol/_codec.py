@@ -123,7 +123,7 @@ def decode_header(raw: bytes | memoryview) -> tuple[list[Any], int]:
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if type(header) is not list or len(header) != _HEADER_LEN:
-        raise ProtocolError("header must be a msgpack array of %d fields" % _HEADER_LEN)
+        raise ProtocolError(f"header must be a msgpack array of {_HEADER_LEN} fields")
     version = header[0]
     if version != PROTOCOL_VERSION:
         raise ProtocolError(

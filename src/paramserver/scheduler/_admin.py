@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._config import Config, parse_address
+from .._errors import PSError
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
 from ..protocol import Message, Op
 
@@ -24,6 +25,7 @@ class AdminClient:
         self.address = parse_address(address)
         self.config = config or Config.from_env()
         self.timeout = timeout
+        self._ended = False
         self.node = Node("client", self.config)
         self.node.start(choose_host(self.address))
         try:
@@ -41,8 +43,15 @@ class AdminClient:
         """Ask the scheduler to end the job and stop every node."""
         self.node.call(SCHEDULER_ID, Message(Op.SHUTDOWN, body={"reason": reason, "code": code}),
                        "shutdown request", self.timeout)
+        self._ended = True
 
     def close(self) -> None:
+        """Say goodbye (so the scheduler forgets this client) and close."""
+        if self.node.aborted is None and not self._ended:
+            try:
+                self.node.call(SCHEDULER_ID, Message(Op.BYE), "goodbye", 2.0)
+            except PSError:
+                pass
         self.node.close(linger=0.5)
 
     def __enter__(self) -> AdminClient:

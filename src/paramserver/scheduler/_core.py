@@ -163,10 +163,7 @@ class SchedulerCore:
 
     def _expected(self, group: str) -> int:
         servers = len(self._members("server"))
-        if self.num_workers:
-            workers = self.num_workers - len(self._byes)
-        else:
-            workers = len(self._members("worker"))
+        workers = self.num_workers - len(self._byes) if self.num_workers else len(self._members("worker"))
         return {"workers": workers, "servers": servers, "all": workers + servers}[group]
 
     # ================================================================= entry points
@@ -174,7 +171,7 @@ class SchedulerCore:
         """Process one message from the network."""
         if msg.response:
             return self._on_response(msg, now)
-        if msg.sender in self.nodes:
+        if msg.sender in self.last_seen:
             self.last_seen[msg.sender] = now
         handler = {
             Op.REGISTER: self._on_register,
@@ -220,7 +217,7 @@ class SchedulerCore:
             return []
         self.finished = True
         out: list[Action] = []
-        for nid, info in self.nodes.items():
+        for nid in self.nodes:
             if nid != SCHEDULER_ID:
                 out.append(Send(nid, Message(Op.SHUTDOWN, body={"reason": reason, "code": code})))
         out.append(Finish(code, reason))
@@ -356,7 +353,7 @@ class SchedulerCore:
     def _on_shutdown(self, msg: Message, now: float) -> list[Action]:
         reason = get(msg.body, "reason", str, "shutdown requested")
         code = get(msg.body, "code", int, 0)
-        return [Send(msg.sender, msg.reply())] + self.shutdown(reason, code)
+        return [Send(msg.sender, msg.reply()), *self.shutdown(reason, code)]
 
     # ================================================================= barriers
     def _on_barrier(self, msg: Message, now: float) -> list[Action]:
@@ -435,7 +432,7 @@ class SchedulerCore:
         g = self._gathers.get(msg.ts)
         if g is None or msg.sender not in g.awaiting:
             return []
-        if msg.sender in self.nodes:
+        if msg.sender in self.last_seen:
             self.last_seen[msg.sender] = now
         g.awaiting.discard(msg.sender)
         g.replies[msg.sender] = msg

@@ -86,6 +86,8 @@ class TableSpec:
             if updater_args:
                 raise InvalidArgument("give updater parameters either in the Updater object or as updater_args, not both")
             up_name, up_params = updater_name(updater), _params(updater)
+        elif isinstance(updater, str) and updater in BUILTIN_UPDATERS:  # normalise: defaults filled in
+            up_name, up_params = updater, _params(resolve_updater(updater, updater_args))
         else:
             up_name, up_params = updater, _params(updater_args)
         if isinstance(init, Initializer):
@@ -93,7 +95,7 @@ class TableSpec:
                 raise InvalidArgument("give init parameters either in the Initializer object or as init_args, not both")
             init_name, init_params = init.name, _params(init)
         else:
-            init_name, init_params = init, _params(init_args)
+            init_name, init_params = init, _params(resolve_init(init, init_args))
         spec = cls(name, int(width), dt.name, up_name, up_params, init_name, init_params)
         spec.validate(import_user_code=False)
         return spec

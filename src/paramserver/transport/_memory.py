@@ -75,7 +75,7 @@ class MemoryTransport(Transport):
             address = self._links.get(peer)
         if address is None:
             raise NodeUnavailable(f"no connection to node {peer}")
-        copies = [bytes(memoryview(f).cast("B")) for f in frames]
+        copies = [memoryview(f).tobytes() for f in frames]
         q = self._hub.lookup(address)
         if q is not None:  # a closed peer drops messages silently, like a dead host
             q.put(copies)

@@ -40,8 +40,17 @@ def as_keys(keys: Any) -> np.ndarray:
         Negative keys, or not one-dimensional.
     """
     k = np.asarray(keys)
+    if k.dtype.kind in "fO" and not isinstance(keys, np.ndarray):
+        # A list mixing ints below and above 2**63 becomes float64 or object: convert exactly.
+        try:
+            exact = np.array(keys, dtype=KEY_DTYPE)
+        except (OverflowError, TypeError, ValueError):
+            raise InvalidArgument("keys must be integers in [0, 2**64)") from None
+        if k.size and not np.array_equal(np.array(keys, dtype=object), exact.astype(object)):
+            raise DTypeError("keys must be integers (uint64), got non-integral numbers")
+        k = exact
     if k.dtype != KEY_DTYPE:
-        if (k.size == 0 and k.dtype == np.float64) or np.issubdtype(k.dtype, np.unsignedinteger):  # np.asarray([]) is float64
+        if np.issubdtype(k.dtype, np.unsignedinteger):
             k = k.astype(KEY_DTYPE)
         elif np.issubdtype(k.dtype, np.signedinteger):
             if k.size and int(k.min()) < 0:

@@ -1,0 +1,106 @@
+"""Real clusters on 127.0.0.1: exact sums from several worker processes, pulls, range pulls."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paramserver as ps
+import workloads
+from reference import CASES, Reference
+
+pytestmark = pytest.mark.cluster
+HERE = Path(__file__).parent
+
+
+def test_three_worker_processes_fifty_rounds_exact_sums(cluster2: ps.LocalCluster) -> None:
+    rounds = 50
+    procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster2.address, str(r), str(rounds)])
+             for r in range(3)]
+    codes = [p.wait(timeout=240) for p in procs]
+    assert codes == [0, 0, 0]
+    keys, sums, counts = workloads.expected(3, rounds)
+    with ps.connect(cluster2.address) as w:
+        t_sums = w.table("sums", width=workloads.WIDTH, dtype="float32")
+        t_counts = w.table("counts", width=1, dtype="int64")
+        np.testing.assert_array_equal(t_sums.pull(keys), sums.astype(np.float32))
+        np.testing.assert_array_equal(t_counts.pull(keys).ravel(), counts)
+        # range pulls return exactly the present keys, ascending
+        rk, rv = t_sums.pull_range(0, 2**64)
+        np.testing.assert_array_equal(rk, keys)
+        np.testing.assert_array_equal(rv, sums.astype(np.float32))
+        lo, hi = 2**62, 2**63 + 2**61  # crosses the boundary between the two servers
+        rk, rv = t_counts.pull_range(lo, hi)
+        inside = (keys >= np.uint64(lo)) & (keys < np.uint64(hi))
+        np.testing.assert_array_equal(rk, keys[inside])
+        np.testing.assert_array_equal(rv.ravel(), counts[inside])
+        # the servers hold exactly these keys between them, split by range
+        status = cluster2.status()
+        per_server = [s["tables"]["1"]["keys"] for s in status["servers"].values()]
+        assert sum(per_server) == len(keys)
+        assert sorted(per_server) == sorted([int((keys < np.uint64(2**63)).sum()), int((keys >= np.uint64(2**63)).sum())])
+
+
+def test_pull_answers_in_caller_order_with_duplicates(worker: ps.Worker) -> None:
+    t = worker.table("v", width=3, dtype="float64")
+    keys = np.array([2**64 - 1, 3, 2**63, 3, 0], dtype=np.uint64)
+    vals = np.arange(15, dtype=np.float64).reshape(5, 3)
+    t.push(keys, vals).wait()
+    expect = {2**64 - 1: vals[0], 3: vals[1] + vals[3], 2**63: vals[2], 0: vals[4]}
+    query = [3, 0, 2**64 - 1, 3, 12345, 2**63]
+    got = t.pull(query)
+    want = np.array([expect.get(k, np.zeros(3)) for k in query])
+    np.testing.assert_array_equal(got, want)
+    out = np.empty((6, 3), dtype=np.float64)
+    assert t.pull(query, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    later = t.pull(query, block=False)
+    np.testing.assert_array_equal(later.result(), want)
+    assert later.done() and later.exception() is None
+
+
+def test_many_requests_in_flight_and_wait_by_timestamp(worker: ps.Worker) -> None:
+    t = worker.table("c", dtype="int32")
+    keys = np.array([1, 2**63 + 1], dtype=np.uint64)
+    reqs = [t.push(keys, np.array([i, 2 * i], dtype=np.int32)) for i in range(200)]
+    assert len({r.ts for r in reqs}) == 200
+    t.wait(reqs[-1].ts)
+    worker.wait_all()
+    np.testing.assert_array_equal(t.pull(keys).ravel(), [sum(range(200)), 2 * sum(range(200))])
+    st = worker.stats()["tables"]["c"]
+    assert st["pushes"] == 200 and st["keys_pushed"] == 400 and st["bytes_sent"] > 0 and st["bytes_received"] > 0
+
+
+@pytest.mark.parametrize(("name", "params", "gen"), CASES, ids=[c[0] for c in CASES])
+def test_builtin_updaters_on_a_real_cluster(worker: ps.Worker, name: str, params: dict[str, float],
+                                            gen: object) -> None:
+    t = worker.table(f"u_{name}", width=3, dtype="float64", updater=name, updater_args=params)
+    ref = Reference(name, params, 3, "float64")
+    rng = np.random.default_rng(3)
+    universe = np.array([5, 2**62, 2**63 + 9, 2**64 - 2], dtype=np.uint64)
+    for _ in range(6):
+        keys = rng.choice(universe, size=3, replace=False)
+        g = gen(rng, 3)  # type: ignore[operator]
+        t.push(keys, g).wait()
+        for k, row in zip(keys.tolist(), g, strict=True):
+            ref.step(k, row)
+        np.testing.assert_allclose(t.pull(universe), ref.values(universe), rtol=1e-12, atol=1e-12)
+
+
+def test_tables_attach_across_workers_and_random_init(cluster2: ps.LocalCluster) -> None:
+    init = ps.Normal(std=0.1, seed=5)
+    with ps.connect(cluster2.address) as a, ps.connect(cluster2.address) as b:
+        ta = a.table("emb", width=8, updater=ps.AdaGrad(lr=0.1), init=init)
+        tb = b.table("emb", width=8, updater="adagrad", updater_args={"lr": 0.1}, init="normal",
+                     init_args={"std": 0.1, "seed": 5})
+        assert ta.id == tb.id
+        keys = np.array([7, 2**63 + 7], dtype=np.uint64)
+        np.testing.assert_array_equal(ta.pull(keys), init.values(keys, 8, np.dtype("float32")))
+        np.testing.assert_array_equal(tb.pull(keys), ta.pull(keys))
+        with pytest.raises(ps.TableError, match="exists with width=8"):
+            b.table("emb", width=4)
+        assert {a.rank, b.rank} == {0, 1}

@@ -1,0 +1,71 @@
+"""Key ranges, the key map and the even split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from paramserver import InvalidArgument, ProtocolError
+from paramserver.placement import KEY_SPACE, Assignment, EvenSplit, KeyMap, KeyRange
+
+
+def test_even_split_tiles_the_key_space() -> None:
+    km = EvenSplit().assign([7, 3, 5], epoch=4)
+    assert km.epoch == 4
+    ranges = [(a.range.lo, a.range.hi, a.master) for a in km]
+    third = KEY_SPACE // 3
+    assert ranges == [(0, third, 3), (third, 2 * KEY_SPACE // 3, 5), (2 * KEY_SPACE // 3, KEY_SPACE, 7)]
+    assert km.servers() == [3, 5, 7]
+    assert km.master_of(0) == 3 and km.master_of(KEY_SPACE - 1) == 7
+
+
+def test_replica_chains_follow_the_id_order() -> None:
+    km = EvenSplit().assign([1, 2, 3], epoch=1, replicas=2)
+    assert [(a.master, a.replicas) for a in km] == [(1, (2,)), (2, (3,)), (3, (1,))]
+    with pytest.raises(InvalidArgument, match="replicas=4"):
+        EvenSplit().assign([1, 2, 3], epoch=1, replicas=4)
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=200), st.integers(1, 9))
+def test_slice_assigns_every_key_to_its_master(raw: list[int], n: int) -> None:
+    keys = np.unique(np.array(raw, dtype=np.uint64))
+    km = EvenSplit().assign(list(range(1, n + 1)), epoch=1)
+    parts = km.slice(keys)
+    seen = 0
+    for node, pieces in parts.items():
+        for a, b in pieces:
+            assert b > a
+            for k in keys[a:b]:
+                assert km.master_of(int(k)) == node
+            seen += b - a
+    assert seen == len(keys)
+
+
+def test_slice_range_and_owns() -> None:
+    km = EvenSplit().assign([1, 2], epoch=1)
+    half = KEY_SPACE // 2
+    assert km.slice_range(10, half + 10) == {1: [KeyRange(10, half)], 2: [KeyRange(half, half + 10)]}
+    assert km.slice_range(0, 5) == {1: [KeyRange(0, 5)]}
+    assert km.owns(1, 0, half) and not km.owns(1, 0, half + 1) and km.owns(2, half, KEY_SPACE)
+    with pytest.raises(InvalidArgument):
+        km.slice_range(5, 5)
+
+
+def test_wire_round_trip_and_validation() -> None:
+    km = EvenSplit().assign([4, 9], epoch=3, replicas=2)
+    assert KeyMap.from_wire(km.to_wire()) == km
+    bad = km.to_wire()
+    bad["ranges"][0][1] = 5  # leaves a gap
+    with pytest.raises(ProtocolError, match="tile"):
+        KeyMap.from_wire(bad)
+    with pytest.raises(ProtocolError):
+        KeyMap.from_wire({"epoch": "x", "ranges": []})
+
+
+def test_key_map_must_cover_everything() -> None:
+    with pytest.raises(InvalidArgument, match="reach 2\\*\\*64"):
+        KeyMap(1, [Assignment(KeyRange(0, 10), 1)])
+    with pytest.raises(InvalidArgument):
+        KeyRange(5, 5)

@@ -1,0 +1,194 @@
+"""The scheduler's state machine, driven with plain messages (no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from paramserver.protocol import Message, Op, Status
+from paramserver.scheduler import Connect, Disconnect, Finish, SchedulerCore, Send
+from paramserver.table import TableSpec
+
+
+def sends(actions: list[Any], op: Op | None = None) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send) and (op is None or a.msg.op == op)]
+
+
+def register(core: SchedulerCore, role: str, now: float = 0.0, rank: int = -1) -> tuple[int, list[Any]]:
+    msg = Message(Op.REGISTER, sender=-1, ts=1, body={"role": role, "address": f"mem://{role}", "pid": 1,
+                                                      "host": "h", "rank": rank})
+    actions = core.handle(msg, now)
+    connect = next(a for a in actions if isinstance(a, Connect))
+    return connect.node, actions
+
+
+def ack_all(core: SchedulerCore, actions: list[Any], op: Op, now: float = 0.0, status: Status = Status.OK,
+            body: dict[str, Any] | None = None) -> list[Any]:
+    out: list[Any] = []
+    for s in sends(actions, op):
+        out += core.handle(Message(op, sender=s.node, ts=s.msg.ts, response=True, status=status, body=body or {}),
+                           now)
+    return out
+
+
+def make(num_servers: int = 2, num_workers: int = 0) -> SchedulerCore:
+    return SchedulerCore(address="mem://0", num_servers=num_servers, num_workers=num_workers,
+                         heartbeat_timeout=5.0, request_timeout=30.0)
+
+
+def test_registration_waits_for_all_servers_then_answers_everyone() -> None:
+    core = make()
+    s1, a1 = register(core, "server")
+    w1, a2 = register(core, "worker")
+    assert not sends(a1, Op.REGISTER) and not sends(a2, Op.REGISTER)
+    s2, a3 = register(core, "server")
+    replies = sends(a3, Op.REGISTER)
+    assert {r.node for r in replies} == {s1, w1, s2}
+    body = replies[0].msg.body
+    assert body["keymap"]["epoch"] == 1 and len(body["keymap"]["ranges"]) == 2
+    assert {n[0] for n in body["nodes"]} == {0, s1, s2, w1}
+    assert next(r for r in replies if r.node == w1).msg.body["rank"] == 0
+
+
+def test_late_worker_is_announced_to_servers_before_its_reply() -> None:
+    core = make()
+    s1, _ = register(core, "server")
+    s2, _ = register(core, "server")
+    w, actions = register(core, "worker")
+    assert not sends(actions, Op.REGISTER)
+    broadcast = sends(actions, Op.NODES)
+    assert {b.node for b in broadcast} == {s1, s2}
+    assert w in {n[0] for n in broadcast[0].msg.body["nodes"]}
+    after = ack_all(core, actions, Op.NODES)
+    assert [r.node for r in sends(after, Op.REGISTER)] == [w]
+
+
+def test_barrier_counts_the_fixed_number_of_workers() -> None:
+    core = make(num_servers=1, num_workers=2)
+    register(core, "server")
+    w1, _ = register(core, "worker")
+    out = core.handle(Message(Op.BARRIER, sender=w1, ts=5, body={"group": "workers"}), 0)
+    assert not sends(out)
+    w2, a = register(core, "worker")
+    out = ack_all(core, a, Op.NODES)
+    out += core.handle(Message(Op.BARRIER, sender=w2, ts=6, body={"group": "workers"}), 0)
+    released = sends(out, Op.BARRIER)
+    assert sorted((r.node, r.msg.ts) for r in released) == [(w1, 5), (w2, 6)]
+
+
+def test_barrier_rejects_unknown_groups_and_outsiders() -> None:
+    core = make(num_servers=1)
+    register(core, "server")
+    w, _ = register(core, "worker")
+    out = core.handle(Message(Op.BARRIER, sender=w, ts=1, body={"group": "everyone"}), 0)
+    assert out[0].msg.status == Status.ERROR and "unknown barrier group" in out[0].msg.body["message"]
+    out = core.handle(Message(Op.BARRIER, sender=99, ts=1, body={}), 0)
+    assert out[0].msg.body["type"] == "JobAborted"
+
+
+def test_table_creation_conflict_and_attach() -> None:
+    core = make(num_servers=2)
+    s1, _ = register(core, "server")
+    s2, _ = register(core, "server")
+    w1, _ = register(core, "worker")
+    spec = TableSpec.create("w", width=2).to_wire()
+    out = core.handle(Message(Op.TABLE, sender=w1, ts=3, body={"spec": spec}), 0)
+    assert {s.node for s in sends(out, Op.TABLE)} == {s1, s2}
+    # a second worker asks for the same table while it is being created: it waits
+    assert core.handle(Message(Op.TABLE, sender=w1, ts=4, body={"spec": spec}), 0) == []
+    done = ack_all(core, out, Op.TABLE)
+    assert sorted(r.msg.ts for r in sends(done, Op.TABLE)) == [3, 4]
+    assert all(r.msg.body == {"id": 0} for r in sends(done, Op.TABLE))
+    other = TableSpec.create("w", width=3).to_wire()
+    out = core.handle(Message(Op.TABLE, sender=w1, ts=5, body={"spec": other}), 0)
+    assert out[0].msg.status == Status.ERROR and out[0].msg.body["type"] == "TableError"
+
+
+def test_table_creation_failure_on_a_server_is_reported_and_forgotten() -> None:
+    core = make(num_servers=1)
+    register(core, "server")
+    w, _ = register(core, "worker")
+    spec = TableSpec.create("u", updater="nomod:X").to_wire()
+    out = core.handle(Message(Op.TABLE, sender=w, ts=3, body={"spec": spec}), 0)
+    done = ack_all(core, out, Op.TABLE, status=Status.ERROR,
+                   body={"type": "ConfigError", "message": "cannot import updater 'nomod:X'"})
+    assert "cannot import updater" in sends(done)[0].msg.body["message"]
+    out = core.handle(Message(Op.TABLE, sender=w, ts=4, body={"spec": spec}), 0)
+    assert sends(out, Op.TABLE)[0].node != w  # asked the servers again
+
+
+def test_dead_server_ends_the_job_with_its_name() -> None:
+    core = make(num_servers=1)
+    s, _ = register(core, "server", now=0)
+    w, _ = register(core, "worker", now=0)
+    core.handle(Message(Op.HEARTBEAT, sender=w, ts=9), 4.0)
+    out = core.tick(6.0)
+    finish = next(a for a in out if isinstance(a, Finish))
+    assert finish.code == 1 and f"server {s}" in finish.reason and "no heartbeat" in finish.reason
+    assert {x.node for x in sends(out, Op.SHUTDOWN)} == {w}
+
+
+def test_fixed_job_ends_when_all_workers_say_bye() -> None:
+    core = make(num_servers=1, num_workers=2)
+    s, _ = register(core, "server")
+    w1, _ = register(core, "worker")
+    w2, a = register(core, "worker")
+    ack_all(core, a, Op.NODES)
+    out = core.handle(Message(Op.BYE, sender=w1, ts=1), 0)
+    assert not any(isinstance(x, Finish) for x in out)
+    out = core.handle(Message(Op.BYE, sender=w2, ts=1), 0)
+    finish = next(x for x in out if isinstance(x, Finish))
+    assert finish.code == 0 and "all 2 workers are done" in finish.reason
+    assert [x.node for x in sends(out, Op.SHUTDOWN)] == [s]
+
+
+def test_dynamic_worker_death_releases_barriers() -> None:
+    core = make(num_servers=1)
+    s, _ = register(core, "server")
+    w1, _ = register(core, "worker")
+    w2, a = register(core, "worker")
+    ack_all(core, a, Op.NODES)
+    assert core.handle(Message(Op.BARRIER, sender=w1, ts=7, body={}), 0) == []
+    core.handle(Message(Op.HEARTBEAT, sender=w1, ts=8), 9.0)
+    core.handle(Message(Op.HEARTBEAT, sender=s, ts=8), 9.0)
+    out = core.tick(9.5)  # w2 silent for 9.5 s > 5
+    assert any(isinstance(x, Disconnect) and x.node == w2 for x in out)
+    assert [(r.node, r.msg.ts) for r in sends(out, Op.BARRIER)] == [(w1, 7)]
+    assert not any(isinstance(x, Finish) for x in out)
+
+
+def test_too_many_workers_and_late_servers_are_refused() -> None:
+    core = make(num_servers=1, num_workers=1)
+    register(core, "server")
+    register(core, "worker")
+    _, out = register(core, "worker")
+    assert "already has its 1 workers" in sends(out)[0].msg.body["message"]
+    _, out = register(core, "server")
+    assert "cannot join a running cluster" in sends(out)[0].msg.body["message"]
+
+
+def test_status_gathers_every_server_and_tolerates_silence() -> None:
+    core = make(num_servers=2)
+    s1, _ = register(core, "server")
+    s2, _ = register(core, "server")
+    c, _ = register(core, "client")
+    out = core.handle(Message(Op.STATUS, sender=c, ts=2), 0)
+    asks = sends(out, Op.STATUS)
+    core.handle(Message(Op.STATUS, sender=s1, ts=asks[0].msg.ts, response=True, body={"pid": 5}), 1)
+    core.handle(Message(Op.HEARTBEAT, sender=s1, ts=3), 29)
+    core.handle(Message(Op.HEARTBEAT, sender=s2, ts=3), 29)
+    out = core.tick(31.0)  # request_timeout 30 passed for s2
+    reply = sends(out, Op.STATUS)[0]
+    assert reply.node == c
+    assert reply.msg.body["servers"][str(s1)] == {"pid": 5}
+    assert "no answer within 30 s" in reply.msg.body["servers"][str(s2)]["error"]
+
+
+@pytest.mark.parametrize("body", [{}, {"role": "server"}, {"role": 5, "address": "x"}, {"role": "boss", "address": "x"}])
+def test_malformed_registrations_raise_protocol_errors(body: dict[str, Any]) -> None:
+    from paramserver import ProtocolError
+
+    core = make()
+    with pytest.raises(ProtocolError):
+        core.handle(Message(Op.REGISTER, sender=-1, ts=1, body=body), 0)

@@ -1,0 +1,70 @@
+"""Known workloads shared by tests and the worker processes they start.
+
+Run as a script, it is one worker: ``python workloads.py ADDRESS RANK ROUNDS``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+WIDTH = 2
+# A pool of keys across the whole 64-bit space, top half included, so rounds collide.
+POOL = np.unique(np.concatenate([
+    np.random.default_rng(0).integers(0, 2**64 - 1, size=1500, dtype=np.uint64, endpoint=True),
+    np.array([0, 1, 2**63 - 1, 2**63, 2**64 - 1], dtype=np.uint64),
+]))
+
+
+def round_data(rank: int, rnd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keys (unsorted, with duplicates), float32 values and int64 counts of one push."""
+    rng = np.random.default_rng([rank, rnd])
+    n = int(rng.integers(1, 400))
+    keys = rng.choice(POOL, size=n, replace=True)
+    values = rng.integers(-100, 100, size=(n, WIDTH)).astype(np.float32)
+    counts = np.ones(n, dtype=np.int64)
+    return keys, values, counts
+
+
+def expected(ranks: int, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact final state: sorted present keys, their value sums and their counts."""
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for rank in range(ranks):
+        for rnd in range(rounds):
+            keys, values, _ = round_data(rank, rnd)
+            order = np.argsort(keys, kind="stable")
+            k, v = keys[order], values[order].astype(np.float64)
+            uniq, start = np.unique(k, return_index=True)
+            block = np.add.reduceat(v, start, axis=0)
+            n = np.diff(np.append(start, len(k)))
+            for key, row, c in zip(uniq.tolist(), block, n.tolist(), strict=True):
+                sums[key] = sums.get(key, np.zeros(WIDTH)) + row
+                counts[key] = counts.get(key, 0) + c
+    keys = np.array(sorted(sums), dtype=np.uint64)
+    return keys, np.array([sums[int(k)] for k in keys]), np.array([counts[int(k)] for k in keys])
+
+
+def main(address: str, rank: int, rounds: int) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import paramserver as ps
+
+    with ps.connect(address) as w:
+        sums = w.table("sums", width=WIDTH, dtype="float32")
+        counts = w.table("counts", width=1, dtype="int64")
+        reqs = []
+        for rnd in range(rounds):
+            keys, values, ones = round_data(rank, rnd)
+            reqs.append(sums.push(keys, values))
+            reqs.append(counts.push(keys, ones))
+            if len(reqs) > 16:  # keep a bounded number in flight
+                reqs.pop(0).wait()
+        for r in reqs:
+            r.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
