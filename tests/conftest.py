@@ -48,9 +48,10 @@ def no_leaks() -> Iterator[None]:
 @pytest.fixture
 def fast_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Short heartbeat timeouts in this process and in the nodes it starts."""
-    for k, v in FAST_ENV.items():
+    env = {**FAST_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    for k, v in env.items():
         monkeypatch.setenv(k, v)
-    return dict(FAST_ENV)
+    return env
 
 
 @pytest.fixture

@@ -43,9 +43,9 @@ def test_spec_validation_messages() -> None:
         TableSpec.create("t", updater="nope")
     with pytest.raises(InvalidArgument, match="has no parameter"):
         TableSpec.create("t", updater="sgd", updater_args={"learning_rate": 1})
-    with pytest.raises(InvalidArgument, match="lr=-1.0 must be finite and > 0"):
+    with pytest.raises(InvalidArgument, match=r"lr=-1.0 must be finite and > 0"):
         SGD(lr=-1)
-    with pytest.raises(InvalidArgument, match="beta1=1.0 must be < 1"):
+    with pytest.raises(InvalidArgument, match=r"beta1=1.0 must be < 1"):
         Adam(beta1=1.0)
     with pytest.raises(InvalidArgument, match="width must be"):
         TableSpec.create("t", width=0)

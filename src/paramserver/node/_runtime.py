@@ -86,6 +86,8 @@ class Node:
         self.config = config
         self.transport = transport if transport is not None else ZmqTransport()
         self.id = SCHEDULER_ID if role == "scheduler" else -1
+        #: The scheduler's address (set by :meth:`register`).
+        self.scheduler_address = ""
         self.keymap: KeyMap | None = None
         self._handlers: dict[Op, Handler] = {
             Op.PING: lambda m: self.reply(m),
@@ -175,7 +177,7 @@ class Node:
         if info is not None:
             return str(info)
         if node == SCHEDULER_ID:
-            return f"the scheduler at {self.config.scheduler_address() if self.role != 'scheduler' else self.address}"
+            return f"the scheduler at {self.scheduler_address or self.address}"
         return f"node {node}"
 
     def set_nodes(self, nodes: list[NodeInfo], keymap: KeyMap | None, dead: set[int]) -> None:
@@ -330,19 +332,34 @@ class Node:
             req.fail(exc)
 
     # ------------------------------------------------------------------ registration
-    def register(self, scheduler: str, body: dict[str, Any], timeout: float) -> Message:
+    def register(self, scheduler: str, body: dict[str, Any], timeout: float,
+                 on_reply: Callable[[Message], None] | None = None) -> Message:
         """Join the cluster through the scheduler at ``scheduler``; return its reply.
+
+        The node id, node table and key map are taken from the reply on the receive thread,
+        and ``on_reply`` runs there too, before any later message is handled: requests that
+        follow the reply (a table to create, a push) find the node ready.
 
         Raises
         ------
         ConnectError
             No scheduler answered within ``timeout`` seconds.
         """
+        self.scheduler_address = scheduler
         self.connect(SCHEDULER_ID, scheduler)
         box: list[Message] = []
+
+        def registered(reply: Message) -> None:
+            self.id = get(reply.body, "id", int)
+            self._apply_nodes(reply.body)
+            self._scheduler_seen = time.monotonic()
+            if on_reply is not None:
+                on_reply(reply)
+            box.append(reply)
+
         msg = Message(Op.REGISTER, body=body)
         req = self.request({SCHEDULER_ID: msg}, f"registration with the scheduler at {scheduler}",
-                           on_part=box.append, timeout=timeout)
+                           on_part=registered, timeout=timeout)
         try:
             req.wait()
         except RequestTimeout:
@@ -351,11 +368,7 @@ class Node:
                 f"(PS_CONNECT_TIMEOUT); check the address, or start one with "
                 f"`paramserver scheduler`"
             ) from None
-        reply = box[0]
-        self.id = get(reply.body, "id", int)
-        self._apply_nodes(reply.body)
-        self._scheduler_seen = time.monotonic()
-        return reply
+        return box[0]
 
     def _apply_nodes(self, body: dict[str, Any]) -> None:
         nodes = [NodeInfo.from_wire(x) for x in get(body, "nodes", list)]
@@ -391,7 +404,7 @@ class Node:
         silent = now - self._scheduler_seen
         if silent > self.config.heartbeat_timeout:
             self.abort(NodeUnavailable(
-                f"the scheduler at {self.config.scheduler_address()} is unreachable since "
+                f"the scheduler at {self.scheduler_address} is unreachable since "
                 f"{time.strftime('%H:%M:%S', time.localtime(time.time() - silent))} "
                 f"(no answer for {silent:.1f} s)"
             ))

@@ -129,10 +129,16 @@ class SchedulerCore:
         self._table_ids = itertools.count(0)
         self._byes: set[int] = set()
         self._ranks: dict[int, int] = {}
+        self._answered: set[int] = set()
 
     # ================================================================= helpers
     def _members(self, role: str) -> list[int]:
+        """Nodes of ``role`` that registered (answered or not)."""
         return sorted(n.id for n in self.nodes.values() if n.role == role)
+
+    def _joined(self, role: str) -> list[int]:
+        """Nodes of ``role`` whose registration was answered: they know their id and can reply."""
+        return [n for n in self._members(role) if n in self._answered]
 
     def _nodes_body(self, dead: list[int] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -217,8 +223,8 @@ class SchedulerCore:
             return []
         self.finished = True
         out: list[Action] = []
-        for nid in self.nodes:
-            if nid != SCHEDULER_ID:
+        for nid, info in self.nodes.items():
+            if info.role in ("server", "worker"):
                 out.append(Send(nid, Message(Op.SHUTDOWN, body={"reason": reason, "code": code})))
         out.append(Finish(code, reason))
         return out
@@ -227,6 +233,7 @@ class SchedulerCore:
         """A node died (or was unreachable for too long)."""
         info = self.nodes.pop(nid, None)
         self.last_seen.pop(nid, None)
+        self._answered.discard(nid)
         if info is None:
             return []
         log.warning("%s", reason)
@@ -309,7 +316,7 @@ class SchedulerCore:
             log.info("all %d servers registered; %r", len(servers), self.keymap)
         batch, self._waiting_regs = self._waiting_regs, []
         new = {info.id for info, _ in batch}
-        old_servers = [s for s in self._members("server") if s not in new]
+        old_servers = [s for s in self._joined("server") if s not in new]
         self._round_busy = True
 
         def done(g: _Gather) -> list[Action]:
@@ -322,6 +329,7 @@ class SchedulerCore:
                         "tables": [[t.id, t.spec.to_wire()] for t in self._tables.values() if t.ready],
                         **self._nodes_body()}
                 out.append(Send(info.id, reg.reply(body=body)))
+                self._answered.add(info.id)
             return out + self._next_round(now) + self._check_barriers()
 
         body = self._nodes_body()
@@ -329,7 +337,7 @@ class SchedulerCore:
 
     def _broadcast_nodes(self, now: float, dead: list[int] | None = None) -> list[Action]:
         body = self._nodes_body(dead)
-        targets = [n for n in self.nodes if n != SCHEDULER_ID and self.nodes[n].role != "client"]
+        targets = [n for n in self.nodes if n in self._answered]
         return self._request(targets, lambda nid: Message(Op.NODES, body=body), now, lambda g: [])
 
     def _on_heartbeat(self, msg: Message, now: float) -> list[Action]:
@@ -338,6 +346,7 @@ class SchedulerCore:
     def _on_bye(self, msg: Message, now: float) -> list[Action]:
         info = self.nodes.pop(msg.sender)
         self.last_seen.pop(msg.sender, None)
+        self._answered.discard(msg.sender)
         out: list[Action] = [Send(msg.sender, msg.reply()), Disconnect(msg.sender)]
         if info.role != "worker":
             return out
@@ -404,7 +413,7 @@ class SchedulerCore:
             log.info("table %d %r (%s)", table.id, spec.name, spec.describe())
             return [Send(w.sender, w.reply(body={"id": table.id})) for w in waiters]
 
-        return self._request(self._members("server"), lambda nid: Message(Op.TABLE, body=body), now, done)
+        return self._request(self._joined("server"), lambda nid: Message(Op.TABLE, body=body), now, done)
 
     # ================================================================= status
     def _on_status(self, msg: Message, now: float) -> list[Action]:
@@ -425,7 +434,7 @@ class SchedulerCore:
             }
             return [Send(msg.sender, msg.reply(body=body))]
 
-        return self._request(self._members("server"), lambda nid: Message(Op.STATUS), now, done)
+        return self._request(self._joined("server"), lambda nid: Message(Op.STATUS), now, done)
 
     # ================================================================= replies
     def _on_response(self, msg: Message, now: float) -> list[Action]:

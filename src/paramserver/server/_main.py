@@ -25,13 +25,13 @@ def run_server(config: Config, *, host: str = "", port: int = 0) -> int:
     server = Server(node)
     node.start(host or config.bind_host() or choose_host(address), port or config.port)
     try:
-        reply = node.register(address, {"role": "server", "address": node.address, **process_info()},
-                              timeout=config.connect_timeout)
+        node.register(address, {"role": "server", "address": node.address, **process_info()},
+                      timeout=config.connect_timeout,
+                      on_reply=lambda reply: server.add_tables(reply.body.get("tables", [])))
     except ConnectError as exc:
         log.error("%s", exc)
         node.close(linger=0)
         return 1
-    server.add_tables(reply.body.get("tables", []))
     node.start_heartbeats()
     ranges = [str(r) for r in node.keymap.ranges_of(node.id)] if node.keymap else []
     log.info("server %d serving at %s, key ranges %s", node.id, node.address, ", ".join(ranges))
