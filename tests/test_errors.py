@@ -99,7 +99,7 @@ def test_malformed_requests_get_error_replies_and_change_nothing(worker: ps.Work
     unknown = Message(Op.PULL, table=99, arrays=[np.array([5], dtype=np.uint64)])
     with pytest.raises(ps.TableError, match="table id 99 is unknown"):
         node.request({server: unknown}, "bad pull").wait(10)
-    other = [s for s in node.keymap.servers() if s != server][0]  # type: ignore[union-attr]
+    other = next(s for s in node.keymap.servers() if s != server)  # type: ignore[union-attr]
     misrouted = Message(Op.PULL, table=t.id, arrays=[np.array([5], dtype=np.uint64)])
     with pytest.raises(ps.KeyRangeError, match="received keys owned by node"):
         node.request({other: misrouted}, "misrouted pull").wait(10)

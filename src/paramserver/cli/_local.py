@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from .._config import Config
-from .._errors import ConnectError, InvalidArgument, PSError
+from .._errors import ConnectError, InvalidArgument, JobAborted, PSError
 from ..scheduler import AdminClient
 from ..worker import open_workers
 from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_all
@@ -147,6 +147,8 @@ class LocalCluster:
             try:
                 with AdminClient(self.address, timeout=5.0, config=Config.from_env(self._env)) as admin:
                     admin.shutdown("the LocalCluster was closed")
+            except JobAborted:
+                pass  # the job already ended (every worker of a fixed-size job said goodbye)
             except PSError as exc:
                 log.warning("LocalCluster: shutdown request failed (%s); terminating the processes", exc)
         if not wait_all(self._procs, timeout):

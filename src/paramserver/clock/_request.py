@@ -38,12 +38,13 @@ class Request:
         "_callbacks",
         "_combine",
         "_default_timeout",
-        "_event",
+        "_done",
         "_exc",
         "_lock",
         "_peer_names",
         "_pending",
         "_result",
+        "_signal",
         "finished",
         "started",
         "ts",
@@ -64,7 +65,10 @@ class Request:
         self.what = what
         self._pending = set(peers)
         self._lock = threading.Lock()
-        self._event = threading.Event()
+        # Held until the request finishes; a waiter acquires and at once releases it.
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._done = False
         self._result: Any = _UNSET
         self._exc: BaseException | None = None
         self._callbacks: list[Callable[[Request], None]] = []
@@ -79,7 +83,7 @@ class Request:
     # ----------------------------------------------------------------- caller side
     def done(self) -> bool:
         """True once the request finished, successfully or not."""
-        return self._event.is_set()
+        return self._done
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the request finishes; raise its error if it failed.
@@ -101,8 +105,12 @@ class Request:
             raise self._exc
 
     def _wait_done(self, timeout: float | None) -> None:
+        if self._done:
+            return
         limit = self._default_timeout if timeout is None else timeout
-        if not self._event.wait(limit):
+        if self._signal.acquire(timeout=min(max(limit, 0.0), threading.TIMEOUT_MAX)):
+            self._signal.release()
+        else:
             with self._lock:
                 waiting = ", ".join(self._peer_names(p) for p in sorted(self._pending))
             raise RequestTimeout(
@@ -134,7 +142,7 @@ class Request:
         receive thread): keep them short and never block in them.
         """
         with self._lock:
-            if not self._event.is_set():
+            if not self._done:
                 self._callbacks.append(fn)
                 return
         fn(self)
@@ -147,7 +155,7 @@ class Request:
     def part_done(self, peer: int) -> None:
         """Mark the part from ``peer`` finished; complete the request after the last."""
         with self._lock:
-            if self._event.is_set():
+            if self._done:
                 return
             self._pending.discard(peer)
             if self._pending:
@@ -166,12 +174,13 @@ class Request:
 
     def _finish(self, result: Any, exc: BaseException | None) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._done:
                 return
             self._result = result
             self._exc = exc
             self.finished = time.monotonic()
-            self._event.set()
+            self._done = True
+            self._signal.release()
             callbacks, self._callbacks = self._callbacks, []
         for fn in callbacks:
             fn(self)

@@ -26,6 +26,9 @@ from ._base import Frames, Transport
 
 __all__ = ["ZmqTransport"]
 
+_SNDMORE = int(zmq.SNDMORE)
+_COPY_THRESHOLD = 1 << 16
+
 
 class _Link:
     __slots__ = ("address", "lock", "socket")
@@ -103,20 +106,27 @@ class ZmqTransport(Transport):
         link = self._links.get(peer)
         if link is None:
             raise NodeUnavailable(f"no connection to node {peer}")
+        sizes = [memoryview(f).nbytes for f in frames]
+        last = len(frames) - 1
         with link.lock:
-            if link.socket.closed:
+            sock = link.socket
+            if sock.closed:
                 raise NodeUnavailable(f"the connection to node {peer} was closed")
-            link.socket.send_multipart(frames, copy=False)
-        return sum(memoryview(f).nbytes for f in frames)
+            # Small frames are copied (cheaper than tracking a buffer); large ones are not.
+            for i, f in enumerate(frames):
+                sock.send(f, _SNDMORE if i < last else 0, copy=sizes[i] < _COPY_THRESHOLD)
+        return sum(sizes)
 
     def recv(self, timeout: float | None) -> list[Any] | None:
         ms = None if timeout is None else max(0, int(timeout * 1000))
-        ready = dict(self._poller.poll(ms))
-        if self._wake_rx in ready:
+        ready = self._poller.poll(ms)
+        if not ready:
+            return None
+        if len(ready) > 1 or ready[0][0] is self._wake_rx:
             while self._wake_rx.poll(0):
                 self._wake_rx.recv()
-        if self._router not in ready:
-            return None
+            if not any(sock is self._router for sock, _ in ready):
+                return None
         frames = self._router.recv_multipart(copy=False)
         return frames[1:]  # drop the routing identity
 

@@ -1,0 +1,27 @@
+"""Run every benchmark (``make bench``); each prints its table and writes benchmarks/results/*.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BENCHES = ["bench_pushpull.py", "bench_server.py", "bench_index.py"]
+
+
+def main() -> int:
+    extra = sys.argv[1:]
+    failed = []
+    for name in BENCHES:
+        print(f"\n=== {name} ===", flush=True)
+        args = extra if name == "bench_pushpull.py" else []
+        if subprocess.call([sys.executable, str(HERE / name), *args]) != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
