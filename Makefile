@@ -16,6 +16,7 @@ venv: $(STAMP)
 
 ## demo: a real job on real data: scheduler, 2 servers and 2 workers on this machine
 demo: $(STAMP)
+	$(BIN)/paramserver data newsgroups
 	$(BIN)/paramserver launch -s 2 -w 2 -- $(BIN)/python examples/newsgroups_sgd.py
 
 ## test: the whole test suite

@@ -69,3 +69,21 @@ def test_key_map_must_cover_everything() -> None:
         KeyMap(1, [Assignment(KeyRange(0, 10), 1)])
     with pytest.raises(InvalidArgument):
         KeyRange(5, 5)
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=100))
+def test_spread_is_a_bijection(raw: list[int]) -> None:
+    from paramserver import spread, unspread
+
+    ids = np.array(raw, dtype=np.uint64)
+    np.testing.assert_array_equal(unspread(spread(ids)), ids)
+    np.testing.assert_array_equal(spread(unspread(ids)), ids)
+
+
+def test_spread_balances_consecutive_ids_over_servers() -> None:
+    from paramserver import spread
+
+    km = EvenSplit().assign(list(range(8)), epoch=1)
+    keys = np.sort(spread(np.arange(100_000)))
+    counts = [sum(b - a for a, b in pieces) for pieces in km.slice(keys).values()]
+    assert len(counts) == 8 and max(counts) / min(counts) < 1.05

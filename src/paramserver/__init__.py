@@ -35,6 +35,7 @@ from ._errors import (
 from ._version import __version__
 from .cli import LocalCluster
 from .clock import Request
+from .placement import spread, unspread
 from .table import (
     FTRL,
     SGD,
@@ -90,4 +91,6 @@ __all__ = [
     "Zeros",
     "__version__",
     "connect",
+    "spread",
+    "unspread",
 ]

