@@ -176,7 +176,7 @@ class Config:
 
 
 def parse_address(address: str) -> str:
-    """Normalise ``host:port`` or ``tcp://host:port`` to ``tcp://host:port``.
+    """Normalise ``host:port`` or ``tcp://host:port`` to ``tcp://host:port`` (``mem://N`` stays).
 
     Raises
     ------
@@ -184,6 +184,8 @@ def parse_address(address: str) -> str:
         The address has no port, or the port is not a number in 1..65535.
     """
     text = address.strip()
+    if text.startswith("mem://"):  # the in-memory transport of paramserver.testing
+        return text
     if text.startswith("tcp://"):
         text = text[len("tcp://") :]
     elif "://" in text:

@@ -19,6 +19,8 @@ def choose_host(scheduler_address: str) -> str:
 
     Uses a connected UDP socket, which sends nothing; falls back to 127.0.0.1.
     """
+    if scheduler_address.startswith("mem://"):
+        return ""
     host, port = split_address(scheduler_address)
     try:
         target = socket.gethostbyname(host)

@@ -19,6 +19,7 @@ from .._config import Config
 from .._errors import PSError
 from ..node import Node
 from ..protocol import Message, Op
+from ..transport import Transport
 from ._core import Connect, Disconnect, Finish, SchedulerCore, Send
 
 __all__ = ["SchedulerProcess"]
@@ -30,9 +31,9 @@ class SchedulerProcess:
     """Runs one scheduler until the job ends. See the module docstring."""
 
     def __init__(self, config: Config, *, host: str, port: int = 0, replicas: int = 1,
-                 parent_pid: int = 0) -> None:
+                 parent_pid: int = 0, transport: Transport | None = None) -> None:
         self.config = config
-        self.node = Node("scheduler", config)
+        self.node = Node("scheduler", config, transport)
         self.host = host
         self.port = port
         self.replicas = replicas

@@ -1,4 +1,4 @@
-"""Running a server process until the job ends."""
+"""Starting a server node, and running a server process until the job ends."""
 
 from __future__ import annotations
 
@@ -7,34 +7,51 @@ import logging
 from .._config import Config
 from .._errors import ConnectError, JobAborted
 from ..node import Node, choose_host, process_info
+from ..transport import Transport
 from ._server import Server
 
-__all__ = ["run_server"]
+__all__ = ["run_server", "start_server"]
 
 log = logging.getLogger("paramserver.server")
 
 
-def run_server(config: Config, *, host: str = "", port: int = 0) -> int:
-    """Start a server, register with the scheduler of ``config``, serve until the job ends.
+def start_server(config: Config, address: str, *, host: str = "", port: int = 0,
+                 transport: Transport | None = None) -> Server:
+    """Start a server node, register it with the scheduler at ``address``, start heartbeats.
 
-    Returns the process exit code: 0 when the scheduler ended the job normally, 1 when the
-    scheduler was unreachable or the job ended with an error.
+    Raises
+    ------
+    ConnectError
+        No scheduler answered within PS_CONNECT_TIMEOUT.
     """
-    address = config.scheduler_address()
-    node = Node("server", config)
+    node = Node("server", config, transport)
     server = Server(node)
     node.start(host or config.bind_host() or choose_host(address), port or config.port)
     try:
         node.register(address, {"role": "server", "address": node.address, **process_info()},
                       timeout=config.connect_timeout,
                       on_reply=lambda reply: server.add_tables(reply.body.get("tables", [])))
-    except ConnectError as exc:
-        log.error("%s", exc)
+    except BaseException:
         node.close(linger=0)
-        return 1
+        raise
     node.start_heartbeats()
     ranges = [str(r) for r in node.keymap.ranges_of(node.id)] if node.keymap else []
     log.info("server %d serving at %s, key ranges %s", node.id, node.address, ", ".join(ranges))
+    return server
+
+
+def run_server(config: Config, *, host: str = "", port: int = 0) -> int:
+    """Start a server and serve until the job ends; return the process exit code.
+
+    0 when the scheduler ended the job normally; 1 when the scheduler was unreachable or the
+    job ended with an error; 130 when interrupted.
+    """
+    try:
+        server = start_server(config, config.scheduler_address(), host=host, port=port)
+    except ConnectError as exc:
+        log.error("%s", exc)
+        return 1
+    node = server.node
     try:
         while not server.done.wait(0.5):
             pass

@@ -1,0 +1,99 @@
+"""The node runtime over the in-memory transport: replies, errors, malformed input, failures."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import msgpack
+import numpy as np
+import pytest
+
+import paramserver as ps
+from paramserver import Config
+from paramserver.node import Node, NodeInfo
+from paramserver.protocol import Message, Op, encode
+from paramserver.transport import MemoryHub, MemoryTransport
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Node, Node]]:
+    hub = MemoryHub()
+    a, b = Node("worker", Config(timeout=5.0), MemoryTransport(hub)), Node("server", Config(), MemoryTransport(hub))
+    a.id, b.id = 1, 2
+    addr_a, addr_b = a.start(""), b.start("")
+    nodes = [NodeInfo(1, "worker", addr_a), NodeInfo(2, "server", addr_b)]
+    a.set_nodes(nodes, None, set())
+    b.set_nodes(nodes, None, set())
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_request_reply_with_arrays(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    b.on(Op.PULL, lambda m: b.reply(m, arrays=[m.arrays[0] * 2]))
+    reply = a.call(2, Message(Op.PULL, arrays=[np.arange(5, dtype=np.int64)]), "double")
+    np.testing.assert_array_equal(reply.arrays[0], [0, 2, 4, 6, 8])
+    assert a.counters["messages_sent"] == 1 and b.counters["messages_received"] == 1
+
+
+def test_handler_exception_becomes_remote_error_and_node_serves_on(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+
+    def boom(m: Message) -> None:
+        raise ZeroDivisionError("no dividing here")
+
+    b.on(Op.PUSH, boom)
+    with pytest.raises(ps.RemoteError, match="ZeroDivisionError: no dividing here") as info:
+        a.call(2, Message(Op.PUSH), "push")
+    assert "in boom" in info.value.remote_traceback
+    assert a.call(2, Message(Op.PING), "ping").response
+
+
+def test_unhandled_op_is_a_protocol_error(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    with pytest.raises(ps.ProtocolError, match="a server does not handle BARRIER requests"):
+        a.call(2, Message(Op.BARRIER), "barrier")
+
+
+def test_malformed_message_from_a_known_sender_gets_an_error_reply(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    frames = encode(Message(Op.PULL, sender=1, ts=77, arrays=[np.arange(3, dtype=np.uint64)]))
+    head = msgpack.unpackb(frames[0])
+    head[12].append(["<u8", [1]])  # the header claims one more array than is sent
+    req = ps.Request(77, "malformed pull", [2], default_timeout=5)
+    a._pending[77] = (req, None)
+    a._ensure_link(2)
+    a.transport.send(2, [msgpack.packb(head), frames[1]])
+    with pytest.raises(ps.ProtocolError, match="describes 2 arrays but 1 frames follow"):
+        req.wait()
+    assert b.counters["messages_malformed"] == 1
+    assert a.call(2, Message(Op.PING), "ping").response  # and b serves on
+
+
+def test_peer_failure_fails_only_the_requests_awaiting_it(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    b.on(Op.PUSH, lambda m: None)  # never answers
+    req = a.request({2: Message(Op.PUSH)}, "push to a silent server")
+    other = a.request({1: Message(Op.PING)}, "ping myself")
+    other.wait(5)
+    assert not req.done()
+    a.peer_failed(2, ps.NodeUnavailable("server 2 died"))
+    with pytest.raises(ps.NodeUnavailable, match="server 2 died"):
+        req.wait(5)
+
+
+def test_timers_and_close(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    ticks: list[int] = []
+    fired = threading.Event()
+    a.call_every(0.01, lambda: (ticks.append(1), len(ticks) >= 3 and fired.set()))  # type: ignore[func-returns-value]
+    assert fired.wait(5)
+    b.on(Op.PUSH, lambda m: None)
+    req = a.request({2: Message(Op.PUSH)}, "push")
+    a.close()
+    with pytest.raises(ps.ClosedError):
+        req.wait(5)
+    with pytest.raises(ps.ClosedError):
+        a.request({2: Message(Op.PING)}, "after close").wait(5)
