@@ -38,4 +38,4 @@ def unspread(keys: Any) -> np.ndarray:
     x = x * _U(_C2_INV)
     x = x ^ (x >> _U(27)) ^ (x >> _U(54))
     x = x * _U(_C1_INV)
-    return x ^ (x >> _U(30)) ^ (x >> _U(60))
+    return np.asarray(x ^ (x >> _U(30)) ^ (x >> _U(60)))

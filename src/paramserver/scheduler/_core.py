@@ -179,7 +179,7 @@ class SchedulerCore:
             return self._on_response(msg, now)
         if msg.sender in self.last_seen:
             self.last_seen[msg.sender] = now
-        handler = {
+        handler: Callable[[Message, float], list[Action]] | None = {
             Op.REGISTER: self._on_register,
             Op.HEARTBEAT: self._on_heartbeat,
             Op.BARRIER: self._on_barrier,
@@ -187,7 +187,7 @@ class SchedulerCore:
             Op.BYE: self._on_bye,
             Op.SHUTDOWN: self._on_shutdown,
             Op.STATUS: self._on_status,
-            Op.PING: lambda m, t: [Send(m.sender, m.reply())],
+            Op.PING: self._on_ping,
         }.get(msg.op)
         if handler is None:
             return [self._error(msg, ProtocolError(f"the scheduler does not handle {msg.op.name} requests"))]
@@ -339,6 +339,9 @@ class SchedulerCore:
         body = self._nodes_body(dead)
         targets = [n for n in self.nodes if n in self._answered]
         return self._request(targets, lambda nid: Message(Op.NODES, body=body), now, lambda g: [])
+
+    def _on_ping(self, msg: Message, now: float) -> list[Action]:
+        return [Send(msg.sender, msg.reply())]
 
     def _on_heartbeat(self, msg: Message, now: float) -> list[Action]:
         return [Send(msg.sender, msg.reply())]

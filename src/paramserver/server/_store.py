@@ -97,7 +97,7 @@ class Store:
         rows, missing = self._index.lookup(keys)
         self.pulls += 1
         if not missing:
-            return self.values[rows]
+            return np.asarray(self.values[rows])
         out = np.empty((len(keys), self.width), dtype=self.dtype)
         found = rows >= 0
         out[found] = self.values[rows[found]]

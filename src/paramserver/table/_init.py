@@ -28,7 +28,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     x = x * _M1
     x = x ^ (x >> np.uint64(27))
     x = x * _M2
-    return x ^ (x >> np.uint64(31))
+    return np.asarray(x ^ (x >> np.uint64(31)))
 
 
 def uniform01(keys: np.ndarray, width: int, seed: int, stream: int = 0) -> np.ndarray:
@@ -105,7 +105,7 @@ class Normal(Initializer):
         u1 = uniform01(keys, width, self.seed, 0)
         u2 = uniform01(keys, width, self.seed, 1)
         z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-        return (self.mean + self.std * z).astype(dtype)
+        return np.asarray(self.mean + self.std * z, dtype=dtype)
 
     def get_params(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "seed": self.seed}
