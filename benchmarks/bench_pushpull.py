@@ -95,35 +95,64 @@ def bench_cluster_single(address: str, quick: bool) -> dict[str, Any]:
     return out
 
 
-def _worker_proc(address: str, size: int, seconds: float, q: mp.Queue) -> None:  # type: ignore[type-arg]
-    with ps.connect(address) as w:
-        t = w.table("bench2", width=WIDTH, dtype="float32")
-        keys, vals = _payload(size)
-        t.push(keys, vals).wait()
+def _phase_rates(w: ps.Worker, sizes: list[int], seconds: float) -> dict[str, float]:
+    """Run every phase for ``seconds`` each, in step with the other workers (barriers)."""
+    t = w.table("bench2", width=WIDTH, dtype="float32")
+    one = w.table("one2", width=1, dtype="float32")
+    rng = np.random.default_rng(w.rank)
+    out: dict[str, float] = {}
+
+    def run(name: str, fn: Any, amount: float) -> None:
+        fn()
         w.barrier()
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            t.push(keys, vals).wait()
+            fn()
             n += 1
-        q.put(n * vals.nbytes / (time.perf_counter() - start) / 1e6)
+        out[name] = n * amount / (time.perf_counter() - start)
         w.barrier()
+
+    for size in sizes:
+        keys, vals = _payload(size)
+        keys = keys + np.uint64(w.rank)  # each worker its own keys
+        buf = np.empty_like(vals)
+        run(f"push_MBps_{size}", lambda k=keys, v=vals: t.push(k, v).wait(), vals.nbytes / 1e6)
+        run(f"pull_MBps_{size}", lambda k=keys, b=buf: t.pull(k, out=b), vals.nbytes / 1e6)
+    k1 = np.array([2**63 * w.rank + 11], dtype=np.uint64)
+    v1 = np.ones(1, dtype=np.float32)
+    run("push1_sync_per_s", lambda: one.push(k1, v1).wait(), 1)
+
+    def eight(keys: np.ndarray, vals: np.ndarray) -> None:
+        reqs = [one.push(keys, vals) for _ in range(8)]
+        for r in reqs:
+            r.wait()
+
+    run("push1_inflight8_per_s", lambda: eight(k1, v1), 8)
+    k1000 = np.unique(rng.integers(0, 2**64 - 1, 1200, dtype=np.uint64, endpoint=True))[:1000]
+    v1000 = np.ones(1000, dtype=np.float32)
+    run("push1000_sync_keys_per_s", lambda: one.push(k1000, v1000).wait(), 1000)
+    run("push1000_inflight8_keys_per_s", lambda: eight(k1000, v1000), 8000)
+    return out
+
+
+def _worker_proc(address: str, sizes: list[int], seconds: float, q: mp.Queue) -> None:  # type: ignore[type-arg]
+    with ps.connect(address) as w:
+        q.put(_phase_rates(w, sizes, seconds))
 
 
 def bench_cluster_two(quick: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"push_MBps_aggregate": {}}
+    """2 servers and 2 worker processes running the same phases at once; rates summed."""
     ctx = mp.get_context("spawn")
-    for size in SIZES:
-        with ps.LocalCluster(servers=2, workers=2) as cluster:
-            q = ctx.Queue()
-            procs = [ctx.Process(target=_worker_proc, args=(cluster.address, size, 1.0 if quick else 3.0, q))
-                     for _ in range(2)]
-            for p in procs:
-                p.start()
-            rates = [q.get(timeout=300) for _ in procs]
-            for p in procs:
-                p.join(60)
-            out["push_MBps_aggregate"][str(size)] = sum(rates)
-    return out
+    with ps.LocalCluster(servers=2, workers=2) as cluster:
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_worker_proc, args=(cluster.address, SIZES, 0.5 if quick else 1.5, q))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        results = [q.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join(60)
+    return {name: sum(r[name] for r in results) for name in results[0]}
 
 
 def main() -> None:
@@ -135,14 +164,16 @@ def main() -> None:
         single = bench_cluster_single(cluster.address, args.quick)
     two = bench_cluster_two(args.quick)
     rows = []
-    print(f"{'size':>8} {'raw zmq MB/s':>13} {'push 1+1':>10} {'ratio':>6} {'pull 1+1':>10} {'push 2+2 agg':>13}")
+    print(f"{'size':>8} {'raw zmq MB/s':>13} {'push 1+1':>10} {'ratio':>6} {'pull 1+1':>10} "
+          f"{'push 2+2':>10} {'pull 2+2':>10}")
     for size in SIZES:
         s = str(size)
         ratio = single["push_MBps"][s] / base["MBps"][s]
         rows.append({"size": size, "raw": base["MBps"][s], "push": single["push_MBps"][s], "ratio": ratio,
-                     "pull": single["pull_MBps"][s], "push_2x2": two["push_MBps_aggregate"][s]})
+                     "pull": single["pull_MBps"][s], "push_2x2": two[f"push_MBps_{size}"],
+                     "pull_2x2": two[f"pull_MBps_{size}"]})
         print(f"{fmt_bytes(size):>8} {base['MBps'][s]:13.0f} {single['push_MBps'][s]:10.0f} {ratio:6.2f} "
-              f"{single['pull_MBps'][s]:10.0f} {two['push_MBps_aggregate'][s]:13.0f}")
+              f"{single['pull_MBps'][s]:10.0f} {two[f'push_MBps_{size}']:10.0f} {two[f'pull_MBps_{size}']:10.0f}")
     r1 = single["push1_sync_per_s"] / base["small_rtt_per_s"]
     r8 = single["push1_inflight8_per_s"] / single["push1_sync_per_s"]
     print(f"raw zmq small round trips/s:       {base['small_rtt_per_s']:10.0f}  (8 in flight: {base['small_pipelined8_per_s']:.0f})")
@@ -151,6 +182,10 @@ def main() -> None:
     print(f"1-key pull, sync /s:               {single['pull1_sync_per_s']:10.0f}")
     print(f"1000-key push, sync keys/s:        {single['push1000_sync_keys_per_s']:10.0f}")
     print(f"1000-key push, 8 in flight keys/s: {single['push1000_inflight8_keys_per_s']:10.0f}")
+    print("2 servers + 2 workers (sum of both workers):")
+    print(f"  1-key push sync /s {two['push1_sync_per_s']:.0f}, 8 in flight /s {two['push1_inflight8_per_s']:.0f}; "
+          f"1000-key push sync keys/s {two['push1000_sync_keys_per_s']:.0f}, "
+          f"8 in flight keys/s {two['push1000_inflight8_keys_per_s']:.0f}")
     path = write("pushpull", {"baseline": base, "single": single, "two": two, "rows": rows,
                               "ratios": {"push1_sync_vs_raw": r1, "push1_inflight8_vs_sync": r8}})
     print(f"wrote {path}")
