@@ -1,5 +1,6 @@
-"""Layer 3, clocks and tasks: request handles (and, with consistency, clocks and dependencies)."""
+"""Layer 3, clocks and tasks: request handles, range vector clocks, dependencies."""
 
 from ._request import Request, closed_error
+from ._rvc import KEY_END, RangeClock
 
-__all__ = ["Request", "closed_error"]
+__all__ = ["KEY_END", "RangeClock", "Request", "closed_error"]
