@@ -30,6 +30,7 @@ def messages(draw: st.DrawFn) -> Message:
         table=draw(st.integers(-1, 1000)),
         epoch=draw(st.integers(0, 2**63 - 1)),
         clock=draw(st.integers(-(2**63), 2**63 - 1)),
+        seq=draw(st.integers(0, 2**63 - 1)),
         key_range=draw(st.none() | st.just((lo, hi))),
         deps=tuple(draw(st.lists(st.integers(0, 2**63 - 1), max_size=4))),
         status=draw(st.sampled_from(list(Status))),
@@ -47,7 +48,7 @@ def _frames(msg: Message) -> list[bytes]:
 @settings(max_examples=300)
 def test_round_trip_is_exact(msg: Message) -> None:
     out = decode(_frames(msg))
-    for name in ("op", "sender", "ts", "response", "table", "epoch", "clock", "key_range", "deps", "status",
+    for name in ("op", "sender", "ts", "response", "table", "epoch", "clock", "seq", "key_range", "deps", "status",
                  "filters", "body"):
         assert getattr(out, name) == getattr(msg, name), name
     assert len(out.arrays) == len(msg.arrays)
@@ -84,7 +85,7 @@ def test_garbage_is_a_protocol_error(frames: list[bytes]) -> None:
 
 def _header(**over: object) -> list[object]:
     fields = dict(v=PROTOCOL_VERSION, op=int(Op.PUSH), sender=1, ts=1, flags=0, table=0, epoch=0, clock=0,
-                  range=None, deps=[], status=0, filters=[], arrays=[["<u8", [2]]], body={})
+                  seq=0, range=None, deps=[], status=0, filters=[], arrays=[["<u8", [2]]], body={})
     fields.update(over)
     return list(fields.values())
 
@@ -120,7 +121,7 @@ def test_truncated_and_non_list_headers() -> None:
     head = msgpack.packb(_header(), use_bin_type=True)
     with pytest.raises(ProtocolError, match="not valid msgpack"):
         decode([head[:-3]])
-    with pytest.raises(ProtocolError, match="msgpack array of 14 fields"):
+    with pytest.raises(ProtocolError, match="msgpack array of 15 fields"):
         decode([msgpack.packb({"op": 1})])
     with pytest.raises(ProtocolError, match="empty message"):
         decode([])

@@ -61,7 +61,7 @@ def test_malformed_message_from_a_known_sender_gets_an_error_reply(pair: tuple[N
     a, b = pair
     frames = encode(Message(Op.PULL, sender=1, ts=77, arrays=[np.arange(3, dtype=np.uint64)]))
     head = msgpack.unpackb(frames[0])
-    head[12].append(["<u8", [1]])  # the header claims one more array than is sent
+    head[13].append(["<u8", [1]])  # the header claims one more array than is sent
     req = ps.Request(77, "malformed pull", [2], default_timeout=5)
     a._pending[77] = (req, None)
     a._ensure_link(2)

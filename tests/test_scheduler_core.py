@@ -99,7 +99,7 @@ def test_table_creation_conflict_and_attach() -> None:
     assert core.handle(Message(Op.TABLE, sender=w1, ts=4, body={"spec": spec}), 0) == []
     done = ack_all(core, out, Op.TABLE)
     assert sorted(r.msg.ts for r in sends(done, Op.TABLE)) == [3, 4]
-    assert all(r.msg.body == {"id": 0} for r in sends(done, Op.TABLE))
+    assert all(r.msg.body == {"id": 0, "policy": {"kind": "eventual", "tau": 0}} for r in sends(done, Op.TABLE))
     other = TableSpec.create("w", width=3).to_wire()
     out = core.handle(Message(Op.TABLE, sender=w1, ts=5, body={"spec": other}), 0)
     assert out[0].msg.status == Status.ERROR and out[0].msg.body["type"] == "TableError"

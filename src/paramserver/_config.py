@@ -49,6 +49,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _nonneg_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -88,7 +95,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 10.0, "Seconds without a heartbeat after which the scheduler declares a node dead.", _positive_float),
     Setting("PS_WORKER_RANK", "worker_rank", -1, "Rank of this worker, set by the launcher (-1: the scheduler assigns ranks in order of registration).", int),
     Setting("PS_LOG_LEVEL", "log_level", "INFO", "Log level of scheduler and server processes (DEBUG, INFO, WARNING, ERROR).", str),
-    Setting("PS_DROP_MSG", "drop_msg", 0.0, "Percentage of received messages to drop on purpose (fault injection, as in ps-lite).", _percent),
+    Setting("PS_DROP_MSG", "drop_msg", 0.0, "Percentage of received data messages (push, pull, clock and their replies) to drop on purpose (fault injection, as in ps-lite).", _percent),
+    Setting("PS_DUP_MSG", "dup_msg", 0.0, "Percentage of received data messages to deliver twice (fault injection).", _percent),
+    Setting("PS_DELAY_MSG", "delay_msg", 0.0, "Percentage of received data messages to hold back, so that later ones overtake them (fault injection).", _percent),
+    Setting("PS_DELAY_MS", "delay_ms", 100.0, "Longest hold-back of a delayed message, in milliseconds.", _positive_float),
+    Setting("PS_FAULT_SEED", "fault_seed", -1, "Seed of the fault injection's random choices (-1: a different one each run).", int),
+    Setting("PS_RESEND_TIMEOUT", "resend_timeout", 0.0, "Seconds after which a data request without a reply is sent again (0: never, or 1 when fault injection is on).", _nonneg_float),
     Setting("PS_VERBOSE", "verbose", False, "1 to log every message sent and received (very slow; for debugging).", _bool),
     Setting("PS_DATA_DIR", "data_dir", "", "Folder where data sets are cached (default ~/.cache/paramserver).", str),
 )
@@ -114,6 +126,11 @@ class Config:
     worker_rank: int = -1
     log_level: str = "INFO"
     drop_msg: float = 0.0
+    dup_msg: float = 0.0
+    delay_msg: float = 0.0
+    delay_ms: float = 100.0
+    fault_seed: int = -1
+    resend_timeout: float = 0.0
     verbose: bool = False
     data_dir: str = ""
 
@@ -154,6 +171,15 @@ class Config:
                 "DMLC_PS_ROOT_PORT), or pass the address to paramserver.connect()"
             )
         return parse_address(f"{self.root_uri}:{self.root_port}")
+
+    @property
+    def faults(self) -> bool:
+        """True if any fault injection is configured."""
+        return bool(self.drop_msg or self.dup_msg or self.delay_msg)
+
+    def resend_after(self) -> float:
+        """Seconds before an unanswered data request is resent; 0 for never."""
+        return self.resend_timeout or (1.0 if self.faults else 0.0)
 
     def data_path(self) -> str:
         """The data cache folder: PS_DATA_DIR, else ~/.cache/paramserver."""

@@ -41,6 +41,7 @@ class Request:
         "_done",
         "_exc",
         "_lock",
+        "_on_wait",
         "_peer_names",
         "_pending",
         "_result",
@@ -60,6 +61,7 @@ class Request:
         default_timeout: float,
         peer_names: Callable[[int], str] = str,
         combine: Callable[[], Any] | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self.ts = ts
         self.what = what
@@ -75,6 +77,7 @@ class Request:
         self._default_timeout = default_timeout
         self._peer_names = peer_names
         self._combine = combine
+        self._on_wait = on_wait
         self.started = time.monotonic()
         self.finished = 0.0
         if not self._pending:
@@ -108,7 +111,11 @@ class Request:
         if self._done:
             return
         limit = self._default_timeout if timeout is None else timeout
-        if self._signal.acquire(timeout=min(max(limit, 0.0), threading.TIMEOUT_MAX)):
+        start = time.monotonic()
+        got = self._signal.acquire(timeout=min(max(limit, 0.0), threading.TIMEOUT_MAX))
+        if self._on_wait is not None:
+            self._on_wait(time.monotonic() - start)
+        if got:
             self._signal.release()
         else:
             with self._lock:

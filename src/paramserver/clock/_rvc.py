@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 from .._errors import InvalidArgument, ProtocolError
@@ -138,7 +139,7 @@ class RangeClock:
             times = [int(t) for _, t in data]
         except (TypeError, ValueError):
             raise ProtocolError("a range clock must be a list of [start, time] pairs") from None
-        if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)) \
+        if not starts or starts[0] != 0 or any(b <= a for a, b in pairwise(starts)) \
                 or starts[-1] >= KEY_END:
             raise ProtocolError("range clock starts must begin at 0 and increase within [0, 2**64)")
         clock = cls()

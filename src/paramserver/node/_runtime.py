@@ -23,7 +23,6 @@ import heapq
 import itertools
 import logging
 import os
-import random
 import threading
 import time
 from collections import defaultdict
@@ -45,7 +44,7 @@ from ..clock import Request
 from ..placement import KeyMap
 from ..protocol import Message, Op, Status, decode, encode, get
 from ..protocol._codec import decode_header
-from ..transport import Transport, ZmqTransport
+from ..transport import FaultyTransport, Transport, ZmqTransport
 from ._errors_wire import error_body, error_from_body
 from ._info import SCHEDULER_ID, NodeInfo
 
@@ -105,8 +104,14 @@ class Node:
         self._running = False
         self._aborted: PSError | None = None
         self._scheduler_seen = time.monotonic()
-        self._drop = config.drop_msg / 100.0
-        self._rng = random.Random()
+        if config.faults:
+            self.transport = FaultyTransport(
+                self.transport, drop=config.drop_msg / 100, dup=config.dup_msg / 100,
+                delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000, affects=_is_data,
+                seed=None if config.fault_seed < 0 else config.fault_seed)
+        self._resend_after = config.resend_after()
+        # ts -> peer -> [frames, next resend time] for requests sent with resend=True
+        self._resends: dict[int, dict[int, list[Any]]] = {}
         self.counters: defaultdict[str, int] = defaultdict(int)
         self.table_bytes: defaultdict[tuple[int, str], int] = defaultdict(int)
         #: Called on the receive thread after the node table or key map changed.
@@ -125,6 +130,8 @@ class Node:
         """Bind the transport and start the receive thread; return the bound address."""
         address = self.transport.bind(host, port)
         self._running = True
+        if self._resend_after:
+            self.call_every(min(self._resend_after / 4, 0.25), self._resend_due)
         self._thread = threading.Thread(
             target=self._loop, name=f"paramserver-{self.role}-recv", daemon=True
         )
@@ -238,16 +245,19 @@ class Node:
         """
         msg.sender = self.id
         frames = encode(msg)
+        self._send_frames(node, frames, msg.table)
+        if self.config.verbose:
+            log.debug("%s %d -> %d: %s", self.role, self.id, node, msg.describe())
+        return sum(memoryview(f).nbytes for f in frames)
+
+    def _send_frames(self, node: int, frames: list[Any], table: int) -> None:
         self._ensure_link(node)
         nbytes = self.transport.send(node, frames)
         with self._lock:
             self.counters["messages_sent"] += 1
             self.counters["bytes_sent"] += nbytes
-            if msg.table >= 0:
-                self.table_bytes[(msg.table, "sent")] += nbytes
-        if self.config.verbose:
-            log.debug("%s %d -> %d: %s", self.role, self.id, node, msg.describe())
-        return nbytes
+            if table >= 0:
+                self.table_bytes[(table, "sent")] += nbytes
 
     def reply(self, request: Message, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[Any] | None = None) -> None:
@@ -273,12 +283,20 @@ class Node:
         combine: Callable[[], Any] | None = None,
         timeout: float | None = None,
         ts: int | None = None,
+        after: list[Request] | tuple[Request, ...] = (),
+        prepare: Callable[[int, Message], None] | None = None,
+        resend: bool = False,
     ) -> Request:
         """Send one message per peer as one request; return its handle at once.
 
         ``on_part`` runs on the receive thread for each successful reply before that part
         counts as done (an exception in it fails the request); ``combine`` gives the
-        request's result once every part is done.
+        request's result once every part is done. The messages leave only once every
+        request of ``after`` has finished (execute-after-finished; the caller continues at
+        once), and a failed dependency fails this request with the same error.
+        ``prepare(peer, msg)`` runs just before each message leaves (to stamp sequence
+        numbers in send order). With ``resend``, a part without a reply after
+        PS_RESEND_TIMEOUT is sent again, the same frames, until it is answered.
         """
         ts = self.next_ts() if ts is None else ts
         req = Request(
@@ -288,6 +306,7 @@ class Node:
             default_timeout=self.config.timeout if timeout is None else timeout,
             peer_names=self.describe_peer,
             combine=combine,
+            on_wait=self._record_wait,
         )
         with self._lock:
             aborted = self._aborted
@@ -300,18 +319,82 @@ class Node:
             req.fail(ClosedError(f"{what}: the {self.role} is closed"))
             return req
         req.add_done_callback(self._forget)
+        blockers = [d for d in after if not d.done()]
+        if not blockers:
+            self._send_parts(req, parts, prepare, resend)
+            return req
+        remaining = [len(blockers)]
+        count_lock = threading.Lock()
+
+        def dependency_done(dep: Request) -> None:
+            exc = dep.exception(timeout=0)
+            if exc is not None:
+                req.fail(exc)
+                return
+            with count_lock:
+                remaining[0] -= 1
+                ready = remaining[0] == 0
+            if ready and not req.done():
+                self._send_parts(req, parts, prepare, resend)
+
+        for dep in blockers:
+            dep.add_done_callback(dependency_done)
+        return req
+
+    def _send_parts(self, req: Request, parts: dict[int, Message],
+                    prepare: Callable[[int, Message], None] | None, resend: bool) -> None:
+        resend = resend and bool(self._resend_after)
         for peer, msg in parts.items():
-            msg.ts = ts
+            msg.ts = req.ts
+            msg.sender = self.id
             try:
-                self.send(peer, msg)
+                if prepare is not None:
+                    prepare(peer, msg)
+                frames = encode(msg)
+                if resend:
+                    with self._lock:
+                        self._resends.setdefault(req.ts, {})[peer] = [
+                            frames, time.monotonic() + self._resend_after, msg.table]
+                self._send_frames(peer, frames, msg.table)
             except PSError as exc:
                 req.fail(exc)
                 break
-        return req
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        due: list[tuple[int, list[Any], int]] = []
+        with self._lock:
+            for parts in self._resends.values():
+                for peer, entry in parts.items():
+                    if entry[1] <= now:
+                        entry[1] = now + self._resend_after
+                        due.append((peer, entry[0], entry[2]))
+        for peer, frames, table in due:
+            self.counters["resends"] += 1
+            try:
+                self._send_frames(peer, frames, table)
+            except PSError:
+                pass  # the peer is gone; its death fails the request
+
+    def _record_wait(self, seconds: float) -> None:
+        with self._lock:
+            self.counters["wait_ns"] += int(seconds * 1e9)
+
+    def pending_request(self, ts: int) -> Request | None:
+        """The unfinished request with timestamp ``ts``, if any."""
+        with self._lock:
+            entry = self._pending.get(ts)
+        return entry[0] if entry is not None else None
+
+    def pending_requests(self) -> list[Request]:
+        """Every unfinished request of this node."""
+        with self._lock:
+            return [req for req, _ in self._pending.values()]
 
     def _forget(self, req: Request) -> None:
         with self._lock:
             self._pending.pop(req.ts, None)
+            self._resends.pop(req.ts, None)
 
     def call(self, node: int, msg: Message, what: str, timeout: float | None = None) -> Message:
         """Send one request and block for its reply message.
@@ -465,9 +548,6 @@ class Node:
                 continue
             if frames is None:
                 continue
-            if self._drop and self._rng.random() < self._drop:
-                self.counters["messages_dropped"] += 1
-                continue
             self._on_frames(frames)
 
     def _on_frames(self, frames: list[Any]) -> None:
@@ -509,6 +589,11 @@ class Node:
                 self.on_unmatched_response(msg)
             return  # else a late reply to a request that already failed or timed out
         req, on_part = entry
+        if self._resends:
+            with self._lock:
+                parts = self._resends.get(msg.ts)
+                if parts is not None:
+                    parts.pop(msg.sender, None)
         if msg.status == Status.ERROR:
             req.fail(error_from_body(msg.body, msg.sender, req.what))
             return
@@ -533,6 +618,16 @@ class Node:
         except Exception as exc:
             log.warning("%s %d: handler for %s raised %r", self.role, self.id, msg.op.name, exc)
             self.reply_error(msg, exc)
+
+
+def _is_data(frames: list[Any]) -> bool:
+    """Fault injection applies to data operations (push, pull, clock) and their replies."""
+    try:
+        header, _ = decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
+    except ProtocolError:
+        return False
+    op = header[1]
+    return type(op) is int and op >= 32
 
 
 def process_info() -> dict[str, Any]:

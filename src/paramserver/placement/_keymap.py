@@ -101,6 +101,13 @@ class KeyMap:
         """The ranges ``node`` masters, sorted."""
         return [a.range for a in self._entries if a.master == node]
 
+    def span_of(self, node: int) -> tuple[int, int]:
+        """The smallest ``[lo, hi)`` covering every range ``node`` masters (it must master one)."""
+        ranges = self.ranges_of(node)
+        if not ranges:
+            raise InvalidArgument(f"node {node} masters no key range in epoch {self.epoch}")
+        return ranges[0].lo, ranges[-1].hi
+
     def master_of(self, key: int) -> int:
         """The master of one key."""
         i = int(np.searchsorted(self._bounds, np.uint64(key), side="right"))

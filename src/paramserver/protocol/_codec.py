@@ -2,7 +2,7 @@
 
 Wire layout (protocol version :data:`PROTOCOL_VERSION`), frame 0 a msgpack array::
 
-    [version, op, sender, ts, flags, table, epoch, clock, range, deps, status,
+    [version, op, sender, ts, flags, table, epoch, clock, seq, range, deps, status,
      filters, arrays, body]
 
 ``flags`` bit 0 marks a response; ``range`` is nil or ``[lo, last]`` (inclusive, so that the
@@ -47,7 +47,7 @@ _I31 = 1 << 31
 _OPS = {int(o): o for o in Op}
 _STATUSES = {int(s): s for s in Status}
 _DTYPES = {s: np.dtype(s) for s in ALLOWED_DTYPES}
-_HEADER_LEN = 14
+_HEADER_LEN = 15
 
 
 def _wire_array(a: np.ndarray) -> np.ndarray:
@@ -87,6 +87,7 @@ def encode(msg: Message) -> list[Any]:
         msg.table,
         msg.epoch,
         msg.clock,
+        msg.seq,
         rng,
         list(msg.deps),
         int(msg.status),
@@ -130,7 +131,7 @@ def decode_header(raw: bytes | memoryview) -> tuple[list[Any], int]:
             f"protocol version {version!r} is not supported (this node speaks "
             f"{PROTOCOL_VERSION}); run the same paramserver version on every node"
         )
-    descr = header[12]
+    descr = header[13]
     if type(descr) is not list or len(descr) > MAX_ARRAYS:
         raise ProtocolError(f"header field 'arrays' must be a list of at most {MAX_ARRAYS}")
     return header, len(descr)
@@ -150,7 +151,7 @@ def decode(frames: Sequence[Any]) -> Message:
     header, n_arrays = decode_header(bufs[0])
     if len(bufs) - 1 != n_arrays:
         raise ProtocolError(f"header describes {n_arrays} arrays but {len(bufs) - 1} frames follow")
-    (_, op, sender, ts, flags, table, epoch, clock, rng, deps, status, filters, descr, body) = header
+    (_, op, sender, ts, flags, table, epoch, clock, seq, rng, deps, status, filters, descr, body) = header
     op_v = _OPS.get(op) if type(op) is int else None
     if op_v is None:
         raise ProtocolError(f"unknown op {op!r}")
@@ -163,6 +164,7 @@ def decode(frames: Sequence[Any]) -> Message:
     _int(table, "table", -1, _I31)
     _int(epoch, "epoch", 0, _I63)
     _int(clock, "clock", -_I63, _I63)
+    _int(seq, "seq", 0, _I63)
     key_range = None
     if rng is not None:
         if type(rng) is not list or len(rng) != 2:
@@ -211,6 +213,7 @@ def decode(frames: Sequence[Any]) -> Message:
         table=table,
         epoch=epoch,
         clock=clock,
+        seq=seq,
         key_range=key_range,
         deps=tuple(deps),
         status=status_v,

@@ -9,7 +9,11 @@ Fields carried by every message, so that later features need no new framing:
 
 * ``ts``: the request's timestamp at its sender (unique per sender); a response echoes it.
 * ``epoch``: the version of the key map the sender used to slice the request.
-* ``clock`` and ``key_range``: the sender's range vector clock entry for the request.
+* ``clock`` and ``key_range``: the sender's range vector clock entry for the request
+  (its iteration, and the key range the message covers).
+* ``seq``: the position of an ordered message (a push, a clock tick) in its channel (one
+  sender, receiver and table); the receiver applies them in this order, each exactly once.
+  On a pull it is the last ordered message the pull must see (read-your-writes).
 * ``deps``: timestamps this request depends on (execute-after-finished).
 * ``filters``: the names of the filters applied to the arrays, in order, for decoding.
 """
@@ -40,9 +44,11 @@ class Op(enum.IntEnum):
     BYE = 7  # worker -> scheduler: this worker is finished
     STATUS = 8  # client -> scheduler -> servers: report state
     PING = 9  # liveness probe; answered at once
+    POLICY = 10  # change a table's consistency while the job runs
     PUSH = 32  # worker -> server: apply values to keys with the table's updater
     PULL = 33  # worker -> server: read values of keys
     PULL_RANGE = 34  # worker -> server: read every present key in a range
+    CLOCK = 35  # worker -> server: this worker finished iteration `clock` on `key_range`
 
 
 class Status(enum.IntEnum):
@@ -67,6 +73,7 @@ class Message:
     table: int = -1
     epoch: int = 0
     clock: int = 0
+    seq: int = 0
     key_range: tuple[int, int] | None = None  # [lo, hi), hi may be 2**64
     deps: tuple[int, ...] = ()
     status: Status = Status.OK
@@ -85,6 +92,7 @@ class Message:
             table=self.table,
             epoch=self.epoch,
             clock=self.clock,
+            seq=self.seq,
             status=status,
             body=body if body is not None else {},
             arrays=arrays if arrays is not None else [],

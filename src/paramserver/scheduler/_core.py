@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
+from ..clock import Consistency
 from ..node import SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement
 from ..protocol import Message, Op, Status, get
@@ -83,6 +84,7 @@ class _Gather:
 class _Table:
     id: int
     spec: TableSpec
+    policy: Consistency = field(default_factory=Consistency)
     ready: bool = False
     waiters: list[Message] = field(default_factory=list)
 
@@ -187,6 +189,7 @@ class SchedulerCore:
             Op.BYE: self._on_bye,
             Op.SHUTDOWN: self._on_shutdown,
             Op.STATUS: self._on_status,
+            Op.POLICY: self._on_policy,
             Op.PING: self._on_ping,
         }.get(msg.op)
         if handler is None:
@@ -326,7 +329,7 @@ class SchedulerCore:
                 if info.id not in self.nodes:
                     continue  # died meanwhile
                 body = {"id": info.id, "rank": info.rank, "num_workers": self.num_workers,
-                        "tables": [[t.id, t.spec.to_wire()] for t in self._tables.values() if t.ready],
+                        "tables": [[t.id, t.spec.to_wire(), t.policy.to_wire()] for t in self._tables.values() if t.ready],
                         **self._nodes_body()}
                 out.append(Send(info.id, reg.reply(body=body)))
                 self._answered.add(info.id)
@@ -394,12 +397,14 @@ class SchedulerCore:
         if table is not None:
             table.spec.check_compatible(spec)
             if table.ready:
-                return [Send(msg.sender, msg.reply(body={"id": table.id}))]
+                return [Send(msg.sender, msg.reply(body={"id": table.id, "policy": table.policy.to_wire()}))]
             table.waiters.append(msg)
             return []
-        table = _Table(next(self._table_ids), spec, waiters=[msg])
+        wire = msg.body.get("policy")
+        policy = Consistency.from_wire(wire) if wire is not None else Consistency()
+        table = _Table(next(self._table_ids), spec, policy, waiters=[msg])
         self._tables[spec.name] = table
-        body = {"id": table.id, "spec": spec.to_wire()}
+        body = {"id": table.id, "spec": spec.to_wire(), "policy": policy.to_wire()}
 
         def done(g: _Gather) -> list[Action]:
             waiters, table.waiters = table.waiters, []
@@ -413,10 +418,27 @@ class SchedulerCore:
                 exc = TableError(f"table {spec.name!r} could not be created: {why}")
                 return [self._error(w, exc) for w in waiters]
             table.ready = True
-            log.info("table %d %r (%s)", table.id, spec.name, spec.describe())
-            return [Send(w.sender, w.reply(body={"id": table.id})) for w in waiters]
+            log.info("table %d %r (%s, %s)", table.id, spec.name, spec.describe(), table.policy)
+            return [Send(w.sender, w.reply(body={"id": table.id, "policy": table.policy.to_wire()}))
+                    for w in waiters]
 
         return self._request(self._joined("server"), lambda nid: Message(Op.TABLE, body=body), now, done)
+
+    def _on_policy(self, msg: Message, now: float) -> list[Action]:
+        """Change a table's consistency while the job runs; answered once every node has it."""
+        name = get(msg.body, "name", str)
+        table = self._tables.get(name)
+        if table is None or not table.ready:
+            raise TableError(f"no table named {name!r}; declare it with Worker.table() first")
+        table.policy = Consistency.from_wire(get(msg.body, "policy", dict))
+        log.info("table %d %r is now %s", table.id, name, table.policy)
+        body = {"policy": table.policy.to_wire()}
+        targets = self._joined("server") + self._joined("worker")
+
+        def done(g: _Gather) -> list[Action]:
+            return [Send(msg.sender, msg.reply(body=body))]
+
+        return self._request(targets, lambda nid: Message(Op.POLICY, table=table.id, body=body), now, done)
 
     # ================================================================= status
     def _on_status(self, msg: Message, now: float) -> list[Action]:
@@ -429,7 +451,7 @@ class SchedulerCore:
             body = {
                 **self._nodes_body(),
                 "last_seen": {str(n): round(now - t, 3) for n, t in self.last_seen.items()},
-                "tables": [[t.id, t.spec.to_wire()] for t in self._tables.values() if t.ready],
+                "tables": [[t.id, t.spec.to_wire(), t.policy.to_wire()] for t in self._tables.values() if t.ready],
                 "servers": servers,
                 "num_servers": self.num_servers,
                 "num_workers": self.num_workers,

@@ -5,6 +5,10 @@ key map. Requests are checked strictly before anything is applied: keys must be 
 sorted, distinct and owned by this server; values must have the table's dtype and shape.
 A bad request is answered with an error and changes nothing.
 
+Ordered messages (pushes and clock ticks with a sequence number) go through the table's
+:class:`TableSync`: applied once each, in the order each worker sent them; pulls are held
+until read-your-writes and the table's consistency allow them (see ``_sync.py``).
+
 Thread-safety: handlers run on the node's receive thread only; :meth:`Server.status` may
 be called from there too. Nothing else touches the stores.
 """
@@ -19,10 +23,13 @@ from typing import Any
 import numpy as np
 
 from .._errors import DTypeError, InvalidArgument, KeyRangeError, ProtocolError, PSError, TableError
-from ..node import Node
-from ..protocol import KEY_DTYPE, Message, Op, get
+from ..clock import Consistency
+from ..node import Node, error_body
+from ..placement import KEY_SPACE
+from ..protocol import KEY_DTYPE, Message, Op, Status, get
 from ..table import TableSpec
 from ._store import Store
+from ._sync import Channel, TableSync
 
 __all__ = ["Server"]
 
@@ -43,6 +50,8 @@ class Server:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.stores: dict[int, Store] = {}
+        self.sync: dict[int, TableSync] = {}
+        self.duplicates = 0
         self.done = threading.Event()
         self.exit_reason = ""
         node.on(Op.TABLE, self._on_table)
@@ -50,10 +59,13 @@ class Server:
         node.on(Op.PULL, self._on_pull)
         node.on(Op.PULL_RANGE, self._on_pull_range)
         node.on(Op.STATUS, self._on_status)
+        node.on(Op.CLOCK, self._on_ordered)
+        node.on(Op.POLICY, self._on_policy)
         node.on_abort.append(self._on_abort)
+        node.on_nodes_changed.append(self._on_nodes_changed)
 
     # ------------------------------------------------------------------ tables
-    def add_table(self, table_id: int, spec: TableSpec) -> None:
+    def add_table(self, table_id: int, spec: TableSpec, policy: Consistency | None = None) -> None:
         """Create the store of a table (idempotent for an equal spec)."""
         store = self.stores.get(table_id)
         if store is not None:
@@ -61,13 +73,16 @@ class Server:
             return
         spec.validate(import_user_code=True)
         self.stores[table_id] = Store(spec)
-        log.info("server %d: table %d %r (%s)", self.node.id, table_id, spec.name, spec.describe())
+        self.sync[table_id] = TableSync(policy or Consistency())
+        log.info("server %d: table %d %r (%s, %s)", self.node.id, table_id, spec.name, spec.describe(),
+                 self.sync[table_id].policy)
 
     def add_tables(self, tables: list[Any]) -> None:
+        """Create tables from ``[[id, spec, policy], ...]`` (a registration reply)."""
         for entry in tables:
-            if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int):
-                raise ProtocolError("a table entry must be [id, spec]")
-            self.add_table(entry[0], TableSpec.from_wire(entry[1]))
+            if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int):
+                raise ProtocolError("a table entry must be [id, spec, policy]")
+            self.add_table(entry[0], TableSpec.from_wire(entry[1]), Consistency.from_wire(entry[2]))
 
     def _store(self, msg: Message) -> Store:
         store = self.stores.get(msg.table)
@@ -91,10 +106,84 @@ class Server:
 
     # ------------------------------------------------------------------ handlers
     def _on_table(self, msg: Message) -> None:
-        self.add_table(get(msg.body, "id", int), TableSpec.from_wire(get(msg.body, "spec", dict)))
+        self.add_table(get(msg.body, "id", int), TableSpec.from_wire(get(msg.body, "spec", dict)),
+                       Consistency.from_wire(get(msg.body, "policy", dict)))
         self.node.reply(msg)
 
+    def _on_policy(self, msg: Message) -> None:
+        sync = self._sync(msg)
+        sync.policy = Consistency.from_wire(get(msg.body, "policy", dict))
+        log.info("server %d: table %d is now %s", self.node.id, msg.table, sync.policy)
+        self.node.reply(msg)
+        self._release(msg.table)
+
+    def _sync(self, msg: Message) -> TableSync:
+        self._store(msg)
+        return self.sync[msg.table]
+
+    def _span(self, msg: Message) -> tuple[int, int]:
+        """The key range a message covers: its header range, else all this server masters."""
+        keymap = self.node.keymap
+        if keymap is None:
+            raise KeyRangeError(f"server {self.node.id} has no key map yet")
+        if msg.key_range is not None:
+            lo, hi = msg.key_range
+            if not keymap.owns(self.node.id, lo, hi):
+                raise KeyRangeError(f"server {self.node.id} does not own all of [{lo:#x}, {hi:#x})")
+            return lo, hi
+        ranges = keymap.ranges_of(self.node.id)
+        return (ranges[0].lo, ranges[-1].hi) if ranges else (0, KEY_SPACE)
+
+    # ------------------------------------------------------------------ ordered messages
     def _on_push(self, msg: Message) -> None:
+        self._on_ordered(msg)
+
+    def _on_ordered(self, msg: Message) -> None:
+        """A push or clock tick: apply it once, in its channel's order."""
+        sync = self._sync(msg)
+        lo, hi = self._span(msg)
+        if msg.seq == 0:  # not part of a channel: apply at once (errors answered by the runtime)
+            self._apply(msg, None, lo, hi)
+            self.node.reply(msg)
+            return
+        ch = sync.channel(msg.sender)
+        done = ch.applied.min(lo, hi)
+        if msg.seq <= done:  # a resend or a copy of a message already applied
+            self.duplicates += 1
+            error = ch.errors.get(msg.seq)
+            if error is not None:
+                self.node.reply(msg, status=Status.ERROR, body=error)
+            else:
+                self.node.reply(msg)
+            return
+        if msg.seq > done + 1:  # ahead of a gap: wait for the missing ones
+            ch.waiting.setdefault(msg.seq, msg)
+            return
+        self._apply_in_order(ch, msg, lo, hi)
+        while ch.waiting:
+            nxt = ch.waiting.pop(ch.applied.min(lo, hi) + 1, None)
+            if nxt is None:
+                break
+            self._apply_in_order(ch, nxt, *self._span(nxt))
+        self._release(msg.table)
+
+    def _apply_in_order(self, ch: Channel, msg: Message, lo: int, hi: int) -> None:
+        try:
+            self._apply(msg, ch, lo, hi)
+        except Exception as exc:
+            body = error_body(exc, with_traceback=not isinstance(exc, PSError))
+            ch.remember_error(msg.seq, body)
+            self.node.reply(msg, status=Status.ERROR, body=body)
+        else:
+            self.node.reply(msg)
+        finally:
+            ch.applied.set(lo, hi, msg.seq)
+
+    def _apply(self, msg: Message, ch: Channel | None, lo: int, hi: int) -> None:
+        if msg.op == Op.CLOCK:
+            if ch is not None:
+                ch.iters.advance(lo, hi, msg.clock)
+            return
         store = self._store(msg)
         if len(msg.arrays) != 2:
             raise ProtocolError(f"a push carries 2 arrays (keys, values), got {len(msg.arrays)}")
@@ -110,27 +199,66 @@ class Server:
             )
         self._check_owned(keys)
         store.push(keys, values)
-        self.node.reply(msg)
 
+    # ------------------------------------------------------------------ pulls
     def _on_pull(self, msg: Message) -> None:
-        store = self._store(msg)
+        self._store(msg)
         if len(msg.arrays) != 1:
             raise ProtocolError(f"a pull carries 1 array (keys), got {len(msg.arrays)}")
-        keys = msg.arrays[0]
-        check_keys(keys)
-        self._check_owned(keys)
-        self.node.reply(msg, arrays=[store.pull(keys)])
+        check_keys(msg.arrays[0])
+        self._check_owned(msg.arrays[0])
+        self._pull_or_hold(msg)
 
     def _on_pull_range(self, msg: Message) -> None:
-        store = self._store(msg)
+        self._store(msg)
         if msg.key_range is None:
             raise ProtocolError("a range pull needs a key range")
-        lo, hi = msg.key_range
-        keymap = self.node.keymap
-        if keymap is None or not keymap.owns(self.node.id, lo, hi):
-            raise KeyRangeError(f"server {self.node.id} does not own all of [{lo:#x}, {hi:#x})")
-        keys, values = store.pull_range(lo, hi)
-        self.node.reply(msg, arrays=[keys, values])
+        self._span(msg)  # checks ownership
+        self._pull_or_hold(msg)
+
+    def _policy(self, msg: Message, sync: TableSync) -> Consistency:
+        override = msg.body.get("consistency")
+        return Consistency.from_wire(override) if override is not None else sync.policy
+
+    def _live_workers(self) -> set[int]:
+        return {n.id for n in self.node.nodes().values() if n.role == "worker"}
+
+    def _pull_or_hold(self, msg: Message) -> None:
+        sync = self.sync[msg.table]
+        lo, hi = self._span(msg)
+        if sync.ready(msg, lo, hi, self._live_workers(), self._policy(msg, sync)):
+            self._answer(msg)
+        else:
+            sync.held.setdefault((msg.sender, msg.ts), msg)
+
+    def _answer(self, msg: Message) -> None:
+        store = self.stores[msg.table]
+        try:
+            if msg.op == Op.PULL:
+                self.node.reply(msg, arrays=[store.pull(msg.arrays[0])])
+            else:
+                assert msg.key_range is not None
+                keys, values = store.pull_range(*msg.key_range)
+                self.node.reply(msg, arrays=[keys, values])
+        except Exception as exc:
+            self.node.reply_error(msg, exc)
+
+    def _release(self, table: int) -> None:
+        """Answer the held pulls of ``table`` that may now be answered."""
+        sync = self.sync.get(table)
+        if sync is None or not sync.held:
+            return
+        live = self._live_workers()
+        for key, pull in list(sync.held.items()):
+            plo, phi = self._span(pull)
+            if sync.ready(pull, plo, phi, live, self._policy(pull, sync)):
+                del sync.held[key]
+                self._answer(pull)
+
+    def _on_nodes_changed(self, gone: set[int]) -> None:
+        for table, sync in self.sync.items():
+            sync.forget(gone)
+            self._release(table)
 
     def status(self) -> dict[str, Any]:
         """Tables, key counts and bytes, and this process's memory."""
@@ -144,9 +272,13 @@ class Server:
             "ranges": [[r.lo, r.hi - 1] for r in keymap.ranges_of(self.node.id)] if keymap else [],
             "tables": {
                 str(tid): {"name": s.spec.name, "keys": len(s), "bytes": s.nbytes,
-                           "pushes": s.pushes, "pulls": s.pulls}
+                           "pushes": s.pushes, "pulls": s.pulls,
+                           "consistency": str(self.sync[tid].policy),
+                           "held_pulls": len(self.sync[tid].held),
+                           "clocks": {str(w): ch.iters.min() for w, ch in self.sync[tid].channels.items()}}
                 for tid, s in self.stores.items()
             },
+            "duplicates": self.duplicates,
             "counters": dict(self.node.counters),
         }
 

@@ -8,18 +8,26 @@ Arrays are not copied on the way out when they can be sent as they are (sorted, 
 keys; C-contiguous values of the table's dtype): leave them unchanged until the request is
 done, as with ``torch.distributed.isend``.
 
+Every request belongs to the worker's current iteration (``Worker.clock``) and follows the
+table's consistency model (see ``paramserver.clock.Consistency``): under ``sequential`` or
+``bounded`` delay it leaves only once the earlier requests it must wait for have finished,
+and a pull under ``bounded`` delay is held by the servers until the slowest worker is close
+enough. Pushes are ordered messages: each server applies a worker's pushes once each, in the
+order they were issued, even when messages are lost, resent or duplicated.
+
 Thread-safety: a Table may be used from several threads; requests are independent.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._errors import DTypeError, InvalidArgument, ProtocolError
-from ..clock import Request
-from ..placement import KEY_SPACE
+from ..clock import Consistency, InFlight, Request
+from ..placement import KEY_SPACE, KeyMap
 from ..protocol import KEY_DTYPE, Message, Op
 from ..table import TableSpec
 
@@ -70,10 +78,14 @@ def _strictly_increasing(k: np.ndarray) -> bool:
 class Table:
     """A table as seen from one worker. Obtain it with :meth:`Worker.table`."""
 
-    def __init__(self, worker: Worker, table_id: int, spec: TableSpec) -> None:
+    def __init__(self, worker: Worker, table_id: int, spec: TableSpec, policy: Consistency) -> None:
         self._worker = worker
         self.id = table_id
         self.spec = spec
+        #: The table's consistency model (the scheduler may change it while the job runs).
+        self.policy = policy
+        self._inflight = InFlight()
+        self._lock = threading.Lock()
         self.name = spec.name
         self.width = spec.width
         self.dtype = spec.np_dtype
@@ -83,7 +95,31 @@ class Table:
         self.keys_pulled = 0
 
     def __repr__(self) -> str:
-        return f"<Table {self.name!r} id={self.id} {self.spec.describe()}>"
+        return f"<Table {self.name!r} id={self.id} {self.spec.describe()}, {self.policy}>"
+
+    # ------------------------------------------------------------------ sending
+    def _submit(self, op: Op, parts: dict[int, Message], what: str, keymap: KeyMap, *,
+                deps: Any, consistency: str | Consistency | None, tau: int | None, clock: int | None,
+                on_part: Any = None, combine: Any = None, timeout: float | None = None) -> Request:
+        """Send one request under the consistency model, after its dependencies."""
+        worker = self._worker
+        iteration = worker.clock if clock is None else int(clock)
+        override = Consistency.of(consistency, tau)
+        policy = override or self.policy
+        for server, msg in parts.items():
+            msg.clock = iteration
+            msg.epoch = keymap.epoch
+            if msg.key_range is None:
+                msg.key_range = keymap.span_of(server)
+            if override is not None and op != Op.PUSH:
+                msg.body["consistency"] = override.to_wire()
+        after = worker._resolve(deps)
+        with self._lock:
+            after += self._inflight.blockers(policy, iteration)
+            req = worker._request(parts, what, on_part=on_part, combine=combine, timeout=timeout, after=after,
+                                  prepare=worker._sequencer(self.id, ordered=op in (Op.PUSH, Op.CLOCK)))
+            self._inflight.add(iteration, req)
+        return req
 
     # ------------------------------------------------------------------ push
     def _values(self, values: Any, n: int) -> np.ndarray:
@@ -105,7 +141,8 @@ class Table:
             )
         return v
 
-    def push(self, keys: Any, values: Any, *, timeout: float | None = None) -> Request:
+    def push(self, keys: Any, values: Any, *, deps: Any = None, consistency: str | Consistency | None = None,
+             tau: int | None = None, clock: int | None = None, timeout: float | None = None) -> Request:
         """Send ``values`` for ``keys`` to the servers, to be applied by the table's updater.
 
         Returns at once with a :class:`Request`; ``req.wait()`` blocks until every server
@@ -118,6 +155,13 @@ class Table:
         values:
             Array of shape ``(len(keys), width)`` (or ``(len(keys),)`` for width 1) of the
             table's dtype.
+        deps:
+            Requests (or their timestamps) that must finish before this one is sent; the
+            call returns at once either way.
+        consistency, tau:
+            Override the table's consistency model for this request.
+        clock:
+            The iteration this push belongs to (default: ``Worker.clock``).
         timeout:
             Default limit for ``wait`` on the returned request (PS_TIMEOUT if None).
 
@@ -154,11 +198,13 @@ class Table:
             else:
                 idx = np.concatenate([np.arange(a, b) for a, b in pieces])
                 ks, vs = k[idx], v[idx]
-            parts[server] = Message(Op.PUSH, table=self.id, epoch=keymap.epoch, arrays=[ks, vs])
-        return worker._request(parts, f"push to table {self.name!r}", timeout=timeout)
+            parts[server] = Message(Op.PUSH, table=self.id, arrays=[ks, vs])
+        return self._submit(Op.PUSH, parts, f"push to table {self.name!r}", keymap, deps=deps,
+                            consistency=consistency, tau=tau, clock=clock, timeout=timeout)
 
     # ------------------------------------------------------------------ pull
-    def pull(self, keys: Any, *, block: bool = True, out: np.ndarray | None = None,
+    def pull(self, keys: Any, *, block: bool = True, out: np.ndarray | None = None, deps: Any = None,
+             consistency: str | Consistency | None = None, tau: int | None = None, clock: int | None = None,
              timeout: float | None = None) -> Any:
         """Read the values of ``keys`` (absent keys read as the table's initial values).
 
@@ -172,6 +218,9 @@ class Table:
         out:
             Optional C-contiguous, writable array of shape ``(len(keys), width)`` and the
             table's dtype to receive the values (no allocation).
+        deps, consistency, tau, clock:
+            As for :meth:`push`. Under bounded delay a pull of iteration ``t`` is answered
+            once every live worker has finished iteration ``t - tau - 1``.
         timeout:
             Limit in seconds (PS_TIMEOUT if None).
 
@@ -206,7 +255,7 @@ class Table:
                 ks = uniq[a:b]
             else:
                 ks = np.concatenate([uniq[a:b] for a, b in pieces])
-            parts[server] = Message(Op.PULL, table=self.id, epoch=keymap.epoch, arrays=[ks])
+            parts[server] = Message(Op.PULL, table=self.id, arrays=[ks])
 
         def on_part(msg: Message) -> None:
             pieces = layout[msg.sender]
@@ -224,12 +273,14 @@ class Table:
                 np.take(buf, inverse.reshape(-1), axis=0, out=target)
             return target
 
-        req = worker._request(parts, f"pull from table {self.name!r}", on_part=on_part, combine=combine,
-                              timeout=timeout)
+        req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
+                           consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
+                           timeout=timeout)
         return req.result(timeout) if block else req
 
-    def pull_range(self, lo: int = 0, hi: int = KEY_SPACE, *, block: bool = True,
-                   timeout: float | None = None) -> Any:
+    def pull_range(self, lo: int = 0, hi: int = KEY_SPACE, *, block: bool = True, deps: Any = None,
+                   consistency: str | Consistency | None = None, tau: int | None = None,
+                   clock: int | None = None, timeout: float | None = None) -> Any:
         """Every key present on the servers in ``[lo, hi)``, ascending, with its values.
 
         Returns ``(keys, values)`` (or a Request of it when ``block=False``).
@@ -245,7 +296,7 @@ class Table:
         parts: dict[int, Message] = {}
         for server, ranges in keymap.slice_range(lo, hi).items():
             rng = (ranges[0].lo, ranges[-1].hi)
-            parts[server] = Message(Op.PULL_RANGE, table=self.id, epoch=keymap.epoch, key_range=rng)
+            parts[server] = Message(Op.PULL_RANGE, table=self.id, key_range=rng)
         got: list[tuple[np.ndarray, np.ndarray]] = []
 
         def on_part(msg: Message) -> None:
@@ -262,9 +313,21 @@ class Table:
             return keys[order], values[order]
 
         self.pulls += 1
-        req = worker._request(parts, f"range pull from table {self.name!r}", on_part=on_part,
-                              combine=combine, timeout=timeout)
+        req = self._submit(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, deps=deps,
+                           consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
+                           timeout=timeout)
         return req.result(timeout) if block else req
+
+    def _tick(self, completed: int, *, wait: bool = False) -> Request:
+        """Tell every server that this worker finished iteration ``completed`` (a clock tick)."""
+        keymap = self._worker._keymap()
+        parts = {server: Message(Op.CLOCK, table=self.id) for server in keymap.servers()
+                 if keymap.ranges_of(server)}
+        req = self._submit(Op.CLOCK, parts, f"clock tick {completed} of table {self.name!r}", keymap,
+                           deps=None, consistency=None, tau=None, clock=completed)
+        if wait:
+            req.wait()
+        return req
 
     def wait(self, ts: int, timeout: float | None = None) -> None:
         """Wait for the request with timestamp ``ts`` (as returned in ``Request.ts``)."""

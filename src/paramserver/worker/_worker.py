@@ -10,15 +10,17 @@ Thread-safety: a Worker and its Tables may be used from several user threads at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._config import Config, parse_address
-from .._errors import ClosedError, PSError
-from ..clock import Request
+from .._errors import ClosedError, InvalidArgument, PSError
+from ..clock import Consistency, Request
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
 from ..placement import KeyMap
 from ..protocol import Message, Op, get
@@ -60,10 +62,15 @@ class Worker:
         self.rank = get(reply.body, "rank", int)
         self.num_workers = get(reply.body, "num_workers", int)
         self._tables: dict[str, Table] = {}
-        self._requests: dict[int, Request] = {}
+        self._by_id: dict[int, Table] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._seq: dict[tuple[int, int], int] = {}  # (table, server) -> last ordered sequence number sent
+        self._seq_lock = threading.Lock()
+        self._clock = 0
+        self._started = time.monotonic()
         self.requests = 0
+        node.on(Op.POLICY, self._on_policy)
         _open.add(self)
 
     def __repr__(self) -> str:
@@ -89,19 +96,51 @@ class Worker:
 
     def _request(self, parts: dict[int, Message], what: str, *,
                  on_part: Callable[[Message], None] | None = None,
-                 combine: Callable[[], Any] | None = None, timeout: float | None = None) -> Request:
+                 combine: Callable[[], Any] | None = None, timeout: float | None = None,
+                 after: list[Request] | None = None,
+                 prepare: Callable[[int, Message], None] | None = None) -> Request:
         self._check_open()
-        req = self._node.request(parts, what, on_part=on_part, combine=combine, timeout=timeout)
         with self._lock:
             self.requests += 1
-            if not req.done():
-                self._requests[req.ts] = req
-        req.add_done_callback(self._forget)
-        return req
+        return self._node.request(parts, what, on_part=on_part, combine=combine, timeout=timeout,
+                                  after=after or (), prepare=prepare, resend=True)
 
-    def _forget(self, req: Request) -> None:
-        with self._lock:
-            self._requests.pop(req.ts, None)
+    def _resolve(self, deps: Any) -> list[Request]:
+        """Dependencies given as requests or timestamps -> the unfinished requests."""
+        if deps is None:
+            return []
+        out = []
+        for d in deps if isinstance(deps, (list, tuple, set)) else [deps]:
+            if isinstance(d, Request):
+                out.append(d)
+            elif isinstance(d, int) and not isinstance(d, bool):
+                req = self._node.pending_request(d)
+                if req is not None:
+                    out.append(req)
+            else:
+                raise InvalidArgument(f"deps must be requests or timestamps, got {d!r}")
+        return out
+
+    def _sequencer(self, table: int, *, ordered: bool) -> Callable[[int, Message], None]:
+        """Stamp messages in send order: ordered ones get the next number of their channel,
+        pulls the last number sent (so that they see this worker's earlier pushes)."""
+
+        def prepare(server: int, msg: Message) -> None:
+            key = (table, server)
+            with self._seq_lock:
+                if ordered:
+                    self._seq[key] = msg.seq = self._seq.get(key, 0) + 1
+                else:
+                    msg.seq = self._seq.get(key, 0)
+
+        return prepare
+
+    def _on_policy(self, msg: Message) -> None:
+        policy = Consistency.from_wire(get(msg.body, "policy", dict))
+        table = self._by_id.get(msg.table)
+        if table is not None:
+            table.policy = policy
+        self._node.reply(msg)
 
     # ------------------------------------------------------------------ API
     def table(
@@ -114,6 +153,8 @@ class Worker:
         *,
         updater_args: dict[str, Any] | None = None,
         init_args: dict[str, Any] | None = None,
+        consistency: str | Consistency | None = None,
+        tau: int | None = None,
         timeout: float | None = None,
     ) -> Table:
         """Declare the table ``name`` (or attach to it if it exists with the same spec).
@@ -136,6 +177,11 @@ class Worker:
             (``paramserver.Normal(std=0.01, seed=1)``).
         updater_args, init_args:
             Keyword parameters when ``updater`` / ``init`` are given by name.
+        consistency, tau:
+            The table's consistency model: ``"eventual"`` (default), ``"sequential"``, or
+            ``"bounded"`` with delay ``tau`` (``tau=`` alone means bounded). It applies when
+            this declaration creates the table; an existing table keeps its model (see
+            :meth:`set_consistency`).
 
         Raises
         ------
@@ -145,17 +191,25 @@ class Worker:
             The spec is invalid (checked before anything is sent).
         """
         spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args)
+        policy = Consistency.of(consistency, tau) or Consistency()
         self._check_open()
         with self._lock:
             existing = self._tables.get(name)
         if existing is not None:
             existing.spec.check_compatible(spec)
             return existing
-        reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body={"spec": spec.to_wire()}),
-                                f"declaring table {name!r}", timeout)
-        table = Table(self, get(reply.body, "id", int), spec)
+        body = {"spec": spec.to_wire(), "policy": policy.to_wire()}
+        reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body=body), f"declaring table {name!r}", timeout)
+        table = Table(self, get(reply.body, "id", int), spec, Consistency.from_wire(get(reply.body, "policy", dict)))
         with self._lock:
-            return self._tables.setdefault(name, table)
+            if name in self._tables:
+                return self._tables[name]
+            self._tables[name] = table
+            self._by_id[table.id] = table
+        # Join the table's channels on every server: from now on this worker's clock counts
+        # in the table's aggregation status (bounded delay waits for it).
+        table._tick(self._clock - 1, wait=True)
+        return table
 
     def barrier(self, group: str = "workers", *, timeout: float | None = None) -> None:
         """Block until every worker (or every node of ``group``) has called barrier.
@@ -173,17 +227,57 @@ class Worker:
 
     def wait(self, ts: int, timeout: float | None = None) -> None:
         """Wait for this worker's request with timestamp ``ts``; return at once if it is done."""
-        with self._lock:
-            req = self._requests.get(ts)
+        req = self._node.pending_request(ts)
         if req is not None:
             req.wait(timeout)
 
     def wait_all(self, timeout: float | None = None) -> None:
         """Wait for every request of this worker that is still in flight."""
-        with self._lock:
-            reqs = list(self._requests.values())
-        for req in reqs:
-            req.wait(timeout)
+        for table in list(self._tables.values()):
+            for req in table._inflight.pending():
+                req.wait(timeout)
+
+    # ------------------------------------------------------------------ iterations
+    @property
+    def clock(self) -> int:
+        """The current iteration of this worker (0 at the start); requests belong to it."""
+        return self._clock
+
+    def advance(self) -> int:
+        """Finish the current iteration: tell the servers of every table, start the next one.
+
+        Returns at once (the clock ticks are asynchronous, sent after this iteration's
+        pushes); returns the new iteration number.
+        """
+        self._check_open()
+        completed = self._clock
+        for table in list(self._tables.values()):
+            table._tick(completed)
+        self._clock = completed + 1
+        return self._clock
+
+    @contextlib.contextmanager
+    def iteration(self) -> Iterator[int]:
+        """``with w.iteration() as t:`` runs one iteration and calls :meth:`advance` at the end."""
+        yield self._clock
+        self.advance()
+
+    def set_consistency(self, table: str, consistency: str | Consistency | None = None, *,
+                        tau: int | None = None, timeout: float | None = None) -> Consistency:
+        """Change the consistency model of ``table`` for every node, while the job runs.
+
+        Returns when every server and worker has the new model.
+        """
+        policy = Consistency.of(consistency, tau)
+        if policy is None:
+            raise InvalidArgument("give consistency= and/or tau=")
+        self._check_open()
+        self._node.call(SCHEDULER_ID, Message(Op.POLICY, body={"name": table, "policy": policy.to_wire()}),
+                        f"changing the consistency of table {table!r}", timeout)
+        t = self._tables.get(table)
+        if t is not None:
+            t.policy = policy
+        return policy
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, messages and bytes, overall and per table.
@@ -205,11 +299,18 @@ class Worker:
                 "bytes_sent": table_bytes.get((t.id, "sent"), 0),
                 "bytes_received": table_bytes.get((t.id, "received"), 0),
             }
+        elapsed = time.monotonic() - self._started
+        wait = counters.get("wait_ns", 0) / 1e9
         return {
             "node": self.id,
             "rank": self.rank,
+            "iteration": self._clock,
             "requests": self.requests,
-            "in_flight": len(self._requests),
+            "in_flight": sum(len(list(t._inflight.pending())) for t in self._tables.values()),
+            "resends": counters.get("resends", 0),
+            "seconds": elapsed,
+            "wait_seconds": wait,
+            "idle_fraction": wait / elapsed if elapsed > 0 else 0.0,
             "messages_sent": counters.get("messages_sent", 0),
             "messages_received": counters.get("messages_received", 0),
             "bytes_sent": counters.get("bytes_sent", 0),

@@ -1,0 +1,84 @@
+"""Per-table synchronisation state on a server: ordered channels, clocks, held pulls.
+
+Every worker has one *channel* per table to this server. Its ordered messages (pushes and
+clock ticks) carry sequence numbers 1, 2, 3... in the order the worker sent them. The
+channel keeps two range vector clocks:
+
+* ``applied``: on each key range, the last sequence number applied. A message whose number
+  is not above it is a duplicate (a resend, or a copy): it is acknowledged again and not
+  applied, so every push is applied exactly once. A message that arrives ahead of a gap
+  waits until the gap is filled, so pushes apply in the order they were issued.
+* ``iters``: on each key range, the last iteration the worker finished (-1 before any).
+  The minimum over live workers is the aggregation status that bounded delay needs: "has
+  every live worker pushed iteration t for range R".
+
+A pull waits (held, without blocking the server) until the channel has applied what the
+same worker pushed before it (read-your-writes) and, under bounded delay, until every live
+worker has finished iteration ``t - tau - 1``.
+
+Not thread-safe: used on the server's receive thread only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import Consistency, RangeClock
+from ..protocol import Message
+
+__all__ = ["Channel", "TableSync"]
+
+MAX_ERRORS_KEPT = 256
+
+
+@dataclass
+class Channel:
+    """One worker's ordered messages on one table of this server."""
+
+    applied: RangeClock = field(default_factory=RangeClock)
+    iters: RangeClock = field(default_factory=lambda: RangeClock(-1))
+    waiting: dict[int, Message] = field(default_factory=dict)
+    errors: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def remember_error(self, seq: int, body: dict[str, Any]) -> None:
+        """Keep the error of an applied message, so that a resend gets the same answer."""
+        self.errors[seq] = body
+        if len(self.errors) > MAX_ERRORS_KEPT:
+            del self.errors[min(self.errors)]
+
+
+@dataclass
+class TableSync:
+    """Channels, consistency policy and held pulls of one table on one server."""
+
+    policy: Consistency = field(default_factory=Consistency)
+    channels: dict[int, Channel] = field(default_factory=dict)
+    held: dict[tuple[int, int], Message] = field(default_factory=dict)  # (sender, ts) -> pull
+
+    def channel(self, worker: int) -> Channel:
+        ch = self.channels.get(worker)
+        if ch is None:
+            ch = self.channels[worker] = Channel()
+        return ch
+
+    def slowest(self, lo: int, hi: int, live: set[int]) -> int:
+        """The smallest iteration finished on ``[lo, hi)`` by the live workers of this table."""
+        times = [ch.iters.min(lo, hi) for w, ch in self.channels.items() if w in live]
+        return min(times) if times else -1
+
+    def ready(self, pull: Message, lo: int, hi: int, live: set[int], policy: Consistency) -> bool:
+        """May ``pull`` be answered now (read-your-writes and bounded delay)?"""
+        ch = self.channels.get(pull.sender)
+        if pull.seq and (ch is None or ch.applied.min(lo, hi) < pull.seq):
+            return False
+        if policy.kind != "bounded":
+            return True
+        return policy.pull_ready(pull.clock, self.slowest(lo, hi, live))
+
+    def forget(self, workers: set[int]) -> None:
+        """Drop the channels and held pulls of workers that left."""
+        for w in workers:
+            self.channels.pop(w, None)
+        for key in [k for k in self.held if k[0] in workers]:
+            del self.held[key]
