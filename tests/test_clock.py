@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -41,7 +43,7 @@ def test_matches_a_naive_per_key_clock(operations: list[tuple[str, int, int, int
         # invariants: starts increase from 0, neighbours differ, one range per run of equal times
         ranges = list(clock)
         assert ranges[0][0] == 0 and ranges[-1][1] == KEY_END
-        assert all(r[1] == s[0] and r[2] != s[2] for r, s in zip(ranges, ranges[1:], strict=False))
+        assert all(r[1] == s[0] and r[2] != s[2] for r, s in itertools.pairwise(ranges))
         runs = 1 + int(np.count_nonzero(np.diff(naive)))
         assert len(clock) == runs
     for a, b in queries:

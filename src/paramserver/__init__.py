@@ -34,7 +34,7 @@ from ._errors import (
 )
 from ._version import __version__
 from .cli import LocalCluster
-from .clock import Request
+from .clock import Consistency, Request
 from .placement import spread, unspread
 from .table import (
     FTRL,
@@ -65,6 +65,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectError",
+    "Consistency",
     "Constant",
     "DTypeError",
     "Initializer",

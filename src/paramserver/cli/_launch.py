@@ -82,6 +82,7 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 
 def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: list[Proc], address: str,
                env: dict[str, str], poll: float) -> int:
+    ended: float | None = None
     while True:
         for w in workers:
             code = w.poll()
@@ -91,17 +92,25 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
                 return code if code > 0 else 128 - code
         if all(w.poll() == 0 for w in workers):
             break
+        # A server or the scheduler exiting with 0 means the job ended normally (every
+        # worker said goodbye): the workers are on their way out. Anything else is fatal.
         for s in servers:
             code = s.poll()
-            if code is not None:
+            if code:
                 _say(f"{s} exited with code {code} while workers were running; stopping the job")
                 stop_all(procs)
                 return 1
         code = sched.poll()
-        if code is not None:
+        if code:
             _say(f"the scheduler exited with code {code} while workers were running; stopping the job")
             stop_all(procs)
-            return code or 1
+            return code
+        if code == 0 and ended is None:
+            ended = time.monotonic()
+        if ended is not None and time.monotonic() - ended > 30:
+            _say("the job ended but workers are still running after 30 s; stopping them")
+            stop_all(procs)
+            return 1
         time.sleep(poll)
     # Every worker succeeded: the scheduler ends the job once all said goodbye.
     if not wait_all([sched, *servers], timeout=10.0):

@@ -115,6 +115,7 @@ class Server:
         sync.policy = Consistency.from_wire(get(msg.body, "policy", dict))
         log.info("server %d: table %d is now %s", self.node.id, msg.table, sync.policy)
         self.node.reply(msg)
+        self._aggregate(msg.table)
         self._release(msg.table)
 
     def _sync(self, msg: Message) -> TableSync:
@@ -165,7 +166,22 @@ class Server:
             if nxt is None:
                 break
             self._apply_in_order(ch, nxt, *self._span(nxt))
+        self._aggregate(msg.table)
         self._release(msg.table)
+
+    def _aggregate(self, table: int) -> None:
+        """Apply, in order, the summed pushes of every iteration all live workers finished."""
+        sync = self.sync.get(table)
+        if sync is None or not sync.pending:
+            return
+        lo, hi = self._span(Message(Op.PULL))
+        slowest = sync.slowest(lo, hi, self._live_workers())
+        store = self.stores[table]
+        for iteration in sorted(t for t in sync.pending if t <= slowest):
+            buffer = sync.pending.pop(iteration)
+            keys, values = buffer.pull_range(0, KEY_SPACE)
+            if len(keys):
+                store.push(keys, values)
 
     def _apply_in_order(self, ch: Channel, msg: Message, lo: int, hi: int) -> None:
         try:
@@ -198,7 +214,16 @@ class Server:
                 f"table {store.spec.name!r}: values of shape {values.shape} for {len(keys)} keys of width {store.width}"
             )
         self._check_owned(keys)
-        store.push(keys, values)
+        if store.spec.aggregate:
+            # Server-side aggregation: sum this iteration's pushes, apply them once complete.
+            sync = self.sync[msg.table]
+            buffer = sync.pending.get(msg.clock)
+            if buffer is None:
+                buffer = sync.pending[msg.clock] = Store(TableSpec.create(
+                    f"{store.spec.name}@{msg.clock}", store.width, store.dtype, "sum"))
+            buffer.push(keys, values)
+        else:
+            store.push(keys, values)
 
     # ------------------------------------------------------------------ pulls
     def _on_pull(self, msg: Message) -> None:
@@ -258,6 +283,7 @@ class Server:
     def _on_nodes_changed(self, gone: set[int]) -> None:
         for table, sync in self.sync.items():
             sync.forget(gone)
+            self._aggregate(table)
             self._release(table)
 
     def status(self) -> dict[str, Any]:

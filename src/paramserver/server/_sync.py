@@ -55,6 +55,8 @@ class TableSync:
     policy: Consistency = field(default_factory=Consistency)
     channels: dict[int, Channel] = field(default_factory=dict)
     held: dict[tuple[int, int], Message] = field(default_factory=dict)  # (sender, ts) -> pull
+    #: For tables that aggregate: iteration -> the sum of its pushes, not applied yet.
+    pending: dict[int, Any] = field(default_factory=dict)
 
     def channel(self, worker: int) -> Channel:
         ch = self.channels.get(worker)

@@ -47,6 +47,7 @@ class TableSpec:
     updater_params: tuple[tuple[str, Any], ...] = ()
     init: str = "zeros"
     init_params: tuple[tuple[str, Any], ...] = ()
+    aggregate: bool = False
 
     @classmethod
     def create(
@@ -58,6 +59,7 @@ class TableSpec:
         init: str | Initializer = "zeros",
         updater_args: dict[str, Any] | None = None,
         init_args: dict[str, Any] | None = None,
+        aggregate: bool = False,
     ) -> TableSpec:
         """Validate user arguments into a spec.
 
@@ -96,7 +98,9 @@ class TableSpec:
             init_name, init_params = init.name, _params(init)
         else:
             init_name, init_params = init, _params(resolve_init(init, init_args))
-        spec = cls(name, int(width), dt.name, up_name, up_params, init_name, init_params)
+        if not isinstance(aggregate, bool):
+            raise InvalidArgument(f"table {name!r}: aggregate must be True or False, got {aggregate!r}")
+        spec = cls(name, int(width), dt.name, up_name, up_params, init_name, init_params, aggregate)
         spec.validate(import_user_code=False)
         return spec
 
@@ -127,7 +131,8 @@ class TableSpec:
     def describe(self) -> str:
         up = self.updater + (str(dict(self.updater_params)) if self.updater_params else "")
         init = self.init + (str(dict(self.init_params)) if self.init_params else "")
-        return f"width={self.width}, dtype={self.dtype}, updater={up}, init={init}"
+        agg = ", aggregate=True" if self.aggregate else ""
+        return f"width={self.width}, dtype={self.dtype}, updater={up}, init={init}{agg}"
 
     def check_compatible(self, other: TableSpec) -> None:
         """Raise :class:`TableError` unless ``other`` declares the same table."""
@@ -146,6 +151,7 @@ class TableSpec:
             "updater_params": dict(self.updater_params),
             "init": self.init,
             "init_params": dict(self.init_params),
+            "aggregate": self.aggregate,
         }
 
     @classmethod
@@ -166,4 +172,7 @@ class TableSpec:
                 raise TypeError("field types")
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed table spec: {exc}") from None
-        return cls.create(name, width, dtype, up, init, up_p, init_p)
+        aggregate = data.get("aggregate", False)
+        if not isinstance(aggregate, bool):
+            raise ProtocolError("malformed table spec: aggregate must be a bool")
+        return cls.create(name, width, dtype, up, init, up_p, init_p, aggregate)

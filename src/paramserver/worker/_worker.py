@@ -155,6 +155,7 @@ class Worker:
         init_args: dict[str, Any] | None = None,
         consistency: str | Consistency | None = None,
         tau: int | None = None,
+        aggregate: bool = False,
         timeout: float | None = None,
     ) -> Table:
         """Declare the table ``name`` (or attach to it if it exists with the same spec).
@@ -182,6 +183,12 @@ class Worker:
             ``"bounded"`` with delay ``tau`` (``tau=`` alone means bounded). It applies when
             this declaration creates the table; an existing table keeps its model (see
             :meth:`set_consistency`).
+        aggregate:
+            If True, the servers sum the pushes of each iteration and apply the sum once,
+            with the updater, when every live worker has finished that iteration (the
+            paper's server-side aggregation): with ``tau=0`` this is exact bulk synchronous
+            training. Without it, each push is applied on arrival and a bounded-delay pull
+            may already see pushes newer than it waited for.
 
         Raises
         ------
@@ -190,7 +197,7 @@ class Worker:
         DTypeError, InvalidArgument, ConfigError
             The spec is invalid (checked before anything is sent).
         """
-        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args)
+        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate)
         policy = Consistency.of(consistency, tau) or Consistency()
         self._check_open()
         with self._lock:
