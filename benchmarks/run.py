@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["bench_pushpull.py", "bench_server.py", "bench_index.py"]
+BENCHES = ["bench_pushpull.py", "bench_server.py", "bench_index.py", "bench_bounded_delay.py"]
 
 
 def main() -> int:
