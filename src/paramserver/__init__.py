@@ -16,6 +16,7 @@ Server" (OSDI 2014). Quick start::
 See README.md and docs/ for the concepts, the configuration and the architecture.
 """
 
+from . import filters
 from ._config import Config
 from ._errors import (
     ClosedError,
@@ -92,6 +93,7 @@ __all__ = [
     "Zeros",
     "__version__",
     "connect",
+    "filters",
     "spread",
     "unspread",
 ]

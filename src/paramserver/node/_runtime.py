@@ -19,6 +19,7 @@ user threads touch it too.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -42,7 +43,7 @@ from .._errors import (
 )
 from ..clock import Request
 from ..placement import KeyMap
-from ..protocol import Message, Op, Status, decode, encode, get
+from ..protocol import Codec, KeysMissing, Message, Op, Status, codec, decode, encode, get, value_indices
 from ..protocol._codec import decode_header
 from ..transport import FaultyTransport, Transport, ZmqTransport
 from ._errors_wire import error_body, error_from_body
@@ -110,6 +111,12 @@ class Node:
                 delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000, affects=_is_data,
                 seed=None if config.fault_seed < 0 else config.fault_seed)
         self._resend_after = config.resend_after()
+        self._decoders: dict[str, Codec] = {}
+        self._encoders: dict[str, Codec] = {}
+        # ts -> peer -> the message as it was before its filters (to repair key-cache misses)
+        self._originals: dict[int, dict[int, tuple[Message, tuple[Codec, ...]]]] = {}
+        #: (table, "sent"|"received", filter) -> [bytes before, bytes after] the filter.
+        self.filter_bytes: defaultdict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
         # ts -> peer -> [frames, next resend time] for requests sent with resend=True
         self._resends: dict[int, dict[int, list[Any]]] = {}
         self.counters: defaultdict[str, int] = defaultdict(int)
@@ -244,11 +251,45 @@ class Node:
             The message cannot be encoded.
         """
         msg.sender = self.id
-        frames = encode(msg)
+        frames = self._frames(node, msg)
         self._send_frames(node, frames, msg.table)
         if self.config.verbose:
             log.debug("%s %d -> %d: %s", self.role, self.id, node, msg.describe())
         return sum(memoryview(f).nbytes for f in frames)
+
+    def _frames(self, peer: int, msg: Message) -> list[Any]:
+        """Apply the message's filters (counting bytes before and after each), then encode."""
+        if msg.codecs:
+            if not msg.values_at:
+                msg.values_at = value_indices(msg)
+            for c in sorted(msg.codecs, key=lambda c: c.rank):
+                before = msg.nbytes()
+                if c.encode(peer, msg):
+                    msg.filters = (*msg.filters, c.wire_name)
+                    self._count_filter(msg.table, "sent", c.wire_name, before, msg.nbytes())
+        return encode(msg)
+
+    def _count_filter(self, table: int, direction: str, name: str, before: int, after: int) -> None:
+        with self._lock:
+            entry = self.filter_bytes[(table, direction, name)]
+            entry[0] += before
+            entry[1] += after
+
+    def encoder(self, name: str) -> Codec:
+        """A filter with default settings, to encode replies as a request asked."""
+        enc = self._encoders.get(name)
+        if enc is None:
+            enc = self._encoders[name] = codec(name)
+        return enc
+
+    def _decode_filters(self, msg: Message) -> None:
+        for name in reversed(msg.filters):
+            dec = self._decoders.get(name)
+            if dec is None:
+                dec = self._decoders[name] = codec(name)
+            before = msg.nbytes()
+            dec.decode(msg.sender, msg)
+            self._count_filter(msg.table, "received", name, msg.nbytes(), before)
 
     def _send_frames(self, node: int, frames: list[Any], table: int) -> None:
         self._ensure_link(node)
@@ -260,10 +301,12 @@ class Node:
                 self.table_bytes[(table, "sent")] += nbytes
 
     def reply(self, request: Message, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
-              arrays: list[Any] | None = None) -> None:
-        """Answer ``request``; a reply that cannot be delivered is logged and dropped."""
+              arrays: list[Any] | None = None, codecs: tuple[Codec, ...] = ()) -> None:
+        """Answer ``request`` (through ``codecs``); a reply that cannot be delivered is logged and dropped."""
         try:
-            self.send(request.sender, request.reply(status=status, body=body, arrays=arrays))
+            msg = request.reply(status=status, body=body, arrays=arrays)
+            msg.codecs = codecs
+            self.send(request.sender, msg)
         except PSError as exc:
             log.warning("%s %d: cannot answer %s: %s", self.role, self.id, request.describe(), exc)
 
@@ -350,7 +393,11 @@ class Node:
             try:
                 if prepare is not None:
                     prepare(peer, msg)
-                frames = encode(msg)
+                if any(getattr(c, "repairable", False) for c in msg.codecs):
+                    original = dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
+                    with self._lock:
+                        self._originals.setdefault(req.ts, {})[peer] = (original, msg.codecs)
+                frames = self._frames(peer, msg)
                 if resend:
                     with self._lock:
                         self._resends.setdefault(req.ts, {})[peer] = [
@@ -395,6 +442,7 @@ class Node:
         with self._lock:
             self._pending.pop(req.ts, None)
             self._resends.pop(req.ts, None)
+            self._originals.pop(req.ts, None)
 
     def call(self, node: int, msg: Message, what: str, timeout: float | None = None) -> Message:
         """Send one request and block for its reply message.
@@ -564,6 +612,20 @@ class Node:
                 self.table_bytes[(msg.table, "received")] += nbytes
         if self.config.verbose:
             log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
+        if msg.filters:
+            try:
+                self._decode_filters(msg)
+            except KeysMissing as exc:
+                if not msg.response:
+                    self.reply(msg, status=Status.RESEND_KEYS, body={"message": str(exc)})
+                return
+            except ProtocolError as exc:
+                log.warning("%s %d: cannot decode the filters of %s: %s", self.role, self.id, msg.describe(), exc)
+                if not msg.response:
+                    self.reply_error(msg, exc, with_traceback=False)
+                else:
+                    self._fail_response(msg, exc)
+                return
         if msg.response:
             self._on_response(msg)
         else:
@@ -589,6 +651,9 @@ class Node:
                 self.on_unmatched_response(msg)
             return  # else a late reply to a request that already failed or timed out
         req, on_part = entry
+        if msg.status == Status.RESEND_KEYS:
+            self._repair(req, msg.sender)
+            return
         if self._resends:
             with self._lock:
                 parts = self._resends.get(msg.ts)
@@ -604,6 +669,34 @@ class Node:
             req.fail(exc)
             return
         req.part_done(msg.sender)
+
+    def _fail_response(self, msg: Message, exc: PSError) -> None:
+        with self._lock:
+            entry = self._pending.get(msg.ts)
+        if entry is not None:
+            entry[0].fail(exc)
+
+    def _repair(self, req: Request, peer: int) -> None:
+        """The peer lost a key list we sent by signature: send that part again with its keys."""
+        with self._lock:
+            saved = self._originals.get(req.ts, {}).get(peer)
+        if saved is None:
+            req.fail(ProtocolError(f"{req.what}: node {peer} asked for keys that were not sent by signature"))
+            return
+        original, codecs = saved
+        for c in codecs:
+            c.forget(peer)
+        msg = dataclasses.replace(original, arrays=list(original.arrays), body=dict(original.body))
+        frames = self._frames(peer, msg)
+        with self._lock:
+            self.counters["key_repairs"] += 1
+            entry = self._resends.get(req.ts, {}).get(peer)
+            if entry is not None:
+                entry[0] = frames
+        try:
+            self._send_frames(peer, frames, msg.table)
+        except PSError as exc:
+            req.fail(exc)
 
     def _on_request(self, msg: Message) -> None:
         handler = self._handlers.get(msg.op)

@@ -57,6 +57,7 @@ class Status(enum.IntEnum):
     OK = 0
     ERROR = 1  # body: {"type", "message", "traceback"}
     MOVED = 2  # the receiver does not own the keys under the sender's epoch
+    RESEND_KEYS = 3  # a key-cache miss: send the request again with its keys
 
 
 @dataclass(slots=True)
@@ -80,6 +81,10 @@ class Message:
     filters: tuple[str, ...] = ()
     body: dict[str, Any] = field(default_factory=dict)
     arrays: list[np.ndarray] = field(default_factory=list)
+    #: Not on the wire: the filters to apply when this message is sent (encoders).
+    codecs: tuple[Any, ...] = ()
+    #: Not on the wire: indices of the arrays that hold values (for value filters).
+    values_at: tuple[int, ...] = ()
 
     def reply(self, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[np.ndarray] | None = None, sender: int = -1) -> Message:

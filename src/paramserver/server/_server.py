@@ -259,12 +259,16 @@ class Server:
     def _answer(self, msg: Message) -> None:
         store = self.stores[msg.table]
         try:
+            names = msg.body.get("reply_filters", [])
+            if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                raise ProtocolError("reply_filters must be a list of filter names")
+            codecs = tuple(self.node.encoder(n) for n in names)
             if msg.op == Op.PULL:
-                self.node.reply(msg, arrays=[store.pull(msg.arrays[0])])
+                self.node.reply(msg, arrays=[store.pull(msg.arrays[0])], codecs=codecs)
             else:
                 assert msg.key_range is not None
                 keys, values = store.pull_range(*msg.key_range)
-                self.node.reply(msg, arrays=[keys, values])
+                self.node.reply(msg, arrays=[keys, values], codecs=codecs)
         except Exception as exc:
             self.node.reply_error(msg, exc)
 
@@ -305,6 +309,8 @@ class Server:
                 for tid, s in self.stores.items()
             },
             "duplicates": self.duplicates,
+            "filters": {f"{tid}/{direction}/{name}": {"before": b, "after": a}
+                        for (tid, direction, name), (b, a) in dict(self.node.filter_bytes).items()},
             "counters": dict(self.node.counters),
         }
 

@@ -1,6 +1,7 @@
 """The model of a table shared by every role: spec, server updaters and initial values."""
 
 from ._init import BUILTIN_INITS, Constant, Initializer, Normal, Uniform, Zeros, resolve_init
+from ._push_filter import PushFilter
 from ._spec import TABLE_DTYPES, TableSpec
 from ._updaters import (
     BUILTIN_UPDATERS,
@@ -31,6 +32,7 @@ __all__ = [
     "Max",
     "Min",
     "Normal",
+    "PushFilter",
     "Sum",
     "TableSpec",
     "Uniform",

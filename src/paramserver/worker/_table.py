@@ -28,8 +28,8 @@ import numpy as np
 from .._errors import DTypeError, InvalidArgument, ProtocolError
 from ..clock import Consistency, InFlight, Request
 from ..placement import KEY_SPACE, KeyMap
-from ..protocol import KEY_DTYPE, Message, Op
-from ..table import TableSpec
+from ..protocol import KEY_DTYPE, Codec, Message, Op
+from ..table import PushFilter, TableSpec
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -71,6 +71,19 @@ def as_keys(keys: Any) -> np.ndarray:
     return k
 
 
+def split_filters(filters: list[Any]) -> tuple[list[PushFilter], tuple[Codec, ...]]:
+    """Push filters and wire filters of a filter list, checked."""
+    push, wire = [], []
+    for f in filters:
+        if isinstance(f, PushFilter):
+            push.append(f)
+        elif isinstance(f, Codec):
+            wire.append(f)
+        else:
+            raise InvalidArgument(f"{f!r} is not a filter; use the classes of paramserver.filters")
+    return push, tuple(wire)
+
+
 def _strictly_increasing(k: np.ndarray) -> bool:
     return len(k) < 2 or bool(np.all(k[1:] > k[:-1]))
 
@@ -78,7 +91,8 @@ def _strictly_increasing(k: np.ndarray) -> bool:
 class Table:
     """A table as seen from one worker. Obtain it with :meth:`Worker.table`."""
 
-    def __init__(self, worker: Worker, table_id: int, spec: TableSpec, policy: Consistency) -> None:
+    def __init__(self, worker: Worker, table_id: int, spec: TableSpec, policy: Consistency,
+                 filters: list[Any] | None = None) -> None:
         self._worker = worker
         self.id = table_id
         self.spec = spec
@@ -86,6 +100,10 @@ class Table:
         self.policy = policy
         self._inflight = InFlight()
         self._lock = threading.Lock()
+        self.filters = list(filters or [])
+        self._push_filters, self._codecs = split_filters(self.filters)
+        #: Push filter name -> [bytes before, bytes after] (keys and values).
+        self.push_filter_bytes: dict[str, list[int]] = {}
         self.name = spec.name
         self.width = spec.width
         self.dtype = spec.np_dtype
@@ -100,13 +118,20 @@ class Table:
     # ------------------------------------------------------------------ sending
     def _submit(self, op: Op, parts: dict[int, Message], what: str, keymap: KeyMap, *,
                 deps: Any, consistency: str | Consistency | None, tau: int | None, clock: int | None,
-                on_part: Any = None, combine: Any = None, timeout: float | None = None) -> Request:
+                on_part: Any = None, combine: Any = None, timeout: float | None = None,
+                filters: list[Any] | None = None) -> Request:
         """Send one request under the consistency model, after its dependencies."""
         worker = self._worker
         iteration = worker.clock if clock is None else int(clock)
         override = Consistency.of(consistency, tau)
         policy = override or self.policy
+        codecs = self._codecs if filters is None else split_filters(filters)[1]
+        send_codecs = codecs if op == Op.PUSH else tuple(c for c in codecs if c.wire_name == "keys")
+        reply = [c.wire_name for c in codecs if c.wire_name != "keys"]
         for server, msg in parts.items():
+            msg.codecs = send_codecs
+            if reply and op in (Op.PULL, Op.PULL_RANGE):
+                msg.body["reply_filters"] = reply
             msg.clock = iteration
             msg.epoch = keymap.epoch
             if msg.key_range is None:
@@ -142,7 +167,8 @@ class Table:
         return v
 
     def push(self, keys: Any, values: Any, *, deps: Any = None, consistency: str | Consistency | None = None,
-             tau: int | None = None, clock: int | None = None, timeout: float | None = None) -> Request:
+             tau: int | None = None, clock: int | None = None, filters: list[Any] | None = None,
+             timeout: float | None = None) -> Request:
         """Send ``values`` for ``keys`` to the servers, to be applied by the table's updater.
 
         Returns at once with a :class:`Request`; ``req.wait()`` blocks until every server
@@ -162,6 +188,8 @@ class Table:
             Override the table's consistency model for this request.
         clock:
             The iteration this push belongs to (default: ``Worker.clock``).
+        filters:
+            Filters for this push instead of the table's (see ``paramserver.filters``).
         timeout:
             Default limit for ``wait`` on the returned request (PS_TIMEOUT if None).
 
@@ -186,6 +214,21 @@ class Table:
                     starts = np.flatnonzero(first)
                     k = k[starts]
                     v = np.add.reduceat(v, starts, axis=0)
+        push_filters = self._push_filters if filters is None else split_filters(filters)[0]
+        if push_filters:
+            with self._lock:
+                for f in push_filters:
+                    before = k.nbytes + v.nbytes
+                    k, v = f.apply(k, v)
+                    entry = self.push_filter_bytes.setdefault(f.name, [0, 0])
+                    entry[0] += before
+                    entry[1] += k.nbytes + v.nbytes
+        return self._send_push(k, v, deps=deps, consistency=consistency, tau=tau, clock=clock, filters=filters,
+                               timeout=timeout)
+
+    def _send_push(self, k: np.ndarray, v: np.ndarray, *, deps: Any, consistency: str | Consistency | None,
+                   tau: int | None, clock: int | None, filters: list[Any] | None,
+                   timeout: float | None) -> Request:
         self.pushes += 1
         self.keys_pushed += len(k)
         worker = self._worker
@@ -200,12 +243,23 @@ class Table:
                 ks, vs = k[idx], v[idx]
             parts[server] = Message(Op.PUSH, table=self.id, arrays=[ks, vs])
         return self._submit(Op.PUSH, parts, f"push to table {self.name!r}", keymap, deps=deps,
-                            consistency=consistency, tau=tau, clock=clock, timeout=timeout)
+                            consistency=consistency, tau=tau, clock=clock, timeout=timeout, filters=filters)
+
+    def flush(self) -> list[Request]:
+        """Send what the push filters hold back (significantly-modified); return the requests."""
+        reqs = []
+        for f in self._push_filters:
+            with self._lock:
+                held = f.flush()
+            if held is not None and len(held[0]):
+                reqs.append(self._send_push(held[0], held[1], deps=None, consistency=None, tau=None, clock=None,
+                                            filters=[], timeout=None))
+        return reqs
 
     # ------------------------------------------------------------------ pull
     def pull(self, keys: Any, *, block: bool = True, out: np.ndarray | None = None, deps: Any = None,
              consistency: str | Consistency | None = None, tau: int | None = None, clock: int | None = None,
-             timeout: float | None = None) -> Any:
+             filters: list[Any] | None = None, timeout: float | None = None) -> Any:
         """Read the values of ``keys`` (absent keys read as the table's initial values).
 
         Parameters
@@ -218,8 +272,8 @@ class Table:
         out:
             Optional C-contiguous, writable array of shape ``(len(keys), width)`` and the
             table's dtype to receive the values (no allocation).
-        deps, consistency, tau, clock:
-            As for :meth:`push`. Under bounded delay a pull of iteration ``t`` is answered
+        deps, consistency, tau, clock, filters:
+            As for :meth:`push` (value filters then apply to the servers' replies). Under bounded delay a pull of iteration ``t`` is answered
             once every live worker has finished iteration ``t - tau - 1``.
         timeout:
             Limit in seconds (PS_TIMEOUT if None).
@@ -275,12 +329,13 @@ class Table:
 
         req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
-                           timeout=timeout)
+                           timeout=timeout, filters=filters)
         return req.result(timeout) if block else req
 
     def pull_range(self, lo: int = 0, hi: int = KEY_SPACE, *, block: bool = True, deps: Any = None,
                    consistency: str | Consistency | None = None, tau: int | None = None,
-                   clock: int | None = None, timeout: float | None = None) -> Any:
+                   clock: int | None = None, filters: list[Any] | None = None,
+                   timeout: float | None = None) -> Any:
         """Every key present on the servers in ``[lo, hi)``, ascending, with its values.
 
         Returns ``(keys, values)`` (or a Request of it when ``block=False``).
@@ -315,7 +370,7 @@ class Table:
         self.pulls += 1
         req = self._submit(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
-                           timeout=timeout)
+                           timeout=timeout, filters=filters)
         return req.result(timeout) if block else req
 
     def _tick(self, completed: int, *, wait: bool = False) -> Request:
@@ -324,7 +379,7 @@ class Table:
         parts = {server: Message(Op.CLOCK, table=self.id) for server in keymap.servers()
                  if keymap.ranges_of(server)}
         req = self._submit(Op.CLOCK, parts, f"clock tick {completed} of table {self.name!r}", keymap,
-                           deps=None, consistency=None, tau=None, clock=completed)
+                           deps=None, consistency=None, tau=None, clock=completed, filters=[])
         if wait:
             req.wait()
         return req

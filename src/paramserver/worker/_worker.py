@@ -156,6 +156,7 @@ class Worker:
         consistency: str | Consistency | None = None,
         tau: int | None = None,
         aggregate: bool = False,
+        filters: list[Any] | None = None,
         timeout: float | None = None,
     ) -> Table:
         """Declare the table ``name`` (or attach to it if it exists with the same spec).
@@ -189,6 +190,11 @@ class Worker:
             paper's server-side aggregation): with ``tau=0`` this is exact bulk synchronous
             training. Without it, each push is applied on arrival and a bounded-delay pull
             may already see pushes newer than it waited for.
+        filters:
+            This worker's filters for the table (``paramserver.filters``): push filters
+            (significantly-modified, random skip, KKT) and wire filters (key caching, zero
+            suppression, fixed-point, compression; value filters also apply to the
+            servers' replies to this worker's pulls).
 
         Raises
         ------
@@ -207,7 +213,8 @@ class Worker:
             return existing
         body = {"spec": spec.to_wire(), "policy": policy.to_wire()}
         reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body=body), f"declaring table {name!r}", timeout)
-        table = Table(self, get(reply.body, "id", int), spec, Consistency.from_wire(get(reply.body, "policy", dict)))
+        table = Table(self, get(reply.body, "id", int), spec, Consistency.from_wire(get(reply.body, "policy", dict)),
+                      filters)
         with self._lock:
             if name in self._tables:
                 return self._tables[name]
@@ -259,6 +266,8 @@ class Worker:
         self._check_open()
         completed = self._clock
         for table in list(self._tables.values()):
+            for f in table._push_filters:
+                f.advance()
             table._tick(completed)
         self._clock = completed + 1
         return self._clock
@@ -295,9 +304,20 @@ class Worker:
         with node._lock:
             counters = dict(node.counters)
             table_bytes = dict(node.table_bytes)
+        with node._lock:
+            filter_bytes = {k: list(v) for k, v in node.filter_bytes.items()}
         tables = {}
         for name, t in self._tables.items():
+            filters: dict[str, dict[str, int]] = {}
+            for fname, (before, after) in t.push_filter_bytes.items():
+                filters[fname] = {"sent_before": before, "sent_after": after}
+            for (tid, direction, fname), (before, after) in filter_bytes.items():
+                if tid == t.id:
+                    entry = filters.setdefault(fname, {})
+                    entry[f"{direction}_before"] = before
+                    entry[f"{direction}_after"] = after
             tables[name] = {
+                "filters": filters,
                 "id": t.id,
                 "pushes": t.pushes,
                 "pulls": t.pulls,
@@ -333,6 +353,13 @@ class Worker:
         """
         if self._closed:
             return
+        if self._node.aborted is None:
+            try:  # what push filters held back is delivered, not lost
+                for table in list(self._tables.values()):
+                    for req in table.flush():
+                        req.wait(timeout)
+            except PSError as exc:
+                log.warning("worker %d: could not flush held-back updates: %s", self.id, exc)
         self._closed = True
         node = self._node
         if node.aborted is None:

@@ -1,0 +1,78 @@
+"""The interface of wire filters: encode a message's arrays on send, decode on receive.
+
+A :class:`Codec` rewrites a message's arrays (and adds what it needs to decode them to the
+body) just before the message is encoded into frames; the receiver runs the decoders of
+the names in ``Message.filters`` in reverse order right after decoding the frames. Codecs
+are looked up by wire name in a registry that the filter implementations (the
+``paramserver.filters`` package) fill when imported. Decoding is strict: anything that does
+not add up raises :class:`ProtocolError`, a key-cache miss raises :class:`KeysMissing`.
+
+Codec objects may keep state per peer (the key cache); a node calls them from its receive
+thread and from user threads, so stateful codecs guard their state with a lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .._errors import ProtocolError
+from ._message import Message, Op
+
+__all__ = ["CODECS", "Codec", "KeysMissing", "codec", "register_codec", "value_indices"]
+
+
+class KeysMissing(ProtocolError):
+    """The receiver does not have the key list a message refers to by signature."""
+
+
+class Codec:
+    """A wire filter. Subclasses set ``wire_name`` and implement encode and decode."""
+
+    wire_name: str = ""
+    #: Encoders run in this order, whatever order the user listed them in.
+    rank: int = 0
+
+    def encode(self, peer: int, msg: Message) -> bool:
+        """Rewrite ``msg`` for ``peer``; return True if it applied (it is then named on the wire)."""
+        raise NotImplementedError
+
+    def decode(self, peer: int, msg: Message) -> None:
+        """Undo :meth:`encode` on a message received from ``peer``."""
+        raise NotImplementedError
+
+    def forget(self, peer: int) -> None:
+        """Drop what is cached for ``peer`` (after a key-cache miss on its side)."""
+
+
+#: Decoder factories by wire name.
+CODECS: dict[str, Callable[[], Codec]] = {}
+
+
+def register_codec(name: str, factory: Callable[[], Codec]) -> None:
+    """Make ``name`` decodable (and usable in replies) on this node."""
+    CODECS[name] = factory
+
+
+def codec(name: str) -> Codec:
+    """A new codec for wire ``name`` with default settings.
+
+    Raises
+    ------
+    ProtocolError
+        No codec of that name is registered here.
+    """
+    factory = CODECS.get(name)
+    if factory is None:
+        raise ProtocolError(f"unknown filter {name!r} (this node knows {sorted(CODECS)})")
+    return factory()
+
+
+def value_indices(msg: Message) -> tuple[int, ...]:
+    """Which arrays of ``msg`` hold table values (the ones value filters may rewrite)."""
+    if msg.op == Op.PUSH and not msg.response:
+        return (1,) if len(msg.arrays) == 2 else ()
+    if msg.op == Op.PULL and msg.response:
+        return (0,) if len(msg.arrays) == 1 else ()
+    if msg.op == Op.PULL_RANGE and msg.response:
+        return (1,) if len(msg.arrays) == 2 else ()
+    return ()
