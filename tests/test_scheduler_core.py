@@ -16,7 +16,7 @@ def sends(actions: list[Any], op: Op | None = None) -> list[Send]:
 
 
 def register(core: SchedulerCore, role: str, now: float = 0.0, rank: int = -1) -> tuple[int, list[Any]]:
-    msg = Message(Op.REGISTER, sender=-1, ts=1, body={"role": role, "address": f"mem://{role}", "pid": 1,
+    msg = Message(Op.REGISTER, sender=-1, ts=1, body={"role": role, "address": "tcp://127.0.0.1:5000", "pid": 1,
                                                       "host": "h", "rank": rank})
     actions = core.handle(msg, now)
     connect = next(a for a in actions if isinstance(a, Connect))
@@ -185,7 +185,8 @@ def test_status_gathers_every_server_and_tolerates_silence() -> None:
     assert "no answer within 30 s" in reply.msg.body["servers"][str(s2)]["error"]
 
 
-@pytest.mark.parametrize("body", [{}, {"role": "server"}, {"role": 5, "address": "x"}, {"role": "boss", "address": "x"}])
+@pytest.mark.parametrize("body", [{}, {"role": "server"}, {"role": 5, "address": "x"}, {"role": "boss", "address": "x"},
+                                  {"role": "worker", "address": "garbage"}, {"role": "worker", "address": "tcp://h:0"}])
 def test_malformed_registrations_raise_protocol_errors(body: dict[str, Any]) -> None:
     from paramserver import ProtocolError
 

@@ -97,17 +97,24 @@ class InFlight:
     __slots__ = ("_tasks",)
 
     def __init__(self) -> None:
-        self._tasks: list[tuple[int, Request]] = []
+        self._tasks: list[tuple[int, Request, bool]] = []
 
-    def add(self, iteration: int, request: Request) -> None:
-        self._tasks.append((iteration, request))
+    def add(self, iteration: int, request: Request, ordered: bool = False) -> None:
+        """Track ``request`` of ``iteration``; ``ordered`` for pushes and clock ticks."""
+        if len(self._tasks) > 64:
+            self._tasks = [t for t in self._tasks if not t[1].done()]
+        self._tasks.append((iteration, request, ordered))
 
     def blockers(self, policy: Consistency, iteration: int) -> list[Request]:
         """Unfinished tasks that a new task of ``iteration`` must wait for under ``policy``."""
-        self._tasks = [(it, r) for it, r in self._tasks if not r.done()]
         if policy.kind == "eventual":
             return []
-        return [r for it, r in self._tasks if policy.waits_for(iteration, it)]
+        return [r for it, r, _ in self._tasks if not r.done() and policy.waits_for(iteration, it)]
+
+    def unsent_ordered(self, upto: int) -> list[Request]:
+        """Pushes of iterations up to ``upto`` still waiting to leave (a clock tick for
+        ``upto`` must follow them)."""
+        return [r for it, r, ordered in self._tasks if ordered and it <= upto and not r.sent and not r.done()]
 
     def pending(self) -> Iterable[Request]:
-        return [r for _, r in self._tasks if not r.done()]
+        return [r for _, r, _ in self._tasks if not r.done()]

@@ -11,6 +11,7 @@ node's receive thread, waits happen in user threads.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +20,8 @@ from typing import Any
 from .._errors import ClosedError, RequestTimeout
 
 __all__ = ["Request"]
+
+log = logging.getLogger("paramserver.request")
 
 _UNSET: Any = object()
 
@@ -47,6 +50,7 @@ class Request:
         "_result",
         "_signal",
         "finished",
+        "sent",
         "started",
         "ts",
         "what",
@@ -80,6 +84,8 @@ class Request:
         self._on_wait = on_wait
         self.started = time.monotonic()
         self.finished = 0.0
+        #: True once every part has left (dependencies may delay that).
+        self.sent = False
         if not self._pending:
             self._finish(None, None)
 
@@ -167,7 +173,11 @@ class Request:
             self._pending.discard(peer)
             if self._pending:
                 return
-        result = self._combine() if self._combine is not None else None
+        try:
+            result = self._combine() if self._combine is not None else None
+        except Exception as exc:  # a reply that cannot be combined fails the request, nothing more
+            self._finish(None, exc)
+            return
         self._finish(result, None)
 
     def fail(self, exc: BaseException) -> None:
@@ -190,7 +200,15 @@ class Request:
             self._signal.release()
             callbacks, self._callbacks = self._callbacks, []
         for fn in callbacks:
-            fn(self)
+            try:
+                fn(self)
+            except Exception:  # a user callback must not take the receive thread down
+                log.exception("done-callback %r of %r raised", fn, self)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Give up on the request: it fails with :class:`RequestTimeout` and late replies
+        are ignored (they no longer write into a caller's ``out=`` buffer)."""
+        self._finish(None, RequestTimeout(f"{self.what} (ts={self.ts}) {reason}"))
 
 
 def closed_error(what: str) -> ClosedError:

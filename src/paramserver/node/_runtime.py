@@ -362,6 +362,10 @@ class Node:
             req.fail(ClosedError(f"{what}: the {self.role} is closed"))
             return req
         req.add_done_callback(self._forget)
+        for dep in after:
+            if dep.done() and dep.exception(timeout=0) is not None:
+                req.fail(dep.exception(timeout=0))  # type: ignore[arg-type]
+                return req
         blockers = [d for d in after if not d.done()]
         if not blockers:
             self._send_parts(req, parts, prepare, resend)
@@ -388,6 +392,8 @@ class Node:
                     prepare: Callable[[int, Message], None] | None, resend: bool) -> None:
         resend = resend and bool(self._resend_after)
         for peer, msg in parts.items():
+            if req.done():
+                return  # failed meanwhile (an error reply from another part)
             msg.ts = req.ts
             msg.sender = self.id
             try:
@@ -400,12 +406,14 @@ class Node:
                 frames = self._frames(peer, msg)
                 if resend:
                     with self._lock:
-                        self._resends.setdefault(req.ts, {})[peer] = [
-                            frames, time.monotonic() + self._resend_after, msg.table]
+                        if req.ts in self._pending:
+                            self._resends.setdefault(req.ts, {})[peer] = [
+                                frames, time.monotonic() + self._resend_after, msg.table]
                 self._send_frames(peer, frames, msg.table)
             except PSError as exc:
                 req.fail(exc)
                 break
+        req.sent = True
 
     def _resend_due(self) -> None:
         now = time.monotonic()
@@ -596,7 +604,10 @@ class Node:
                 continue
             if frames is None:
                 continue
-            self._on_frames(frames)
+            try:
+                self._on_frames(frames)
+            except Exception:  # nothing a peer sends may stop this thread
+                log.exception("%s %d: error while handling a message", self.role, self.id)
 
     def _on_frames(self, frames: list[Any]) -> None:
         nbytes = sum(memoryview(f).nbytes for f in frames)
@@ -646,19 +657,19 @@ class Node:
     def _on_response(self, msg: Message) -> None:
         with self._lock:
             entry = self._pending.get(msg.ts)
+            parts = self._resends.get(msg.ts)
+            if parts is not None and msg.status != Status.RESEND_KEYS:
+                parts.pop(msg.sender, None)
         if entry is None:
             if self.on_unmatched_response is not None:
                 self.on_unmatched_response(msg)
             return  # else a late reply to a request that already failed or timed out
         req, on_part = entry
+        if not req.awaits(msg.sender):
+            return  # a second reply to the same part (a resend or a copy was answered too)
         if msg.status == Status.RESEND_KEYS:
             self._repair(req, msg.sender)
             return
-        if self._resends:
-            with self._lock:
-                parts = self._resends.get(msg.ts)
-                if parts is not None:
-                    parts.pop(msg.sender, None)
         if msg.status == Status.ERROR:
             req.fail(error_from_body(msg.body, msg.sender, req.what))
             return

@@ -92,6 +92,15 @@ class _Table:
 GROUPS = ("workers", "servers", "all")
 
 
+def _valid_address(address: str) -> bool:
+    if address.startswith("mem://"):
+        return address[6:].isdigit()
+    if not address.startswith("tcp://"):
+        return False
+    host, sep, port = address[6:].rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 class SchedulerCore:
     """See the module docstring."""
 
@@ -268,6 +277,8 @@ class SchedulerCore:
         address = get(body, "address", str)
         if role not in ("server", "worker", "client"):
             raise ProtocolError(f"cannot register a node of role {role!r}")
+        if not _valid_address(address):
+            raise ProtocolError(f"cannot register a node at {address!r}: not tcp://host:port")
         nid = next(self._ids)
         rank = get(body, "rank", int, -1)
         info = NodeInfo(nid, role, address, get(body, "host", str, ""), get(body, "pid", int, 0), rank)
@@ -436,6 +447,11 @@ class SchedulerCore:
         targets = self._joined("server") + self._joined("worker")
 
         def done(g: _Gather) -> list[Action]:
+            failed = {n: r.body.get("message", "") for n, r in g.replies.items() if r.status != Status.OK}
+            failed.update(g.errors)
+            if failed:
+                why = "; ".join(f"node {n}: {e}" for n, e in sorted(failed.items()))
+                return [self._error(msg, TableError(f"table {name!r}: not every node took the new model: {why}"))]
             return [Send(msg.sender, msg.reply(body=body))]
 
         return self._request(targets, lambda nid: Message(Op.POLICY, table=table.id, body=body), now, done)

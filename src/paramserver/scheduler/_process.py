@@ -96,20 +96,26 @@ class SchedulerProcess:
 
     def _perform(self, actions: list[Send | Connect | Disconnect | Finish]) -> None:
         for action in actions:
-            if isinstance(action, Send):
-                try:
-                    self.node.send(action.node, action.msg)
-                except PSError as exc:
-                    log.warning("could not send %s to node %d: %s", action.msg.op.name, action.node, exc)
-            elif isinstance(action, Connect):
-                self.node.connect(action.node, action.address)
-            elif isinstance(action, Disconnect):
-                self.node.peer_failed(action.node, PSError(f"node {action.node} left"))
-            elif isinstance(action, Finish):
-                self.exit_code = action.code
-                self.reason = action.reason
-                (log.info if action.code == 0 else log.error)("job ended: %s", action.reason)
-                self.finished.set()
+            try:
+                self._perform_one(action)
+            except Exception:  # one bad action must not stop the others
+                log.exception("scheduler: could not carry out %r", action)
+
+    def _perform_one(self, action: Send | Connect | Disconnect | Finish) -> None:
+        if isinstance(action, Send):
+            try:
+                self.node.send(action.node, action.msg)
+            except PSError as exc:
+                log.warning("could not send %s to node %d: %s", action.msg.op.name, action.node, exc)
+        elif isinstance(action, Connect):
+            self.node.connect(action.node, action.address)
+        elif isinstance(action, Disconnect):
+            self.node.peer_failed(action.node, PSError(f"node {action.node} left"))
+        elif isinstance(action, Finish):
+            self.exit_code = action.code
+            self.reason = action.reason
+            (log.info if action.code == 0 else log.error)("job ended: %s", action.reason)
+            self.finished.set()
 
 
 def _alive(pid: int) -> bool:

@@ -142,7 +142,13 @@ class Server:
     def _on_ordered(self, msg: Message) -> None:
         """A push or clock tick: apply it once, in its channel's order."""
         sync = self._sync(msg)
-        lo, hi = self._span(msg)
+        try:
+            lo, hi = self._span(msg)
+        except PSError:
+            if not msg.seq:
+                raise
+            # Consume the sequence number (with its error) so that the channel does not stall.
+            lo, hi = self._span(Message(Op.PULL))
         if msg.seq == 0:  # not part of a channel: apply at once (errors answered by the runtime)
             self._apply(msg, None, lo, hi)
             self.node.reply(msg)
@@ -165,7 +171,7 @@ class Server:
             nxt = ch.waiting.pop(ch.applied.min(lo, hi) + 1, None)
             if nxt is None:
                 break
-            self._apply_in_order(ch, nxt, *self._span(nxt))
+            self._apply_in_order(ch, nxt, lo, hi)
         self._aggregate(msg.table)
         self._release(msg.table)
 
@@ -185,6 +191,7 @@ class Server:
 
     def _apply_in_order(self, ch: Channel, msg: Message, lo: int, hi: int) -> None:
         try:
+            self._span(msg)  # raises for a range this server does not own
             self._apply(msg, ch, lo, hi)
         except Exception as exc:
             body = error_body(exc, with_traceback=not isinstance(exc, PSError))
@@ -251,7 +258,9 @@ class Server:
     def _pull_or_hold(self, msg: Message) -> None:
         sync = self.sync[msg.table]
         lo, hi = self._span(msg)
-        if sync.ready(msg, lo, hi, self._live_workers(), self._policy(msg, sync)):
+        policy = self._policy(msg, sync)
+        live = self._live_workers() if policy.kind == "bounded" else set()
+        if sync.ready(msg, lo, hi, live, policy):
             self._answer(msg)
         else:
             sync.held.setdefault((msg.sender, msg.ts), msg)

@@ -29,7 +29,7 @@ from ..protocol import Message
 
 __all__ = ["Channel", "TableSync"]
 
-MAX_ERRORS_KEPT = 256
+MAX_ERRORS_KEPT = 4096
 
 
 @dataclass

@@ -180,6 +180,11 @@ class _Optimizer(Updater):
             raise AttributeError(key) from None
 
 
+def _work(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype optimizers compute in: float32 for float16 tables (eps would round to 0)."""
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
 class SGD(_Optimizer):
     """``w -= lr * g``."""
 
@@ -199,14 +204,16 @@ class AdaGrad(_Optimizer):
     nonneg = frozenset({"initial_accumulator_value"})
 
     def state_layout(self, width: int, dtype: np.dtype[Any]) -> dict[str, tuple[int, np.dtype[Any], float]]:
-        return {"sum_sq": (width, dtype, self.initial_accumulator_value)}
+        return {"sum_sq": (width, _work(dtype), self.initial_accumulator_value)}
 
     def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
               update: np.ndarray) -> None:
         acc = state["sum_sq"]
-        g2 = acc[slots] + update * update
+        g = update.astype(acc.dtype, copy=False)
+        g2 = acc[slots] + g * g
         acc[slots] = g2
-        values[slots] -= self.lr * update / (np.sqrt(g2) + self.eps)
+        w = values[slots].astype(acc.dtype, copy=False)
+        values[slots] = w - self.lr * g / (np.sqrt(g2) + self.eps)
 
 
 class Adam(_Optimizer):
@@ -227,20 +234,24 @@ class Adam(_Optimizer):
                 raise InvalidArgument(f"Adam: {key}={self._params[key]} must be < 1")
 
     def state_layout(self, width: int, dtype: np.dtype[Any]) -> dict[str, tuple[int, np.dtype[Any], float]]:
-        return {"m": (width, dtype, 0.0), "v": (width, dtype, 0.0), "t": (1, np.dtype(np.float64), 0.0)}
+        work = _work(dtype)
+        return {"m": (width, work, 0.0), "v": (width, work, 0.0), "t": (1, np.dtype(np.float64), 0.0)}
 
     def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
               update: np.ndarray) -> None:
         b1, b2 = self.beta1, self.beta2
+        work = state["m"].dtype
+        g = update.astype(work, copy=False)
         t = state["t"][slots] + 1.0
         state["t"][slots] = t
-        m = b1 * state["m"][slots] + (1 - b1) * update
-        v = b2 * state["v"][slots] + (1 - b2) * update * update
+        m = b1 * state["m"][slots] + (1 - b1) * g
+        v = b2 * state["v"][slots] + (1 - b2) * g * g
         state["m"][slots] = m
         state["v"][slots] = v
-        c1 = (1.0 - b1**t).astype(values.dtype)
-        c2 = (1.0 - b2**t).astype(values.dtype)
-        values[slots] -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+        c1 = (1.0 - b1**t).astype(work)
+        c2 = (1.0 - b2**t).astype(work)
+        w = values[slots].astype(work, copy=False)
+        values[slots] = w - self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
 
 
 class FTRL(_Optimizer):
@@ -255,16 +266,17 @@ class FTRL(_Optimizer):
     nonneg = frozenset({"beta", "l1", "l2"})
 
     def state_layout(self, width: int, dtype: np.dtype[Any]) -> dict[str, tuple[int, np.dtype[Any], float]]:
-        return {"z": (width, dtype, 0.0), "n": (width, dtype, 0.0)}
+        return {"z": (width, _work(dtype), 0.0), "n": (width, _work(dtype), 0.0)}
 
     def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
               update: np.ndarray) -> None:
         z_all, n_all = state["z"], state["n"]
-        w = values[slots]
+        g = update.astype(z_all.dtype, copy=False)
+        w = values[slots].astype(z_all.dtype, copy=False)
         n = n_all[slots]
-        n_new = n + update * update
+        n_new = n + g * g
         sigma = (np.sqrt(n_new) - np.sqrt(n)) / self.alpha
-        z = z_all[slots] + update - sigma * w
+        z = z_all[slots] + g - sigma * w
         z_all[slots] = z
         n_all[slots] = n_new
         shrunk = np.sign(z) * self.l1 - z

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import DTypeError, InvalidArgument, ProtocolError
+from .._errors import DTypeError, InvalidArgument, ProtocolError, RequestTimeout
 from ..clock import Consistency, InFlight, Request
 from ..placement import KEY_SPACE, KeyMap
 from ..protocol import KEY_DTYPE, Codec, Message, Op
@@ -69,6 +69,15 @@ def as_keys(keys: Any) -> np.ndarray:
     if k.ndim != 1:
         raise InvalidArgument(f"keys must be one-dimensional, got shape {k.shape}")
     return k
+
+
+def _result(req: Request, timeout: float | None) -> Any:
+    """The result of a blocking call; on a timeout the request is cancelled (no late writes)."""
+    try:
+        return req.result(timeout)
+    except RequestTimeout:
+        req.cancel("was cancelled after its wait timed out")
+        raise
 
 
 def split_filters(filters: list[Any]) -> tuple[list[PushFilter], tuple[Codec, ...]]:
@@ -122,7 +131,6 @@ class Table:
                 filters: list[Any] | None = None) -> Request:
         """Send one request under the consistency model, after its dependencies."""
         worker = self._worker
-        iteration = worker.clock if clock is None else int(clock)
         override = Consistency.of(consistency, tau)
         policy = override or self.policy
         codecs = self._codecs if filters is None else split_filters(filters)[1]
@@ -132,18 +140,23 @@ class Table:
             msg.codecs = send_codecs
             if reply and op in (Op.PULL, Op.PULL_RANGE):
                 msg.body["reply_filters"] = reply
-            msg.clock = iteration
             msg.epoch = keymap.epoch
             if msg.key_range is None:
                 msg.key_range = keymap.span_of(server)
             if override is not None and op != Op.PUSH:
                 msg.body["consistency"] = override.to_wire()
         after = worker._resolve(deps)
-        with self._lock:
+        ordered = op in (Op.PUSH, Op.CLOCK)
+        with self._lock:  # the iteration is read under the lock that Worker.advance takes
+            iteration = worker.clock if clock is None else int(clock)
+            for msg in parts.values():
+                msg.clock = iteration
             after += self._inflight.blockers(policy, iteration)
+            if op == Op.CLOCK:
+                after += self._inflight.unsent_ordered(iteration)
             req = worker._request(parts, what, on_part=on_part, combine=combine, timeout=timeout, after=after,
-                                  prepare=worker._sequencer(self.id, ordered=op in (Op.PUSH, Op.CLOCK)))
-            self._inflight.add(iteration, req)
+                                  prepare=worker._sequencer(self.id, ordered=ordered))
+            self._inflight.add(iteration, req, ordered)
         return req
 
     # ------------------------------------------------------------------ push
@@ -330,7 +343,7 @@ class Table:
         req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
                            timeout=timeout, filters=filters)
-        return req.result(timeout) if block else req
+        return _result(req, timeout) if block else req
 
     def pull_range(self, lo: int = 0, hi: int = KEY_SPACE, *, block: bool = True, deps: Any = None,
                    consistency: str | Consistency | None = None, tau: int | None = None,
@@ -355,7 +368,12 @@ class Table:
         got: list[tuple[np.ndarray, np.ndarray]] = []
 
         def on_part(msg: Message) -> None:
-            if len(msg.arrays) != 2 or msg.arrays[1].shape != (len(msg.arrays[0]), self.width):
+            ok = len(msg.arrays) == 2
+            if ok:
+                k, v = msg.arrays
+                ok = (k.dtype == KEY_DTYPE and k.ndim == 1 and v.shape == (len(k), self.width)
+                      and v.dtype == self.dtype and (len(k) == 0 or (int(k.min()) >= lo and int(k.max()) < hi)))
+            if not ok:
                 raise ProtocolError(f"server {msg.sender} answered a range pull with a malformed reply")
             got.append((msg.arrays[0], msg.arrays[1]))
 
@@ -371,7 +389,7 @@ class Table:
         req = self._submit(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
                            timeout=timeout, filters=filters)
-        return req.result(timeout) if block else req
+        return _result(req, timeout) if block else req
 
     def _tick(self, completed: int, *, wait: bool = False) -> Request:
         """Tell every server that this worker finished iteration ``completed`` (a clock tick)."""

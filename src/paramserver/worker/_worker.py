@@ -68,6 +68,7 @@ class Worker:
         self._seq: dict[tuple[int, int], int] = {}  # (table, server) -> last ordered sequence number sent
         self._seq_lock = threading.Lock()
         self._clock = 0
+        self._clock_lock = threading.Lock()
         self._started = time.monotonic()
         self.requests = 0
         node.on(Op.POLICY, self._on_policy)
@@ -264,13 +265,21 @@ class Worker:
         pushes); returns the new iteration number.
         """
         self._check_open()
-        completed = self._clock
-        for table in list(self._tables.values()):
-            for f in table._push_filters:
-                f.advance()
-            table._tick(completed)
-        self._clock = completed + 1
-        return self._clock
+        with self._clock_lock:
+            completed = self._clock
+            tables = list(self._tables.values())
+            for table in tables:  # requests issued from now on belong to the next iteration
+                table._lock.acquire()
+            try:
+                self._clock = completed + 1
+            finally:
+                for table in tables:
+                    table._lock.release()
+            for table in tables:
+                for f in table._push_filters:
+                    f.advance()
+                table._tick(completed)
+            return completed + 1
 
     @contextlib.contextmanager
     def iteration(self) -> Iterator[int]:
