@@ -70,10 +70,10 @@ class Compress(Codec):
     def encode(self, peer: int, msg: Message) -> bool:
         meta = []
         for i, arr in enumerate(msg.arrays):
-            if arr.nbytes < self.min_bytes:
+            if arr.nbytes < max(self.min_bytes, 1):
                 continue
-            raw: Any = np.ascontiguousarray(arr)
-            packed = np.frombuffer(_compress(self.algorithm, memoryview(raw).cast("B"), self.level), dtype=np.uint8)
+            raw: Any = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+            packed = np.frombuffer(_compress(self.algorithm, raw, self.level), dtype=np.uint8)
             if packed.nbytes >= arr.nbytes:
                 continue
             meta.append([i, arr.dtype.str, list(arr.shape)])

@@ -29,8 +29,8 @@ __all__ = ["KeyCache"]
 
 def signature(keys: np.ndarray) -> int:
     """The 64-bit signature of a key list (xxh3 over its bytes, mixed with its length)."""
-    data: Any = np.ascontiguousarray(keys)
-    return xxhash.xxh3_64_intdigest(memoryview(data).cast("B"), seed=len(keys))
+    data: Any = np.ascontiguousarray(keys).view(np.uint8)
+    return xxhash.xxh3_64_intdigest(data, seed=len(keys))
 
 
 class KeyCache(Codec):
