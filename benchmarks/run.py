@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["bench_pushpull.py", "bench_server.py", "bench_index.py", "bench_bounded_delay.py"]
+BENCHES = ["bench_pushpull.py", "bench_server.py", "bench_index.py", "bench_bounded_delay.py", "bench_filters.py"]
 
 
 def main() -> int:
@@ -15,7 +15,7 @@ def main() -> int:
     failed = []
     for name in BENCHES:
         print(f"\n=== {name} ===", flush=True)
-        args = extra if name == "bench_pushpull.py" else []
+        args = extra if name in ("bench_pushpull.py", "bench_filters.py") else []
         if subprocess.call([sys.executable, str(HERE / name), *args]) != 0:
             failed.append(name)
     if failed:
