@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, write  # noqa: E402
+from _common import RESULTS, write
 
 TAUS = [0, 1, 2, 4, 8, 16]
 WORKERS = 4

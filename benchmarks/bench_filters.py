@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write  # noqa: E402
-
-import paramserver as ps  # noqa: E402
-from paramserver.filters import (  # noqa: E402
+import paramserver as ps
+from _common import write
+from paramserver.filters import (
     Compress,
     FixedPoint,
     KeyCache,
@@ -34,7 +33,7 @@ from paramserver.filters import (  # noqa: E402
     SignificantlyModified,
     ZeroSuppress,
 )
-from paramserver.protocol import Message, Op, decode, encode, value_indices  # noqa: E402
+from paramserver.protocol import Message, Op, decode, encode, value_indices
 
 N_FEATURES = 926_435
 

@@ -133,6 +133,24 @@ def test_consistency_command_changes_tau_on_every_node(cluster2: ps.LocalCluster
         assert res.returncode == 1 and "no table named 'nope'" in res.stderr
 
 
+def test_metrics_show_filter_bytes(cluster2: ps.LocalCluster, marked_env: dict[str, str]) -> None:
+    import numpy as np
+
+    from paramserver.filters import Compress
+
+    with ps.connect(cluster2.address) as w:
+        t = w.table("f", width=8, filters=[Compress("lz4", min_bytes=0)])
+        t.push(np.arange(100, dtype=np.uint64), np.zeros((100, 8), np.float32)).wait()
+        text = run(["metrics", cluster2.address], marked_env).stdout
+    assert 'paramserver_table_keys{server="' in text and 'table="f"} 100' in text
+    assert 'direction="received",filter="lz4"}' in text
+    before = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("paramserver_filter_bytes_before_total") and 'filter="lz4"' in line]
+    after = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith("paramserver_filter_bytes_after_total") and 'filter="lz4"' in line]
+    assert sum(before) == 100 * 8 + 100 * 8 * 4 and sum(after) < sum(before) / 10  # keys and values
+
+
 def test_status_of_nothing_fails_clearly(marked_env: dict[str, str]) -> None:
     port = _free_port()
     res = run(["status", f"127.0.0.1:{port}", "--timeout", "0.5"], marked_env)

@@ -81,6 +81,19 @@ def _cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_metrics(args: argparse.Namespace, config: Config) -> int:
+    from ..scheduler import AdminClient
+    from ._metrics import render, serve
+
+    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+        if args.serve is None:
+            print(render(admin.status()), end="")
+            return 0
+        print(f"serving Prometheus metrics at http://{args.bind}:{args.serve}/metrics", file=sys.stderr, flush=True)
+        serve(admin.status, args.bind, args.serve)
+    return 0
+
+
 def _cmd_shutdown(args: argparse.Namespace, config: Config) -> int:
     from ..scheduler import AdminClient
 
@@ -163,6 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     s.set_defaults(fn=_cmd_status)
+
+    s = sub.add_parser("metrics", help="the cluster's counters in the Prometheus text format")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("--serve", type=int, metavar="PORT", help="serve GET /metrics on this port instead of printing")
+    s.add_argument("--bind", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    s.add_argument("--timeout", type=float, default=10.0)
+    s.set_defaults(fn=_cmd_metrics)
 
     s = sub.add_parser("shutdown", help="end the job of a cluster and stop its nodes")
     s.add_argument("address", help="scheduler address host:port")
