@@ -57,10 +57,7 @@ def _worker(address: str, tau: int, seconds: float, batch: int, q: mp.Queue) -> 
             keys = ps.spread(cols)
             wb = table.pull(keys).ravel().astype(np.float64)
             grad = Xl.T @ (expit(Xl @ wb) - y[rows]) / len(rows)
-            if w.rank == WORKERS - 1:
-                pause = 0.08 if rng.random() < 1 / 8 else 0.0
-            else:
-                pause = rng.uniform(0, 0.02)
+            pause = (0.08 if rng.random() < 1 / 8 else 0.0) if w.rank == WORKERS - 1 else rng.uniform(0, 0.02)
             time.sleep(pause)  # the rest of the "computation"
             table.push(keys, grad.astype(np.float32))
             w.advance()
