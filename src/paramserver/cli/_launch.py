@@ -24,8 +24,12 @@ from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_a
 __all__ = ["launch"]
 
 
-def _say(text: str) -> None:
-    print(f"paramserver launch: {text}", file=sys.stderr, flush=True)
+_QUIET = False
+
+
+def _say(text: str, *, always: bool = False) -> None:
+    if always or not _QUIET:
+        print(f"paramserver launch: {text}", file=sys.stderr, flush=True)
 
 
 class _Interrupted(Exception):
@@ -35,14 +39,16 @@ class _Interrupted(Exception):
 
 
 def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "127.0.0.1",
-           env: dict[str, str] | None = None, poll: float = 0.05) -> int:
+           env: dict[str, str] | None = None, poll: float = 0.05, quiet: bool = False) -> int:
     """Run ``command`` as ``workers`` workers of a local job with ``servers`` servers.
 
     Returns the exit code to pass on: 0 if every worker succeeded, else the first failing
     worker's code (or 1 if a node died, 130 on Ctrl-C).
     """
+    global _QUIET
+    _QUIET = quiet  # progress lines off (errors still print)
     if not command:
-        _say("no command given; usage: paramserver launch -s 2 -w 4 -- python train.py")
+        _say("no command given; usage: paramserver launch -s 2 -w 4 -- python train.py", always=True)
         return 2
     base = {**os.environ, **(env or {})}
     Config.from_env(base)  # fail early on a bad setting
@@ -68,11 +74,11 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
         _say(f"scheduler at {address}, {servers} servers, {workers} workers running {' '.join(command)}")
         return _supervise(sched, server_procs, worker_procs, procs, address, base, poll)
     except _Interrupted as exc:
-        _say(f"interrupted ({exc}); stopping the job")
+        _say(f"interrupted ({exc}); stopping the job", always=True)
         stop_all(procs)
         return 130
     except PSError as exc:
-        _say(f"{exc}; stopping the job")
+        _say(f"{exc}; stopping the job", always=True)
         stop_all(procs)
         return 1
     finally:
@@ -87,7 +93,7 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         for w in workers:
             code = w.poll()
             if code is not None and code != 0:
-                _say(f"{w} exited with code {code}; stopping the job")
+                _say(f"{w} exited with code {code}; stopping the job", always=True)
                 stop_all(procs)
                 return code if code > 0 else 128 - code
         if all(w.poll() == 0 for w in workers):
@@ -97,18 +103,18 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         for s in servers:
             code = s.poll()
             if code:
-                _say(f"{s} exited with code {code} while workers were running; stopping the job")
+                _say(f"{s} exited with code {code} while workers were running; stopping the job", always=True)
                 stop_all(procs)
                 return 1
         code = sched.poll()
         if code:
-            _say(f"the scheduler exited with code {code} while workers were running; stopping the job")
+            _say(f"the scheduler exited with code {code} while workers were running; stopping the job", always=True)
             stop_all(procs)
             return code
         if code == 0 and ended is None:
             ended = time.monotonic()
         if ended is not None and time.monotonic() - ended > 30:
-            _say("the job ended but workers are still running after 30 s; stopping them")
+            _say("the job ended but workers are still running after 30 s; stopping them", always=True)
             stop_all(procs)
             return 1
         time.sleep(poll)

@@ -81,6 +81,28 @@ def _cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_run(argv: list[str]) -> int:
+    """``paramserver run APP [options]``: an application as a local job."""
+    import importlib
+
+    from ..apps import APPS
+    from ..apps._runner import parser_for
+    from ._launch import launch
+
+    if not argv or argv[0] not in APPS or argv[0] in ("-h", "--help"):
+        names = "\n".join(f"  {n:<10} {d}" for n, (_, d) in sorted(APPS.items()))
+        print(f"usage: paramserver run APP [options]   (APP --help for its options)\n\napplications:\n{names}",
+              file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(APPS[name][0])
+    args = parser_for(module, f"paramserver run {name}").parse_args(rest)
+    module.prepare(args)
+    command = [sys.executable, "-m", APPS[name][0], *rest]
+    env = {"PS_LOG_LEVEL": os.environ.get("PS_LOG_LEVEL", "WARNING")}
+    return launch(command, servers=args.servers, workers=args.workers, quiet=args.json, env=env)
+
+
 def _cmd_metrics(args: argparse.Namespace, config: Config) -> int:
     from ..scheduler import AdminClient
     from ._metrics import render, serve
@@ -202,6 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", choices=["newsgroups", "reuters", "movielens"])
     s.set_defaults(fn=_cmd_data)
 
+    sub.add_parser("run", help="run an application as a local job: paramserver run APP --help", add_help=False)
+
     s = sub.add_parser("config", help="print every setting and its value here")
     s.set_defaults(fn=_cmd_config)
     return p
@@ -209,6 +233,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``paramserver`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # applications parse their own options
+        try:
+            config = Config.from_env()
+            _setup_logging(config)
+            return _cmd_run(argv[1:])
+        except PSError as exc:
+            print(f"paramserver run: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
     args = _parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
