@@ -313,6 +313,8 @@ class Server:
                 str(tid): {"name": s.spec.name, "keys": len(s), "bytes": s.nbytes,
                            "pushes": s.pushes, "pulls": s.pulls,
                            "consistency": str(self.sync[tid].policy),
+                           "bytes_sent": self.node.table_bytes.get((tid, "sent"), 0),
+                           "bytes_received": self.node.table_bytes.get((tid, "received"), 0),
                            "held_pulls": len(self.sync[tid].held),
                            "clocks": {str(w): ch.iters.min() for w, ch in self.sync[tid].channels.items()}}
                 for tid, s in self.stores.items()

@@ -32,6 +32,7 @@ __all__ = [
     "AdaGrad",
     "Adam",
     "Assign",
+    "L1Prox",
     "Max",
     "Min",
     "Sum",
@@ -284,8 +285,33 @@ class FTRL(_Optimizer):
         values[slots] = np.where(np.abs(z) <= self.l1, 0, shrunk / denom).astype(values.dtype)
 
 
+class L1Prox(_Optimizer):
+    """The proximal step of L1-regularised problems on aggregated (gradient, curvature) pairs.
+
+    The table has width 2: a push carries ``[g, u]`` per key (gradient and diagonal
+    curvature, summed over workers by aggregation); the stored row is ``[w, 0]`` (the zero
+    keeps replies small under zero suppression).
+    ``w = S(w - g / u, lam / u)`` with the soft threshold ``S(z, a) = sign(z) max(|z| - a, 0)``
+    (the delayed block proximal gradient method of the paper).
+    """
+
+    name = "l1_prox"
+    defaults = {"lam": 1.0, "eps": 1e-12}
+    nonneg = frozenset({"lam"})
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        if values.shape[1] != 2:
+            raise InvalidArgument("l1_prox needs a table of width 2: pushes [gradient, curvature]")
+        g = update[:, 0]
+        u = update[:, 1] + self.eps
+        z = values[slots, 0] - g / u
+        values[slots, 0] = np.sign(z) * np.maximum(np.abs(z) - self.lam / u, 0.0)
+        values[slots, 1] = 0
+
+
 BUILTIN_UPDATERS: dict[str, type[Updater]] = {
-    cls.name: cls for cls in (Sum, Assign, Max, Min, SGD, AdaGrad, Adam, FTRL)
+    cls.name: cls for cls in (Sum, Assign, Max, Min, SGD, AdaGrad, Adam, FTRL, L1Prox)
 }
 
 
