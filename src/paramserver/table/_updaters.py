@@ -35,6 +35,7 @@ __all__ = [
     "L1Prox",
     "Max",
     "Min",
+    "SaturatingSum",
     "Sum",
     "Updater",
     "resolve_updater",
@@ -144,6 +145,24 @@ class Min(Updater):
     def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
               update: np.ndarray) -> None:
         values[slots] = np.minimum(values[slots], update)
+
+
+class SaturatingSum(Updater):
+    """``w = min(w + u, cap)``: counters that stop at ``cap`` (sketches with small counters)."""
+
+    name = "saturating"
+
+    def __init__(self, cap: int = 2**31 - 1) -> None:
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise InvalidArgument(f"SaturatingSum cap must be an int >= 1, got {cap!r}")
+        self.cap = cap
+
+    def get_params(self) -> dict[str, Any]:
+        return {"cap": self.cap}
+
+    def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
+              update: np.ndarray) -> None:
+        values[slots] = np.minimum(values[slots] + update, self.cap)
 
 
 class _Optimizer(Updater):
@@ -311,7 +330,7 @@ class L1Prox(_Optimizer):
 
 
 BUILTIN_UPDATERS: dict[str, type[Updater]] = {
-    cls.name: cls for cls in (Sum, Assign, Max, Min, SGD, AdaGrad, Adam, FTRL, L1Prox)
+    cls.name: cls for cls in (Sum, Assign, Max, Min, SaturatingSum, SGD, AdaGrad, Adam, FTRL, L1Prox)
 }
 
 
