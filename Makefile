@@ -14,10 +14,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: a real job on real data: scheduler, 2 servers and 2 workers on this machine
+## demo: L1 logistic regression on 20 Newsgroups: scheduler, 2 servers and 2 workers on this machine
 demo: $(STAMP)
-	$(BIN)/paramserver data newsgroups
-	$(BIN)/paramserver launch -s 2 -w 2 -- $(BIN)/python examples/newsgroups_sgd.py
+	$(BIN)/paramserver run logreg --servers 2 --workers 2 --plot results/logreg_objective.png
 
 ## test: the whole test suite
 test: $(STAMP)

@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import gammaln
 
-__all__ = ["count", "doc_loglik", "fold_in", "lgamma_table", "seed", "sweep", "topic_loglik", "word_loglik"]
+__all__ = ["count", "doc_loglik", "fold_in", "lgamma_table", "seed", "sweep", "topic_loglik", "warm_up", "word_loglik"]
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -230,3 +230,15 @@ def fold_in(words: I32, doc_ptr: I64, phi: npt.NDArray[np.float32], alpha: float
             logp += math.log(s)
             scored += 1
     return logp, scored
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel now, so that no sweep is timed with it."""
+    i32, i64 = np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
+    table = lgamma_table(0.1, 2)
+    counts = np.zeros((0, 2), dtype=np.int32)
+    count(i32, i32, counts)
+    doc_loglik(i64, i32, 2, 0.1, table)
+    word_loglik(counts, np.zeros(0, dtype=np.int64), 0.1, table)
+    sweep(i32, i64, i32, counts, np.ones(2, dtype=np.int32), 0.1, 0.1, 1, table)
+    fold_in(i32, i64, np.zeros((0, 2), dtype=np.float32), 0.1, 1)

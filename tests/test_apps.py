@@ -1,0 +1,90 @@
+"""The applications on real data, against references nobody here wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paramserver as ps
+from paramserver.apps import _reference
+from paramserver.server import Store
+from paramserver.table import TableSpec
+
+pytestmark = [pytest.mark.cluster, pytest.mark.data]
+
+
+def run_app(args: list[str], env: dict[str, str], timeout: float = 600) -> dict:
+    res = subprocess.run([sys.executable, "-m", "paramserver", "run", *args, "--json"], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_l1_logistic_regression_reaches_liblinear(fast_env: dict[str, str]) -> None:
+    """DBPG on 20 Newsgroups, lambda = 1: within 1e-3 of scikit-learn's liblinear optimum."""
+    pytest.importorskip("sklearn")
+    ref = _reference.liblinear(1.0)
+    assert ref is not None and abs(ref["objective"] - 1199.25) < 0.01  # the issue's reference point
+    out = run_app(["logreg", "--servers", "2", "--workers", "2", "--passes", "25", "--log-every", "5"], fast_env)
+    assert out["relative_gap"] < 1e-3, out["objective"]
+    assert abs(out["nnz"] - ref["nnz"]) < 0.1 * ref["nnz"]
+    assert abs(out["test_accuracy"] - ref["test_accuracy"]) < 0.01
+    assert 0.95 < out["test_auc"] <= 1
+    # the filters did their job: KKT held back most gradient entries
+    kkt = out["traffic"]["workers"]["filters"]["kkt"]
+    assert kkt["sent_after"] < 0.2 * kkt["sent_before"]
+
+
+def test_auc_matches_scikit_learn() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500).astype(np.float64)
+    score = np.round(rng.normal(size=500) + y, 1)  # with ties
+    assert _reference.auc(score, y) == pytest.approx(metrics.roc_auc_score(y, score), abs=1e-12)
+
+
+def test_l1_prox_is_the_soft_threshold_step() -> None:
+    store = Store(TableSpec.create("w", width=2, dtype="float64", updater=ps.L1Prox(lam=1.0), aggregate=True))
+    keys = np.array([1, 2, 3], dtype=np.uint64)
+    store.push(keys, np.array([[-3.0, 1.0], [0.5, 1.0], [4.0, 2.0]]))  # z = 3, -0.5, -2; thresholds 1, 1, 0.5
+    np.testing.assert_allclose(store.pull(keys), [[2.0, 0], [0.0, 0], [-1.5, 0]])
+
+
+def test_logreg_on_a_libsvm_file_online(tmp_path: Path, fast_env: dict[str, str]) -> None:
+    from paramserver.data import save_libsvm
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    X = sp.random(400, 50, density=0.2, random_state=2, format="csr")
+    w_true = rng.normal(size=50)
+    y = (X @ w_true > 0).astype(np.float64)
+    save_libsvm(tmp_path / "train.svm", X, y)
+    save_libsvm(tmp_path / "test.svm", X, y)
+    out = run_app(["logreg", "--data", str(tmp_path / "train.svm"), "--test", str(tmp_path / "test.svm"),
+                   "--algo", "ftrl", "--passes", "20", "--lam", "0.1", "--workers", "2", "--servers", "1"], fast_env)
+    assert out["test_accuracy"] > 0.85
+    out = run_app(["logreg", "--data", str(tmp_path / "train.svm"), "--test", str(tmp_path / "test.svm"),
+                   "--passes", "40", "--blocks", "4", "--lam", "0.1", "--workers", "2", "--servers", "1"], fast_env)
+    assert out["test_accuracy"] > 0.9
+
+
+def test_countmin_sketch_on_the_20_newsgroups_stream(fast_env: dict[str, str]) -> None:
+    out = run_app(["sketch", "--servers", "2", "--workers", "2"], fast_env)
+    assert (out["tokens"], out["distinct"]) == (5_004_656, 93_864)
+    assert out["never_below_true"] is True  # CountMin never underestimates
+    assert out["share_within_eps_n"] >= 1 - out["delta"]
+    assert out["rows"] == 5 and out["counters_per_row"] == 27_183
+
+
+def test_saturating_counters_stop_at_their_cap() -> None:
+    store = Store(TableSpec.create("c", dtype="int64", updater=ps.table.SaturatingSum(cap=10)))
+    keys = np.array([7], dtype=np.uint64)
+    for _ in range(4):
+        store.push(keys, np.array([[4]]))
+    assert store.pull(keys).ravel().tolist() == [10]
