@@ -37,7 +37,7 @@ def load(data: str | None, test: str | None) -> tuple[sp.csr_matrix, np.ndarray,
 
 def n_features(data: str | None, test: str | None) -> int:
     X, _, Xt, _ = load(data, test)
-    return max(X.shape[1], Xt.shape[1] if Xt is not None else 0)
+    return int(max(X.shape[1], Xt.shape[1] if Xt is not None else 0))
 
 
 def objective(X: sp.csr_matrix, y01: np.ndarray, w: np.ndarray, lam: float) -> float:

@@ -129,7 +129,7 @@ class _Job:
         self.wt = w.table("lda.word_topic", width=self.K, dtype="int32", updater="sum", **bounded)
         self.tt = w.table("lda.topic", width=self.K, dtype="int32", updater="sum", **bounded)
         self.quality = w.table("lda.quality", width=3, dtype="float64", updater="sum", **bounded)
-        self.speed = w.table("lda.speed", width=3, dtype="float64", updater="sum", **bounded)
+        self.speed = w.table("lda.speed", width=4, dtype="float64", updater="sum", **bounded)
         self.nwk = np.zeros((len(self.shard.keys), self.K), dtype=np.int32)
         self.nk = np.zeros((1, self.K), dtype=np.int32)
         self.lg_alpha, self.lg_beta = _gibbs.lgamma_table(args.alpha), _gibbs.lgamma_table(args.eta)
@@ -199,7 +199,7 @@ class _Job:
         w.barrier()  # every push applied: the servers hold the final counts
         self.pull()
         self.report_quality(args.iters, doc_part, final=True)
-        self.speed.push([w.rank], np.array([[shard.n_tokens, loop, sampling]]))
+        self.speed.push([w.rank], np.array([[shard.n_tokens, loop, sampling, w.stats()["resends"]]]))
         if args.save:
             np.savez(pathlib.Path(args.save) / f"worker-{w.rank}.npz", docs=shard.docs, doc_ptr=shard.doc_ptr,
                      words=shard.word_ids[shard.words], z=z)
@@ -255,7 +255,8 @@ class _Job:
             "sampling_tokens_per_second_per_worker": float(np.mean(tokens * args.iters / sampling)),
             "seconds": float(loop.max()), "documents": self.train.n_docs, "vocabulary": self.V,
             "heldout_tokens": int(q[-1, 2]), "topics": K, "iters": args.iters, "workers": self.workers,
-            "tau": args.tau, "alpha": args.alpha, "eta": args.eta, "top_words": top_words, "history": history,
+            "tau": args.tau, "alpha": args.alpha, "eta": args.eta, "resends": int(speed[:, 3].sum()),
+            "top_words": top_words, "history": history,
         }
         if args.plot:
             _plot(history, args.plot)

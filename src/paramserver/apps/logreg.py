@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passes", type=int, default=30, help="passes over all blocks (default 30)")
     p.add_argument("--tau", type=int, default=0, help="maximal delay in iterations (default 0)")
     p.add_argument("--damping", type=float, nargs=3, default=[2.0, 1.3, 5], metavar=("START", "END", "PASSES"),
-                   help="curvature scale: START for the first PASSES passes, then END (default 2 1.3 5)")
+                   help="curvature scale: START for the first PASSES passes, then END (default 2 1.3 5); "
+                        "multiplied by 1 + tau")
     p.add_argument("--filters", default="kkt,keys,zeros,snappy",
                    help="comma list of kkt, keys, zeros, snappy, lz4, zstd, or none (default kkt,keys,zeros,snappy)")
     p.add_argument("--target", type=float, default=1e-3,
@@ -120,7 +121,8 @@ def dbpg(w: ps.Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace
         bkeys, Xb = blocks[b]
         q = expit(-margins)
         g = -(Xb.T @ (y * q))
-        damping = args.damping[0] if t < args.damping[2] * B else args.damping[1]
+        # stale margins (tau > 0) need a proportionally smaller step to stay stable
+        damping = (1 + tau) * (args.damping[0] if t < args.damping[2] * B else args.damping[1])
         u = damping * (sq[b].T @ (q * (1 - q)))
         view["block"] = w_known[b]
         full = (t // B) % 5 == 4 or t >= len(schedule) - 2 * B  # every 5th pass and the last 2: no KKT
