@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, write  # noqa: E402
+from _common import RESULTS, write
 
 PAPER = {"key caching": (2.0, 2.0), "compression": (6.0, 20.0), "KKT": (None, None), "all": (12.0, 40.0)}
 CONFIGS = {"none": "none", "key caching": "keys", "compression": "zeros,snappy", "KKT": "kkt",

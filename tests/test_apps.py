@@ -57,8 +57,9 @@ def test_l1_prox_is_the_soft_threshold_step() -> None:
 
 
 def test_logreg_on_a_libsvm_file_online(tmp_path: Path, fast_env: dict[str, str]) -> None:
-    from paramserver.data import save_libsvm
     import scipy.sparse as sp
+
+    from paramserver.data import save_libsvm
 
     rng = np.random.default_rng(1)
     X = sp.random(400, 50, density=0.2, random_state=2, format="csr")
