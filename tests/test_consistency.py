@@ -89,12 +89,7 @@ def test_exact_sums_with_lost_duplicated_and_delayed_messages(fast_env: dict[str
         procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster.address, str(r), str(rounds)])
                  for r in range(3)]
         assert [p.wait(timeout=240) for p in procs] == [0, 0, 0]
-        keys, sums, counts = workloads.expected(3, rounds)
-        with ps.connect(cluster.address) as w:
-            t_sums = w.table("sums", width=workloads.WIDTH, dtype="float32")
-            t_counts = w.table("counts", width=1, dtype="int64")
-            np.testing.assert_array_equal(t_sums.pull(keys), sums.astype(np.float32))
-            np.testing.assert_array_equal(t_counts.pull(keys).ravel(), counts)
+        workloads.check_final_state(cluster.address, 3, rounds)
         status = cluster.status()
     # the faults really happened: the servers saw duplicates (resends and copies) and ignored them
     assert sum(s["duplicates"] for s in status["servers"].values()) > 0

@@ -47,6 +47,17 @@ def expected(ranks: int, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return keys, np.array([sums[int(k)] for k in keys]), np.array([counts[int(k)] for k in keys])
 
 
+def check_final_state(address: str, ranks: int, rounds: int) -> None:
+    """Connect to the cluster at ``address`` and assert it holds exactly :func:`expected`."""
+    import paramserver as ps
+
+    keys, sums, counts = expected(ranks, rounds)
+    with ps.connect(address) as w:
+        np.testing.assert_array_equal(w.table("sums", width=WIDTH, dtype="float32").pull(keys),
+                                      sums.astype(np.float32))
+        np.testing.assert_array_equal(w.table("counts", width=1, dtype="int64").pull(keys).ravel(), counts)
+
+
 def main(address: str, rank: int, rounds: int) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import paramserver as ps

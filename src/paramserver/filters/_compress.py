@@ -78,19 +78,10 @@ class Compress(Codec):
                 continue
             meta.append([i, arr.dtype.str, list(arr.shape)])
             msg.arrays[i] = packed
-        if not meta:
-            return False
-        msg.body[self.wire_name] = meta
-        return True
+        return self._finish(msg, meta)
 
     def decode(self, peer: int, msg: Message) -> None:
-        meta = msg.body.pop(self.wire_name, None)
-        if not isinstance(meta, list):
-            raise ProtocolError(f"{self.wire_name}: missing metadata")
-        for entry in meta:
-            if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int
-                    and 0 <= entry[0] < len(msg.arrays)):
-                raise ProtocolError(f"{self.wire_name}: malformed entry")
+        for entry in self._entries(msg, 3):
             i = entry[0]
             dtype, shape = _dtype(entry[1], self.wire_name), _shape(entry[2], self.wire_name)
             data = msg.arrays[i]

@@ -59,19 +59,12 @@ class ZeroSuppress(Codec):
             msg.arrays[i] = flat[pos]
             meta.append([i, len(msg.arrays), list(arr.shape)])
             msg.arrays.append(pos.astype(ptype))
-        if not meta:
-            return False
-        msg.body["zeros"] = meta
-        return True
+        return self._finish(msg, meta)
 
     def decode(self, peer: int, msg: Message) -> None:
-        meta = msg.body.pop("zeros", None)
-        if not isinstance(meta, list):
-            raise ProtocolError("zeros: missing metadata")
         drop = []
-        for entry in meta:
-            if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int and type(entry[1]) is int
-                    and 0 <= entry[0] < len(msg.arrays) and 0 <= entry[1] < len(msg.arrays)):
+        for entry in self._entries(msg, 3):
+            if not (type(entry[1]) is int and 0 <= entry[1] < len(msg.arrays)):
                 raise ProtocolError("zeros: malformed entry")
             i, j, shape = entry[0], entry[1], _shape(entry[2], "zeros")
             vals, pos = msg.arrays[i], msg.arrays[j]
@@ -127,19 +120,10 @@ class FixedPoint(Codec):
             np.clip(q, 0, levels, out=q)
             msg.arrays[i] = q.astype(self._TYPES[self.bits])
             meta.append([i, lo, scale, arr.dtype.str])
-        if not meta:
-            return False
-        msg.body[self.wire_name] = meta
-        return True
+        return self._finish(msg, meta)
 
     def decode(self, peer: int, msg: Message) -> None:
-        meta = msg.body.pop(self.wire_name, None)
-        if not isinstance(meta, list):
-            raise ProtocolError(f"{self.wire_name}: missing metadata")
-        for entry in meta:
-            if not (isinstance(entry, list) and len(entry) == 4 and type(entry[0]) is int
-                    and 0 <= entry[0] < len(msg.arrays)):
-                raise ProtocolError(f"{self.wire_name}: malformed entry")
+        for entry in self._entries(msg, 4):
             i, lo, scale, dt = entry
             if not all(isinstance(x, float) and np.isfinite(x) for x in (lo, scale)):
                 raise ProtocolError(f"{self.wire_name}: malformed range")

@@ -13,7 +13,8 @@ thread and from user threads, so stateful codecs guard their state with a lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .._errors import ProtocolError
 from ._message import Message, Op
@@ -42,6 +43,25 @@ class Codec:
 
     def forget(self, peer: int) -> None:
         """Drop what is cached for ``peer`` (after a key-cache miss on its side)."""
+
+    # helpers for codecs that keep one metadata entry per rewritten array in the body
+    def _finish(self, msg: Message, meta: list[Any]) -> bool:
+        """Store ``meta`` under the codec's name; True if any array was rewritten."""
+        if not meta:
+            return False
+        msg.body[self.wire_name] = meta
+        return True
+
+    def _entries(self, msg: Message, fields: int) -> Iterator[list[Any]]:
+        """The codec's metadata entries, each checked to be ``[array index, ...]`` of ``fields`` items."""
+        meta = msg.body.pop(self.wire_name, None)
+        if not isinstance(meta, list):
+            raise ProtocolError(f"{self.wire_name}: missing metadata")
+        for entry in meta:
+            if not (isinstance(entry, list) and len(entry) == fields and type(entry[0]) is int
+                    and 0 <= entry[0] < len(msg.arrays)):
+                raise ProtocolError(f"{self.wire_name}: malformed entry")
+            yield entry
 
 
 #: Decoder factories by wire name.
