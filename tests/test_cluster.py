@@ -103,3 +103,23 @@ def test_tables_attach_across_workers_and_random_init(cluster2: ps.LocalCluster)
         with pytest.raises(ps.TableError, match="exists with width=8"):
             b.table("emb", width=4)
         assert {a.rank, b.rank} == {0, 1}
+
+
+def test_ring_placement_exact_sums_and_key_counts(fast_env: dict[str, str]) -> None:
+    """Consistent hashing: each server masters many ranges; sums stay exact, counts follow the ring."""
+    rounds = 20
+    with ps.LocalCluster(servers=3, env={**fast_env, "PS_PLACEMENT": "ring", "PS_VNODES": "32"}) as cluster:
+        procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster.address, str(r), str(rounds)])
+                 for r in range(2)]
+        assert [p.wait(timeout=240) for p in procs] == [0, 0]
+        workloads.check_final_state(cluster.address, 2, rounds)
+        keys, _, _ = workloads.expected(2, rounds)
+        with ps.connect(cluster.address) as w:
+            rk, _ = w.table("counts", width=1, dtype="int64").pull_range(0, 2**64)
+            np.testing.assert_array_equal(rk, keys)
+            keymap = w._node.keymap
+        assert keymap is not None and len(keymap) > 3 * 16
+        status = cluster.status()
+        held = {int(sid): s["tables"]["1"]["keys"] for sid, s in status["servers"].items()}
+        expect = {node: sum(b - a for a, b in pieces) for node, pieces in keymap.slice(keys).items()}
+        assert held == expect

@@ -87,3 +87,50 @@ def test_spread_balances_consecutive_ids_over_servers() -> None:
     keys = np.sort(spread(np.arange(100_000)))
     counts = [sum(b - a for a, b in pieces) for pieces in km.slice(keys).values()]
     assert len(counts) == 8 and max(counts) / min(counts) < 1.05
+
+
+def test_ring_balances_eight_servers_with_the_default_vnodes() -> None:
+    from paramserver.placement import DEFAULT_VNODES, Ring
+
+    km = Ring().assign(list(range(1, 9)), epoch=1)
+    share: dict[int, int] = {}
+    for a in km:
+        share[a.master] = share.get(a.master, 0) + (a.range.hi - a.range.lo)
+    assert sorted(share) == list(range(1, 9))
+    assert max(abs(s / (KEY_SPACE / 8) - 1) for s in share.values()) < 0.10
+    assert len(km) <= 8 * DEFAULT_VNODES + 1
+
+
+def test_ring_moves_only_the_ranges_it_should() -> None:
+    from paramserver import spread
+    from paramserver.placement import Ring
+
+    ring = Ring(64)
+    keys = np.sort(spread(np.arange(200_000)))
+    before = ring.assign([1, 2, 3, 4], epoch=1)
+    grown = ring.assign([1, 2, 3, 4, 5], epoch=2)
+    shrunk = ring.assign([1, 2, 4], epoch=3)
+
+    def owners(km: KeyMap) -> np.ndarray:
+        out = np.empty(len(keys), dtype=np.int64)
+        for node, pieces in km.slice(keys).items():
+            for a, b in pieces:
+                out[a:b] = node
+        return out
+
+    b, g, s = owners(before), owners(grown), owners(shrunk)
+    moved = b != g
+    assert moved.any() and (g[moved] == 5).all()  # only to the new server
+    assert 0.1 < moved.mean() < 0.3  # about a fifth of the keys
+    moved = b != s
+    assert (b[moved] == 3).all()  # only from the removed server
+    np.testing.assert_array_equal(moved, b == 3)
+
+
+def test_ring_replicas_are_the_next_distinct_servers() -> None:
+    from paramserver.placement import Ring
+
+    km = Ring(16).assign([1, 2, 3], epoch=1, replicas=3)
+    for a in km:
+        assert len(set((a.master, *a.replicas))) == 3
+    assert KeyMap.from_wire(km.to_wire()) == km

@@ -70,6 +70,20 @@ def _percent(text: str) -> float:
     return value
 
 
+def _placement(text: str) -> str:
+    low = text.strip().lower()
+    if low not in ("even", "ring"):
+        raise ValueError("must be even or ring")
+    return low
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
 def _role(text: str) -> str:
     low = text.strip().lower()
     if low not in ("scheduler", "server", "worker", ""):
@@ -102,6 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_FAULT_SEED", "fault_seed", -1, "Seed of the fault injection's random choices (-1: a different one each run).", int),
     Setting("PS_RESEND_TIMEOUT", "resend_timeout", 0.0, "Seconds after which a data request without a reply is sent again (0: never, or 1 when fault injection is on).", _nonneg_float),
     Setting("PS_VERBOSE", "verbose", False, "1 to log every message sent and received (very slow; for debugging).", _bool),
+    Setting("PS_PLACEMENT", "placement", "even", "How the scheduler places key ranges on servers: even (equal contiguous ranges) or ring (consistent hashing).", _placement),
+    Setting("PS_VNODES", "vnodes", 256, "Virtual nodes per server on the consistent-hash ring (PS_PLACEMENT=ring).", _positive_int),
     Setting("PS_DATA_DIR", "data_dir", "", "Folder where data sets are cached (default ~/.cache/paramserver).", str),
 )
 
@@ -132,6 +148,8 @@ class Config:
     fault_seed: int = -1
     resend_timeout: float = 0.0
     verbose: bool = False
+    placement: str = "even"
+    vnodes: int = 256
     data_dir: str = ""
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from ._keymap import KEY_SPACE, Assignment, KeyMap, KeyRange
 from ._placement import EvenSplit, Placement
+from ._ring import DEFAULT_VNODES, Ring
 from ._spread import spread, unspread
 
-__all__ = ["KEY_SPACE", "Assignment", "EvenSplit", "KeyMap", "KeyRange", "Placement", "spread", "unspread"]
+__all__ = ["DEFAULT_VNODES", "KEY_SPACE", "Assignment", "EvenSplit", "KeyMap", "KeyRange", "Placement", "Ring", "spread", "unspread"]

@@ -58,7 +58,7 @@ class Assignment:
 class KeyMap:
     """An immutable, versioned assignment of the whole key space to servers."""
 
-    __slots__ = ("_bounds", "_entries", "epoch")
+    __slots__ = ("_bounds", "_entries", "_masters", "_ranges", "epoch")
 
     def __init__(self, epoch: int, entries: list[Assignment] | tuple[Assignment, ...]) -> None:
         entries = tuple(sorted(entries, key=lambda a: a.range.lo))
@@ -74,6 +74,10 @@ class KeyMap:
         self.epoch = epoch
         self._entries = entries
         self._bounds = np.array([a.range.lo for a in entries[1:]], dtype=np.uint64)
+        self._masters = np.array([a.master for a in entries], dtype=np.int64)
+        self._ranges: dict[int, list[KeyRange]] = {}
+        for a in entries:
+            self._ranges.setdefault(a.master, []).append(a.range)
 
     def __iter__(self) -> Iterator[Assignment]:
         return iter(self._entries)
@@ -99,7 +103,11 @@ class KeyMap:
 
     def ranges_of(self, node: int) -> list[KeyRange]:
         """The ranges ``node`` masters, sorted."""
-        return [a.range for a in self._entries if a.master == node]
+        return list(self._ranges.get(node, ()))
+
+    def overlaps(self, node: int, lo: int, hi: int) -> bool:
+        """True if ``node`` masters at least one key of ``[lo, hi)``."""
+        return any(r.lo < hi and lo < r.hi for r in self._ranges.get(node, ()))
 
     def span_of(self, node: int) -> tuple[int, int]:
         """The smallest ``[lo, hi)`` covering every range ``node`` masters (it must master one)."""
@@ -132,15 +140,16 @@ class KeyMap:
         appear; a master with several ranges gets one (start, stop) pair per range hit.
         Costs one ``np.searchsorted`` over the range bounds, O(ranges * log n).
         """
-        cuts = np.searchsorted(keys, self._bounds, side="left")
-        out: dict[int, list[tuple[int, int]]] = {}
-        start = 0
         n = len(keys)
-        for i, a in enumerate(self._entries):
-            stop = int(cuts[i]) if i < len(cuts) else n
-            if stop > start:
-                out.setdefault(a.master, []).append((start, stop))
-            start = stop
+        if len(self._entries) == 1:
+            return {self._entries[0].master: [(0, n)]} if n else {}
+        cuts = np.searchsorted(keys, self._bounds, side="left")
+        starts = np.concatenate([[0], cuts])
+        stops = np.concatenate([cuts, [n]])
+        hit = np.flatnonzero(stops > starts)  # only the ranges that received keys
+        out: dict[int, list[tuple[int, int]]] = {}
+        for i, a, b in zip(self._masters[hit].tolist(), starts[hit].tolist(), stops[hit].tolist(), strict=True):
+            out.setdefault(i, []).append((a, b))
         return out
 
     def slice_range(self, lo: int, hi: int) -> dict[int, list[KeyRange]]:

@@ -18,6 +18,7 @@ import time
 from .._config import Config
 from .._errors import PSError
 from ..node import Node
+from ..placement import EvenSplit, Ring
 from ..protocol import Message, Op
 from ..transport import Transport
 from ._core import Connect, Disconnect, Finish, SchedulerCore, Send
@@ -53,6 +54,7 @@ class SchedulerProcess:
             replicas=self.replicas,
             heartbeat_timeout=self.config.heartbeat_timeout,
             request_timeout=min(self.config.timeout, 60.0),
+            placement=Ring(self.config.vnodes) if self.config.placement == "ring" else EvenSplit(),
             now=time.monotonic(),
         )
         for op in Op:

@@ -129,8 +129,8 @@ class Server:
             raise KeyRangeError(f"server {self.node.id} has no key map yet")
         if msg.key_range is not None:
             lo, hi = msg.key_range
-            if not keymap.owns(self.node.id, lo, hi):
-                raise KeyRangeError(f"server {self.node.id} does not own all of [{lo:#x}, {hi:#x})")
+            if not keymap.overlaps(self.node.id, lo, hi):
+                raise KeyRangeError(f"server {self.node.id} owns no key of [{lo:#x}, {hi:#x})")
             return lo, hi
         ranges = keymap.ranges_of(self.node.id)
         return (ranges[0].lo, ranges[-1].hi) if ranges else (0, KEY_SPACE)
