@@ -28,8 +28,7 @@ import paramserver as ps
 from .._config import Config
 from ..data import newsgroups_documents
 
-_SEEDS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                   0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x2545F4914F6CDD1D, 0x94D049BB133111EB], dtype=np.uint64)
+_SEEDS = ps.spread(np.arange(1, 33, dtype=np.uint64))  # one hash seed per row, up to 32 rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,8 +66,17 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def shape(eps: float, delta: float) -> tuple[int, int]:
-    """Rows and counters per row for the (eps, delta) guarantee."""
-    return min(len(_SEEDS), math.ceil(math.log(1 / delta))), math.ceil(math.e / eps)
+    """Rows and counters per row for the (eps, delta) guarantee.
+
+    Raises
+    ------
+    InvalidArgument
+        delta so small that it needs more than 32 rows.
+    """
+    rows = math.ceil(math.log(1 / delta))
+    if rows > len(_SEEDS):
+        raise ps.InvalidArgument(f"delta={delta} needs {rows} rows; at most {len(_SEEDS)} are supported")
+    return rows, math.ceil(math.e / eps)
 
 
 def counter_keys(ids: np.ndarray, rows: int, n: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._errors import InvalidArgument, ProtocolError
 from ..protocol import Codec, Message
-from ._values import _dtype, _shape
+from ._values import _dtype, _shape, check_budget
 
 __all__ = ["Compress"]
 
@@ -81,7 +81,12 @@ class Compress(Codec):
         return self._finish(msg, meta)
 
     def decode(self, peer: int, msg: Message) -> None:
-        for entry in self._entries(msg, 3):
+        entries = list(self._entries(msg, 3))
+        if len({e[0] for e in entries}) != len(entries):
+            raise ProtocolError(f"{self.wire_name}: an array is named twice")
+        check_budget(self.wire_name, [int(np.prod(_shape(e[2], self.wire_name))) * _dtype(e[1], self.wire_name).itemsize
+                                      for e in entries])
+        for entry in entries:
             i = entry[0]
             dtype, shape = _dtype(entry[1], self.wire_name), _shape(entry[2], self.wire_name)
             data = msg.arrays[i]

@@ -81,9 +81,14 @@ class KeyCache(Codec):
             msg.arrays[0] = np.empty(0, dtype=KEY_DTYPE)
         return True
 
-    def forget(self, peer: int) -> None:
+    def forget(self, peer: int, sig: int | None = None) -> None:
         with self._lock:
+            if sig is not None:
+                self._sent.get(peer, OrderedDict()).pop(sig, None)
+                return
             self._sent.pop(peer, None)
+            self._held.pop(peer, None)
+            self._held_bytes.pop(peer, None)
 
     # ------------------------------------------------------------------ receiver
     def decode(self, peer: int, msg: Message) -> None:
@@ -101,7 +106,7 @@ class KeyCache(Codec):
                     self._held[peer].move_to_end(sig)
             if cached is None or len(cached) != n:
                 self.misses += 1
-                raise KeysMissing(f"key list {sig:#x} from node {peer} is not cached here")
+                raise KeysMissing(f"key list {sig:#x} from node {peer} is not cached here", sig)
             self.hits += 1
             msg.arrays[0] = cached
             return

@@ -6,6 +6,7 @@ They run in the worker before a push is sliced by server (see
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -39,12 +40,14 @@ class SignificantlyModified(PushFilter):
     """
 
     name = "significant"
+    order = 10  # after the other push filters: what they drop must not reset its mass
 
     def __init__(self, threshold: float = 1e-3, decay: float = 1.0, min_threshold: float = 0.0) -> None:
         if not threshold >= 0 or not 0 < decay <= 1 or not min_threshold >= 0:
             raise InvalidArgument("need threshold >= 0, 0 < decay <= 1 and min_threshold >= 0")
         self.threshold, self.decay, self.min_threshold = float(threshold), float(decay), float(min_threshold)
         self._acc: Store | None = None
+        self._lock = threading.Lock()  # restore() runs on the receive thread
 
     def _store(self, values: np.ndarray) -> Store:
         if self._acc is None:
@@ -52,26 +55,34 @@ class SignificantlyModified(PushFilter):
         return self._acc
 
     def apply(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        acc = self._store(values)
-        acc.push(keys, values)
-        current = acc.pull(keys)
-        send = np.abs(current).max(axis=1) > self.threshold
-        if not send.any():
-            return keys[:0], values[:0]
-        out_keys, out_values = keys[send], current[send]
-        acc.push(out_keys, -out_values)  # reset what leaves (x + -x == 0 exactly)
-        return out_keys, out_values
+        with self._lock:
+            acc = self._store(values)
+            acc.push(keys, values)
+            current = acc.pull(keys)
+            send = ~(np.abs(current).max(axis=1) <= self.threshold)  # NaN leaves too
+            if not send.any():
+                return keys[:0], values[:0]
+            out_keys, out_values = keys[send], current[send]
+            acc.push(out_keys, -np.nan_to_num(out_values))  # reset what leaves (x + -x == 0 exactly)
+            return out_keys, out_values
+
+    def restore(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Take back what a failed push carried: it will leave again later."""
+        if len(keys):
+            with self._lock:
+                self._store(values).push(keys, values)
 
     def flush(self) -> tuple[np.ndarray, np.ndarray] | None:
-        if self._acc is None:
-            return None
-        keys, values = self._acc.pull_range(0, _ALL)
-        held = np.abs(values).max(axis=1) > 0 if len(keys) else np.zeros(0, dtype=bool)
-        if not held.any():
-            return None
-        keys, values = keys[held], values[held]
-        self._acc.push(keys, -values)
-        return keys, values
+        with self._lock:
+            if self._acc is None:
+                return None
+            keys, values = self._acc.pull_range(0, _ALL)
+            held = np.any(values != 0, axis=1) if len(keys) else np.zeros(0, dtype=bool)
+            if not held.any():
+                return None
+            keys, values = keys[held], values[held]
+            self._acc.push(keys, -np.nan_to_num(values))
+            return keys, values
 
     def advance(self) -> None:
         self.threshold = max(self.threshold * self.decay, self.min_threshold)
@@ -89,9 +100,10 @@ class RandomSkip(PushFilter):
         self._rng = np.random.default_rng(seed)
 
     def apply(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if values.dtype.kind != "f":
+            raise InvalidArgument("RandomSkip rescales by 1/q: it needs a floating-point table")
         keep = self._rng.random(len(keys)) < self.q
-        scaled = values[keep] / np.asarray(self.q, dtype=values.dtype) if values.dtype.kind == "f" else values[keep]
-        return keys[keep], scaled
+        return keys[keep], values[keep] / np.asarray(self.q, dtype=values.dtype)
 
 
 class KKT(PushFilter):

@@ -21,7 +21,8 @@ from ..protocol import ALLOWED_DTYPES, Codec, Message
 
 __all__ = ["FixedPoint", "ZeroSuppress"]
 
-MAX_ELEMENTS = 1 << 31
+#: A message's arrays never decode to more than this many bytes (no decompression bombs).
+MAX_DECODED_BYTES = 1 << 29
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
@@ -30,9 +31,16 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     size = 1
     for d in value:
         size *= d
-    if size > MAX_ELEMENTS:
+    if size * 8 > MAX_DECODED_BYTES:
         raise ProtocolError(f"{name}: shape {value} is too large")
     return tuple(value)
+
+
+def check_budget(name: str, sizes: list[int]) -> None:
+    """Refuse metadata announcing more than :data:`MAX_DECODED_BYTES` in all."""
+    if sum(sizes) > MAX_DECODED_BYTES:
+        raise ProtocolError(f"{name}: the message would decode to {sum(sizes)} bytes, more than the "
+                            f"{MAX_DECODED_BYTES} allowed")
 
 
 def _dtype(value: Any, name: str) -> np.dtype[Any]:
@@ -52,7 +60,7 @@ class ZeroSuppress(Codec):
         for i in msg.values_at:
             arr = msg.arrays[i]
             flat = arr.reshape(-1)
-            pos = np.flatnonzero(flat)
+            pos = np.flatnonzero((flat != 0) | np.signbit(flat)) if flat.dtype.kind == "f" else np.flatnonzero(flat)
             ptype = np.uint32 if flat.size < 1 << 32 else np.uint64
             if pos.size * (arr.itemsize + np.dtype(ptype).itemsize) >= arr.nbytes:
                 continue  # would not save anything
@@ -62,8 +70,13 @@ class ZeroSuppress(Codec):
         return self._finish(msg, meta)
 
     def decode(self, peer: int, msg: Message) -> None:
+        entries = list(self._entries(msg, 3))
+        used = [e[0] for e in entries] + [e[1] for e in entries]
+        if len(set(used)) != len(used):
+            raise ProtocolError("zeros: an array is named twice")
+        check_budget("zeros", [int(np.prod(_shape(e[2], "zeros"))) * msg.arrays[e[0]].itemsize for e in entries])
         drop = []
-        for entry in self._entries(msg, 3):
+        for entry in entries:
             if not (type(entry[1]) is int and 0 <= entry[1] < len(msg.arrays)):
                 raise ProtocolError("zeros: malformed entry")
             i, j, shape = entry[0], entry[1], _shape(entry[2], "zeros")
@@ -111,9 +124,9 @@ class FixedPoint(Codec):
             if arr.dtype.kind != "f" or arr.size == 0 or arr.itemsize <= self.bits // 8:
                 continue
             lo, hi = float(arr.min()), float(arr.max())
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                continue  # inf or nan: send as is
             scale = (hi - lo) / levels if hi > lo else 1.0
+            if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(scale)):
+                continue  # inf, nan, or a range too wide for float64: send as is
             with self._lock:
                 noise = self._rng.random(arr.shape)
             q = np.floor((arr.astype(np.float64) - lo) / scale + noise)

@@ -58,6 +58,21 @@ PartCallback = Callable[[Message], None]
 
 
 @dataclass
+class _Delivery:
+    """One sent part that may have to travel again: resent after a timeout, or repaired
+    (re-encoded with its keys) after a key-cache miss. An ordered part (a push or clock
+    tick with a sequence number) is kept until its receiver answers, even if its request
+    has ended meanwhile: a missing sequence number would stall the channel for good."""
+
+    frames: list[Any]
+    table: int
+    due: float  # next resend time; inf when resends are off
+    ordered: bool
+    original: Message | None = None  # before filters, for repairs
+    codecs: tuple[Codec, ...] = ()
+
+
+@dataclass
 class _Timer:
     when: float
     seq: int
@@ -113,12 +128,11 @@ class Node:
         self._resend_after = config.resend_after()
         self._decoders: dict[str, Codec] = {}
         self._encoders: dict[str, Codec] = {}
-        # ts -> peer -> the message as it was before its filters (to repair key-cache misses)
-        self._originals: dict[int, dict[int, tuple[Message, tuple[Codec, ...]]]] = {}
+
         #: (table, "sent"|"received", filter) -> [bytes before, bytes after] the filter.
         self.filter_bytes: defaultdict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        # ts -> peer -> [frames, next resend time] for requests sent with resend=True
-        self._resends: dict[int, dict[int, list[Any]]] = {}
+        # (ts, peer) -> what it takes to deliver that part again (resends, key-cache repairs)
+        self._deliveries: dict[tuple[int, int], _Delivery] = {}
         self.counters: defaultdict[str, int] = defaultdict(int)
         self.table_bytes: defaultdict[tuple[int, str], int] = defaultdict(int)
         #: Called on the receive thread after the node table or key map changed.
@@ -215,6 +229,10 @@ class Node:
         """Fail every pending request that awaits a part from ``node``; drop the link."""
         with self._lock:
             waiting = [req for req, _ in self._pending.values() if req.awaits(node)]
+            for key in [k for k in self._deliveries if k[1] == node]:
+                del self._deliveries[key]
+            for dec in self._decoders.values():
+                dec.forget(node)
             if node in self._connected and node != SCHEDULER_ID:
                 self._connected.discard(node)
                 self.transport.disconnect(node)
@@ -288,7 +306,12 @@ class Node:
             if dec is None:
                 dec = self._decoders[name] = codec(name)
             before = msg.nbytes()
-            dec.decode(msg.sender, msg)
+            try:
+                dec.decode(msg.sender, msg)
+            except ProtocolError:
+                raise
+            except Exception as exc:  # hostile metadata must get an answer, not stop the thread
+                raise ProtocolError(f"{name}: cannot decode: {exc!r}") from None
             self._count_filter(msg.table, "received", name, msg.nbytes(), before)
 
     def _send_frames(self, node: int, frames: list[Any], table: int) -> None:
@@ -399,16 +422,17 @@ class Node:
             try:
                 if prepare is not None:
                     prepare(peer, msg)
-                if any(getattr(c, "repairable", False) for c in msg.codecs):
-                    original = dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
-                    with self._lock:
-                        self._originals.setdefault(req.ts, {})[peer] = (original, msg.codecs)
+                repairable = any(getattr(c, "repairable", False) for c in msg.codecs)
+                original = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
+                            if repairable else None)
                 frames = self._frames(peer, msg)
-                if resend:
+                ordered = msg.seq > 0 and msg.op in (Op.PUSH, Op.CLOCK)
+                if resend or repairable or ordered:
+                    due = time.monotonic() + self._resend_after if resend else float("inf")
                     with self._lock:
-                        if req.ts in self._pending:
-                            self._resends.setdefault(req.ts, {})[peer] = [
-                                frames, time.monotonic() + self._resend_after, msg.table]
+                        if req.ts in self._pending or ordered:
+                            self._deliveries[(req.ts, peer)] = _Delivery(frames, msg.table, due, ordered,
+                                                                         original, msg.codecs)
                 self._send_frames(peer, frames, msg.table)
             except PSError as exc:
                 req.fail(exc)
@@ -419,11 +443,10 @@ class Node:
         now = time.monotonic()
         due: list[tuple[int, list[Any], int]] = []
         with self._lock:
-            for parts in self._resends.values():
-                for peer, entry in parts.items():
-                    if entry[1] <= now:
-                        entry[1] = now + self._resend_after
-                        due.append((peer, entry[0], entry[2]))
+            for (_, peer), d in self._deliveries.items():
+                if d.due <= now:
+                    d.due = now + self._resend_after
+                    due.append((peer, d.frames, d.table))
         for peer, frames, table in due:
             self.counters["resends"] += 1
             try:
@@ -449,8 +472,8 @@ class Node:
     def _forget(self, req: Request) -> None:
         with self._lock:
             self._pending.pop(req.ts, None)
-            self._resends.pop(req.ts, None)
-            self._originals.pop(req.ts, None)
+            for key in [k for k, d in self._deliveries.items() if k[0] == req.ts and not d.ordered]:
+                del self._deliveries[key]
 
     def call(self, node: int, msg: Message, what: str, timeout: float | None = None) -> Message:
         """Send one request and block for its reply message.
@@ -628,7 +651,7 @@ class Node:
                 self._decode_filters(msg)
             except KeysMissing as exc:
                 if not msg.response:
-                    self.reply(msg, status=Status.RESEND_KEYS, body={"message": str(exc)})
+                    self.reply(msg, status=Status.RESEND_KEYS, body={"message": str(exc), "ksig": exc.sig})
                 return
             except ProtocolError as exc:
                 log.warning("%s %d: cannot decode the filters of %s: %s", self.role, self.id, msg.describe(), exc)
@@ -657,9 +680,13 @@ class Node:
     def _on_response(self, msg: Message) -> None:
         with self._lock:
             entry = self._pending.get(msg.ts)
-            parts = self._resends.get(msg.ts)
-            if parts is not None and msg.status != Status.RESEND_KEYS:
-                parts.pop(msg.sender, None)
+            if msg.status != Status.RESEND_KEYS:
+                self._deliveries.pop((msg.ts, msg.sender), None)
+        if msg.status == Status.RESEND_KEYS:
+            sig = msg.body.get("ksig")
+            self._repair(msg.ts, msg.sender, entry[0] if entry is not None else None,
+                         sig if type(sig) is int else None)
+            return
         if entry is None:
             if self.on_unmatched_response is not None:
                 self.on_unmatched_response(msg)
@@ -667,9 +694,6 @@ class Node:
         req, on_part = entry
         if not req.awaits(msg.sender):
             return  # a second reply to the same part (a resend or a copy was answered too)
-        if msg.status == Status.RESEND_KEYS:
-            self._repair(req, msg.sender)
-            return
         if msg.status == Status.ERROR:
             req.fail(error_from_body(msg.body, msg.sender, req.what))
             return
@@ -687,27 +711,27 @@ class Node:
         if entry is not None:
             entry[0].fail(exc)
 
-    def _repair(self, req: Request, peer: int) -> None:
-        """The peer lost a key list we sent by signature: send that part again with its keys."""
+    def _repair(self, ts: int, peer: int, req: Request | None, sig: int | None) -> None:
+        """The peer lost a key list we sent by signature: send that part again with its keys
+        (also when its request has ended: an ordered part must still arrive)."""
         with self._lock:
-            saved = self._originals.get(req.ts, {}).get(peer)
-        if saved is None:
-            req.fail(ProtocolError(f"{req.what}: node {peer} asked for keys that were not sent by signature"))
+            d = self._deliveries.get((ts, peer))
+        if d is None or d.original is None:
+            if req is not None:
+                req.fail(ProtocolError(f"{req.what}: node {peer} asked for keys that were not sent by signature"))
             return
-        original, codecs = saved
-        for c in codecs:
-            c.forget(peer)
-        msg = dataclasses.replace(original, arrays=list(original.arrays), body=dict(original.body))
+        for c in d.codecs:
+            c.forget(peer, sig)
+        msg = dataclasses.replace(d.original, arrays=list(d.original.arrays), body=dict(d.original.body))
         frames = self._frames(peer, msg)
         with self._lock:
             self.counters["key_repairs"] += 1
-            entry = self._resends.get(req.ts, {}).get(peer)
-            if entry is not None:
-                entry[0] = frames
+            d.frames = frames
         try:
             self._send_frames(peer, frames, msg.table)
         except PSError as exc:
-            req.fail(exc)
+            if req is not None:
+                req.fail(exc)
 
     def _on_request(self, msg: Message) -> None:
         handler = self._handlers.get(msg.op)

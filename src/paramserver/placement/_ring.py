@@ -63,11 +63,11 @@ class Ring(Placement):
         starts = [0, *[int(p) for p in pos]]
         owners = [chains[-1], *chains]  # [0, first position) wraps around from the last
         ends = [*starts[1:], KEY_SPACE]
-        for lo, hi, chain in zip(starts, ends, owners, strict=True):
+        for lo, hi, link in zip(starts, ends, owners, strict=True):
             if hi <= lo:
                 continue
-            if entries and entries[-1].master == chain[0] and entries[-1].replicas == chain[1:]:
+            if entries and entries[-1].master == link[0] and entries[-1].replicas == link[1:]:
                 prev = entries.pop()  # merge neighbours with the same chain
                 lo = prev.range.lo
-            entries.append(Assignment(KeyRange(lo, hi), chain[0], chain[1:]))
+            entries.append(Assignment(KeyRange(lo, hi), link[0], link[1:]))
         return KeyMap(epoch, entries)

@@ -23,7 +23,11 @@ __all__ = ["CODECS", "Codec", "KeysMissing", "codec", "register_codec", "value_i
 
 
 class KeysMissing(ProtocolError):
-    """The receiver does not have the key list a message refers to by signature."""
+    """The receiver does not have the key list a message refers to by signature ``sig``."""
+
+    def __init__(self, message: str, sig: int = 0) -> None:
+        super().__init__(message)
+        self.sig = sig
 
 
 class Codec:
@@ -41,8 +45,9 @@ class Codec:
         """Undo :meth:`encode` on a message received from ``peer``."""
         raise NotImplementedError
 
-    def forget(self, peer: int) -> None:
-        """Drop what is cached for ``peer`` (after a key-cache miss on its side)."""
+    def forget(self, peer: int, sig: int | None = None) -> None:
+        """Drop what is cached for ``peer``: one signature after a miss on its side, or
+        everything when it leaves."""
 
     # helpers for codecs that keep one metadata entry per rewritten array in the body
     def _finish(self, msg: Message, meta: list[Any]) -> bool:

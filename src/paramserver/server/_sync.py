@@ -65,9 +65,12 @@ class TableSync:
         return ch
 
     def slowest(self, lo: int, hi: int, live: set[int]) -> int:
-        """The smallest iteration finished on ``[lo, hi)`` by the live workers of this table."""
+        """The smallest iteration finished on ``[lo, hi)`` by the live workers of this table
+        (everything, once no worker of the table is left: nobody else can contribute)."""
         times = [ch.iters.min(lo, hi) for w, ch in self.channels.items() if w in live]
-        return min(times) if times else -1
+        if times:
+            return min(times)
+        return -1 if not self.channels and not self.pending else 1 << 62
 
     def ready(self, pull: Message, lo: int, hi: int, live: set[int], policy: Consistency) -> bool:
         """May ``pull`` be answered now (read-your-writes and bounded delay)?"""

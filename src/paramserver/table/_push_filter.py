@@ -20,6 +20,8 @@ class PushFilter:
     """Base class of push filters; ``name`` labels its byte counters."""
 
     name: str = ""
+    #: Push filters run in increasing order (whatever order they were listed in).
+    order: int = 0
 
     def apply(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What to send instead of ``keys`` (sorted, distinct) and ``values`` (n x width)."""

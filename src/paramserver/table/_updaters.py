@@ -148,7 +148,11 @@ class Min(Updater):
 
 
 class SaturatingSum(Updater):
-    """``w = min(w + u, cap)``: counters that stop at ``cap`` (sketches with small counters)."""
+    """``w = min(w + u, cap)``: counters that stop at ``cap`` (sketches with small counters).
+
+    Computed without overflow in the table's dtype (``cap`` is clipped to its largest value);
+    negative updates are ignored: saturating counters only count up.
+    """
 
     name = "saturating"
 
@@ -162,7 +166,10 @@ class SaturatingSum(Updater):
 
     def apply(self, values: np.ndarray, state: Mapping[str, np.ndarray], slots: np.ndarray,
               update: np.ndarray) -> None:
-        values[slots] = np.minimum(values[slots] + update, self.cap)
+        cap = min(self.cap, np.iinfo(values.dtype).max) if values.dtype.kind in "iu" else self.cap
+        current = values[slots]
+        room = np.maximum(np.asarray(cap, dtype=values.dtype) - current, 0)  # no overflow: adds at most the room
+        values[slots] = current + np.minimum(np.maximum(update, 0), room)
 
 
 class _Optimizer(Updater):

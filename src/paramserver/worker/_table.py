@@ -82,7 +82,8 @@ def _result(req: Request, timeout: float | None) -> Any:
 
 def split_filters(filters: list[Any]) -> tuple[list[PushFilter], tuple[Codec, ...]]:
     """Push filters and wire filters of a filter list, checked."""
-    push, wire = [], []
+    push: list[PushFilter] = []
+    wire: list[Codec] = []
     for f in filters:
         if isinstance(f, PushFilter):
             push.append(f)
@@ -90,7 +91,7 @@ def split_filters(filters: list[Any]) -> tuple[list[PushFilter], tuple[Codec, ..
             wire.append(f)
         else:
             raise InvalidArgument(f"{f!r} is not a filter; use the classes of paramserver.filters")
-    return push, tuple(wire)
+    return sorted(push, key=lambda f: f.order), tuple(wire)
 
 
 def _strictly_increasing(k: np.ndarray) -> bool:
@@ -236,8 +237,18 @@ class Table:
                     entry = self.push_filter_bytes.setdefault(f.name, [0, 0])
                     entry[0] += before
                     entry[1] += k.nbytes + v.nbytes
-        return self._send_push(k, v, deps=deps, consistency=consistency, tau=tau, clock=clock, filters=filters,
-                               timeout=timeout)
+        req = self._send_push(k, v, deps=deps, consistency=consistency, tau=tau, clock=clock, filters=filters,
+                              timeout=timeout)
+        restorers = [f for f in push_filters if hasattr(f, "restore")]
+        if restorers:  # a failed push gives back what filters held for it, to leave again later
+
+            def give_back(r: Request, k: np.ndarray = k, v: np.ndarray = v) -> None:
+                if r.exception(timeout=0) is not None:
+                    for f in restorers:
+                        f.restore(k, v)
+
+            req.add_done_callback(give_back)
+        return req
 
     def _send_push(self, k: np.ndarray, v: np.ndarray, *, deps: Any, consistency: str | Consistency | None,
                    tau: int | None, clock: int | None, filters: list[Any] | None,
