@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["bench_pushpull.py", "bench_server.py", "bench_index.py", "bench_bounded_delay.py", "bench_filters.py"]
+BENCHES = ["bench_pushpull.py", "bench_server.py", "bench_index.py", "bench_bounded_delay.py", "bench_filters.py", "bench_logreg.py",
+           "bench_lda.py"]
 
 
 def main() -> int:

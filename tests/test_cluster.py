@@ -123,3 +123,12 @@ def test_ring_placement_exact_sums_and_key_counts(fast_env: dict[str, str]) -> N
         held = {int(sid): s["tables"]["1"]["keys"] for sid, s in status["servers"].items()}
         expect = {node: sum(b - a for a, b in pieces) for node, pieces in keymap.slice(keys).items()}
         assert held == expect
+
+
+def test_empty_requests_return_empty_arrays(worker: ps.Worker) -> None:
+    t = worker.table("e", width=3, dtype="int16")
+    got = t.pull(np.array([], dtype=np.uint64))
+    assert got.shape == (0, 3) and got.dtype == np.int16
+    t.push([], np.zeros((0, 3), np.int16)).wait()
+    keys, values = t.pull_range(5, 6)
+    assert keys.shape == (0,) and values.shape == (0, 3)

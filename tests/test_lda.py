@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from scipy.special import gammaln
 
-from paramserver import InvalidArgument, data
+from paramserver import InvalidArgument, data, spread
 from paramserver.apps import _gibbs
 from paramserver.apps._corpus import ENGLISH_STOP_WORDS, Corpus, build_vocabulary, encode, load_corpus, read_lines
+from paramserver.apps.lda import TOTALS, _Shard, _shard_docs
 
 
 def joint_loglik(words: np.ndarray, doc_ptr: np.ndarray, z: np.ndarray, n_topics: int, n_words: int,
@@ -40,6 +41,10 @@ def kernel_loglik(corpus: Corpus, z: np.ndarray, n_topics: int, alpha: float, be
     return (_gibbs.doc_loglik(corpus.doc_ptr, z, n_topics, alpha, _gibbs.lgamma_table(alpha))
             + _gibbs.word_loglik(nwk, np.arange(V), beta, _gibbs.lgamma_table(beta))
             + _gibbs.topic_loglik(nwk.sum(0), V, beta))
+
+
+#: The command line's vocabulary options that keep every word (its defaults are the issue's reference).
+NO_FILTER = ["--stop-words", "none", "--min-df", "1", "--max-df", "1.0"]
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +184,9 @@ def test_fold_in_perplexity_of_uniform_topics_is_the_vocabulary_size(reuters: Co
 def test_job_counts_on_servers_equal_the_assignments(tmp_path: Path, fast_env: dict[str, str]) -> None:
     """2 servers, 2 workers, 5% of messages lost, duplicated, delayed: no delta lost or doubled."""
     faults = {"PS_DROP_MSG": "5", "PS_DUP_MSG": "5", "PS_DELAY_MSG": "5", "PS_DELAY_MS": "30",
-              "PS_RESEND_TIMEOUT": "0.3", "PS_FAULT_SEED": "11"}
+              "PS_RESEND_TIMEOUT": "0.15", "PS_FAULT_SEED": "11"}
     K, iters = 8, 30
-    cmd = [sys.executable, "-m", "paramserver", "run", "lda", "--data", "reuters", "--topics", str(K),
+    cmd = [sys.executable, "-m", "paramserver", "run", "lda", "--data", "reuters", *NO_FILTER, "--topics", str(K),
            "--iters", str(iters), "--tau", "1", "--eval-every", "10", "--servers", "2", "--workers", "2",
            "--save", str(tmp_path), "--json"]
     res = subprocess.run(cmd, env={**os.environ, **fast_env, **faults}, capture_output=True, text=True, timeout=120)
@@ -214,3 +219,38 @@ def test_job_counts_on_servers_equal_the_assignments(tmp_path: Path, fast_env: d
     assert len(out["top_words"]) == K and all(len(t) == 10 for t in out["top_words"])
     assert out["tokens_per_second"] > 0
     assert out["resends"] > 0  # the faults were there
+
+
+def test_shards_are_contiguous_balanced_and_in_key_order(reuters: Corpus) -> None:
+    shards = [_shard_docs(reuters, r, 3) for r in range(3)]
+    assert np.concatenate(shards).tolist() == list(range(reuters.n_docs))
+    tokens = [reuters.select(d).n_tokens for d in shards]
+    assert max(tokens) - min(tokens) < 2 * np.diff(reuters.doc_ptr).max()
+    shard = _Shard(reuters, shards[1], totals=True)
+    assert (np.diff(shard.keys.astype(np.float64)) > 0).all() and np.array_equal(shard.keys, spread(shard.ids))
+    assert shard.ids[shard.total_row] == TOTALS
+    assert np.array_equal(shard.ids[shard.words], reuters.select(shards[1]).words)
+    blocks = shard.blocks(4)
+    assert [b.doc_ptr[0] for b in blocks] == [0, *(b.doc_ptr[-1] for b in blocks[:-1])]
+    assert blocks[-1].doc_ptr[-1] == shard.n_tokens
+    for b in blocks:
+        used = np.unique(shard.words[b.doc_ptr[0]:b.doc_ptr[-1]])
+        assert b.rows.tolist() == sorted({*used.tolist(), shard.total_row})
+
+
+@pytest.mark.cluster
+def test_two_planted_topics_from_a_text_file(tmp_path: Path, fast_env: dict[str, str]) -> None:
+    """Documents drawn from two disjoint word sets: K = 2 separates them; report and plot."""
+    rng = np.random.default_rng(0)
+    sets = [[f"alpha{i}" for i in range(8)], [f"beta{i}" for i in range(8)]]
+    lines = [" ".join(rng.choice(sets[d % 2], 30)) for d in range(200)]
+    (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "paramserver", "run", "lda", "--data", str(tmp_path / "docs.txt"), *NO_FILTER,
+           "--topics", "2", "--iters", "20", "--top-words", "8", "--servers", "1", "--workers", "1",
+           "--plot", str(tmp_path / "lda.png")]
+    env = {**os.environ, **fast_env, "PS_DATA_DIR": str(tmp_path / "cache")}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    topics = [line.split(":", 1)[1].split() for line in res.stdout.splitlines() if line.startswith("topic")]
+    assert sorted(sorted(t) for t in topics) == [sorted(sets[0]), sorted(sets[1])]
+    assert "tokens/s" in res.stdout and (tmp_path / "lda.png").stat().st_size > 10_000

@@ -86,8 +86,8 @@ class Request:
         self.finished = 0.0
         #: True once every part has left (dependencies may delay that).
         self.sent = False
-        if not self._pending:
-            self._finish(None, None)
+        if not self._pending:  # nothing to wait for (a pull of no keys): done, with its result
+            self._finish(self._combine() if self._combine is not None else None, None)
 
     # ----------------------------------------------------------------- caller side
     def done(self) -> bool:
