@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._errors import ClosedError, RequestTimeout
+from .._errors import RequestTimeout
 
 __all__ = ["Request"]
 
@@ -210,7 +210,3 @@ class Request:
         are ignored (they no longer write into a caller's ``out=`` buffer)."""
         self._finish(None, RequestTimeout(f"{self.what} (ts={self.ts}) {reason}"))
 
-
-def closed_error(what: str) -> ClosedError:
-    """The error given to requests still open when their node is closed."""
-    return ClosedError(f"{what}: the worker was closed before the request finished")
