@@ -10,6 +10,7 @@ Thread-safety: a Worker and its Tables may be used from several user threads at 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
@@ -38,6 +39,17 @@ _open: weakref.WeakSet[Worker] = weakref.WeakSet()
 def open_workers() -> list[Worker]:
     """Workers of this process that are not closed yet."""
     return [w for w in list(_open) if not w.closed]
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """A program that ends without ``close()`` still says goodbye (and flushes held-back
+    updates), so that its job ends cleanly instead of waiting for a missing heartbeat."""
+    for w in open_workers():
+        try:
+            w.close(timeout=2.0)
+        except Exception:  # the interpreter is going away; nothing else to do
+            pass
 
 
 class Worker:
