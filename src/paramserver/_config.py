@@ -42,53 +42,39 @@ def _bool(text: str) -> bool:
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be > 0")
-    return value
+def _number(kind: type[int] | type[float], lo: float, hi: float = float("inf"), *,
+            above: bool = False) -> Callable[[str], Any]:
+    """A parser of numbers of ``kind`` in ``[lo, hi]`` (``(lo, hi]`` if ``above``)."""
+    bound = f"> {lo:g}" if above else (f">= {lo:g}" if hi == float("inf") else f"between {lo:g} and {hi:g}")
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not ((value > lo) if above else (value >= lo)) or not value <= hi:
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
 
 
-def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError("must be >= 0")
-    return value
+def _choice(*options: str) -> Callable[[str], str]:
+    """A parser of one of ``options`` (case-insensitive)."""
+
+    def parse(text: str) -> str:
+        low = text.strip().lower()
+        if low not in options:
+            raise ValueError(f"must be one of {', '.join(o or repr(o) for o in options)}")
+        return low
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _percent(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 100:
-        raise ValueError("must be a percentage between 0 and 100")
-    return value
-
-
-def _placement(text: str) -> str:
-    low = text.strip().lower()
-    if low not in ("even", "ring"):
-        raise ValueError("must be even or ring")
-    return low
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be >= 1")
-    return value
-
-
-def _role(text: str) -> str:
-    low = text.strip().lower()
-    if low not in ("scheduler", "server", "worker", ""):
-        raise ValueError("must be scheduler, server or worker")
-    return low
+_positive_float = _number(float, 0, above=True)
+_nonneg_float = _number(float, 0)
+_nonneg_int = _number(int, 0)
+_positive_int = _number(int, 1)
+_percent = _number(float, 0, 100)
+_placement = _choice("even", "ring")
+_role = _choice("scheduler", "server", "worker", "")
 
 
 SETTINGS: tuple[Setting, ...] = (

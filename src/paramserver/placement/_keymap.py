@@ -11,6 +11,7 @@ its epoch never decreases over a cluster's life. KeyMaps are immutable and threa
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,7 @@ class Assignment:
 class KeyMap:
     """An immutable, versioned assignment of the whole key space to servers."""
 
-    __slots__ = ("_bounds", "_entries", "_masters", "_ranges", "epoch")
+    __slots__ = ("_bounds", "_entries", "_his", "_masters", "_ranges", "epoch")
 
     def __init__(self, epoch: int, entries: list[Assignment] | tuple[Assignment, ...]) -> None:
         entries = tuple(sorted(entries, key=lambda a: a.range.lo))
@@ -78,6 +79,7 @@ class KeyMap:
         self._ranges: dict[int, list[KeyRange]] = {}
         for a in entries:
             self._ranges.setdefault(a.master, []).append(a.range)
+        self._his = {node: [r.hi for r in ranges] for node, ranges in self._ranges.items()}
 
     def __iter__(self) -> Iterator[Assignment]:
         return iter(self._entries)
@@ -106,12 +108,16 @@ class KeyMap:
         return list(self._ranges.get(node, ()))
 
     def overlaps(self, node: int, lo: int, hi: int) -> bool:
-        """True if ``node`` masters at least one key of ``[lo, hi)``."""
-        return any(r.lo < hi and lo < r.hi for r in self._ranges.get(node, ()))
+        """True if ``node`` masters at least one key of ``[lo, hi)`` (O(log ranges))."""
+        ranges = self._ranges.get(node)
+        if not ranges:
+            return False
+        i = bisect_right(self._his[node], lo)  # the first of its ranges that ends after lo
+        return i < len(ranges) and ranges[i].lo < hi
 
     def span_of(self, node: int) -> tuple[int, int]:
         """The smallest ``[lo, hi)`` covering every range ``node`` masters (it must master one)."""
-        ranges = self.ranges_of(node)
+        ranges = self._ranges.get(node)
         if not ranges:
             raise InvalidArgument(f"node {node} masters no key range in epoch {self.epoch}")
         return ranges[0].lo, ranges[-1].hi

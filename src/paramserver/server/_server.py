@@ -127,13 +127,19 @@ class Server:
         keymap = self.node.keymap
         if keymap is None:
             raise KeyRangeError(f"server {self.node.id} has no key map yet")
-        if msg.key_range is not None:
-            lo, hi = msg.key_range
-            if not keymap.overlaps(self.node.id, lo, hi):
-                raise KeyRangeError(f"server {self.node.id} owns no key of [{lo:#x}, {hi:#x})")
-            return lo, hi
-        ranges = keymap.ranges_of(self.node.id)
-        return (ranges[0].lo, ranges[-1].hi) if ranges else (0, KEY_SPACE)
+        if msg.key_range is None:
+            return self._own_span()
+        lo, hi = msg.key_range
+        if not keymap.overlaps(self.node.id, lo, hi):
+            raise KeyRangeError(f"server {self.node.id} owns no key of [{lo:#x}, {hi:#x})")
+        return lo, hi
+
+    def _own_span(self) -> tuple[int, int]:
+        """The smallest range covering everything this server masters (all keys before a map)."""
+        keymap = self.node.keymap
+        if keymap is None or not keymap.ranges_of(self.node.id):
+            return 0, KEY_SPACE
+        return keymap.span_of(self.node.id)
 
     # ------------------------------------------------------------------ ordered messages
     def _on_push(self, msg: Message) -> None:
@@ -148,7 +154,7 @@ class Server:
             if not msg.seq:
                 raise
             # Consume the sequence number (with its error) so that the channel does not stall.
-            lo, hi = self._span(Message(Op.PULL))
+            lo, hi = self._own_span()
         if msg.seq == 0:  # not part of a channel: apply at once (errors answered by the runtime)
             self._apply(msg, None, lo, hi)
             self.node.reply(msg)
@@ -180,7 +186,7 @@ class Server:
         sync = self.sync.get(table)
         if sync is None or not sync.pending:
             return
-        lo, hi = self._span(Message(Op.PULL))
+        lo, hi = self._own_span()
         slowest = sync.slowest(lo, hi, self._live_workers())
         store = self.stores[table]
         for iteration in sorted(t for t in sync.pending if t <= slowest):
