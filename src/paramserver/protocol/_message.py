@@ -45,6 +45,11 @@ class Op(enum.IntEnum):
     STATUS = 8  # client -> scheduler -> servers: report state
     PING = 9  # liveness probe; answered at once
     POLICY = 10  # change a table's consistency while the job runs
+    REPLICATE = 11  # master -> replica: apply what the master applied (chain replication)
+    CHECKPOINT = 12  # worker -> server: write the master ranges to a checkpoint
+    TASK = 13  # worker -> scheduler: report finished work, ask for the next data shard
+    MIGRATE = 14  # server -> server: copy key ranges (join, leave, re-replication)
+    DRAIN = 15  # client -> scheduler: move every range off a server, then stop it
     PUSH = 32  # worker -> server: apply values to keys with the table's updater
     PULL = 33  # worker -> server: read values of keys
     PULL_RANGE = 34  # worker -> server: read every present key in a range
