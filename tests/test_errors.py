@@ -100,9 +100,13 @@ def test_malformed_requests_get_error_replies_and_change_nothing(worker: ps.Work
     with pytest.raises(ps.TableError, match="table id 99 is unknown"):
         node.request({server: unknown}, "bad pull").wait(10)
     other = next(s for s in node.keymap.servers() if s != server)  # type: ignore[union-attr]
-    misrouted = Message(Op.PULL, table=t.id, arrays=[np.array([5], dtype=np.uint64)])
-    with pytest.raises(ps.KeyRangeError, match="received keys owned by node"):
+    misrouted = Message(Op.PULL, table=t.id, arrays=[np.array([5], dtype=np.uint64)],
+                        epoch=node.keymap.epoch)  # type: ignore[union-attr]
+    with pytest.raises(ps.KeyRangeError, match="does not own the keys of this pull"):
         node.request({other: misrouted}, "misrouted pull").wait(10)
+    stale = Message(Op.PULL, table=t.id, arrays=[np.array([5], dtype=np.uint64)], epoch=0)
+    with pytest.raises(ps.KeyRangeError, match="does not own these keys in epoch 1"):  # "moved", for a raw request
+        node.request({other: stale}, "stale pull").wait(10)
     # raw garbage straight onto the server's socket: logged and dropped, the server serves on
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

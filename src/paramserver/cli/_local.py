@@ -65,8 +65,6 @@ class LocalCluster:
             raise InvalidArgument(f"servers must be an int >= 1, got {servers!r}")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= servers:
             raise InvalidArgument(f"replicas must be an int in [1, servers={servers}], got {replicas!r}")
-        if replicas > 1:
-            raise InvalidArgument("replicas > 1 needs chain replication, which this version does not have yet")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise InvalidArgument(f"workers must be an int >= 0, got {workers!r}")
         self.servers = servers

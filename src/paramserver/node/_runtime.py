@@ -36,6 +36,7 @@ from .._errors import (
     ClosedError,
     ConnectError,
     JobAborted,
+    KeyRangeError,
     NodeUnavailable,
     ProtocolError,
     PSError,
@@ -55,6 +56,24 @@ log = logging.getLogger("paramserver.node")
 
 Handler = Callable[[Message], None]
 PartCallback = Callable[[Message], None]
+#: ``reroute(peer, msg)``: send the part ``msg`` meant for ``peer`` to the keys' owners under
+#: the current key map, as a new request whose completion completes that part.
+Reroute = Callable[[int, Message], Request]
+
+#: A part may be sent on to new owners this many times before its request fails.
+MAX_REROUTES = 64
+
+
+@dataclass
+class _Pending:
+    """A request in flight, with what it takes to send a part elsewhere."""
+
+    req: Request
+    on_part: PartCallback | None
+    reroute: Reroute | None = None
+    #: peer -> the part as it left (sequence number stamped, before filters)
+    sent: dict[int, Message] = dataclasses.field(default_factory=dict)
+    hops: int = 0
 
 
 @dataclass
@@ -112,7 +131,7 @@ class Node:
         self._nodes: dict[int, NodeInfo] = {}
         self._connected: set[int] = set()
         self._lock = threading.RLock()
-        self._pending: dict[int, tuple[Request, PartCallback | None]] = {}
+        self._pending: dict[int, _Pending] = {}
         self._ts = itertools.count(1)
         self._timers: list[_Timer] = []
         self._timer_seq = itertools.count()
@@ -228,7 +247,7 @@ class Node:
     def peer_failed(self, node: int, exc: PSError) -> None:
         """Fail every pending request that awaits a part from ``node``; drop the link."""
         with self._lock:
-            waiting = [req for req, _ in self._pending.values() if req.awaits(node)]
+            waiting = [p for p in self._pending.values() if p.req.awaits(node)]
             for key in [k for k in self._deliveries if k[1] == node]:
                 del self._deliveries[key]
             for dec in self._decoders.values():
@@ -236,8 +255,19 @@ class Node:
             if node in self._connected and node != SCHEDULER_ID:
                 self._connected.discard(node)
                 self.transport.disconnect(node)
-        for req in waiting:
-            req.fail(exc)
+        for p in sorted(waiting, key=lambda p: p.req.ts):  # in issue order: pushes keep their order
+            if p.reroute is not None and self._gone_from_map(node):
+                with self._lock:
+                    left = node in p.sent
+                if left:
+                    self._reroute(p, node, exc)
+                # else: not sent yet; it goes to the new owners when it leaves
+            else:
+                p.req.fail(exc)
+
+    def _gone_from_map(self, node: int) -> bool:
+        keymap = self.keymap
+        return keymap is not None and node not in keymap.servers()
 
     # ------------------------------------------------------------------ sending
     def connect(self, node: int, address: str) -> None:
@@ -352,6 +382,7 @@ class Node:
         after: list[Request] | tuple[Request, ...] = (),
         prepare: Callable[[int, Message], None] | None = None,
         resend: bool = False,
+        reroute: Reroute | None = None,
     ) -> Request:
         """Send one message per peer as one request; return its handle at once.
 
@@ -363,6 +394,11 @@ class Node:
         ``prepare(peer, msg)`` runs just before each message leaves (to stamp sequence
         numbers in send order). With ``resend``, a part without a reply after
         PS_RESEND_TIMEOUT is sent again, the same frames, until it is answered.
+
+        With ``reroute``, a part whose receiver answers "moved" (it does not own the keys
+        under the current key map) or leaves the key map (it died and its replicas took
+        over) is handed to ``reroute`` to be sent to the new owners; a part still unsent
+        when the key map changes goes there at once. The caller never notices.
         """
         ts = self.next_ts() if ts is None else ts
         req = Request(
@@ -377,7 +413,7 @@ class Node:
         with self._lock:
             aborted = self._aborted
             if aborted is None and self._running:
-                self._pending[ts] = (req, on_part)
+                self._pending[ts] = _Pending(req, on_part, reroute)
         if aborted is not None:
             req.fail(aborted)
             return req
@@ -414,14 +450,25 @@ class Node:
     def _send_parts(self, req: Request, parts: dict[int, Message],
                     prepare: Callable[[int, Message], None] | None, resend: bool) -> None:
         resend = resend and bool(self._resend_after)
+        with self._lock:
+            pending = self._pending.get(req.ts)
+        reroute = pending.reroute if pending is not None else None
         for peer, msg in parts.items():
             if req.done():
                 return  # failed meanwhile (an error reply from another part)
             msg.ts = req.ts
             msg.sender = self.id
+            keymap = self.keymap
+            if pending is not None and reroute is not None and keymap is not None and 0 < msg.epoch < keymap.epoch:
+                pending.sent[peer] = msg  # sliced under an older map: go to the current owners
+                self._reroute(pending, peer, None)
+                continue
             try:
                 if prepare is not None:
                     prepare(peer, msg)
+                if pending is not None and reroute is not None:
+                    with self._lock:
+                        pending.sent[peer] = dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
                 repairable = any(getattr(c, "repairable", False) for c in msg.codecs)
                 original = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
                             if repairable else None)
@@ -438,6 +485,63 @@ class Node:
                 req.fail(exc)
                 break
         req.sent = True
+
+    def _reroute(self, p: _Pending, peer: int, cause: PSError | None) -> None:
+        """Send the part of ``p`` meant for ``peer`` to the current owners of its keys."""
+        req = p.req
+        with self._lock:
+            original = p.sent.get(peer)
+            self._deliveries.pop((req.ts, peer), None)
+            p.hops += 1
+            hops = p.hops
+        if req.done():
+            return
+        if original is None or p.reroute is None:
+            req.fail(cause or KeyRangeError(f"{req.what}: node {peer} does not own the keys"))
+            return
+        if hops > MAX_REROUTES:
+            req.fail(KeyRangeError(f"{req.what}: sent on {MAX_REROUTES} times without reaching the keys' owner"
+                                   + (f" ({cause})" if cause else "")))
+            return
+        with self._lock:
+            self.counters["reroutes"] += 1
+        try:
+            child = p.reroute(peer, original)
+        except PSError as exc:
+            req.fail(exc)
+            return
+
+        def child_done(c: Request) -> None:
+            exc = c.exception(timeout=0)
+            if exc is not None:
+                req.fail(exc)
+            else:
+                req.part_done(peer)
+
+        child.add_done_callback(child_done)
+
+    def _on_moved(self, msg: Message, p: _Pending) -> None:
+        """``msg.sender`` does not own the keys of a part: adopt its newer key map, if it
+        sent one, and send the part on (after a pause if the receiver's map is the older)."""
+        if p.reroute is None:  # a raw request: the caller sliced it and gets the answer
+            p.req.fail(KeyRangeError(f"{p.req.what}: {msg.body.get('message', 'the keys moved')}"))
+            return
+        km = msg.body.get("keymap")
+        theirs = None
+        if km is not None:
+            try:
+                theirs = KeyMap.from_wire(km)
+            except ProtocolError as exc:
+                p.req.fail(exc)
+                return
+            with self._lock:
+                if self.keymap is None or theirs.epoch > self.keymap.epoch:
+                    self.keymap = theirs
+        mine = self.keymap.epoch if self.keymap is not None else 0
+        if theirs is not None and theirs.epoch < mine:  # the receiver has not heard of the change yet
+            self.call_later(0.05, lambda: self._reroute(p, msg.sender, None))
+        else:
+            self._reroute(p, msg.sender, None)
 
     def _resend_due(self) -> None:
         now = time.monotonic()
@@ -462,12 +566,12 @@ class Node:
         """The unfinished request with timestamp ``ts``, if any."""
         with self._lock:
             entry = self._pending.get(ts)
-        return entry[0] if entry is not None else None
+        return entry.req if entry is not None else None
 
     def pending_requests(self) -> list[Request]:
         """Every unfinished request of this node."""
         with self._lock:
-            return [req for req, _ in self._pending.values()]
+            return [p.req for p in self._pending.values()]
 
     def _forget(self, req: Request) -> None:
         with self._lock:
@@ -489,7 +593,7 @@ class Node:
 
     def _fail_all(self, exc: PSError) -> None:
         with self._lock:
-            pending = [req for req, _ in self._pending.values()]
+            pending = [p.req for p in self._pending.values()]
         for req in pending:
             req.fail(exc)
 
@@ -684,16 +788,19 @@ class Node:
                 self._deliveries.pop((msg.ts, msg.sender), None)
         if msg.status == Status.RESEND_KEYS:
             sig = msg.body.get("ksig")
-            self._repair(msg.ts, msg.sender, entry[0] if entry is not None else None,
+            self._repair(msg.ts, msg.sender, entry.req if entry is not None else None,
                          sig if type(sig) is int else None)
             return
         if entry is None:
             if self.on_unmatched_response is not None:
                 self.on_unmatched_response(msg)
             return  # else a late reply to a request that already failed or timed out
-        req, on_part = entry
+        req, on_part = entry.req, entry.on_part
         if not req.awaits(msg.sender):
             return  # a second reply to the same part (a resend or a copy was answered too)
+        if msg.status == Status.MOVED:
+            self._on_moved(msg, entry)
+            return
         if msg.status == Status.ERROR:
             req.fail(error_from_body(msg.body, msg.sender, req.what))
             return
@@ -709,7 +816,7 @@ class Node:
         with self._lock:
             entry = self._pending.get(msg.ts)
         if entry is not None:
-            entry[0].fail(exc)
+            entry.req.fail(exc)
 
     def _repair(self, ts: int, peer: int, req: Request | None, sig: int | None) -> None:
         """The peer lost a key list we sent by signature: send that part again with its keys

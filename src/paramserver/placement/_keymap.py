@@ -59,7 +59,7 @@ class Assignment:
 class KeyMap:
     """An immutable, versioned assignment of the whole key space to servers."""
 
-    __slots__ = ("_bounds", "_entries", "_his", "_masters", "_ranges", "epoch")
+    __slots__ = ("_bounds", "_chain_ids", "_chains", "_entries", "_his", "_masters", "_ranges", "epoch")
 
     def __init__(self, epoch: int, entries: list[Assignment] | tuple[Assignment, ...]) -> None:
         entries = tuple(sorted(entries, key=lambda a: a.range.lo))
@@ -80,6 +80,10 @@ class KeyMap:
         for a in entries:
             self._ranges.setdefault(a.master, []).append(a.range)
         self._his = {node: [r.hi for r in ranges] for node, ranges in self._ranges.items()}
+        chain_index: dict[tuple[int, ...], int] = {}
+        self._chain_ids = np.array([chain_index.setdefault(a.replicas, len(chain_index)) for a in entries],
+                                   dtype=np.int64)
+        self._chains = list(chain_index)
 
     def __iter__(self) -> Iterator[Assignment]:
         return iter(self._entries)
@@ -158,6 +162,63 @@ class KeyMap:
             out.setdefault(i, []).append((a, b))
         return out
 
+    def masters(self, keys: np.ndarray) -> np.ndarray:
+        """The master of each key (any order), as an int64 array (one ``np.searchsorted``)."""
+        if len(self._entries) == 1:
+            return np.full(len(keys), self._entries[0].master, dtype=np.int64)
+        return self._masters[np.searchsorted(self._bounds, keys, side="right")]
+
+    def chains(self, keys: np.ndarray) -> dict[tuple[int, ...], list[tuple[int, int]]]:
+        """Split sorted keys by the replica chain of their range: ``{chain: [(start, stop)...]}``.
+
+        Only non-empty chains appear (a range without replicas needs no forwarding). Like
+        :meth:`slice`, one ``np.searchsorted`` over the range bounds.
+        """
+        n = len(keys)
+        if len(self._entries) == 1:
+            chain = self._entries[0].replicas
+            return {chain: [(0, n)]} if n and chain else {}
+        cuts = np.searchsorted(keys, self._bounds, side="left")
+        starts = np.concatenate([[0], cuts])
+        stops = np.concatenate([cuts, [n]])
+        hit = np.flatnonzero(stops > starts)
+        out: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for c, a, b in zip(self._chain_ids[hit].tolist(), starts[hit].tolist(), stops[hit].tolist(), strict=True):
+            chain = self._chains[c]
+            if chain:
+                pieces = out.setdefault(chain, [])
+                if pieces and pieces[-1][1] == a:
+                    pieces[-1] = (pieces[-1][0], b)  # neighbours on the same chain: one piece
+                else:
+                    pieces.append((a, b))
+        return out
+
+    def replicated_ranges(self, master: int) -> dict[tuple[int, ...], list[KeyRange]]:
+        """The ranges ``master`` masters that have replicas, grouped by their replica chain."""
+        out: dict[tuple[int, ...], list[KeyRange]] = {}
+        for a in self._entries:
+            if a.master == master and a.replicas:
+                out.setdefault(a.replicas, []).append(a.range)
+        return out
+
+    def chain_of(self, key: int) -> tuple[int, ...]:
+        """Master then replicas of the range holding ``key``."""
+        i = int(np.searchsorted(self._bounds, np.uint64(key), side="right"))
+        a = self._entries[i]
+        return (a.master, *a.replicas)
+
+    def without(self, dead: int, epoch: int) -> KeyMap:
+        """The map after ``dead`` failed: in each range's chain the next live replica is
+        promoted to master, and ``dead`` leaves every chain (fewer copies until they are
+        restored). Raises :class:`InvalidArgument` if a range had no other copy."""
+        entries = []
+        for a in self._entries:
+            chain = [n for n in (a.master, *a.replicas) if n != dead]
+            if not chain:
+                raise InvalidArgument(f"keys {a.range} were held only by node {dead}: no replica to promote")
+            entries.append(Assignment(a.range, chain[0], tuple(chain[1:])))
+        return KeyMap(epoch, _merged(entries))
+
     def slice_range(self, lo: int, hi: int) -> dict[int, list[KeyRange]]:
         """The masters of ``[lo, hi)`` and the sub-ranges each owns, in key order."""
         if not 0 <= lo < hi <= KEY_SPACE:
@@ -168,6 +229,10 @@ class KeyMap:
                 continue
             out.setdefault(a.master, []).append(KeyRange(max(lo, a.range.lo), min(hi, a.range.hi)))
         return out
+
+    def replicas(self) -> int:
+        """The smallest number of copies of any range (master included)."""
+        return min(1 + len(a.replicas) for a in self._entries)
 
     # ---------------------------------------------------------------- wire form
     def to_wire(self) -> dict[str, Any]:
@@ -192,3 +257,14 @@ class KeyMap:
             return cls(epoch, entries)
         except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
             raise ProtocolError(f"malformed key map: {exc}") from None
+
+
+def _merged(entries: list[Assignment]) -> list[Assignment]:
+    """Neighbouring ranges with the same chain, joined into one."""
+    out: list[Assignment] = []
+    for a in entries:
+        if out and out[-1].master == a.master and out[-1].replicas == a.replicas and out[-1].range.hi == a.range.lo:
+            prev = out.pop()
+            a = Assignment(KeyRange(prev.range.lo, a.range.hi), a.master, a.replicas)
+        out.append(a)
+    return out

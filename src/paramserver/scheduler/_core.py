@@ -141,6 +141,8 @@ class SchedulerCore:
         self._byes: set[int] = set()
         self._ranks: dict[int, int] = {}
         self._answered: set[int] = set()
+        #: Servers lost and replaced by their replicas so far.
+        self.failovers = 0
 
     # ================================================================= helpers
     def _members(self, role: str) -> list[int]:
@@ -260,8 +262,7 @@ class SchedulerCore:
         for group in GROUPS:
             self._barriers[group].pop(nid, None)
         if info.role == "server":
-            return out + self.shutdown(
-                f"{reason}; the job cannot go on without the keys it held (no replicas)", code=1)
+            return out + self._server_failed(nid, reason, now)
         if info.role == "worker" and self.num_workers and nid not in self._byes:
             return out + self.shutdown(f"{reason}; the job needs all {self.num_workers} workers", code=1)
         if info.role == "worker":
@@ -269,6 +270,20 @@ class SchedulerCore:
             out += self._broadcast_nodes(now, dead=[nid])
             out += self._check_barriers()
         return out
+
+    def _server_failed(self, nid: int, reason: str, now: float) -> list[Action]:
+        """Promote the next replica of each range the dead server held and broadcast the
+        new map (epoch + 1); end the job if some range had no other copy."""
+        if self.keymap is None or nid not in self.keymap.servers():
+            return []  # died before the key map existed: it held nothing
+        try:
+            self.keymap = self.keymap.without(nid, self.keymap.epoch + 1)
+        except InvalidArgument as exc:
+            return self.shutdown(f"{reason}; the job cannot go on: {exc} (start it with replicas >= 2 "
+                                 f"to survive server failures)", code=1)
+        log.warning("server %d failed; promoted its replicas: %r", nid, self.keymap)
+        self.failovers += 1
+        return self._broadcast_nodes(now, dead=[nid])
 
     # ================================================================= membership
     def _on_register(self, msg: Message, now: float) -> list[Action]:

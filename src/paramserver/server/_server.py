@@ -18,12 +18,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .._errors import DTypeError, InvalidArgument, KeyRangeError, ProtocolError, PSError, TableError
-from ..clock import Consistency
+from .._errors import (
+    ClosedError,
+    DTypeError,
+    InvalidArgument,
+    JobAborted,
+    KeyRangeError,
+    NodeUnavailable,
+    ProtocolError,
+    PSError,
+    TableError,
+)
+from ..clock import Consistency, Request
 from ..node import Node, error_body
 from ..placement import KEY_SPACE
 from ..protocol import KEY_DTYPE, Message, Op, Status, get
@@ -52,6 +63,10 @@ class Server:
         self.stores: dict[int, Store] = {}
         self.sync: dict[int, TableSync] = {}
         self.duplicates = 0
+        #: Requests answered "moved" (sliced under another key map).
+        self.moved = 0
+        #: Replication messages sent (as master or as a link of a chain).
+        self.replicated = 0
         self.done = threading.Event()
         self.exit_reason = ""
         node.on(Op.TABLE, self._on_table)
@@ -61,6 +76,7 @@ class Server:
         node.on(Op.STATUS, self._on_status)
         node.on(Op.CLOCK, self._on_ordered)
         node.on(Op.POLICY, self._on_policy)
+        node.on(Op.REPLICATE, self._on_replicate)
         node.on_abort.append(self._on_abort)
         node.on_nodes_changed.append(self._on_nodes_changed)
 
@@ -141,6 +157,46 @@ class Server:
             return 0, KEY_SPACE
         return keymap.span_of(self.node.id)
 
+    # ------------------------------------------------------------------ ownership
+    def _not_mine(self, msg: Message) -> bool:
+        """True if this server does not master every key (or, for a tick, any range) of ``msg``."""
+        keymap = self.node.keymap
+        if keymap is None:
+            return True
+        if msg.op == Op.PUSH or msg.op == Op.PULL:
+            keys = msg.arrays[0] if msg.arrays else None
+            if keys is None or keys.dtype != KEY_DTYPE or keys.ndim != 1:
+                return False  # malformed: the checks that follow say so
+            return bool(len(keys)) and not bool(np.all(keymap.masters(keys) == self.node.id))
+        if msg.op == Op.PULL_RANGE:
+            return not all(keymap.owns(self.node.id, lo, hi) for lo, hi in self._ranges(msg))
+        lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
+        return not keymap.overlaps(self.node.id, lo, hi)
+
+    def _moved(self, msg: Message) -> dict[str, Any] | None:
+        """The body of a "moved" answer if ``msg`` was sliced under another key map and this
+        server does not own its keys; None if it does. Raises :class:`KeyRangeError` for a
+        message that names the current epoch and still reaches the wrong server."""
+        if not self._not_mine(msg):
+            return None
+        keymap = self.node.keymap
+        epoch = keymap.epoch if keymap is not None else 0
+        if msg.epoch == epoch:
+            raise KeyRangeError(f"server {self.node.id} does not own the keys of this {msg.op.name.lower()} "
+                                f"(key map epoch {epoch})")
+        self.moved += 1
+        return {"message": f"server {self.node.id} does not own these keys in epoch {epoch} "
+                           f"(the request was sliced in epoch {msg.epoch})",
+                "epoch": epoch, "keymap": keymap.to_wire() if keymap is not None else None}
+
+    @staticmethod
+    def _origins(msg: Message) -> list[tuple[int, int]]:
+        raw = msg.body.get("origins", [])
+        if not (isinstance(raw, list) and all(isinstance(o, list) and len(o) == 2 and type(o[0]) is int
+                                              and type(o[1]) is int for o in raw)):
+            raise ProtocolError("origins must be a list of [server, seq] pairs")
+        return [(o[0], o[1]) for o in raw]
+
     # ------------------------------------------------------------------ ordered messages
     def _on_push(self, msg: Message) -> None:
         self._on_ordered(msg)
@@ -148,69 +204,107 @@ class Server:
     def _on_ordered(self, msg: Message) -> None:
         """A push or clock tick: apply it once, in its channel's order."""
         sync = self._sync(msg)
-        try:
-            lo, hi = self._span(msg)
-        except PSError:
-            if not msg.seq:
-                raise
-            # Consume the sequence number (with its error) so that the channel does not stall.
-            lo, hi = self._own_span()
         if msg.seq == 0:  # not part of a channel: apply at once (errors answered by the runtime)
-            self._apply(msg, None, lo, hi)
-            self.node.reply(msg)
+            moved = self._moved(msg)
+            if moved is not None:
+                self.node.reply(msg, status=Status.MOVED, body=moved)
+                return
+            self._apply(msg, None)
+            aggregate = self.stores[msg.table].spec.aggregate and msg.op == Op.PUSH
+            self._when_all([] if aggregate else self._forward(msg, self._origins(msg)), lambda: self.node.reply(msg))
             return
         ch = sync.channel(msg.sender)
-        done = ch.applied.min(lo, hi)
-        if msg.seq <= done:  # a resend or a copy of a message already applied
+        if msg.seq <= ch.done:  # a resend or a copy of a message already handled
             self.duplicates += 1
-            error = ch.errors.get(msg.seq)
-            if error is not None:
-                self.node.reply(msg, status=Status.ERROR, body=error)
+            answer = ch.errors.get(msg.seq)
+            if answer is not None:
+                self.node.reply(msg, status=Status(answer[0]), body=answer[1])
+            elif msg.op == Op.PUSH and msg.clock > sync.agg_done and msg.clock in sync.acks:
+                sync.acks[msg.clock].append(msg)  # answered with the original, once replicated
             else:
                 self.node.reply(msg)
             return
-        if msg.seq > done + 1:  # ahead of a gap: wait for the missing ones
+        if msg.seq > ch.done + 1:  # ahead of a gap: wait for the missing ones
             ch.waiting.setdefault(msg.seq, msg)
             return
-        self._apply_in_order(ch, msg, lo, hi)
+        self._apply_in_order(ch, msg)
         while ch.waiting:
-            nxt = ch.waiting.pop(ch.applied.min(lo, hi) + 1, None)
+            nxt = ch.waiting.pop(ch.done + 1, None)
             if nxt is None:
                 break
-            self._apply_in_order(ch, nxt, lo, hi)
+            self._apply_in_order(ch, nxt)
         self._aggregate(msg.table)
         self._release(msg.table)
 
     def _aggregate(self, table: int) -> None:
-        """Apply, in order, the summed pushes of every iteration all live workers finished."""
+        """Apply, in order, the summed pushes of every iteration all live workers finished,
+        then replicate each sum once (replication after aggregation)."""
         sync = self.sync.get(table)
-        if sync is None or not sync.pending:
+        if sync is None or not (sync.pending or sync.acks):
+            return
+        keymap = self.node.keymap
+        if keymap is None or not keymap.ranges_of(self.node.id):
             return
         lo, hi = self._own_span()
         slowest = sync.slowest(lo, hi, self._live_workers())
         store = self.stores[table]
-        for iteration in sorted(t for t in sync.pending if t <= slowest):
-            buffer = sync.pending.pop(iteration)
-            keys, values = buffer.pull_range(0, KEY_SPACE)
-            if len(keys):
+        for iteration in sorted(t for t in set(sync.pending) | set(sync.acks) if t <= slowest):
+            buffer = sync.pending.pop(iteration, None)
+            keys, values = buffer.pull_range(0, KEY_SPACE) if buffer is not None else (None, None)
+            sync.agg_done = max(sync.agg_done, iteration)
+            waiting = sync.acks.pop(iteration, [])
+            forwards: list[Request] = []
+            if keys is not None and values is not None and len(keys):
                 store.push(keys, values)
+                forwards = self._forward_push(table, keys, values, {"kind": "agg", "worker": -1,
+                                                                    "origins": [[self.node.id, iteration]]},
+                                              iteration)
 
-    def _apply_in_order(self, ch: Channel, msg: Message, lo: int, hi: int) -> None:
+            def answer(waiting: list[Message] = waiting) -> None:
+                for m in waiting:
+                    self.node.reply(m)
+
+            self._when_all(forwards, answer)
+
+    def _apply_in_order(self, ch: Channel, msg: Message) -> None:
+        """Handle the next message of a channel: "moved", duplicate, or apply and replicate;
+        answer it (after the replicas have it) and consume its sequence number."""
+        sync = self.sync[msg.table]
+        store = self.stores[msg.table]
         try:
-            self._span(msg)  # raises for a range this server does not own
-            self._apply(msg, ch, lo, hi)
+            moved = self._moved(msg)
+            if moved is not None:
+                ch.remember_error(msg.seq, Status.MOVED, moved)
+                self.node.reply(msg, status=Status.MOVED, body=moved)
+                return
+            origins = self._origins(msg)
+            aggregate = store.spec.aggregate and msg.op == Op.PUSH
+            if origins and sync.duplicate(msg.sender, origins, msg.clock, aggregate):
+                self.duplicates += 1  # applied through a replica chain before its master failed
+                self.node.reply(msg)
+                return
+            self._apply(msg, ch)
+            if aggregate and self._replicated():
+                sync.acks.setdefault(msg.clock, []).append(msg)  # answered once the sum is replicated
+                return
+            sync.record(msg.sender, origins)
+            forwards = [] if aggregate else self._forward(msg, [*origins, (self.node.id, msg.seq)])
+            self._when_all(forwards, lambda: self.node.reply(msg))
         except Exception as exc:
             body = error_body(exc, with_traceback=not isinstance(exc, PSError))
-            ch.remember_error(msg.seq, body)
+            ch.remember_error(msg.seq, Status.ERROR, body)
             self.node.reply(msg, status=Status.ERROR, body=body)
-        else:
-            self.node.reply(msg)
         finally:
-            ch.applied.set(lo, hi, msg.seq)
+            ch.done = msg.seq
 
-    def _apply(self, msg: Message, ch: Channel | None, lo: int, hi: int) -> None:
+    def _replicated(self) -> bool:
+        keymap = self.node.keymap
+        return keymap is not None and any(a.replicas for a in keymap if a.master == self.node.id)
+
+    def _apply(self, msg: Message, ch: Channel | None) -> None:
         if msg.op == Op.CLOCK:
             if ch is not None:
+                lo, hi = msg.key_range if msg.key_range is not None else self._own_span()
                 ch.iters.advance(lo, hi, msg.clock)
             return
         store = self._store(msg)
@@ -222,6 +316,7 @@ class Server:
             raise DTypeError(f"table {store.spec.name!r} holds {store.dtype}, the push sent {values.dtype}")
         if values.ndim == 1 and store.width == 1:
             values = values.reshape(-1, 1)
+            msg.arrays[1] = values
         if values.shape != (len(keys), store.width):
             raise InvalidArgument(
                 f"table {store.spec.name!r}: values of shape {values.shape} for {len(keys)} keys of width {store.width}"
@@ -238,12 +333,125 @@ class Server:
         else:
             store.push(keys, values)
 
+    # ------------------------------------------------------------------ chain replication
+    def _forward(self, msg: Message, origins: list[tuple[int, int]]) -> list[Request]:
+        """Send what ``msg`` applied to the replicas of its ranges; return the requests."""
+        body: dict[str, Any] = {"worker": msg.sender, "origins": [list(o) for o in origins]}
+        if msg.op == Op.PUSH:
+            return self._forward_push(msg.table, msg.arrays[0], msg.arrays[1], {"kind": "push", **body}, msg.clock)
+        keymap = self.node.keymap
+        if keymap is None:
+            return []
+        lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
+        out = []
+        for chain, ranges in keymap.replicated_ranges(self.node.id).items():
+            hit = [[max(r.lo, lo), min(r.hi, hi) - 1] for r in ranges if r.lo < hi and lo < r.hi]  # [lo, last]
+            if hit:
+                out.append(self._send_replica(chain, Message(Op.REPLICATE, table=msg.table, clock=msg.clock,
+                                                             body={"kind": "clock", "ranges": hit, **body})))
+        return out
+
+    def _forward_push(self, table: int, keys: np.ndarray, values: np.ndarray, body: dict[str, Any],
+                      clock: int) -> list[Request]:
+        keymap = self.node.keymap
+        if keymap is None:
+            return []
+        out = []
+        for chain, pieces in keymap.chains(keys).items():
+            if len(pieces) == 1:
+                a, b = pieces[0]
+                ks, vs = keys[a:b], values[a:b]
+            else:
+                idx = np.concatenate([np.arange(a, b) for a, b in pieces])
+                ks, vs = keys[idx], values[idx]
+            out.append(self._send_replica(chain, Message(Op.REPLICATE, table=table, clock=clock,
+                                                         arrays=[ks, vs], body=dict(body))))
+        return out
+
+    def _send_replica(self, chain: tuple[int, ...] | list[int], msg: Message) -> Request:
+        """Send ``msg`` to the head of ``chain``; it passes it on to the rest and answers
+        once the tail has it."""
+        msg.body["chain"] = list(chain[1:])
+        keymap = self.node.keymap
+        msg.epoch = keymap.epoch if keymap is not None else 0
+        self.replicated += 1
+        return self.node.request({chain[0]: msg}, f"replication to server {chain[0]}")
+
+    def _when_all(self, reqs: list[Request], then: Callable[[], None]) -> None:
+        """Run ``then`` (on the receive thread) once every request finished, failed or not:
+        a replica that died is no longer in the chain, so the update is as safe as it gets."""
+        if not reqs:
+            then()
+            return
+        left = [len(reqs)]
+
+        def one(r: Request) -> None:
+            exc = r.exception(timeout=0)
+            if exc is not None and not isinstance(exc, (NodeUnavailable, JobAborted, ClosedError)):
+                log.warning("server %d: %s failed: %s", self.node.id, r.what, exc)
+            left[0] -= 1
+            if left[0] == 0:
+                then()
+
+        for r in reqs:
+            r.add_done_callback(one)
+
+    def _on_replicate(self, msg: Message) -> None:
+        """Apply what a master applied (or an earlier link of its chain passed on), pass it
+        down the chain, and answer once the tail has it."""
+        sync = self._sync(msg)
+        store = self.stores[msg.table]
+        kind = get(msg.body, "kind", str)
+        worker = get(msg.body, "worker", int)
+        origins = self._origins(msg)
+        chain = get(msg.body, "chain", list)
+        if not all(type(n) is int for n in chain):
+            raise ProtocolError("a replication's chain must list node ids")
+        if kind == "agg":
+            if not any(sync.agg_seen.get(o, -1) >= msg.clock for o, _ in origins):
+                keys, values = self._replica_arrays(msg, store)
+                store.push(keys, values)
+                for o, _ in origins:
+                    sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
+        elif kind in ("push", "clock"):
+            if not sync.duplicate(worker, origins, msg.clock, False):
+                if kind == "push":
+                    keys, values = self._replica_arrays(msg, store)
+                    store.push(keys, values)
+                else:
+                    ch = sync.channel(worker)
+                    for lo, last in get(msg.body, "ranges", list):
+                        ch.iters.advance(int(lo), int(last) + 1, msg.clock)
+                sync.record(worker, origins)
+        else:
+            raise ProtocolError(f"unknown replication kind {kind!r}")
+        if not chain:
+            self.node.reply(msg)
+            return
+        onward = Message(Op.REPLICATE, table=msg.table, clock=msg.clock, arrays=list(msg.arrays),
+                         body={k: v for k, v in msg.body.items() if k != "chain"})
+        self._when_all([self._send_replica(chain, onward)], lambda: self.node.reply(msg))
+
+    @staticmethod
+    def _replica_arrays(msg: Message, store: Store) -> tuple[np.ndarray, np.ndarray]:
+        if len(msg.arrays) != 2:
+            raise ProtocolError("a replicated push carries 2 arrays (keys, values)")
+        keys, values = msg.arrays
+        check_keys(keys)
+        if values.dtype != store.dtype or values.shape != (len(keys), store.width):
+            raise ProtocolError("a replicated push has values of the wrong dtype or shape")
+        return keys, values
+
     # ------------------------------------------------------------------ pulls
     def _on_pull(self, msg: Message) -> None:
         self._store(msg)
         if len(msg.arrays) != 1:
             raise ProtocolError(f"a pull carries 1 array (keys), got {len(msg.arrays)}")
         check_keys(msg.arrays[0])
+        moved = self._moved(msg)
+        if moved is not None:
+            self.node.reply(msg, status=Status.MOVED, body=moved)
+            return
         self._check_owned(msg.arrays[0])
         self._pull_or_hold(msg)
 
@@ -251,8 +459,27 @@ class Server:
         self._store(msg)
         if msg.key_range is None:
             raise ProtocolError("a range pull needs a key range")
+        self._ranges(msg)  # checks the form
+        moved = self._moved(msg)
+        if moved is not None:
+            self.node.reply(msg, status=Status.MOVED, body=moved)
+            return
         self._span(msg)  # checks ownership
         self._pull_or_hold(msg)
+
+    @staticmethod
+    def _ranges(msg: Message) -> list[tuple[int, int]]:
+        """The ranges a range pull asks for: its ``ranges`` body field (``[lo, last]`` pairs,
+        last included, so that 2**64 - 1 fits msgpack), else its key range."""
+        raw = msg.body.get("ranges")
+        if raw is None:
+            assert msg.key_range is not None
+            return [msg.key_range]
+        if not (isinstance(raw, list) and raw and all(
+                isinstance(r, list) and len(r) == 2 and type(r[0]) is int and type(r[1]) is int
+                and 0 <= r[0] <= r[1] < KEY_SPACE for r in raw)):
+            raise ProtocolError("ranges must be a non-empty list of [lo, last] pairs")
+        return [(r[0], r[1] + 1) for r in raw]
 
     def _policy(self, msg: Message, sync: TableSync) -> Consistency:
         override = msg.body.get("consistency")
@@ -283,9 +510,25 @@ class Server:
             else:
                 assert msg.key_range is not None
                 keys, values = store.pull_range(*msg.key_range)
+                keep = self._mastered(keys, self._ranges(msg))
+                if keep is not None:
+                    keys, values = keys[keep], values[keep]
                 self.node.reply(msg, arrays=[keys, values], codecs=codecs)
         except Exception as exc:
             self.node.reply_error(msg, exc)
+
+    def _mastered(self, keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray | None:
+        """Which of ``keys`` (sorted) lie in ``ranges`` and are mastered here (a store also
+        holds replicated keys); None when all of them are."""
+        keymap = self.node.keymap
+        keep = keymap.masters(keys) == self.node.id if keymap is not None else np.ones(len(keys), dtype=bool)
+        if len(ranges) > 1:  # the key range spans them all: keep the keys inside one of them
+            rs = sorted(ranges)
+            los = np.array([r[0] for r in rs], dtype=np.uint64)
+            lasts = np.array([r[1] - 1 for r in rs], dtype=np.uint64)
+            i = np.searchsorted(los, keys, side="right") - 1
+            keep &= (i >= 0) & (keys <= lasts[np.maximum(i, 0)])
+        return None if bool(keep.all()) else keep
 
     def _release(self, table: int) -> None:
         """Answer the held pulls of ``table`` that may now be answered."""
@@ -326,6 +569,8 @@ class Server:
                 for tid, s in self.stores.items()
             },
             "duplicates": self.duplicates,
+            "moved": self.moved,
+            "replicated": self.replicated,
             "filters": {f"{tid}/{direction}/{name}": {"before": b, "after": a}
                         for (tid, direction, name), (b, a) in dict(self.node.filter_bytes).items()},
             "counters": dict(self.node.counters),

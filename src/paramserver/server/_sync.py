@@ -2,15 +2,23 @@
 
 Every worker has one *channel* per table to this server. Its ordered messages (pushes and
 clock ticks) carry sequence numbers 1, 2, 3... in the order the worker sent them. The
-channel keeps two range vector clocks:
+channel keeps:
 
-* ``applied``: on each key range, the last sequence number applied. A message whose number
-  is not above it is a duplicate (a resend, or a copy): it is acknowledged again and not
-  applied, so every push is applied exactly once. A message that arrives ahead of a gap
-  waits until the gap is filled, so pushes apply in the order they were issued.
-* ``iters``: on each key range, the last iteration the worker finished (-1 before any).
-  The minimum over live workers is the aggregation status that bounded delay needs: "has
-  every live worker pushed iteration t for range R".
+* ``done``: the last sequence number handled. A message whose number is not above it is a
+  duplicate (a resend, or a copy): it is answered again as the first time and not applied,
+  so every push is applied exactly once. A message that arrives ahead of a gap waits until
+  the gap is filled, so pushes apply in the order they were issued.
+* ``iters``: a range vector clock, on each key range the last iteration the worker finished
+  (-1 before any). The minimum over live workers is the aggregation status that bounded
+  delay needs: "has every live worker pushed iteration t for range R". Replicas keep it
+  too, from the ticks their master forwards, so a promoted replica knows it at once.
+
+Across owners (chain replication, failover) a message is known by its *origins*: the
+``(server, sequence number)`` pairs under which it was sent before. ``seen`` records, per
+origin server and worker, the last number applied here (forwarded by that server as master
+of a chain this server belongs to); a part that a worker sends on to a promoted replica is
+skipped if one of its origins was already applied. Tables that aggregate replicate whole
+iterations, so they record the last iteration replicated per origin instead (``agg_seen``).
 
 A pull waits (held, without blocking the server) until the channel has applied what the
 same worker pushed before it (read-your-writes) and, under bounded delay, until every live
@@ -36,14 +44,15 @@ MAX_ERRORS_KEPT = 4096
 class Channel:
     """One worker's ordered messages on one table of this server."""
 
-    applied: RangeClock = field(default_factory=RangeClock)
+    done: int = 0
     iters: RangeClock = field(default_factory=lambda: RangeClock(-1))
     waiting: dict[int, Message] = field(default_factory=dict)
-    errors: dict[int, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
-    def remember_error(self, seq: int, body: dict[str, Any]) -> None:
-        """Keep the error of an applied message, so that a resend gets the same answer."""
-        self.errors[seq] = body
+    def remember_error(self, seq: int, status: int, body: dict[str, Any]) -> None:
+        """Keep the answer (error or "moved") of a handled message, so that a resend gets
+        the same answer."""
+        self.errors[seq] = (status, body)
         if len(self.errors) > MAX_ERRORS_KEPT:
             del self.errors[min(self.errors)]
 
@@ -57,6 +66,25 @@ class TableSync:
     held: dict[tuple[int, int], Message] = field(default_factory=dict)  # (sender, ts) -> pull
     #: For tables that aggregate: iteration -> the sum of its pushes, not applied yet.
     pending: dict[int, Any] = field(default_factory=dict)
+    #: For tables that aggregate with replicas: iteration -> pushes answered once it is replicated.
+    acks: dict[int, list[Message]] = field(default_factory=dict)
+    #: The last iteration this server aggregated and applied as master (-1: none).
+    agg_done: int = -1
+    #: (origin server, worker) -> last sequence number of that origin applied here.
+    seen: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: origin server -> last aggregated iteration of that origin applied here.
+    agg_seen: dict[int, int] = field(default_factory=dict)
+
+    def duplicate(self, worker: int, origins: list[tuple[int, int]], iteration: int, aggregate: bool) -> bool:
+        """Was a message with these origins already applied here (through a replica chain)?"""
+        if aggregate:
+            return any(self.agg_seen.get(o, -1) >= iteration for o, _ in origins)
+        return any(self.seen.get((o, worker), 0) >= q for o, q in origins)
+
+    def record(self, worker: int, origins: list[tuple[int, int]]) -> None:
+        for o, q in origins:
+            if self.seen.get((o, worker), 0) < q:
+                self.seen[(o, worker)] = q
 
     def channel(self, worker: int) -> Channel:
         ch = self.channels.get(worker)
@@ -75,7 +103,7 @@ class TableSync:
     def ready(self, pull: Message, lo: int, hi: int, live: set[int], policy: Consistency) -> bool:
         """May ``pull`` be answered now (read-your-writes and bounded delay)?"""
         ch = self.channels.get(pull.sender)
-        if pull.seq and (ch is None or ch.applied.min(lo, hi) < pull.seq):
+        if pull.seq and (ch is None or ch.done < pull.seq):
             return False
         if policy.kind != "bounded":
             return True

@@ -129,7 +129,7 @@ class Table:
     def _submit(self, op: Op, parts: dict[int, Message], what: str, keymap: KeyMap, *,
                 deps: Any, consistency: str | Consistency | None, tau: int | None, clock: int | None,
                 on_part: Any = None, combine: Any = None, timeout: float | None = None,
-                filters: list[Any] | None = None) -> Request:
+                filters: list[Any] | None = None, reroute: Any = None) -> Request:
         """Send one request under the consistency model, after its dependencies."""
         worker = self._worker
         override = Consistency.of(consistency, tau)
@@ -156,9 +156,53 @@ class Table:
             if op == Op.CLOCK:
                 after += self._inflight.unsent_ordered(iteration)
             req = worker._request(parts, what, on_part=on_part, combine=combine, timeout=timeout, after=after,
-                                  prepare=worker._sequencer(self.id, ordered=ordered))
+                                  prepare=worker._sequencer(self.id, ordered=ordered), reroute=reroute)
             self._inflight.add(iteration, req, ordered)
         return req
+
+    def _child(self, op: Op, parts: dict[int, Message], what: str, keymap: KeyMap, parent: Message, *,
+               reroute: Any, on_part: Any = None) -> Request:
+        """Send ``parts`` (a part of ``parent`` re-sliced for the current key map) at once: it
+        already waited for its dependencies and consistency, and completes ``parent``'s part."""
+        for server, msg in parts.items():
+            msg.codecs = parent.codecs
+            msg.epoch = keymap.epoch
+            msg.clock = parent.clock
+            if msg.key_range is None:
+                msg.key_range = keymap.span_of(server)
+        worker = self._worker
+        return worker._request(parts, f"{what} (sent on to the new owners)", on_part=on_part,
+                               prepare=worker._sequencer(self.id, ordered=op in (Op.PUSH, Op.CLOCK)),
+                               reroute=reroute)
+
+    @staticmethod
+    def _origins(peer: int, msg: Message) -> list[list[int]]:
+        """Where an ordered part went before: a new owner skips it if one of them applied it."""
+        origins: list[list[int]] = list(msg.body.get("origins", []))
+        if msg.seq:
+            origins.append([peer, msg.seq])
+        return origins
+
+    def _reroute_push(self, peer: int, msg: Message) -> Request:
+        keys, values = msg.arrays[0], msg.arrays[1]
+        keymap = self._worker._keymap()
+        origins = self._origins(peer, msg)
+        parts = {}
+        for server, pieces in keymap.slice(keys).items():
+            idx = np.concatenate([np.arange(a, b) for a, b in pieces])
+            parts[server] = Message(Op.PUSH, table=self.id, arrays=[keys[idx], values[idx]],
+                                    body={"origins": origins} if origins else {})
+        return self._child(Op.PUSH, parts, f"push to table {self.name!r}", keymap, msg, reroute=self._reroute_push)
+
+    def _reroute_tick(self, peer: int, msg: Message) -> Request:
+        keymap = self._worker._keymap()
+        lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
+        origins = self._origins(peer, msg)
+        parts = {server: Message(Op.CLOCK, table=self.id, key_range=(ranges[0].lo, ranges[-1].hi),
+                                 body={"origins": origins} if origins else {})
+                 for server, ranges in keymap.slice_range(lo, hi).items()}
+        return self._child(Op.CLOCK, parts, f"clock tick {msg.clock} of table {self.name!r}", keymap, msg,
+                           reroute=self._reroute_tick)
 
     # ------------------------------------------------------------------ push
     def _values(self, values: Any, n: int) -> np.ndarray:
@@ -267,7 +311,8 @@ class Table:
                 ks, vs = k[idx], v[idx]
             parts[server] = Message(Op.PUSH, table=self.id, arrays=[ks, vs])
         return self._submit(Op.PUSH, parts, f"push to table {self.name!r}", keymap, deps=deps,
-                            consistency=consistency, tau=tau, clock=clock, timeout=timeout, filters=filters)
+                            consistency=consistency, tau=tau, clock=clock, timeout=timeout, filters=filters,
+                            reroute=self._reroute_push)
 
     def flush(self) -> list[Request]:
         """Send what the push filters hold back (significantly-modified); return the requests."""
@@ -351,10 +396,38 @@ class Table:
                 np.take(buf, inverse.reshape(-1), axis=0, out=target)
             return target
 
+        def reroute(peer: int, msg: Message) -> Request:
+            pos = np.concatenate([np.arange(a, b) for a, b in layout[peer]])
+            return self._reroute_pull(uniq, buf, pos, peer, msg)
+
         req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
-                           timeout=timeout, filters=filters)
+                           timeout=timeout, filters=filters, reroute=reroute)
         return _result(req, timeout) if block else req
+
+    def _reroute_pull(self, uniq: np.ndarray, buf: np.ndarray, pos: np.ndarray, peer: int,
+                      msg: Message) -> Request:
+        """Pull the keys ``uniq[pos]`` (a part meant for ``peer``) from their current owners into ``buf[pos]``."""
+        keymap = self._worker._keymap()
+        ks = uniq[pos]
+        parts: dict[int, Message] = {}
+        where: dict[int, np.ndarray] = {}
+        for server, pieces in keymap.slice(ks).items():
+            idx = np.concatenate([np.arange(a, b) for a, b in pieces])
+            parts[server] = Message(Op.PULL, table=self.id, arrays=[ks[idx]], body=dict(msg.body))
+            where[server] = pos[idx]
+
+        def on_part(m: Message) -> None:
+            p = where[m.sender]
+            if len(m.arrays) != 1 or m.arrays[0].shape != (len(p), self.width) or m.arrays[0].dtype != self.dtype:
+                raise ProtocolError(f"server {m.sender} answered a pull of {len(p)} keys with a malformed reply")
+            buf[p] = m.arrays[0]
+
+        def again(server: int, m: Message) -> Request:
+            return self._reroute_pull(uniq, buf, where[server], server, m)
+
+        return self._child(Op.PULL, parts, f"pull from table {self.name!r}", keymap, msg, reroute=again,
+                           on_part=on_part)
 
     def pull_range(self, lo: int = 0, hi: int = KEY_SPACE, *, block: bool = True, deps: Any = None,
                    consistency: str | Consistency | None = None, tau: int | None = None,
@@ -373,10 +446,8 @@ class Table:
         worker = self._worker
         keymap = worker._keymap()
         parts: dict[int, Message] = {}
-        for server, ranges in keymap.slice_range(lo, hi).items():
-            rng = (ranges[0].lo, ranges[-1].hi)
-            parts[server] = Message(Op.PULL_RANGE, table=self.id, key_range=rng)
         got: list[tuple[np.ndarray, np.ndarray]] = []
+        parts = self._range_parts(keymap, [(lo, hi)])
 
         def on_part(msg: Message) -> None:
             ok = len(msg.arrays) == 2
@@ -387,6 +458,13 @@ class Table:
             if not ok:
                 raise ProtocolError(f"server {msg.sender} answered a range pull with a malformed reply")
             got.append((msg.arrays[0], msg.arrays[1]))
+
+        def reroute(peer: int, msg: Message) -> Request:
+            keymap = worker._keymap()
+            ranges = [(int(a), int(b) + 1) for a, b in msg.body["ranges"]]
+            parts = self._range_parts(keymap, ranges, body=msg.body)
+            return self._child(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, msg,
+                               reroute=reroute, on_part=on_part)
 
         def combine() -> tuple[np.ndarray, np.ndarray]:
             if not got:
@@ -399,8 +477,23 @@ class Table:
         self.pulls += 1
         req = self._submit(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
-                           timeout=timeout, filters=filters)
+                           timeout=timeout, filters=filters, reroute=reroute)
         return _result(req, timeout) if block else req
+
+    def _range_parts(self, keymap: KeyMap, ranges: list[tuple[int, int]],
+                     body: dict[str, Any] | None = None) -> dict[int, Message]:
+        """One range pull per master of ``ranges``, naming exactly the sub-ranges it masters."""
+        mine: dict[int, list[list[int]]] = {}
+        for lo, hi in ranges:
+            for server, owned in keymap.slice_range(lo, hi).items():
+                mine.setdefault(server, []).extend([r.lo, r.hi - 1] for r in owned)  # [lo, last]: msgpack-able
+        parts = {}
+        for server, pieces in mine.items():
+            pieces.sort()
+            b = {k: v for k, v in (body or {}).items() if k != "ranges"}
+            b["ranges"] = pieces
+            parts[server] = Message(Op.PULL_RANGE, table=self.id, key_range=(pieces[0][0], pieces[-1][1] + 1), body=b)
+        return parts
 
     def _tick(self, completed: int, *, wait: bool = False) -> Request:
         """Tell every server that this worker finished iteration ``completed`` (a clock tick)."""
@@ -408,7 +501,8 @@ class Table:
         parts = {server: Message(Op.CLOCK, table=self.id) for server in keymap.servers()
                  if keymap.ranges_of(server)}
         req = self._submit(Op.CLOCK, parts, f"clock tick {completed} of table {self.name!r}", keymap,
-                           deps=None, consistency=None, tau=None, clock=completed, filters=[])
+                           deps=None, consistency=None, tau=None, clock=completed, filters=[],
+                           reroute=self._reroute_tick)
         if wait:
             req.wait()
         return req

@@ -111,12 +111,13 @@ class Worker:
                  on_part: Callable[[Message], None] | None = None,
                  combine: Callable[[], Any] | None = None, timeout: float | None = None,
                  after: list[Request] | None = None,
-                 prepare: Callable[[int, Message], None] | None = None) -> Request:
+                 prepare: Callable[[int, Message], None] | None = None,
+                 reroute: Callable[[int, Message], Request] | None = None) -> Request:
         self._check_open()
         with self._lock:
             self.requests += 1
         return self._node.request(parts, what, on_part=on_part, combine=combine, timeout=timeout,
-                                  after=after or (), prepare=prepare, resend=True)
+                                  after=after or (), prepare=prepare, resend=True, reroute=reroute)
 
     def _resolve(self, deps: Any) -> list[Request]:
         """Dependencies given as requests or timestamps -> the unfinished requests."""
