@@ -65,8 +65,11 @@ class Server:
         self.duplicates = 0
         #: Requests answered "moved" (sliced under another key map).
         self.moved = 0
-        #: Replication messages sent (as master or as a link of a chain).
-        self.replicated = 0
+        #: Replication messages sent (as master or as a link of a chain), by kind:
+        #: "push" (one worker's push), "agg" (an iteration's sum), "clock" (a tick).
+        self.replicated: dict[str, int] = {"push": 0, "agg": 0, "clock": 0}
+        #: Bytes of replicated keys and values sent.
+        self.replicated_bytes = 0
         self.done = threading.Event()
         self.exit_reason = ""
         node.on(Op.TABLE, self._on_table)
@@ -374,7 +377,10 @@ class Server:
         msg.body["chain"] = list(chain[1:])
         keymap = self.node.keymap
         msg.epoch = keymap.epoch if keymap is not None else 0
-        self.replicated += 1
+        kind = msg.body.get("kind")
+        if isinstance(kind, str) and kind in self.replicated:
+            self.replicated[kind] += 1
+        self.replicated_bytes += sum(a.nbytes for a in msg.arrays)
         return self.node.request({chain[0]: msg}, f"replication to server {chain[0]}")
 
     def _when_all(self, reqs: list[Request], then: Callable[[], None]) -> None:
@@ -559,7 +565,7 @@ class Server:
             "rss": psutil.Process().memory_info().rss,
             "ranges": [[r.lo, r.hi - 1] for r in keymap.ranges_of(self.node.id)] if keymap else [],
             "tables": {
-                str(tid): {"name": s.spec.name, "keys": len(s), "bytes": s.nbytes,
+                str(tid): {"name": s.spec.name, "keys": self._master_keys(s), "stored_keys": len(s), "bytes": s.nbytes,
                            "pushes": s.pushes, "pulls": s.pulls,
                            "consistency": str(self.sync[tid].policy),
                            "bytes_sent": self.node.table_bytes.get((tid, "sent"), 0),
@@ -570,11 +576,19 @@ class Server:
             },
             "duplicates": self.duplicates,
             "moved": self.moved,
-            "replicated": self.replicated,
+            "replicated": dict(self.replicated),
+            "replicated_bytes": self.replicated_bytes,
             "filters": {f"{tid}/{direction}/{name}": {"before": b, "after": a}
                         for (tid, direction, name), (b, a) in dict(self.node.filter_bytes).items()},
             "counters": dict(self.node.counters),
         }
+
+    def _master_keys(self, store: Store) -> int:
+        """How many keys of ``store`` this server masters (the rest are replicas)."""
+        keymap = self.node.keymap
+        if keymap is None:
+            return len(store)
+        return int(np.count_nonzero(keymap.masters(store.keys[:len(store)]) == self.node.id))
 
     def _on_status(self, msg: Message) -> None:
         self.node.reply(msg, body=self.status())

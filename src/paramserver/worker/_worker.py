@@ -357,6 +357,7 @@ class Worker:
             "requests": self.requests,
             "in_flight": sum(len(list(t._inflight.pending())) for t in self._tables.values()),
             "resends": counters.get("resends", 0),
+            "reroutes": counters.get("reroutes", 0),
             "seconds": elapsed,
             "wait_seconds": wait,
             "idle_fraction": wait / elapsed if elapsed > 0 else 0.0,
