@@ -20,6 +20,7 @@ import pytest
 
 import paramserver as ps
 from paramserver import InvalidArgument, ProtocolError
+from paramserver.cli._status import format_status
 from paramserver.protocol import Message, Op, Status
 from paramserver.scheduler import Finish, SchedulerCore
 from paramserver.scheduler._shards import ShardManager
@@ -187,6 +188,9 @@ def test_fixed_job_survives_a_dead_worker_that_used_shards_and_ends_when_the_res
     out = ack_all(core, out, Op.STATUS, 9.9)
     sh = sends(out, Op.STATUS)[0].msg.body["shards"]["train"]
     assert sh["reassigned"] == 1 and sh["running"] == 2 and sh["done_by"] == {str(w2): 1}
+    text = format_status(sends(out, Op.STATUS)[0].msg.body)
+    assert (f"shard set 'train': 3 shards x 1 epochs; 1/3 done, 2 running, 0 pending, 1 reassigned "
+            f"(done by node {w2}: 1)") in text
     assert not any(isinstance(x, Finish) for x in core.handle(Message(Op.BYE, sender=w2, ts=4), 10.0))
     # w2 left holding task 2: it goes to w3
     assert task(core, w3, {"done": 0}, 10.1).body["task"] == 2
