@@ -55,7 +55,7 @@ from .table import (
     Updater,
     Zeros,
 )
-from .worker import Table, Worker, connect
+from .worker import Shard, Table, Worker, connect, row_shards
 
 __all__ = [
     "FTRL",
@@ -85,6 +85,7 @@ __all__ = [
     "RemoteError",
     "Request",
     "RequestTimeout",
+    "Shard",
     "Sum",
     "Table",
     "TableError",
@@ -96,6 +97,7 @@ __all__ = [
     "__version__",
     "connect",
     "filters",
+    "row_shards",
     "spread",
     "unspread",
 ]

@@ -75,6 +75,7 @@ _positive_int = _number(int, 1)
 _percent = _number(float, 0, 100)
 _placement = _choice("even", "ring")
 _role = _choice("scheduler", "server", "worker", "")
+_worker_failure = _choice("auto", "abort", "continue")
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -104,6 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_VERBOSE", "verbose", False, "1 to log every message sent and received (very slow; for debugging).", _bool),
     Setting("PS_PLACEMENT", "placement", "even", "How the scheduler places key ranges on servers: even (equal contiguous ranges) or ring (consistent hashing).", _placement),
     Setting("PS_VNODES", "vnodes", 256, "Virtual nodes per server on the consistent-hash ring (PS_PLACEMENT=ring).", _positive_int),
+    Setting("PS_WORKER_FAILURE", "worker_failure", "auto", "What a fixed-size job (DMLC_NUM_WORKER > 0) does when a worker dies: abort (end the job with an error), continue (go on with the others; the data shards it held go to them), or auto (continue if the job uses data shards, else abort).", _worker_failure),
     Setting("PS_DATA_DIR", "data_dir", "", "Folder where data sets are cached (default ~/.cache/paramserver).", str),
 )
 
@@ -136,6 +138,7 @@ class Config:
     verbose: bool = False
     placement: str = "even"
     vnodes: int = 256
+    worker_failure: str = "auto"
     data_dir: str = ""
 
     @classmethod

@@ -62,4 +62,9 @@ def format_status(status: dict[str, Any], *, as_json: bool = False) -> str:
         else:
             lines.append(f"server {sid}: pid {rep.get('pid')}, memory {_size(rep.get('rss', 0))}, "
                          f"{rep.get('counters', {}).get('messages_received', 0)} messages received")
+    for name, sh in sorted(status.get("shards", {}).items()):
+        by = ", ".join(f"node {w}: {n}" for w, n in sh.get("done_by", {}).items())
+        lines.append(f"shard set {name!r}: {sh['shards']} shards x {sh['epochs']} epochs; {sh['done']}/{sh['total']} "
+                     f"done, {sh['running']} running, {sh['pending']} pending, {sh['reassigned']} reassigned"
+                     + (f" (done by {by})" if by else ""))
     return "\n".join(lines)

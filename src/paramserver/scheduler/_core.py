@@ -13,8 +13,12 @@ Rules it enforces:
   ``Op.NODES`` round, acknowledged), so a server always knows a worker before the worker
   can send it a request.
 * With a fixed number of workers (DMLC_NUM_WORKER > 0) the job ends when every worker has
-  said goodbye; the death of any node ends it with an error naming the node. With a
-  dynamic number (0), workers come and go and the job ends on a shutdown request.
+  said goodbye. The death of a worker ends it with an error naming the worker, unless the
+  job hands out data shards (PS_WORKER_FAILURE, ``_shards.py``): then the dead worker's
+  shards go to the others. With a dynamic number (0), workers come and go and the job
+  ends on a shutdown request.
+* The death of a server promotes the next replica of each range it held (a new key map,
+  epoch + 1, broadcast to every node); without a copy of some range the job ends.
 * Every outstanding exchange (a broadcast, a table creation, a status gather) has a
   deadline, so nothing waits forever on a silent node.
 
@@ -35,6 +39,7 @@ from ..node import SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement
 from ..protocol import Message, Op, Status, get
 from ..table import TableSpec
+from ._shards import ShardManager
 
 __all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "Send"]
 
@@ -115,6 +120,7 @@ class SchedulerCore:
         request_timeout: float = 60.0,
         placement: Placement | None = None,
         now: float = 0.0,
+        worker_failure: str = "auto",
     ) -> None:
         if num_servers < 1:
             raise InvalidArgument("a cluster needs at least one server (DMLC_NUM_SERVER >= 1)")
@@ -143,6 +149,7 @@ class SchedulerCore:
         self._answered: set[int] = set()
         #: Servers lost and replaced by their replicas so far.
         self.failovers = 0
+        self.shards = ShardManager(worker_failure)  # data shards of the workers (_shards.py)
 
     # ================================================================= helpers
     def _members(self, role: str) -> list[int]:
@@ -202,6 +209,7 @@ class SchedulerCore:
             Op.STATUS: self._on_status,
             Op.POLICY: self._on_policy,
             Op.PING: self._on_ping,
+            Op.TASK: self._on_task,
         }.get(msg.op)
         if handler is None:
             return [self._error(msg, ProtocolError(f"the scheduler does not handle {msg.op.name} requests"))]
@@ -263,8 +271,14 @@ class SchedulerCore:
             self._barriers[group].pop(nid, None)
         if info.role == "server":
             return out + self._server_failed(nid, reason, now)
+        if info.role == "worker":
+            self.shards.worker_gone(nid, now)  # the shards it held go to the next worker that asks
         if info.role == "worker" and self.num_workers and nid not in self._byes:
-            return out + self.shutdown(f"{reason}; the job needs all {self.num_workers} workers", code=1)
+            if not self.shards.job_survives_worker_death():
+                return out + self.shutdown(f"{reason}; the job needs all {self.num_workers} workers", code=1)
+            self._byes.add(nid)  # PS_WORKER_FAILURE: the job goes on without it, counted as gone
+            if len(self._byes) >= self.num_workers:
+                return out + self.shutdown(f"{reason}; no worker is left", code=1)
         if info.role == "worker":
             self._ranks.pop(nid, None)
             out += self._broadcast_nodes(now, dead=[nid])
@@ -384,12 +398,19 @@ class SchedulerCore:
             return out
         self._byes.add(msg.sender)
         self._ranks.pop(msg.sender, None)
+        self.shards.worker_gone(msg.sender, now)  # shards it held unfinished go to the others
         log.info("%s finished", info)
         for group in GROUPS:
             self._barriers[group].pop(msg.sender, None)
         if self.num_workers and len(self._byes) >= self.num_workers:
             return out + self.shutdown(f"the job finished: all {self.num_workers} workers are done")
         return out + self._broadcast_nodes(now, dead=[msg.sender]) + self._check_barriers()
+
+    def _on_task(self, msg: Message, now: float) -> list[Action]:
+        """A worker reports a finished data shard and asks for the next (``_shards.py``)."""
+        if self.nodes[msg.sender].role != "worker":
+            raise InvalidArgument("only workers process data shards")
+        return [Send(msg.sender, msg.reply(body=self.shards.on_task(msg.sender, msg.body, now)))]
 
     def _on_shutdown(self, msg: Message, now: float) -> list[Action]:
         reason = get(msg.body, "reason", str, "shutdown requested")
@@ -487,6 +508,7 @@ class SchedulerCore:
                 "num_servers": self.num_servers,
                 "num_workers": self.num_workers,
                 "uptime": round(now - self.started, 3),
+                "shards": self.shards.status(now),
             }
             return [Send(msg.sender, msg.reply(body=body))]
 

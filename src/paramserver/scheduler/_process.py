@@ -56,6 +56,7 @@ class SchedulerProcess:
             request_timeout=min(self.config.timeout, 60.0),
             placement=Ring(self.config.vnodes) if self.config.placement == "ring" else EvenSplit(),
             now=time.monotonic(),
+            worker_failure=self.config.worker_failure,
         )
         for op in Op:
             self.node.on(op, self._dispatch)

@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._config import Config, parse_address
@@ -27,6 +28,7 @@ from ..placement import KeyMap
 from ..protocol import Message, Op, get
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
+from ._shards import Shard, iterate_shards
 from ._table import Table
 
 __all__ = ["Worker", "connect", "open_workers"]
@@ -83,6 +85,7 @@ class Worker:
         self._clock_lock = threading.Lock()
         self._started = time.monotonic()
         self.requests = 0
+        self._shards_done: Counter[str] = Counter()  # shard set -> shards this worker finished
         node.on(Op.POLICY, self._on_policy)
         _open.add(self)
 
@@ -253,6 +256,34 @@ class Worker:
         self._node.call(SCHEDULER_ID, Message(Op.BARRIER, body={"group": group}),
                         f"barrier of the {group}", timeout)
 
+    def shards(self, name: str, shards: Sequence[Any], *, epochs: int = 1,
+               timeout: float | None = None) -> Iterator[Shard]:
+        """Iterate over the data shards the scheduler hands to this worker (docs/shards.md).
+
+        ``for shard in w.shards("train", files): process(shard.data)``. Every worker of the
+        job declares the same ``shards`` list (file paths, ``[start, stop]`` row ranges
+        from :func:`paramserver.row_shards`, any str/number/list/dict); each shard of each
+        of the ``epochs`` passes is processed by exactly one worker. A shard is done when
+        the loop asks for the next one, after this worker's requests in flight finished;
+        leaving the loop early gives the held shard back. The shards of a worker that dies
+        or closes go to the others; a worker that joins late gets the shards left. The
+        loop ends once every shard is done, waiting meanwhile if others hold the last ones.
+
+        Raises
+        ------
+        InvalidArgument
+            Bad arguments, or another worker declared ``name`` with a different list.
+        """
+        def call(body: dict[str, Any]) -> dict[str, Any]:
+            self._check_open()
+            return self._node.call(SCHEDULER_ID, Message(Op.TASK, body=body), f"shard set {name!r}", timeout).body
+
+        def done(shard: Shard) -> None:
+            with self._lock:
+                self._shards_done[shard.set] += 1
+
+        return iterate_shards(call, self.wait_all, name, shards, epochs=epochs, on_done=done)
+
     def wait(self, ts: int, timeout: float | None = None) -> None:
         """Wait for this worker's request with timestamp ``ts``; return at once if it is done."""
         req = self._node.pending_request(ts)
@@ -366,6 +397,7 @@ class Worker:
             "bytes_sent": counters.get("bytes_sent", 0),
             "bytes_received": counters.get("bytes_received", 0),
             "tables": tables,
+            "shards": dict(self._shards_done),
         }
 
     def close(self, timeout: float = 5.0) -> None:
