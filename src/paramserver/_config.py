@@ -105,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_PLACEMENT", "placement", "even", "How the scheduler places key ranges on servers: even (equal contiguous ranges) or ring (consistent hashing).", _placement),
     Setting("PS_VNODES", "vnodes", 256, "Virtual nodes per server on the consistent-hash ring (PS_PLACEMENT=ring).", _positive_int),
     Setting("PS_DATA_DIR", "data_dir", "", "Folder where data sets are cached (default ~/.cache/paramserver).", str),
+    Setting("PS_CHECKPOINT_DIR", "checkpoint_dir", "", "Directory or fsspec URL under which periodic checkpoints are written, one iter-NNNNNN folder each (needed by the two settings below).", str),
+    Setting("PS_CHECKPOINT_EVERY_ITERS", "checkpoint_every_iters", 0, "The worker of rank 0 checkpoints after every N finished iterations (0: off).", _nonneg_int),
+    Setting("PS_CHECKPOINT_EVERY_SECONDS", "checkpoint_every_seconds", 0.0, "The worker of rank 0 checkpoints at the first iteration end after this many seconds since the last one (0: off).", _nonneg_float),
 )
 
 
@@ -137,6 +140,9 @@ class Config:
     placement: str = "even"
     vnodes: int = 256
     data_dir: str = ""
+    checkpoint_dir: str = ""
+    checkpoint_every_iters: int = 0
+    checkpoint_every_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

@@ -28,6 +28,7 @@ from ..node import Node, error_body
 from ..placement import KEY_SPACE
 from ..protocol import KEY_DTYPE, Message, Op, Status, get
 from ..table import TableSpec
+from ._checkpoint import Checkpoints
 from ._store import Store
 from ._sync import Channel, TableSync
 
@@ -47,7 +48,7 @@ def check_keys(keys: np.ndarray) -> None:
 class Server:
     """Handlers of a server node. Construct, then ``node.start(...)`` and register."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, restore: str | None = None) -> None:
         self.node = node
         self.stores: dict[int, Store] = {}
         self.sync: dict[int, TableSync] = {}
@@ -63,6 +64,8 @@ class Server:
         node.on(Op.POLICY, self._on_policy)
         node.on_abort.append(self._on_abort)
         node.on_nodes_changed.append(self._on_nodes_changed)
+        self.checkpoints = Checkpoints(self, restore)  # writes checkpoints; restores tables from `restore`
+        node.on(Op.CHECKPOINT, self.checkpoints.on_request)
 
     # ------------------------------------------------------------------ tables
     def add_table(self, table_id: int, spec: TableSpec, policy: Consistency | None = None) -> None:
@@ -72,7 +75,9 @@ class Server:
             store.spec.check_compatible(spec)
             return
         spec.validate(import_user_code=True)
-        self.stores[table_id] = Store(spec)
+        store = Store(spec)
+        self.checkpoints.restore(table_id, store)  # a server started with --restore loads its ranges
+        self.stores[table_id] = store
         self.sync[table_id] = TableSync(policy or Consistency())
         log.info("server %d: table %d %r (%s, %s)", self.node.id, table_id, spec.name, spec.describe(),
                  self.sync[table_id].policy)
@@ -227,6 +232,8 @@ class Server:
                 f"table {store.spec.name!r}: values of shape {values.shape} for {len(keys)} keys of width {store.width}"
             )
         self._check_owned(keys)
+        if self.checkpoints.defer(msg, keys, values):  # after a pending checkpoint's cut: applied after it
+            return
         if store.spec.aggregate:
             # Server-side aggregation: sum this iteration's pushes, apply them once complete.
             sync = self.sync[msg.table]
@@ -272,6 +279,8 @@ class Server:
             sync.held.setdefault((msg.sender, msg.ts), msg)
 
     def _answer(self, msg: Message) -> None:
+        if self.checkpoints.hold_pull(msg):  # it must see its sender's pushes deferred by a checkpoint
+            return
         store = self.stores[msg.table]
         try:
             names = msg.body.get("reply_filters", [])
@@ -289,6 +298,7 @@ class Server:
 
     def _release(self, table: int) -> None:
         """Answer the held pulls of ``table`` that may now be answered."""
+        self.checkpoints.poll()  # held checkpoints whose cut is reached are written first
         sync = self.sync.get(table)
         if sync is None or not sync.held:
             return
@@ -326,6 +336,7 @@ class Server:
                 for tid, s in self.stores.items()
             },
             "duplicates": self.duplicates,
+            "checkpoints": self.checkpoints.status(),
             "filters": {f"{tid}/{direction}/{name}": {"before": b, "after": a}
                         for (tid, direction, name), (b, a) in dict(self.node.filter_bytes).items()},
             "counters": dict(self.node.counters),
