@@ -102,6 +102,11 @@ class Checkpoints:
         """The earliest iteration of a held checkpoint, or None when none is held."""
         return min(get(m.body, "iteration", int) for m in self.held) if self.held else None
 
+    def limit(self) -> int:
+        """The last iteration whose summed pushes may be applied now (aggregating tables)."""
+        cut = self.cut
+        return 1 << 62 if cut is None else cut
+
     def on_request(self, msg: Message) -> None:
         """A CHECKPOINT request: hold it until its cut is reached (at once if it is)."""
         key = (msg.sender, msg.ts)
@@ -158,8 +163,10 @@ class Checkpoints:
             return
         self._busy = True
         try:
-            while True:
-                ready = [m for m in self.held if self._ready(m)]
+            while self.held:
+                # Earliest cut first: the pushes deferred for it belong in any later one.
+                cut = self.cut
+                ready = [m for m in self.held if get(m.body, "iteration", int) == cut and self._ready(m)]
                 if not ready:
                     break
                 for m in ready:
@@ -184,7 +191,7 @@ class Checkpoints:
             except Exception:
                 log.exception("server %d: a push deferred by a checkpoint failed", server.node.id)
             tables.add(m.table)
-        for table in tables:
+        for table in list(server.sync):  # sums held back by the cut, and the replayed ones
             server._aggregate(table)
         pulls, self.pulls = self.pulls, []
         for p in pulls:

@@ -193,6 +193,7 @@ class Server:
             return
         lo, hi = self._own_span()
         slowest = sync.slowest(lo, hi, self._live_workers())
+        slowest = min(slowest, self.checkpoints.limit())  # sums after a pending checkpoint's cut wait for it
         store = self.stores[table]
         for iteration in sorted(t for t in sync.pending if t <= slowest):
             buffer = sync.pending.pop(iteration)
