@@ -307,3 +307,21 @@ def test_restore_errors_are_clear(fast_env: dict[str, str], tmp_path: Path) -> N
     np.save(good / entry["values"], np.zeros((1, 5), dtype=np.float64))
     with pytest.raises(ps.CheckpointError, match=r"values\.npy holds float64"):
         ps.checkpoint.read_table(good, "w")
+
+
+def test_a_cut_never_reached_expires_and_releases_deferred_pushes(cluster2: ps.LocalCluster,
+                                                                  tmp_path: Path) -> None:
+    keys = np.array([5, 2**63 + 5], dtype=np.uint64)
+    with ps.connect(cluster2.address) as a, ps.connect(cluster2.address) as b:
+        ta = a.table("s", dtype="int64")
+        b.table("s", dtype="int64")  # b never finishes an iteration
+        ta.push(keys, np.ones(2, dtype=np.int64))
+        a.advance()
+        req = a.checkpoint(tmp_path / "never", block=False, timeout=1.0)
+        ta.push(keys, np.full(2, 10, dtype=np.int64)).wait()  # iteration 1: deferred while the request is held
+        exc = req.exception(timeout=60)
+        assert isinstance(exc, ps.RemoteError) and "not every live worker finished it in time" in str(exc)
+        np.testing.assert_array_equal(ta.pull(keys).ravel(), [11, 11])  # applied once the request expired
+        assert all(s["checkpoints"] == {"held": 0, "deferred_pushes": 0, "written": 0}
+                   for s in cluster2.status()["servers"].values())
+    assert not (tmp_path / "never" / "manifest.json").exists()

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import CheckpointError, ProtocolError, PSError
+from .._errors import CheckpointError, ProtocolError, PSError, RequestTimeout
 from ..checkpoint import Location, open_location, read_manifest, server_files
 from ..checkpoint._format import load_file
 from ..placement import KeyMap
@@ -121,7 +121,26 @@ class Checkpoints:
         seqs = get(msg.body, "seqs", list, [])
         if not all(isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p) for p in seqs):
             raise ProtocolError("a checkpoint's seqs must be [[table, seq], ...]")
+        limit = msg.body.get("timeout")
+        if not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit <= 0:
+            raise ProtocolError("a checkpoint's timeout must be a number > 0")
         self.held.append(msg)
+        # The requester gives up after its timeout: stop holding (and deferring pushes) then too.
+        self.server.node.call_later(float(limit), lambda: self._expire(key))
+        self.poll()
+
+    def _expire(self, key: tuple[int, int]) -> None:
+        expired = [m for m in self.held if (m.sender, m.ts) == key]
+        if not expired:
+            return
+        self.held = [m for m in self.held if (m.sender, m.ts) != key]
+        msg = expired[0]
+        log.warning("server %d: checkpoint of iteration %d from node %d expired before its cut was reached",
+                    self.server.node.id, msg.body["iteration"], msg.sender)
+        self.server.node.reply_error(msg, RequestTimeout(
+            f"checkpoint of iteration {msg.body['iteration']}: not every live worker finished it in time"),
+            with_traceback=False)
+        self._replay()
         self.poll()
 
     def defer(self, msg: Message, keys: np.ndarray, values: np.ndarray) -> bool:

@@ -50,7 +50,9 @@ def request_checkpoint(worker: Worker, path: str | os.PathLike[str], iteration: 
     loc.makedirs()
     loc.remove(MANIFEST)
     servers = [s for s in keymap.servers() if keymap.ranges_of(s)]
-    parts = {s: Message(Op.CHECKPOINT, body={"path": loc.url, "iteration": iteration}) for s in servers}
+    limit = worker._node.config.timeout if timeout is None else timeout
+    parts = {s: Message(Op.CHECKPOINT, body={"path": loc.url, "iteration": iteration, "timeout": limit})
+             for s in servers}
     replies: dict[int, dict[str, Any]] = {}
 
     def prepare(server: int, msg: Message) -> None:

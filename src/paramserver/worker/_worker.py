@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._config import Config, parse_address
-from .._errors import ClosedError, InvalidArgument, PSError
+from .._errors import ClosedError, InvalidArgument, PSError, RequestTimeout
 from ..clock import Consistency, Request
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
 from ..placement import KeyMap
@@ -299,7 +299,13 @@ class Worker:
         """
         self._check_open()
         req = request_checkpoint(self, path, self._clock - 1 if iteration is None else iteration, timeout)
-        return req.result(timeout) if block else req
+        if not block:
+            return req
+        try:
+            return req.result(timeout)
+        except RequestTimeout:
+            req.cancel("was cancelled after its wait timed out")
+            raise
 
     def set_clock(self, iteration: int) -> None:
         """Start counting iterations at ``iteration`` instead of 0, e.g. to resume from a
