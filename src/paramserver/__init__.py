@@ -16,9 +16,10 @@ Server" (OSDI 2014). Quick start::
 See README.md and docs/ for the concepts, the configuration and the architecture.
 """
 
-from . import filters
+from . import checkpoint, filters
 from ._config import Config
 from ._errors import (
+    CheckpointError,
     ClosedError,
     ConfigError,
     ConnectError,
@@ -63,6 +64,7 @@ __all__ = [
     "AdaGrad",
     "Adam",
     "Assign",
+    "CheckpointError",
     "ClosedError",
     "Config",
     "ConfigError",
@@ -95,6 +97,7 @@ __all__ = [
     "Worker",
     "Zeros",
     "__version__",
+    "checkpoint",
     "connect",
     "filters",
     "row_shards",

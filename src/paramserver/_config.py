@@ -107,6 +107,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_VNODES", "vnodes", 256, "Virtual nodes per server on the consistent-hash ring (PS_PLACEMENT=ring).", _positive_int),
     Setting("PS_WORKER_FAILURE", "worker_failure", "auto", "What a fixed-size job (DMLC_NUM_WORKER > 0) does when a worker dies: abort (end the job with an error), continue (go on with the others; the data shards it held go to them), or auto (continue if the job uses data shards, else abort).", _worker_failure),
     Setting("PS_DATA_DIR", "data_dir", "", "Folder where data sets are cached (default ~/.cache/paramserver).", str),
+    Setting("PS_CHECKPOINT_DIR", "checkpoint_dir", "", "Directory or fsspec URL under which periodic checkpoints are written, one iter-NNNNNN folder each (needed by the two settings below).", str),
+    Setting("PS_CHECKPOINT_EVERY_ITERS", "checkpoint_every_iters", 0, "The worker of rank 0 checkpoints after every N finished iterations (0: off).", _nonneg_int),
+    Setting("PS_CHECKPOINT_EVERY_SECONDS", "checkpoint_every_seconds", 0.0, "The worker of rank 0 checkpoints at the first iteration end after this many seconds since the last one (0: off).", _nonneg_float),
 )
 
 
@@ -140,6 +143,9 @@ class Config:
     vnodes: int = 256
     worker_failure: str = "auto"
     data_dir: str = ""
+    checkpoint_dir: str = ""
+    checkpoint_every_iters: int = 0
+    checkpoint_every_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

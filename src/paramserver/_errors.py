@@ -9,6 +9,7 @@ Every error the library raises on purpose derives from :class:`PSError`::
     │   └── DTypeError         an array has the wrong dtype (also a TypeError)
     ├── TableError             a table is unknown, or declared again with another spec
     ├── KeyRangeError          keys sent to a server that does not own them
+    ├── CheckpointError        a checkpoint cannot be written, read or restored
     ├── RemoteError            an exception raised on another node, re-raised here
     ├── ConnectError           the scheduler could not be reached at an address
     ├── NodeUnavailable        a peer died or cannot be reached (fail fast, no hang)
@@ -24,6 +25,7 @@ Messages say what happened and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ClosedError",
     "ConfigError",
     "ConnectError",
@@ -70,6 +72,12 @@ class TableError(PSError):
 
 class KeyRangeError(PSError):
     """A request carried keys outside the key ranges owned by the server that received it."""
+
+
+class CheckpointError(PSError):
+    """A checkpoint cannot be written, read or restored: a missing or corrupt manifest or
+    file, a table the checkpoint does not hold, or one declared with another width, dtype
+    or updater than the checkpoint's. The message names the path."""
 
 
 class RemoteError(PSError):

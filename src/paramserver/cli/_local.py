@@ -19,6 +19,7 @@ from typing import Any
 
 from .._config import Config
 from .._errors import ConnectError, InvalidArgument, JobAborted, PSError
+from ..checkpoint import open_location, read_manifest
 from ..scheduler import AdminClient
 from ..worker import open_workers
 from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_all
@@ -48,6 +49,11 @@ class LocalCluster:
         Log level of the node processes (PS_LOG_LEVEL), WARNING by default.
     timeout:
         Seconds to wait for the cluster to come up.
+    restore:
+        A checkpoint (directory or URL) to resume from: every server is started with
+        ``--restore`` and fills each table, when it is declared, with the checkpoint's keys
+        it masters (the number of servers may differ from the checkpoint's). The manifest
+        is checked before any process starts (:class:`CheckpointError` if unreadable).
 
     Attributes
     ----------
@@ -60,7 +66,8 @@ class LocalCluster:
     """
 
     def __init__(self, servers: int = 1, replicas: int = 1, *, workers: int = 0, host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None, log_level: str = "WARNING", timeout: float = 60.0) -> None:
+                 env: dict[str, str] | None = None, log_level: str = "WARNING", timeout: float = 60.0,
+                 restore: str | os.PathLike[str] | None = None) -> None:
         if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
             raise InvalidArgument(f"servers must be an int >= 1, got {servers!r}")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= servers:
@@ -74,6 +81,9 @@ class LocalCluster:
         self.timeout = timeout
         self._env = {**os.environ, "PS_LOG_LEVEL": log_level, **(env or {})}
         Config.from_env(self._env)  # fail early on a bad setting
+        self.restore = open_location(restore).url if restore is not None else None
+        if self.restore is not None:
+            read_manifest(self.restore)  # fail early on a missing or corrupt checkpoint
         self._procs: list[Proc] = []
         self._servers: list[Proc] = []
         self.address = ""
@@ -91,7 +101,8 @@ class LocalCluster:
             self.scheduler_pid = sched.pid
             env = {**self._env, "PS_SCHEDULER": self.address}
             for i in range(self.servers):
-                proc = spawn(f"server {i}", node_command("server", "--host", self.host), env)
+                extra = ("--restore", self.restore) if self.restore else ()
+                proc = spawn(f"server {i}", node_command("server", "--host", self.host, *extra), env)
                 self._servers.append(proc)
                 self._procs.append(proc)
             self._wait_ready()

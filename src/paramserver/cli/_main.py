@@ -52,7 +52,7 @@ def _cmd_server(args: argparse.Namespace, config: Config) -> int:
     if args.scheduler:
         config = Config.from_env(scheduler=args.scheduler)
     signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
-    return run_server(config, host=args.host or "", port=args.port or 0)
+    return run_server(config, host=args.host or "", port=args.port or 0, restore=args.restore)
 
 
 def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
@@ -179,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", help="scheduler address host:port (PS_SCHEDULER or DMLC_PS_ROOT_URI/PORT)")
     s.add_argument("--host", help="address to bind and advertise (PS_HOST)")
     s.add_argument("--port", type=int, help="port to bind (PS_PORT; 0 picks a free one)")
+    s.add_argument("--restore", metavar="PATH",
+                   help="fill every table from the checkpoint at PATH (directory or URL; docs/checkpoints.md)")
     s.set_defaults(fn=_cmd_server)
 
     s = sub.add_parser("worker", help="run a command as a worker of a cluster")

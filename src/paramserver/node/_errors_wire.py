@@ -22,6 +22,7 @@ _PASS_THROUGH = {
         _errors.ConfigError,
         _errors.JobAborted,
         _errors.NodeUnavailable,
+        _errors.CheckpointError,
     )
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from .._config import Config
-from .._errors import ConnectError, JobAborted
+from .._errors import CheckpointError, ConnectError, JobAborted
 from ..node import Node, choose_host, process_info
 from ..transport import Transport
 from ._server import Server
@@ -16,16 +16,25 @@ log = logging.getLogger("paramserver.server")
 
 
 def start_server(config: Config, address: str, *, host: str = "", port: int = 0,
-                 transport: Transport | None = None) -> Server:
+                 transport: Transport | None = None, restore: str | None = None) -> Server:
     """Start a server node, register it with the scheduler at ``address``, start heartbeats.
+
+    With ``restore`` (a checkpoint directory or URL) every table created on this server is
+    filled with the checkpoint's keys it masters (see docs/checkpoints.md).
 
     Raises
     ------
     ConnectError
         No scheduler answered within PS_CONNECT_TIMEOUT.
+    CheckpointError
+        ``restore`` names no readable checkpoint (checked before registering).
     """
     node = Node("server", config, transport)
-    server = Server(node)
+    try:
+        server = Server(node, restore=restore)
+    except BaseException:
+        node.close(linger=0)
+        raise
     node.start(host or config.bind_host() or choose_host(address), port or config.port)
     try:
         node.register(address, {"role": "server", "address": node.address, **process_info()},
@@ -40,15 +49,15 @@ def start_server(config: Config, address: str, *, host: str = "", port: int = 0,
     return server
 
 
-def run_server(config: Config, *, host: str = "", port: int = 0) -> int:
+def run_server(config: Config, *, host: str = "", port: int = 0, restore: str | None = None) -> int:
     """Start a server and serve until the job ends; return the process exit code.
 
-    0 when the scheduler ended the job normally; 1 when the scheduler was unreachable or the
-    job ended with an error; 130 when interrupted.
+    0 when the scheduler ended the job normally; 1 when the scheduler was unreachable, the
+    checkpoint to restore is unreadable, or the job ended with an error; 130 when interrupted.
     """
     try:
-        server = start_server(config, config.scheduler_address(), host=host, port=port)
-    except ConnectError as exc:
+        server = start_server(config, config.scheduler_address(), host=host, port=port, restore=restore)
+    except (ConnectError, CheckpointError) as exc:
         log.error("%s", exc)
         return 1
     node = server.node

@@ -39,6 +39,7 @@ from ..node import Node, error_body
 from ..placement import KEY_SPACE
 from ..protocol import KEY_DTYPE, Message, Op, Status, get
 from ..table import TableSpec
+from ._checkpoint import Checkpoints
 from ._store import Store
 from ._sync import Channel, TableSync
 
@@ -58,7 +59,7 @@ def check_keys(keys: np.ndarray) -> None:
 class Server:
     """Handlers of a server node. Construct, then ``node.start(...)`` and register."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, restore: str | None = None) -> None:
         self.node = node
         self.stores: dict[int, Store] = {}
         self.sync: dict[int, TableSync] = {}
@@ -82,6 +83,8 @@ class Server:
         node.on(Op.REPLICATE, self._on_replicate)
         node.on_abort.append(self._on_abort)
         node.on_nodes_changed.append(self._on_nodes_changed)
+        self.checkpoints = Checkpoints(self, restore)  # writes checkpoints; restores tables from `restore`
+        node.on(Op.CHECKPOINT, self.checkpoints.on_request)
 
     # ------------------------------------------------------------------ tables
     def add_table(self, table_id: int, spec: TableSpec, policy: Consistency | None = None) -> None:
@@ -91,7 +94,9 @@ class Server:
             store.spec.check_compatible(spec)
             return
         spec.validate(import_user_code=True)
-        self.stores[table_id] = Store(spec)
+        store = Store(spec)
+        self.checkpoints.restore(table_id, store)  # a server started with --restore loads its ranges
+        self.stores[table_id] = store
         self.sync[table_id] = TableSync(policy or Consistency())
         log.info("server %d: table %d %r (%s, %s)", self.node.id, table_id, spec.name, spec.describe(),
                  self.sync[table_id].policy)
@@ -250,6 +255,7 @@ class Server:
             return
         lo, hi = self._own_span()
         slowest = sync.slowest(lo, hi, self._live_workers())
+        slowest = min(slowest, self.checkpoints.limit())  # sums after a pending checkpoint's cut wait for it
         store = self.stores[table]
         for iteration in sorted(t for t in set(sync.pending) | set(sync.acks) if t <= slowest):
             buffer = sync.pending.pop(iteration, None)
@@ -325,6 +331,8 @@ class Server:
                 f"table {store.spec.name!r}: values of shape {values.shape} for {len(keys)} keys of width {store.width}"
             )
         self._check_owned(keys)
+        if self.checkpoints.defer(msg, keys, values):  # after a pending checkpoint's cut: applied after it
+            return
         if store.spec.aggregate:
             # Server-side aggregation: sum this iteration's pushes, apply them once complete.
             sync = self.sync[msg.table]
@@ -505,6 +513,8 @@ class Server:
             sync.held.setdefault((msg.sender, msg.ts), msg)
 
     def _answer(self, msg: Message) -> None:
+        if self.checkpoints.hold_pull(msg):  # it must see its sender's pushes deferred by a checkpoint
+            return
         store = self.stores[msg.table]
         try:
             names = msg.body.get("reply_filters", [])
@@ -538,6 +548,7 @@ class Server:
 
     def _release(self, table: int) -> None:
         """Answer the held pulls of ``table`` that may now be answered."""
+        self.checkpoints.poll()  # held checkpoints whose cut is reached are written first
         sync = self.sync.get(table)
         if sync is None or not sync.held:
             return
@@ -578,6 +589,7 @@ class Server:
             "moved": self.moved,
             "replicated": dict(self.replicated),
             "replicated_bytes": self.replicated_bytes,
+            "checkpoints": self.checkpoints.status(),
             "filters": {f"{tid}/{direction}/{name}": {"before": b, "after": a}
                         for (tid, direction, name), (b, a) in dict(self.node.filter_bytes).items()},
             "counters": dict(self.node.counters),

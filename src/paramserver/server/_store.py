@@ -116,6 +116,35 @@ class Store:
         rows = rows[order]
         return keys[rows], self.values[rows]
 
+    def load(self, keys: np.ndarray, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Set the values and optimizer state of distinct ``keys`` (inserting absent ones),
+        as a checkpoint holds them; the updater is not applied. Vectorised.
+
+        Raises
+        ------
+        InvalidArgument
+            Arrays of another shape or dtype than the table's, or state arrays other than
+            the updater's.
+        """
+        n = len(keys)
+        if keys.dtype != np.uint64 or keys.ndim != 1:
+            raise InvalidArgument(f"keys must be a 1-D uint64 array, got {keys.dtype} of shape {keys.shape}")
+        if values.dtype != self.dtype or values.shape != (n, self.width):
+            raise InvalidArgument(f"values of {values.dtype} and shape {values.shape} for {n} keys of a "
+                                  f"{self.dtype} table of width {self.width}")
+        if set(state) != set(self._layout):
+            raise InvalidArgument(f"state arrays {sorted(state)}; the updater keeps {sorted(self._layout)}")
+        for name, (cols, dt, _) in self._layout.items():
+            if state[name].dtype != dt or state[name].shape != (n, cols):
+                raise InvalidArgument(f"state {name!r} of {state[name].dtype} and shape {state[name].shape}; "
+                                      f"expected {dt} and ({n}, {cols})")
+        if n == 0:
+            return
+        rows = self.rows_for_push(keys)
+        self.values[rows] = values
+        for name, arr in state.items():
+            self.state[name][rows] = arr
+
     def export(self) -> dict[str, Any]:
         """Every present key with its values and state, in row order (for status and tests)."""
         n = len(self)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -21,13 +22,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._config import Config, parse_address
-from .._errors import ClosedError, InvalidArgument, PSError
+from .._errors import ClosedError, InvalidArgument, PSError, RequestTimeout
 from ..clock import Consistency, Request
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
 from ..placement import KeyMap
 from ..protocol import Message, Op, get
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
+from ._checkpoint import Periodic, request_checkpoint
 from ._shards import Shard, iterate_shards
 from ._table import Table
 
@@ -86,6 +88,7 @@ class Worker:
         self._started = time.monotonic()
         self.requests = 0
         self._shards_done: Counter[str] = Counter()  # shard set -> shards this worker finished
+        self._periodic = Periodic(self, node.config)
         node.on(Op.POLICY, self._on_policy)
         _open.add(self)
 
@@ -291,10 +294,67 @@ class Worker:
             req.wait(timeout)
 
     def wait_all(self, timeout: float | None = None) -> None:
-        """Wait for every request of this worker that is still in flight."""
+        """Wait for every request of this worker that is still in flight (periodic
+        checkpoints included)."""
         for table in list(self._tables.values()):
             for req in table._inflight.pending():
                 req.wait(timeout)
+        for req in self._periodic.pending():
+            req.wait(timeout)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, path: str | os.PathLike[str], *, iteration: int | None = None, block: bool = True,
+                   timeout: float | None = None) -> Any:
+        """Write every server's master ranges of every table to ``path`` at a consistent cut.
+
+        ``path`` is a directory (created if needed; must be reachable by the servers under
+        the same name, e.g. on the same machine or a shared file system) or an fsspec URL.
+        The cut is ``iteration`` (default ``clock - 1``, the last iteration this worker
+        finished): each server writes once every live worker has finished that iteration
+        on its ranges and this worker's pushes sent before the call are applied; pushes of
+        later iterations that reach a server after the request are applied after the write.
+        With ``w.advance(); if w.rank == 0: w.checkpoint(path); w.barrier()`` in every
+        worker the checkpoint holds exactly the pushes of iterations ``<= iteration``; see
+        docs/checkpoints.md for the layout and the guarantees under each consistency model.
+
+        Returns the manifest (a dict, also written as ``path/manifest.json``), or with
+        ``block=False`` a :class:`Request` whose ``result()`` is the manifest.
+
+        Raises
+        ------
+        InvalidArgument
+            ``iteration`` not finished by this worker yet (it would wait for itself).
+        CheckpointError
+            A server or this worker could not write its files.
+        RequestTimeout
+            Not every live worker reached the iteration in time (PS_TIMEOUT if None).
+        """
+        self._check_open()
+        req = request_checkpoint(self, path, self._clock - 1 if iteration is None else iteration, timeout)
+        if not block:
+            return req
+        try:
+            return req.result(timeout)
+        except RequestTimeout:
+            req.cancel("was cancelled after its wait timed out")
+            raise
+
+    def set_clock(self, iteration: int) -> None:
+        """Start counting iterations at ``iteration`` instead of 0, e.g. to resume from a
+        checkpoint (``checkpoint.read_manifest(path)["iteration"] + 1``). Call it before
+        declaring any table, in every worker.
+
+        Raises
+        ------
+        InvalidArgument
+            A table is already declared, or ``iteration`` is not an int >= 0.
+        """
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+            raise InvalidArgument(f"iteration must be an int >= 0, got {iteration!r}")
+        with self._clock_lock:
+            if self._tables:
+                raise InvalidArgument("set_clock() must be called before the first table is declared")
+            self._clock = iteration
 
     # ------------------------------------------------------------------ iterations
     @property
@@ -319,6 +379,7 @@ class Worker:
             finally:
                 for table in tables:
                     table._lock.release()
+            self._periodic.on_advance(completed)  # before the ticks: the servers learn the cut first
             for table in tables:
                 for f in table._push_filters:
                     f.advance()
@@ -415,6 +476,11 @@ class Worker:
                         req.wait(timeout)
             except PSError as exc:
                 log.warning("worker %d: could not flush held-back updates: %s", self.id, exc)
+            for req in self._periodic.pending():  # a periodic checkpoint under way is completed
+                try:
+                    req.wait(timeout)
+                except PSError as exc:
+                    log.warning("worker %d: periodic checkpoint not completed: %s", self.id, exc)
         self._closed = True
         node = self._node
         if node.aborted is None:
