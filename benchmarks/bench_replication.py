@@ -30,8 +30,10 @@ benchmarks/results/replication.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
 import tempfile
@@ -79,7 +81,7 @@ def _node_env(extra: dict[str, str], prewarm: str | None) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- failover
 def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
-                   after: float = 0.5, limit: float = 60.0) -> dict[str, Any]:
+                   after: float = 0.3, limit: float = 60.0) -> dict[str, Any]:
     """One cluster, one SIGKILL; see the module docstring."""
     hb = {"PS_HEARTBEAT_INTERVAL": "0.1", "PS_HEARTBEAT_TIMEOUT": f"{timeout:g}"}
     out: dict[str, Any] = {"timeout": timeout, "victim": victim, "ok": False, "error": None}
@@ -87,6 +89,7 @@ def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
     cluster = None
     w = None
     killer: threading.Timer | None = None
+    stop = threading.Event()  # ends the key map watcher
     try:
         cluster = ps.LocalCluster(servers=3, replicas=2, env=_node_env(hb, prewarm), log_level="ERROR")
         w = ps.connect(cluster.address, config=ps.Config.from_env({**os.environ, **hb}))
@@ -112,9 +115,21 @@ def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
         pid = cluster.server_pids[victim]
         killed: list[float] = []
 
+        map_seen: list[float] = []
+
+        def watch() -> None:  # when the new key map (the promotion) reaches this worker
+            while not stop.is_set():
+                keymap = getattr(getattr(w, "_node", None), "keymap", None)
+                if keymap is not None and getattr(keymap, "epoch", 1) > 1:
+                    map_seen.append(time.perf_counter())
+                    return
+                time.sleep(0.001)
+
         def kill() -> None:
             killed.append(time.perf_counter())
             os.kill(pid, signal.SIGKILL)
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
 
         killer = threading.Timer(float(rng.uniform(0.1, 0.3)), kill)  # a random point between pushes
         killer.start()
@@ -131,13 +146,16 @@ def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
             if e > deadline:
                 raise RuntimeError(f"no push started after the kill was acknowledged within {limit:g} s")
         t_kill = killed[0]
-        got = t.pull(keys, timeout=limit)
+        stop.set()
+        got = np.asarray(t.pull(keys, timeout=limit)).reshape(-1)
         status = cluster.status()
         mismatched = int(np.count_nonzero(got != ref))
-        gaps = [b[1] - a[1] for a, b in zip(acks, acks[1:], strict=False) if b[1] > t_kill]
+        gaps = [b[1] - a[1] for a, b in itertools.pairwise(acks) if b[1] > t_kill]
         out.update(
             failover=first_after - t_kill,
             recovery=first_after - t_kill - timeout,
+            map_at_worker=map_seen[0] - t_kill if map_seen else None,
+            after_map=first_after - map_seen[0] if map_seen else None,
             max_ack_gap=max(gaps) if gaps else 0.0,
             pushes=len(acks),
             mismatched_keys=mismatched,
@@ -151,6 +169,7 @@ def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
+        stop.set()
         if killer is not None:
             killer.cancel()
         if w is not None:
@@ -171,8 +190,10 @@ def bench_failover(trials: int, prewarm: str | None) -> dict[str, Any]:
             r = failover_trial(timeout, i % 3, 1000 * i + int(timeout * 10), prewarm)
             rows.append(r)
             if r["ok"]:
+                seen = f"{r['map_at_worker']:.3f} s" if r["map_at_worker"] is not None else "not seen"
                 print(f"  T={timeout:g}s trial {i + 1:2d}/{trials}: server {r['victim']} killed, failover "
-                      f"{r['failover']:.3f} s, {r['pushes']} pushes, sums exact", flush=True)
+                      f"{r['failover']:.3f} s (new key map at the worker after {seen}), {r['pushes']} pushes, "
+                      f"sums exact", flush=True)
             else:
                 print(f"  T={timeout:g}s trial {i + 1:2d}/{trials}: FAILED: {r['error']}", flush=True)
         good = [r["failover"] for r in rows if r["ok"]]
@@ -182,12 +203,17 @@ def bench_failover(trials: int, prewarm: str | None) -> dict[str, Any]:
                            recovery_p50=float(np.median(good)) - timeout,
                            recovery_max=float(np.max(good)) - timeout,
                            detection_share_p50=timeout / float(np.median(good)))
+            at_map = [r["map_at_worker"] for r in rows if r["ok"] and r["map_at_worker"] is not None]
+            rest = [r["after_map"] for r in rows if r["ok"] and r["after_map"] is not None]
+            if at_map and rest:
+                summary.update(map_at_worker_p50=float(np.median(at_map)), map_at_worker_max=float(np.max(at_map)),
+                               after_map_p50=float(np.median(rest)), after_map_max=float(np.max(rest)))
         out[f"{timeout:g}"] = {"summary": summary, "trials": rows}
     return out
 
 
 # ---------------------------------------------------------------------------- throughput
-def _tp_worker(address: str, aggregate: bool, iters: int, q: Any, go: Any) -> None:
+def _tp_worker(address: str, aggregate: bool, iters: int, q: Any, ready: Any, go: Any) -> None:
     with ps.connect(address) as w:
         t = w.table("g", width=WIDTH, dtype="float32", aggregate=aggregate)
         rng = np.random.default_rng(12345)  # the same keys in every worker: one model, 3 gradients
@@ -206,6 +232,10 @@ def _tp_worker(address: str, aggregate: bool, iters: int, q: Any, go: Any) -> No
 
         run(WARM_ITERS)
         w.barrier()
+        if w.rank == 0:  # the main process reads the servers' counters before the timed iterations
+            q.put({"warm": True})
+            ready.wait(300)
+        w.barrier()
         start = time.perf_counter()
         run(iters)
         elapsed = time.perf_counter() - start
@@ -219,47 +249,58 @@ def _tp_worker(address: str, aggregate: bool, iters: int, q: Any, go: Any) -> No
         go.wait(300)  # the cluster's status is read before the job ends
 
 
+def _replication_counters(cluster: ps.LocalCluster) -> dict[str, int]:
+    """Replicated messages per kind and bytes, summed over the servers."""
+    out = {"bytes": 0}
+    for s in cluster.status()["servers"].values():
+        out["bytes"] += s.get("replicated_bytes", 0)
+        for k, n in s.get("replicated", {}).items():
+            out[k] = out.get(k, 0) + n
+    return out
+
+
 def throughput_run(replicas: int, aggregate: bool, iters: int, prewarm: str | None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out: dict[str, Any] = {"replicas": replicas, "aggregate": aggregate, "iters": iters, "ok": False, "error": None}
     procs: list[Any] = []
-    go = ctx.Event()
+    ready, go = ctx.Event(), ctx.Event()
     cluster = None
     try:
         cluster = ps.LocalCluster(servers=3, replicas=replicas, workers=WORKERS, env=_node_env({}, prewarm),
                                   log_level="ERROR")
         q = ctx.Queue()
-        procs = [ctx.Process(target=_tp_worker, args=(cluster.address, aggregate, iters, q, go), daemon=True)
+        procs = [ctx.Process(target=_tp_worker, args=(cluster.address, aggregate, iters, q, ready, go), daemon=True)
                  for _ in range(WORKERS)]
         for p in procs:
             p.start()
-        results = []
-        for _ in procs:
-            deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 600
+
+        def get() -> dict[str, Any]:
             while True:
                 try:
-                    results.append(q.get(timeout=1.0))
-                    break
-                except Exception:
-                    dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                    if dead or time.monotonic() > deadline:
+                    msg: dict[str, Any] = q.get(timeout=1.0)
+                    return msg
+                except queue.Empty:
+                    if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
                         raise RuntimeError(f"a worker process failed (exit codes {[p.exitcode for p in procs]})")
-        status = cluster.status()["servers"]
+
+        if not get().get("warm"):
+            raise RuntimeError("expected the end of the warm-up first")
+        before = _replication_counters(cluster)
+        ready.set()
+        results = [get() for _ in procs]
+        after = _replication_counters(cluster)
         go.set()
-        kinds: dict[str, int] = {}
-        for s in status.values():
-            for k, n in s.get("replicated", {}).items():
-                kinds[k] = kinds.get(k, 0) + n
-        total_iters = WARM_ITERS + iters
-        rbytes = sum(s.get("replicated_bytes", 0) for s in status.values())
+        kinds = {k: after[k] - before.get(k, 0) for k in after if k != "bytes"}
+        rbytes = after["bytes"] - before.get("bytes", 0)
         pushed_bytes = WORKERS * KEYS_PER_PUSH * (8 + 4 * WIDTH)
         mismatched = sum(r.get("mismatched_keys", 0) for r in results)
         out.update(
             keys_per_s=sum(r["keys_per_s"] for r in results),
             per_worker_keys_per_s=[r["keys_per_s"] for r in results],
             replicated_bytes=rbytes,
-            replicated_bytes_per_iter=rbytes / total_iters,
-            replicated_per_iter={k: n / total_iters for k, n in kinds.items()},
+            replicated_bytes_per_iter=rbytes / iters,
+            replicated_per_iter={k: n / iters for k, n in kinds.items()},
             pushed_bytes_per_iter=pushed_bytes,
             mismatched_keys=mismatched,
         )
@@ -283,18 +324,31 @@ def throughput_run(replicas: int, aggregate: bool, iters: int, prewarm: str | No
     return out
 
 
-def bench_throughput(iters: int, prewarm: str | None) -> list[dict[str, Any]]:
-    rows = []
-    for replicas in (1, 2, 3):
-        for aggregate in (False, True):
+def bench_throughput(iters: int, rounds: int, prewarm: str | None) -> tuple[list[dict[str, Any]], int]:
+    """Every configuration ``rounds`` times, the rounds interleaved (the machine's speed drifts);
+    each row is the fastest round. Returns the rows and the number of failed runs."""
+    configs = [(replicas, aggregate) for replicas in (1, 2, 3) for aggregate in (False, True)]
+    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {c: [] for c in configs}
+    failed = 0
+    for rnd in range(rounds):
+        for replicas, aggregate in configs:
             r = throughput_run(replicas, aggregate, iters, prewarm)
-            rows.append(r)
+            runs[(replicas, aggregate)].append(r)
+            head = f"  round {rnd + 1}/{rounds} replicas={replicas} aggregate={aggregate!s:5}:"
             if r["ok"]:
-                print(f"  replicas={replicas} aggregate={aggregate!s:5}: {r['keys_per_s'] / 1e3:.0f} k keys/s, "
+                print(f"{head} {r['keys_per_s'] / 1e3:.0f} k keys/s, "
                       f"replicated {fmt_bytes(int(r['replicated_bytes_per_iter']))}/iteration", flush=True)
             else:
-                print(f"  replicas={replicas} aggregate={aggregate!s:5}: FAILED: {r['error']}", flush=True)
-    return rows
+                failed += 1
+                print(f"{head} FAILED: {r['error']}", flush=True)
+    rows = []
+    for c in configs:
+        ok = [r for r in runs[c] if r["ok"]]
+        best = dict(max(ok, key=lambda r: r["keys_per_s"]) if ok else runs[c][-1])
+        best["rounds_keys_per_s"] = [r.get("keys_per_s") for r in runs[c]]
+        best["rounds_errors"] = [r["error"] for r in runs[c] if r["error"]]
+        rows.append(best)
+    return rows, failed
 
 
 # ---------------------------------------------------------------------------- report
@@ -302,20 +356,24 @@ def report(failover: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, An
     print("\nFailover: 3 servers, replicas=2, heartbeat every 0.1 s, 1 synchronous pusher (64 keys/push), "
           "SIGKILL one server per trial")
     print(f"{'T (detect)':>10} {'trials ok':>10} {'p50 s':>7} {'max s':>7} {'min s':>7} {'paper s':>8} "
-          f"{'recovery p50':>13} {'recovery max':>13} {'T share':>8}")
+          f"{'recovery p50':>13} {'recovery max':>13} {'T share':>8} {'map p50/max':>12} {'after map p50/max':>18}")
     for key, entry in failover.items():
         s = entry["summary"]
         if s["ok"]:
+            split = (f"{s['map_at_worker_p50']:.3f}/{s['map_at_worker_max']:.3f} "
+                     f"{s['after_map_p50']:.3f}/{s['after_map_max']:.3f}" if "after_map_p50" in s else "n/a")
             print(f"{key + ' s':>10} {s['ok']:>4}/{s['trials']:<5} {s['p50']:7.3f} {s['max']:7.3f} {s['min']:7.3f} "
                   f"{PAPER_FAILOVER_S:8.1f} {s['recovery_p50']:13.3f} {s['recovery_max']:13.3f} "
-                  f"{s['detection_share_p50']:8.0%}")
+                  f"{s['detection_share_p50']:8.0%} {split:>31}")
         else:
             print(f"{key + ' s':>10} {0:>4}/{s['trials']:<5} every trial failed")
         for r in entry["trials"]:
             if not r["ok"]:
                 print(f"{'':>10} FAILED trial (server {r['victim']}): {r['error']}")
-    print("  recovery = failover - T (promotion, new key map to every node, the push resent); "
-          "T share = T / p50")
+    print("  failover: kill -> ack of the first push started after it; recovery = failover - T; T share = T / p50.\n"
+          "  The scheduler sees a death T - (age of the last heartbeat, < 0.1 s) + (tick, < 0.05 s) after the kill,\n"
+          "  so recovery can be negative. map: kill -> the new key map (epoch 2) reaches the worker (detection,\n"
+          "  promotion, broadcast); after map: from then to the ack (the worker resends to the new master).")
 
     print(f"\nPush throughput: 3 servers, {WORKERS} worker processes each pushing the same {KEYS_PER_PUSH} keys x "
           f"{WIDTH} float32 per iteration, {DEPTH} iterations in flight")
@@ -335,8 +393,12 @@ def report(failover: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, An
         print(f"{r['replicas']:>8} {r['aggregate']!s:>9} {r['keys_per_s']:10.0f} {ratio:6.2f} "
               f"{fmt_bytes(int(r['replicated_bytes_per_iter'])):>16} "
               f"{r['replicated_bytes_per_iter'] / r['pushed_bytes_per_iter']:9.2f} {msgs:>29}")
-    print("  ratio: keys/s over replicas=1 without aggregation (same run); vs pushed: bytes replicated per "
-          "byte the workers pushed")
+    print("  keys/s: the fastest round; ratio: to replicas=1 without aggregation (same run); vs pushed: bytes\n"
+          "  replicated per byte the workers pushed; msgs: replication messages the servers sent per iteration")
+    for r in rows:
+        if len(r.get("rounds_keys_per_s", [])) > 1:
+            rates = ", ".join(f"{x / 1e3:.0f}k" if x else "failed" for x in r["rounds_keys_per_s"])
+            print(f"  rounds, replicas={r['replicas']} aggregate={r['aggregate']!s:5}: {rates} keys/s")
     return ratios
 
 
@@ -344,13 +406,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="5 failover trials per timeout, fewer iterations")
     ap.add_argument("--trials", type=int, default=None, help="failover trials per timeout (20; 5 with --quick)")
-    ap.add_argument("--iters", type=int, default=None, help="timed iterations per throughput run (40; 10 with --quick)")
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations per throughput run (400; 40 with --quick)")
+    ap.add_argument("--rounds", type=int, default=None, help="throughput rounds, best kept (2; 1 with --quick)")
     ap.add_argument("--no-prewarm", action="store_true", help="let servers load numba code on their first push")
     ap.add_argument("--skip-failover", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     trials = args.trials or (5 if args.quick else 20)
-    iters = args.iters or (10 if args.quick else 40)
+    iters = args.iters or (40 if args.quick else 400)
+    rounds = args.rounds or (1 if args.quick else 2)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp:
         prewarm = None
@@ -359,21 +423,25 @@ def main() -> None:
             prewarm = tmp
         failover: dict[str, Any] = {}
         rows: list[dict[str, Any]] = []
+        tp_failed = 0
         if not args.skip_failover:
             print(f"failover: {trials} trials for each T in {TIMEOUTS}", flush=True)
             failover = bench_failover(trials, prewarm)
         if not args.skip_throughput:
-            print(f"throughput: {iters} iterations per run", flush=True)
-            rows = bench_throughput(iters, prewarm)
+            print(f"throughput: {iters} iterations per run, {rounds} round(s)", flush=True)
+            rows, tp_failed = bench_throughput(iters, rounds, prewarm)
     ratios = report(failover, rows)
-    failed = sum(e["summary"]["failed"] for e in failover.values()) + sum(not r["ok"] for r in rows)
+    failed = sum(e["summary"]["failed"] for e in failover.values()) + tp_failed
     elapsed = time.perf_counter() - started
-    path = write("replication", {"quick": args.quick, "prewarm": not args.no_prewarm, "seconds": elapsed,
+    path = write("replication", {"quick": args.quick, "prewarm": not args.no_prewarm, "seconds": elapsed, "rounds": rounds,
+                                 "iters": iters, "trials": trials,
                                  "paper_failover_s": PAPER_FAILOVER_S, "failover": failover,
                                  "throughput": rows, "ratios": ratios, "failed": failed})
     if failed:
         print(f"\n!!! {failed} failed trial(s)/run(s): see above and {path}", file=sys.stderr)
     print(f"wrote {path} ({elapsed:.0f} s)")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,51 @@ class LocalCluster:
 
     @property
     def server_pids(self) -> list[int]:
+        """OS process ids of the servers, in order of start (drained and dead ones included)."""
         return [p.pid for p in self._servers]
+
+    def server_id(self, i: int) -> int:
+        """The node id of the ``i``-th server started (as ``paramserver status`` shows it)."""
+        pid = self._servers[i].pid
+        for sid, s in self.status()["servers"].items():
+            if s.get("pid") == pid:
+                return int(sid)
+        raise InvalidArgument(f"server {i} (pid {pid}) is not a member of the cluster (drained or dead)")
+
+    def add_server(self, timeout: float | None = None) -> int:
+        """Start one more server: it joins the running cluster and takes over its share of
+        the key ranges by two-phase migration while training goes on. Returns its index in
+        :attr:`server_pids` once it masters its ranges.
+
+        Raises
+        ------
+        ConnectError
+            The server exited, or the migration did not finish within ``timeout``.
+        """
+        env = {**self._env, "PS_SCHEDULER": self.address}
+        proc = spawn(f"server {len(self._servers)}", node_command("server", "--host", self.host), env)
+        self._servers.append(proc)
+        self._procs.append(proc)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ConnectError(f"LocalCluster: {proc} exited with code {proc.poll()} while joining")
+            status = self.status()
+            ids = [int(sid) for sid, s in status["servers"].items() if s.get("pid") == proc.pid]
+            masters = {entry[2] for entry in (status.get("keymap") or {}).get("ranges", [])}
+            if ids and ids[0] in masters:
+                return len(self._servers) - 1
+            time.sleep(0.05)
+        raise ConnectError(f"LocalCluster: the new server did not take over its key ranges within {timeout} s")
+
+    def remove_server(self, i: int, timeout: float = 120.0) -> None:
+        """Drain the ``i``-th server: its key ranges move to the others (two-phase
+        migration, training goes on), then it stops. Returns once it has exited."""
+        node = self.server_id(i)
+        with AdminClient(self.address, timeout=timeout, config=Config.from_env(self._env)) as admin:
+            admin.drain(node)
+        if not wait_all([self._servers[i]], timeout):
+            raise ConnectError(f"LocalCluster: drained server {i} did not exit within {timeout:g} s")
 
     def status(self) -> dict[str, Any]:
         """The cluster's status as ``paramserver status --json`` prints it."""

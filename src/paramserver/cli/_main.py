@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .._config import SETTINGS, Config, parse_address
-from .._errors import PSError
+from .._errors import InvalidArgument, PSError
 from .._version import __version__
 
 __all__ = ["main"]
@@ -49,8 +49,10 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
 def _cmd_server(args: argparse.Namespace, config: Config) -> int:
     from ..server import run_server
 
-    if args.scheduler:
-        config = Config.from_env(scheduler=args.scheduler)
+    if args.join and args.scheduler:
+        raise InvalidArgument("give --scheduler or --join, not both")
+    if args.scheduler or args.join:
+        config = Config.from_env(scheduler=args.scheduler or args.join)
     signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
     return run_server(config, host=args.host or "", port=args.port or 0, restore=args.restore)
 
@@ -140,6 +142,16 @@ def _cmd_data(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_drain(args: argparse.Namespace, config: Config) -> int:
+    from ..scheduler import AdminClient
+
+    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+        keymap = admin.drain(args.node)
+    print(f"server {args.node} was drained and stopped; key map epoch {keymap['epoch']}, "
+          f"{len(keymap['ranges'])} ranges on the other servers")
+    return 0
+
+
 def _cmd_consistency(args: argparse.Namespace, config: Config) -> int:
     from ..clock import Consistency
     from ..scheduler import AdminClient
@@ -179,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", help="scheduler address host:port (PS_SCHEDULER or DMLC_PS_ROOT_URI/PORT)")
     s.add_argument("--host", help="address to bind and advertise (PS_HOST)")
     s.add_argument("--port", type=int, help="port to bind (PS_PORT; 0 picks a free one)")
+    s.add_argument("--join", metavar="ADDRESS",
+                   help="join the running cluster of the scheduler at ADDRESS: the server takes over its "
+                        "share of the key ranges while training goes on")
     s.add_argument("--restore", metavar="PATH",
                    help="fill every table from the checkpoint at PATH (directory or URL; docs/checkpoints.md)")
     s.set_defaults(fn=_cmd_server)
@@ -213,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", default="shutdown requested from the command line")
     s.add_argument("--timeout", type=float, default=10.0)
     s.set_defaults(fn=_cmd_shutdown)
+
+    s = sub.add_parser("drain", help="move every key range off a server, then stop it (training goes on)")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("node", type=int, help="node id of the server (see paramserver status)")
+    s.add_argument("--timeout", type=float, default=120.0)
+    s.set_defaults(fn=_cmd_drain)
 
     s = sub.add_parser("consistency", help="change a table's consistency model while the job runs")
     s.add_argument("address", help="scheduler address host:port")

@@ -74,6 +74,15 @@ class _Pending:
     #: peer -> the part as it left (sequence number stamped, before filters)
     sent: dict[int, Message] = dataclasses.field(default_factory=dict)
     hops: int = 0
+    #: peers whose part was already sent on (a "moved" answer and a death must not both do it)
+    rerouted: set[int] = dataclasses.field(default_factory=set)
+
+    def claim(self, peer: int) -> bool:
+        """Mark ``peer``'s part as being sent on; False if it already was (under the node lock)."""
+        if peer in self.rerouted:
+            return False
+        self.rerouted.add(peer)
+        return True
 
 
 @dataclass
@@ -244,6 +253,14 @@ class Node:
         for fn in list(self.on_nodes_changed):
             fn(gone)
 
+    def adopt_keymap(self, keymap: KeyMap) -> bool:
+        """Use ``keymap`` if it is newer than the cached one; True if it was adopted."""
+        with self._lock:
+            if self.keymap is not None and keymap.epoch <= self.keymap.epoch:
+                return False
+            self.keymap = keymap
+            return True
+
     def peer_failed(self, node: int, exc: PSError) -> None:
         """Fail every pending request that awaits a part from ``node``; drop the link."""
         with self._lock:
@@ -258,7 +275,7 @@ class Node:
         for p in sorted(waiting, key=lambda p: p.req.ts):  # in issue order: pushes keep their order
             if p.reroute is not None and self._gone_from_map(node):
                 with self._lock:
-                    left = node in p.sent
+                    left = node in p.sent and p.claim(node)
                 if left:
                     self._reroute(p, node, exc)
                 # else: not sent yet; it goes to the new owners when it leaves
@@ -460,7 +477,9 @@ class Node:
             msg.sender = self.id
             keymap = self.keymap
             if pending is not None and reroute is not None and keymap is not None and 0 < msg.epoch < keymap.epoch:
-                pending.sent[peer] = msg  # sliced under an older map: go to the current owners
+                with self._lock:
+                    pending.sent[peer] = msg  # sliced under an older map: go to the current owners
+                    pending.claim(peer)
                 self._reroute(pending, peer, None)
                 continue
             try:
@@ -487,7 +506,8 @@ class Node:
         req.sent = True
 
     def _reroute(self, p: _Pending, peer: int, cause: PSError | None) -> None:
-        """Send the part of ``p`` meant for ``peer`` to the current owners of its keys."""
+        """Send the part of ``p`` meant for ``peer`` to the current owners of its keys (once:
+        the caller claimed the part with :meth:`_Pending.claim`)."""
         req = p.req
         with self._lock:
             original = p.sent.get(peer)
@@ -534,10 +554,12 @@ class Node:
             except ProtocolError as exc:
                 p.req.fail(exc)
                 return
-            with self._lock:
-                if self.keymap is None or theirs.epoch > self.keymap.epoch:
-                    self.keymap = theirs
+            self.adopt_keymap(theirs)
         mine = self.keymap.epoch if self.keymap is not None else 0
+        with self._lock:
+            first = p.claim(msg.sender)
+        if not first:
+            return
         if theirs is not None and theirs.epoch < mine:  # the receiver has not heard of the change yet
             self.call_later(0.05, lambda: self._reroute(p, msg.sender, None))
         else:

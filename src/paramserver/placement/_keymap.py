@@ -14,13 +14,14 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from .._errors import InvalidArgument, ProtocolError
 
-__all__ = ["KEY_SPACE", "Assignment", "KeyMap", "KeyRange"]
+__all__ = ["KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges"]
 
 #: One past the largest key.
 KEY_SPACE = 1 << 64
@@ -169,7 +170,8 @@ class KeyMap:
         return self._masters[np.searchsorted(self._bounds, keys, side="right")]
 
     def chains(self, keys: np.ndarray) -> dict[tuple[int, ...], list[tuple[int, int]]]:
-        """Split sorted keys by the replica chain of their range: ``{chain: [(start, stop)...]}``.
+        """Split sorted keys by the replica chain of their range: ``{chain: [(start, stop)...]}``,
+        one (start, stop) pair per range hit.
 
         Only non-empty chains appear (a range without replicas needs no forwarding). Like
         :meth:`slice`, one ``np.searchsorted`` over the range bounds.
@@ -186,11 +188,7 @@ class KeyMap:
         for c, a, b in zip(self._chain_ids[hit].tolist(), starts[hit].tolist(), stops[hit].tolist(), strict=True):
             chain = self._chains[c]
             if chain:
-                pieces = out.setdefault(chain, [])
-                if pieces and pieces[-1][1] == a:
-                    pieces[-1] = (pieces[-1][0], b)  # neighbours on the same chain: one piece
-                else:
-                    pieces.append((a, b))
+                out.setdefault(chain, []).append((a, b))  # one piece per range: spans stay inside it
         return out
 
     def replicated_ranges(self, master: int) -> dict[tuple[int, ...], list[KeyRange]]:
@@ -230,6 +228,22 @@ class KeyMap:
             out.setdefault(a.master, []).append(KeyRange(max(lo, a.range.lo), min(hi, a.range.hi)))
         return out
 
+    def restored(self, replicas: int, servers: list[int], epoch: int) -> KeyMap:
+        """This map with every chain grown back to ``replicas`` copies (fewer if fewer
+        servers): a short chain gets the next servers after its master in id order."""
+        live = sorted(servers)
+        entries = []
+        for a in self._entries:
+            chain = [a.master, *a.replicas]
+            start = bisect_right(live, a.master)
+            for node in live[start:] + live[:start]:
+                if len(chain) >= min(replicas, len(live)):
+                    break
+                if node not in chain:
+                    chain.append(node)
+            entries.append(Assignment(a.range, chain[0], tuple(chain[1:])))
+        return KeyMap(epoch, _merged(entries))
+
     def replicas(self) -> int:
         """The smallest number of copies of any range (master included)."""
         return min(1 + len(a.replicas) for a in self._entries)
@@ -268,3 +282,47 @@ def _merged(entries: list[Assignment]) -> list[Assignment]:
             a = Assignment(KeyRange(prev.range.lo, a.range.hi), a.master, a.replicas)
         out.append(a)
     return out
+
+
+def in_ranges(keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """A boolean mask: which of ``keys`` (uint64, any order) lie in one of ``ranges`` (sorted,
+    disjoint ``[lo, hi)``, hi up to 2**64). One ``np.searchsorted``."""
+    if not ranges:
+        return np.zeros(len(keys), dtype=bool)
+    los = np.array([r[0] for r in ranges], dtype=np.uint64)
+    lasts = np.array([r[1] - 1 for r in ranges], dtype=np.uint64)
+    i = np.searchsorted(los, keys, side="right") - 1
+    return (i >= 0) & (keys <= lasts[np.maximum(i, 0)])
+
+
+def copy_plan(old: KeyMap, new: KeyMap) -> dict[int, dict[int, list[tuple[int, int]]]]:
+    """What must be copied to go from ``old`` to ``new``: ``{source: {target: [ranges]}}``.
+
+    A range's data goes to every node that holds it in ``new`` (master or replica) and did
+    not in ``old``, from its master in ``old``. Ranges are sorted, disjoint, merged.
+    """
+    cuts = sorted({a.range.lo for a in old} | {a.range.lo for a in new} | {KEY_SPACE})
+    plan: dict[int, dict[int, list[tuple[int, int]]]] = {}
+    for lo, hi in pairwise(cuts):
+        before = old.chain_of(lo)
+        for target in new.chain_of(lo):
+            if target not in before:
+                ranges = plan.setdefault(before[0], {}).setdefault(target, [])
+                if ranges and ranges[-1][1] == lo:
+                    ranges[-1] = (ranges[-1][0], hi)
+                else:
+                    ranges.append((lo, hi))
+    return plan
+
+
+def extended(old: KeyMap, new: KeyMap, epoch: int) -> KeyMap:
+    """The map between ``old`` and ``new`` during a migration: the masters of ``old``, each
+    chain with the nodes that ``new`` adds to it placed right after the master (so that the
+    master's copy and its later updates reach them in order, over one link)."""
+    cuts = sorted({a.range.lo for a in old} | {a.range.lo for a in new} | {KEY_SPACE})
+    entries = []
+    for lo, hi in pairwise(cuts):
+        before = old.chain_of(lo)
+        added = tuple(n for n in new.chain_of(lo) if n not in before)
+        entries.append(Assignment(KeyRange(lo, hi), before[0], added + before[1:]))
+    return KeyMap(epoch, _merged(entries))

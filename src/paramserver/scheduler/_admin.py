@@ -51,6 +51,13 @@ class AdminClient:
         self.node.call(SCHEDULER_ID, Message(Op.POLICY, body={"name": table, "policy": policy.to_wire()}),
                        f"changing the consistency of table {table!r}", self.timeout)
 
+    def drain(self, node: int) -> dict[str, Any]:
+        """Move every key range off server ``node`` and stop it; return the new key map."""
+        reply = self.node.call(SCHEDULER_ID, Message(Op.DRAIN, body={"node": node}),
+                               f"draining server {node}", self.timeout)
+        keymap: dict[str, Any] = reply.body["keymap"]
+        return keymap
+
     def close(self) -> None:
         """Say goodbye (so the scheduler forgets this client) and close."""
         if self.node.aborted is None and not self._ended:

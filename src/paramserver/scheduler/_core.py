@@ -36,7 +36,7 @@ from typing import Any
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
 from ..clock import Consistency
 from ..node import SCHEDULER_ID, NodeInfo, error_body
-from ..placement import EvenSplit, KeyMap, Placement
+from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended
 from ..protocol import Message, Op, Status, get
 from ..table import TableSpec
 from ._shards import ShardManager
@@ -147,9 +147,16 @@ class SchedulerCore:
         self._byes: set[int] = set()
         self._ranks: dict[int, int] = {}
         self._answered: set[int] = set()
+        self._draining: set[int] = set()
+        #: Completed key-map migrations (joins, drains, restored replicas).
+        self.migrations = 0
         #: Servers lost and replaced by their replicas so far.
         self.failovers = 0
         self.shards = ShardManager(worker_failure)  # data shards of the workers (_shards.py)
+        #: Key-map changes run one at a time: (name, build the target map, then) queued here.
+        self._migrating = False
+        self._migrations: list[tuple[str, Callable[[], KeyMap | None], Callable[[bool, str], list[Action]]]] = []
+        self._epoch = 0  # the highest epoch handed out (a failure during a migration skips past it)
 
     # ================================================================= helpers
     def _members(self, role: str) -> list[int]:
@@ -209,6 +216,7 @@ class SchedulerCore:
             Op.STATUS: self._on_status,
             Op.POLICY: self._on_policy,
             Op.PING: self._on_ping,
+            Op.DRAIN: self._on_drain,
             Op.TASK: self._on_task,
         }.get(msg.op)
         if handler is None:
@@ -291,13 +299,109 @@ class SchedulerCore:
         if self.keymap is None or nid not in self.keymap.servers():
             return []  # died before the key map existed: it held nothing
         try:
-            self.keymap = self.keymap.without(nid, self.keymap.epoch + 1)
+            self.keymap = self.keymap.without(nid, self._next_epoch())
         except InvalidArgument as exc:
             return self.shutdown(f"{reason}; the job cannot go on: {exc} (start it with replicas >= 2 "
                                  f"to survive server failures)", code=1)
         log.warning("server %d failed; promoted its replicas: %r", nid, self.keymap)
         self.failovers += 1
-        return self._broadcast_nodes(now, dead=[nid])
+        out = self._broadcast_nodes(now, dead=[nid])
+        if self.replicas > 1:  # copy the ranges that lost a copy to another live server
+            out += self.migrate("restore replicas", self._restored, lambda ok, why: [], now)
+        return out
+
+    # ================================================================= migrations
+    def _next_epoch(self) -> int:
+        self._epoch = max(self._epoch, self.keymap.epoch if self.keymap else 0) + 1
+        return self._epoch
+
+    def _servers_in_map(self) -> list[int]:
+        return [s for s in self._joined("server") if s not in self._draining]
+
+    def _restored(self) -> KeyMap | None:
+        assert self.keymap is not None
+        target = self.keymap.restored(self.replicas, self._servers_in_map(), self.keymap.epoch)
+        return None if target == self.keymap else target
+
+    def _placed(self) -> KeyMap | None:
+        servers = self._servers_in_map()
+        replicas = min(self.replicas, len(servers))
+        return self.placement.assign(servers, self.keymap.epoch if self.keymap else 0, replicas)
+
+    def migrate(self, name: str, target: Callable[[], KeyMap | None],
+                then: Callable[[bool, str], list[Action]], now: float) -> list[Action]:
+        """Move the key map to ``target()`` (computed when its turn comes) by the two-phase
+        migration of ``server/_migrate.py``; call ``then(ok, why)`` at the end. One at a time."""
+        self._migrations.append((name, target, then))
+        return self._next_migration(now)
+
+    def _next_migration(self, now: float) -> list[Action]:
+        if self._migrating or not self._migrations or self.keymap is None or self.finished:
+            return []
+        name, make, then = self._migrations.pop(0)
+        old = self.keymap
+        try:
+            new = make()
+        except InvalidArgument as exc:
+            return then(False, str(exc)) + self._next_migration(now)
+        if new is None or [(a.range, a.master, a.replicas) for a in new] == [(a.range, a.master, a.replicas)
+                                                                           for a in old]:
+            return then(True, "nothing to move") + self._next_migration(now)
+        mid = extended(old, new, self._next_epoch())
+        new = KeyMap(self._next_epoch(), list(new))
+        plan = copy_plan(old, new)
+        self._migrating = True
+        log.info("migration (%s): %r -> %r, copying from %s", name, old, new, sorted(plan))
+
+        def copied(g: _Gather) -> list[Action]:
+            failed = {n: r.body.get("message", "") for n, r in g.replies.items() if r.status != Status.OK}
+            failed.update(g.errors)
+            self._migrating = False
+            if failed or self.finished:
+                why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
+                log.warning("migration (%s) failed: %s", name, why)
+                return then(False, why) + self._next_migration(now)
+            if self.keymap is not old:  # a failure changed the map meanwhile: plan again
+                self._migrations.insert(0, (name, make, then))
+                return self._next_migration(now)
+            self.keymap = new
+            self.migrations += 1
+            log.info("migration (%s) done: %r", name, new)
+            return self._broadcast_nodes(now) + then(True, "") + self._next_migration(now)
+
+        wire = mid.to_wire()
+
+        def copy(nid: int) -> Message:
+            entries = [[t, [[lo, hi - 1] for lo, hi in ranges]] for t, ranges in sorted(plan[nid].items())]
+            return Message(Op.MIGRATE, body={"phase": "copy", "keymap": wire, "plan": entries})
+
+        return self._request(sorted(plan), copy, now, copied)
+
+    def _on_drain(self, msg: Message, now: float) -> list[Action]:
+        """Move every range off a server, then stop it; answered when it is done."""
+        node = get(msg.body, "node", int)
+        info = self.nodes.get(node)
+        if info is None or info.role != "server":
+            raise InvalidArgument(f"node {node} is not a server of this cluster")
+        left = [s for s in self._servers_in_map() if s != node]
+        if not left:
+            raise InvalidArgument("cannot drain the last server")
+        self._draining.add(node)
+
+        def then(ok: bool, why: str) -> list[Action]:
+            if not ok:
+                self._draining.discard(node)
+                return [self._error(msg, InvalidArgument(f"draining server {node} failed: {why}"))]
+            self._draining.discard(node)
+            self.nodes.pop(node, None)
+            self.last_seen.pop(node, None)
+            self._answered.discard(node)
+            log.info("server %d drained; it holds no keys and stops", node)
+            return [Send(node, Message(Op.SHUTDOWN, body={"reason": "this server was drained", "code": 0})),
+                    Send(msg.sender, msg.reply(body={"keymap": self.keymap.to_wire() if self.keymap else None})),
+                    *self._broadcast_nodes(now, dead=[node])]
+
+        return self.migrate(f"drain server {node}", self._placed, then, now)
 
     # ================================================================= membership
     def _on_register(self, msg: Message, now: float) -> list[Action]:
@@ -316,10 +420,6 @@ class SchedulerCore:
         try:
             if self.finished:
                 raise JobAborted("the job is shutting down")
-            if role == "server" and self.keymap is not None:
-                raise InvalidArgument(
-                    f"the cluster already has its {self.num_servers} servers; a server cannot join a "
-                    f"running cluster in this version")
             if role == "worker":
                 info = self._assign_rank(info)
         except PSError as exc:
@@ -351,11 +451,12 @@ class SchedulerCore:
         """Answer waiting registrations once servers know of the new nodes."""
         if self._round_busy or not self._waiting_regs:
             return []
+        late = self.keymap is not None
         if self.keymap is None:
             servers = self._members("server")
             if len(servers) < self.num_servers:
                 return []
-            self.keymap = self.placement.assign(servers, epoch=1, replicas=self.replicas)
+            self.keymap = self.placement.assign(servers, epoch=self._next_epoch(), replicas=self.replicas)
             log.info("all %d servers registered; %r", len(servers), self.keymap)
         batch, self._waiting_regs = self._waiting_regs, []
         new = {info.id for info, _ in batch}
@@ -365,14 +466,18 @@ class SchedulerCore:
         def done(g: _Gather) -> list[Action]:
             self._round_busy = False
             out: list[Action] = []
+            joined = False
             for info, reg in batch:
                 if info.id not in self.nodes:
                     continue  # died meanwhile
+                joined |= info.role == "server" and late
                 body = {"id": info.id, "rank": info.rank, "num_workers": self.num_workers,
                         "tables": [[t.id, t.spec.to_wire(), t.policy.to_wire()] for t in self._tables.values() if t.ready],
                         **self._nodes_body()}
                 out.append(Send(info.id, reg.reply(body=body)))
                 self._answered.add(info.id)
+            if joined:  # a server joined a running cluster: give it its share of the ranges
+                out += self.migrate("server joined", self._placed, lambda ok, why: [], now)
             return out + self._next_round(now) + self._check_barriers()
 
         body = self._nodes_body()
@@ -508,6 +613,8 @@ class SchedulerCore:
                 "num_servers": self.num_servers,
                 "num_workers": self.num_workers,
                 "uptime": round(now - self.started, 3),
+                "failovers": self.failovers,
+                "migrations": self.migrations,
                 "shards": self.shards.status(now),
             }
             return [Send(msg.sender, msg.reply(body=body))]

@@ -36,10 +36,11 @@ from .._errors import (
 )
 from ..clock import Consistency, Request
 from ..node import Node, error_body
-from ..placement import KEY_SPACE
+from ..placement import KEY_SPACE, in_ranges
 from ..protocol import KEY_DTYPE, Message, Op, Status, get
 from ..table import TableSpec
 from ._checkpoint import Checkpoints
+from ._migrate import Migrations
 from ._store import Store
 from ._sync import Channel, TableSync
 
@@ -81,6 +82,7 @@ class Server:
         node.on(Op.CLOCK, self._on_ordered)
         node.on(Op.POLICY, self._on_policy)
         node.on(Op.REPLICATE, self._on_replicate)
+        self.migrations = Migrations(self)
         node.on_abort.append(self._on_abort)
         node.on_nodes_changed.append(self._on_nodes_changed)
         self.checkpoints = Checkpoints(self, restore)  # writes checkpoints; restores tables from `restore`
@@ -288,7 +290,9 @@ class Server:
                 return
             origins = self._origins(msg)
             aggregate = store.spec.aggregate and msg.op == Op.PUSH
-            if origins and sync.duplicate(msg.sender, origins, msg.clock, aggregate):
+            spans = self._spans(msg)
+            keys = msg.arrays[0] if msg.op == Op.PUSH and msg.arrays else None
+            if origins and sync.duplicate(msg.sender, origins, spans, msg.clock, aggregate, keys):
                 self.duplicates += 1  # applied through a replica chain before its master failed
                 self.node.reply(msg)
                 return
@@ -296,7 +300,7 @@ class Server:
             if aggregate and self._replicated():
                 sync.acks.setdefault(msg.clock, []).append(msg)  # answered once the sum is replicated
                 return
-            sync.record(msg.sender, origins)
+            sync.record(msg.sender, origins, spans)
             forwards = [] if aggregate else self._forward(msg, [*origins, (self.node.id, msg.seq)])
             self._when_all(forwards, lambda: self.node.reply(msg))
         except Exception as exc:
@@ -305,6 +309,17 @@ class Server:
             self.node.reply(msg, status=Status.ERROR, body=body)
         finally:
             ch.done = msg.seq
+
+    def _spans(self, msg: Message) -> list[tuple[int, int]]:
+        """The key spans an ordered message covers, one inside each range of the key map it
+        touches (a push: from its first to its last key there; a tick: its key range)."""
+        if msg.op == Op.CLOCK:
+            return [msg.key_range] if msg.key_range is not None else []
+        keymap = self.node.keymap
+        keys = msg.arrays[0] if msg.arrays else None
+        if keymap is None or keys is None or keys.dtype != KEY_DTYPE or keys.ndim != 1 or not len(keys):
+            return []
+        return [(int(keys[a]), int(keys[b - 1]) + 1) for pieces in keymap.slice(keys).values() for a, b in pieces]
 
     def _replicated(self) -> bool:
         keymap = self.node.keymap
@@ -375,8 +390,9 @@ class Server:
             else:
                 idx = np.concatenate([np.arange(a, b) for a, b in pieces])
                 ks, vs = keys[idx], values[idx]
+            spans = [[int(keys[a]), int(keys[b - 1])] for a, b in pieces]  # [lo, last] inside one range each
             out.append(self._send_replica(chain, Message(Op.REPLICATE, table=table, clock=clock,
-                                                         arrays=[ks, vs], body=dict(body))))
+                                                         arrays=[ks, vs], body={**body, "spans": spans})))
         return out
 
     def _send_replica(self, chain: tuple[int, ...] | list[int], msg: Message) -> Request:
@@ -428,15 +444,20 @@ class Server:
                 for o, _ in origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
         elif kind in ("push", "clock"):
-            if not sync.duplicate(worker, origins, msg.clock, False):
+            raw = get(msg.body, "spans" if kind == "push" else "ranges", list)
+            if not all(isinstance(r, list) and len(r) == 2 and type(r[0]) is int and type(r[1]) is int for r in raw):
+                raise ProtocolError("a replication's spans must be [lo, last] pairs")
+            spans = [(r[0], r[1] + 1) for r in raw]
+            if not sync.duplicate(worker, origins, spans, msg.clock, False,
+                                  msg.arrays[0] if kind == "push" and msg.arrays else None):
                 if kind == "push":
                     keys, values = self._replica_arrays(msg, store)
                     store.push(keys, values)
                 else:
                     ch = sync.channel(worker)
-                    for lo, last in get(msg.body, "ranges", list):
-                        ch.iters.advance(int(lo), int(last) + 1, msg.clock)
-                sync.record(worker, origins)
+                    for lo, hi in spans:
+                        ch.iters.advance(lo, hi, msg.clock)
+                sync.record(worker, origins, spans)
         else:
             raise ProtocolError(f"unknown replication kind {kind!r}")
         if not chain:
@@ -539,11 +560,7 @@ class Server:
         keymap = self.node.keymap
         keep = keymap.masters(keys) == self.node.id if keymap is not None else np.ones(len(keys), dtype=bool)
         if len(ranges) > 1:  # the key range spans them all: keep the keys inside one of them
-            rs = sorted(ranges)
-            los = np.array([r[0] for r in rs], dtype=np.uint64)
-            lasts = np.array([r[1] - 1 for r in rs], dtype=np.uint64)
-            i = np.searchsorted(los, keys, side="right") - 1
-            keep &= (i >= 0) & (keys <= lasts[np.maximum(i, 0)])
+            keep &= in_ranges(keys, sorted(ranges))
         return None if bool(keep.all()) else keep
 
     def _release(self, table: int) -> None:
@@ -554,12 +571,18 @@ class Server:
             return
         live = self._live_workers()
         for key, pull in list(sync.held.items()):
+            moved = self._moved(pull) if pull.epoch != (self.node.keymap.epoch if self.node.keymap else 0) else None
+            if moved is not None:  # its keys left this server while it waited
+                del sync.held[key]
+                self.node.reply(pull, status=Status.MOVED, body=moved)
+                continue
             plo, phi = self._span(pull)
             if sync.ready(pull, plo, phi, live, self._policy(pull, sync)):
                 del sync.held[key]
                 self._answer(pull)
 
     def _on_nodes_changed(self, gone: set[int]) -> None:
+        self.migrations.hand_over_pending()
         for table, sync in self.sync.items():
             sync.forget(gone)
             self._aggregate(table)
@@ -589,6 +612,7 @@ class Server:
             "moved": self.moved,
             "replicated": dict(self.replicated),
             "replicated_bytes": self.replicated_bytes,
+            "migrations": self.migrations.status(),
             "checkpoints": self.checkpoints.status(),
             "filters": {f"{tid}/{direction}/{name}": {"before": b, "after": a}
                         for (tid, direction, name), (b, a) in dict(self.node.filter_bytes).items()},

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import InvalidArgument
+from ..placement import in_ranges
 from ..table import TableSpec
 from ._index import HashIndex
 
@@ -43,6 +44,9 @@ class Store:
         }
         self.pushes = 0
         self.pulls = 0
+        #: Grows by one at each push or load; ``stamps[r]`` is its value when row r last changed.
+        self.version = 0
+        self.stamps = np.zeros(self._cap, dtype=np.uint64)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -60,6 +64,9 @@ class Store:
         n = len(self)
         keys = np.zeros(cap, dtype=np.uint64)
         keys[:n] = self.keys[:n]
+        stamps = np.zeros(cap, dtype=np.uint64)
+        stamps[:n] = self.stamps[:n]
+        self.stamps = stamps
         values = np.zeros((cap, self.width), dtype=self.dtype)
         values[:n] = self.values[:n]
         for name, (cols, dt, fill) in self._layout.items():
@@ -91,6 +98,8 @@ class Store:
         rows = self.rows_for_push(keys)
         self.updater.apply(self.values, self.state, rows, update)
         self.pushes += 1
+        self.version += 1
+        self.stamps[rows] = self.version
 
     def pull(self, keys: np.ndarray) -> np.ndarray:
         """Values of ``keys`` (len(keys) x width); absent keys get their initial values."""
@@ -144,6 +153,19 @@ class Store:
         self.values[rows] = values
         for name, arr in state.items():
             self.state[name][rows] = arr
+        self.version += 1
+        self.stamps[rows] = self.version
+
+    def rows_in(self, ranges: list[tuple[int, int]], since: int = 0) -> dict[str, np.ndarray]:
+        """Keys in ``ranges`` (sorted, disjoint ``[lo, hi)``) changed after version ``since``,
+        with their values and state: ``{"keys", "values", **state}``. Vectorised."""
+        n = len(self)
+        keep = in_ranges(self.keys[:n], ranges)
+        if since:
+            keep &= self.stamps[:n] > np.uint64(since)
+        rows = np.flatnonzero(keep)
+        return {"keys": self.keys[rows], "values": self.values[rows],
+                **{name: arr[rows] for name, arr in self.state.items()}}
 
     def export(self) -> dict[str, Any]:
         """Every present key with its values and state, in row order (for status and tests)."""

@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..clock import Consistency, RangeClock
 from ..protocol import Message
 
@@ -70,21 +72,37 @@ class TableSync:
     acks: dict[int, list[Message]] = field(default_factory=dict)
     #: The last iteration this server aggregated and applied as master (-1: none).
     agg_done: int = -1
-    #: (origin server, worker) -> last sequence number of that origin applied here.
-    seen: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: (origin server, worker) -> on each key range, the last sequence number of that origin
+    #: applied here (a push's keys may reach a replica by several chains, so per range).
+    seen: dict[tuple[int, int], RangeClock] = field(default_factory=dict)
     #: origin server -> last aggregated iteration of that origin applied here.
     agg_seen: dict[int, int] = field(default_factory=dict)
 
-    def duplicate(self, worker: int, origins: list[tuple[int, int]], iteration: int, aggregate: bool) -> bool:
-        """Was a message with these origins already applied here (through a replica chain)?"""
+    def duplicate(self, worker: int, origins: list[tuple[int, int]], spans: list[tuple[int, int]],
+                  iteration: int, aggregate: bool, keys: np.ndarray | None = None) -> bool:
+        """Was a message with these origins already applied here (through a replica chain)?
+        A push is judged by its ``keys`` (each must have been applied under the origin), a
+        tick by its ``spans`` (``[lo, hi)`` pieces)."""
         if aggregate:
             return any(self.agg_seen.get(o, -1) >= iteration for o, _ in origins)
-        return any(self.seen.get((o, worker), 0) >= q for o, q in origins)
-
-    def record(self, worker: int, origins: list[tuple[int, int]]) -> None:
         for o, q in origins:
-            if self.seen.get((o, worker), 0) < q:
-                self.seen[(o, worker)] = q
+            rc = self.seen.get((o, worker))
+            if rc is None:
+                continue
+            if keys is not None:
+                if len(keys) and bool(np.all(rc.times(keys) >= q)):
+                    return True
+            elif spans and all(rc.min(lo, hi) >= q for lo, hi in spans):
+                return True
+        return False
+
+    def record(self, worker: int, origins: list[tuple[int, int]], spans: list[tuple[int, int]]) -> None:
+        for o, q in origins:
+            rc = self.seen.get((o, worker))
+            if rc is None:
+                rc = self.seen[(o, worker)] = RangeClock()
+            for lo, hi in spans:
+                rc.advance(lo, hi, q)
 
     def channel(self, worker: int) -> Channel:
         ch = self.channels.get(worker)

@@ -1,0 +1,164 @@
+"""Moving key ranges between servers: a server joins, is drained, or a replica is restored.
+
+The scheduler drives a migration from key map ``old`` to ``new`` in two phases:
+
+1. *Copy.* Each master of a range that gains holders gets ``Op.MIGRATE {phase: "copy",
+   keymap: mid, plan}``, where ``mid`` keeps the masters of ``old`` but puts the new holders
+   of each range right after its master in the chain. The master adopts ``mid`` and, in
+   the same handler (so no update slips between), sends a snapshot of the planned ranges
+   (keys, values, optimizer state, per-worker iteration clocks) to each new holder
+   (``phase: "load"``). Every update it applies from then on is forwarded down the extended
+   chain, over the same link as the snapshot, so each new holder applies it after the
+   snapshot: by the time the loads are acknowledged, the new holders are exact replicas.
+   It answers the scheduler then.
+2. *Switch.* The scheduler broadcasts ``new`` (a higher epoch). Old masters answer "moved"
+   for ranges they lost; workers send those requests on to the new masters. Sums of
+   unfinished iterations (tables that aggregate) that an old master holds for ranges it no
+   longer masters are handed to their new masters (``phase: "load"``, ``pending``).
+
+Not thread-safe: runs on the server's receive thread, like the rest of the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._errors import ProtocolError
+from ..placement import KEY_SPACE, KeyMap
+from ..protocol import Message, Op, get
+from ..table import TableSpec
+from ._store import Store
+
+if TYPE_CHECKING:
+    from ..clock import Request
+    from ._server import Server
+
+__all__ = ["Migrations"]
+
+log = logging.getLogger("paramserver.server")
+
+
+def _ranges(raw: Any) -> list[tuple[int, int]]:
+    """``[[lo, last], ...]`` (last included, msgpack-able) -> sorted ``[(lo, hi), ...]``."""
+    if not (isinstance(raw, list) and all(isinstance(r, list) and len(r) == 2 and type(r[0]) is int
+                                          and type(r[1]) is int and 0 <= r[0] <= r[1] < KEY_SPACE for r in raw)):
+        raise ProtocolError("ranges must be a list of [lo, last] pairs")
+    return sorted((r[0], r[1] + 1) for r in raw)
+
+
+def _wire(ranges: list[tuple[int, int]]) -> list[list[int]]:
+    return [[lo, hi - 1] for lo, hi in ranges]
+
+
+class Migrations:
+    """The server's side of migrations (see the module docstring)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        #: Keys sent and loaded by migrations, for status.
+        self.sent_keys = 0
+        self.loaded_keys = 0
+        server.node.on(Op.MIGRATE, self.on_request)
+
+    def on_request(self, msg: Message) -> None:
+        phase = get(msg.body, "phase", str)
+        if phase == "copy":
+            self._copy(msg)
+        elif phase == "load":
+            self._load(msg)
+        else:
+            raise ProtocolError(f"unknown migration phase {phase!r}")
+
+    # ------------------------------------------------------------------ source side
+    def _copy(self, msg: Message) -> None:
+        server = self.server
+        mid = KeyMap.from_wire(get(msg.body, "keymap", dict))
+        plan: list[tuple[int, list[tuple[int, int]]]] = []
+        for entry in get(msg.body, "plan", list):
+            if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int):
+                raise ProtocolError("a migration plan lists [target, ranges] pairs")
+            plan.append((entry[0], _ranges(entry[1])))
+        server.node.adopt_keymap(mid)  # from now on updates are forwarded to the new holders too
+        reqs: list[Request] = []
+        for target, ranges in plan:
+            for tid, store in server.stores.items():
+                reqs.append(self._send_rows(target, tid, store, ranges))
+        server._when_all(reqs, lambda: server.node.reply(msg, body={"keys": self.sent_keys}))
+
+    def _send_rows(self, target: int, tid: int, store: Store, ranges: list[tuple[int, int]]) -> Request:
+        rows = store.rows_in(ranges)
+        names = sorted(store.state)
+        sync = self.server.sync[tid]
+        iters = []
+        for worker, ch in sync.channels.items():
+            done = min(ch.iters.min(lo, hi) for lo, hi in ranges)
+            if done >= 0:
+                iters.append([worker, done])
+        self.sent_keys += len(rows["keys"])
+        body = {"phase": "load", "ranges": _wire(ranges), "state": names, "iters": iters}
+        msg = Message(Op.MIGRATE, table=tid, arrays=[rows["keys"], rows["values"], *[rows[n] for n in names]],
+                      body=body)
+        return self.server.node.request({target: msg}, f"migration of table {tid} to server {target}")
+
+    def hand_over_pending(self) -> None:
+        """After a key map change: send the partial sums of unfinished iterations this server
+        holds for keys it no longer masters to their new masters."""
+        server = self.server
+        keymap = server.node.keymap
+        if keymap is None:
+            return
+        for tid, sync in server.sync.items():
+            for iteration, buffer in list(sync.pending.items()):
+                keys, values = buffer.pull_range(0, KEY_SPACE)
+                if not len(keys):
+                    continue
+                owners = keymap.masters(keys)
+                mine = owners == server.node.id
+                if bool(mine.all()):
+                    continue
+                for owner in np.unique(owners[~mine]).tolist():
+                    pick = owners == owner
+                    server.node.request({int(owner): Message(
+                        Op.MIGRATE, table=tid, arrays=[keys[pick], values[pick]],
+                        body={"phase": "load", "pending": iteration})}, f"hand-over of table {tid} sums")
+                kept = Store(buffer.spec)
+                if bool(mine.any()):
+                    kept.push(keys[mine], values[mine])
+                sync.pending[iteration] = kept
+
+    # ------------------------------------------------------------------ target side
+    def _load(self, msg: Message) -> None:
+        server = self.server
+        store = server._store(msg)
+        sync = server.sync[msg.table]
+        pending = msg.body.get("pending")
+        if pending is not None:
+            if type(pending) is not int or len(msg.arrays) != 2:
+                raise ProtocolError("a hand-over of sums names its iteration and carries keys and values")
+            buffer = sync.pending.get(pending)
+            if buffer is None:
+                buffer = sync.pending[pending] = Store(TableSpec.create(
+                    f"{store.spec.name}@{pending}", store.width, store.dtype, "sum"))
+            buffer.push(msg.arrays[0], msg.arrays[1])
+            server.node.reply(msg)
+            return
+        names = get(msg.body, "state", list)
+        if len(msg.arrays) != 2 + len(names):
+            raise ProtocolError("a migration carries keys, values and one array per state")
+        keys, values = msg.arrays[0], msg.arrays[1]
+        store.load(np.ascontiguousarray(keys), np.ascontiguousarray(values),
+                   {n: np.ascontiguousarray(a) for n, a in zip(names, msg.arrays[2:], strict=True)})
+        ranges = _ranges(get(msg.body, "ranges", list))
+        for entry in get(msg.body, "iters", list):
+            worker, done = int(entry[0]), int(entry[1])
+            ch = sync.channel(worker)
+            for lo, hi in ranges:
+                ch.iters.advance(lo, hi, done)
+        self.loaded_keys += len(keys)
+        server.node.reply(msg)
+
+    def status(self) -> dict[str, int]:
+        return {"sent_keys": self.sent_keys, "loaded_keys": self.loaded_keys}
