@@ -134,3 +134,32 @@ def test_ring_replicas_are_the_next_distinct_servers() -> None:
     for a in km:
         assert len(set((a.master, *a.replicas))) == 3
     assert KeyMap.from_wire(km.to_wire()) == km
+
+
+def test_failover_and_migration_maps_are_exact() -> None:
+    from paramserver.placement import Ring, copy_plan, extended, in_ranges
+
+    old = EvenSplit().assign([1, 2, 3], epoch=1, replicas=2)
+    promoted = old.without(2, epoch=2)
+    assert [(a.master, a.replicas) for a in promoted] == [(1, ()), (3, ()), (3, (1,))]
+    restored = promoted.restored(2, [1, 3], epoch=3)
+    assert restored.replicas() == 2 and restored.servers() == [1, 3]
+    # joining server 4 on the ring: only what it holds is copied, each piece once, from its old master
+    ring = Ring(vnodes=16)
+    before = ring.assign([1, 2, 3], epoch=1, replicas=2)
+    after = ring.assign([1, 2, 3, 4], epoch=3, replicas=2)
+    plan = copy_plan(before, after)
+    mid = extended(before, after, epoch=2)
+    probe = np.random.default_rng(0).integers(0, 2**64 - 1, size=20000, dtype=np.uint64, endpoint=True)
+    for k in probe[:500].tolist():
+        old_chain, new_chain, mid_chain = before.chain_of(k), after.chain_of(k), mid.chain_of(k)
+        assert mid_chain[0] == old_chain[0]  # masters unchanged until the switch
+        added = [n for n in new_chain if n not in old_chain]
+        assert list(mid_chain[1:1 + len(added)]) == added  # new holders right after the master
+        for target in added:
+            assert any(lo <= k < hi for lo, hi in plan[old_chain[0]][target])
+    assert np.array_equal(in_ranges(probe, [(0, 2**62), (2**63, 2**64)]),
+                          (probe < np.uint64(2**62)) | (probe >= np.uint64(2**63)))
+    with pytest.raises(InvalidArgument, match="no replica to promote"):
+        EvenSplit().assign([1, 2], epoch=1).without(1, epoch=2)
+    assert isinstance(restored, KeyMap)
