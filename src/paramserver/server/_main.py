@@ -15,6 +15,20 @@ __all__ = ["run_server", "start_server"]
 log = logging.getLogger("paramserver.server")
 
 
+def _warm_up() -> None:
+    """Run the compiled index and row kernels once: loading them takes about half a second,
+    which on the receive thread of a serving node would delay its heartbeats."""
+    import numpy as np
+
+    from ..table import TableSpec
+    from ._store import Store
+
+    store = Store(TableSpec.create("warm-up", 1, "float32", "sum"))
+    keys = np.array([1, 2], dtype=np.uint64)
+    store.push(keys, np.ones((2, 1), dtype=np.float32))
+    store.pull(keys)
+
+
 def start_server(config: Config, address: str, *, host: str = "", port: int = 0,
                  transport: Transport | None = None, restore: str | None = None) -> Server:
     """Start a server node, register it with the scheduler at ``address``, start heartbeats.
@@ -29,6 +43,7 @@ def start_server(config: Config, address: str, *, host: str = "", port: int = 0,
     CheckpointError
         ``restore`` names no readable checkpoint (checked before registering).
     """
+    _warm_up()  # compile (or load) the numba kernels now, not on the receive thread mid-job
     node = Node("server", config, transport)
     try:
         server = Server(node, restore=restore)
