@@ -158,14 +158,28 @@ def test_dynamic_worker_death_releases_barriers() -> None:
     assert not any(isinstance(x, Finish) for x in out)
 
 
-def test_too_many_workers_and_late_servers_are_refused() -> None:
+def test_too_many_workers_are_refused() -> None:
     core = make(num_servers=1, num_workers=1)
     register(core, "server")
     register(core, "worker")
     _, out = register(core, "worker")
     assert "already has its 1 workers" in sends(out)[0].msg.body["message"]
-    _, out = register(core, "server")
-    assert "cannot join a running cluster" in sends(out)[0].msg.body["message"]
+
+
+def test_a_late_server_joins_by_two_phase_migration() -> None:
+    core = make(num_servers=1)
+    s1, _ = register(core, "server")
+    s2, out = register(core, "server")
+    out = ack_all(core, out, Op.NODES)  # the running server learns of the new one first
+    assert [r.node for r in sends(out, Op.REGISTER)] == [s2]
+    copies = sends(out, Op.MIGRATE)  # phase 1: the master copies half its keys into the new server
+    assert [c.node for c in copies] == [s1] and copies[0].msg.body["phase"] == "copy"
+    assert copies[0].msg.body["plan"] == [[s2, [[2**63, 2**64 - 1]]]]
+    assert core.keymap is not None and core.keymap.epoch == 1  # the map switches only after the copy
+    out = ack_all(core, copies, Op.MIGRATE)
+    broadcast = sends(out, Op.NODES)  # phase 2: the new map, to every node
+    assert {b.node for b in broadcast} == {s1, s2}
+    assert core.keymap.epoch == 3 and [a.master for a in core.keymap] == [s1, s2]
 
 
 def test_status_gathers_every_server_and_tolerates_silence() -> None:
