@@ -86,6 +86,8 @@ class Worker:
         self._clock = 0
         self._clock_lock = threading.Lock()
         self._started = time.monotonic()
+        # the registration wait (for every server to join) is not idle time of the job
+        self._wait_ns_at_start = node.counters.get("wait_ns", 0)
         self.requests = 0
         self._shards_done: Counter[str] = Counter()  # shard set -> shards this worker finished
         self._periodic = Periodic(self, node.config)
@@ -441,7 +443,7 @@ class Worker:
                 "bytes_received": table_bytes.get((t.id, "received"), 0),
             }
         elapsed = time.monotonic() - self._started
-        wait = counters.get("wait_ns", 0) / 1e9
+        wait = (counters.get("wait_ns", 0) - self._wait_ns_at_start) / 1e9
         return {
             "node": self.id,
             "rank": self.rank,
