@@ -3,11 +3,13 @@ and every acknowledged push is in the final state; stale key maps are answered "
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,20 @@ def _wait_for(what: str, cond: object, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def _pushing_workers(cluster: ps.LocalCluster, env: dict[str, str], rounds: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """3 worker processes pushing the known workload of ``workloads.py``; killed if still running at the end."""
+    procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster.address, str(r), str(rounds)],
+                              env={**os.environ, **env}) for r in range(3)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 @pytest.mark.parametrize(("victim", "after_pushes", "placement"), [
     (0, 30, "even"), (1, 200, "even"), (2, 100, "ring"),
 ])
@@ -51,17 +67,10 @@ def test_sigkill_a_server_while_three_workers_push_loses_nothing(
     rounds = 120
     env = _env(fast_env, PS_PLACEMENT=placement)
     with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:
-        procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster.address, str(r), str(rounds)],
-                                  env={**os.environ, **env}) for r in range(3)]
-        try:
+        with _pushing_workers(cluster, env, rounds) as procs:
             _wait_for(f"{after_pushes} pushes", lambda: _pushes(cluster) >= after_pushes)
             os.kill(cluster.server_pids[victim], signal.SIGKILL)
             codes = [p.wait(timeout=240) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
         assert codes == [0, 0, 0]
         workloads.check_final_state(cluster.address, 3, rounds)
         status = cluster.status()
@@ -179,20 +188,13 @@ def test_join_a_fourth_server_then_drain_one_while_workers_push(fast_env: dict[s
     rounds = 200
     env = _env(fast_env)
     with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:
-        procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster.address, str(r), str(rounds)],
-                                  env={**os.environ, **env}) for r in range(3)]
-        try:
+        with _pushing_workers(cluster, env, rounds) as procs:
             _wait_for("40 pushes", lambda: _pushes(cluster) >= 40)
             cluster.add_server()
             status = cluster.status()
             assert len(status["servers"]) == 4 and status["migrations"] >= 1
             cluster.remove_server(0)
             codes = [p.wait(timeout=240) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
         assert codes == [0, 0, 0]
         assert cluster._servers[0].poll() == 0  # the drained server stopped cleanly
         workloads.check_final_state(cluster.address, 3, rounds)

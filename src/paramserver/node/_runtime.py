@@ -486,8 +486,9 @@ class Node:
                 if prepare is not None:
                     prepare(peer, msg)
                 if pending is not None and reroute is not None:
+                    kept = dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body)) if msg.codecs else msg
                     with self._lock:
-                        pending.sent[peer] = dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
+                        pending.sent[peer] = kept  # as it left, before filters rewrite it
                 repairable = any(getattr(c, "repairable", False) for c in msg.codecs)
                 original = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
                             if repairable else None)

@@ -21,7 +21,10 @@ import numpy as np
 
 from .._errors import InvalidArgument, ProtocolError
 
-__all__ = ["KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges"]
+__all__ = [
+    "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges", "positions",
+    "ranges_from_wire", "ranges_to_wire",
+]
 
 #: One past the largest key.
 KEY_SPACE = 1 << 64
@@ -282,6 +285,28 @@ def _merged(entries: list[Assignment]) -> list[Assignment]:
             a = Assignment(KeyRange(prev.range.lo, a.range.hi), a.master, a.replicas)
         out.append(a)
     return out
+
+
+def positions(pieces: list[tuple[int, int]]) -> np.ndarray:
+    """The positions ``start, ..., stop - 1`` of every ``(start, stop)`` piece, concatenated
+    (the pieces :meth:`KeyMap.slice` and :meth:`KeyMap.chains` return)."""
+    if len(pieces) == 1:
+        return np.arange(*pieces[0])
+    return np.concatenate([np.arange(a, b) for a, b in pieces])
+
+
+def ranges_to_wire(ranges: list[tuple[int, int]]) -> list[list[int]]:
+    """``[(lo, hi), ...]`` as ``[[lo, last], ...]``: the last key included, so that ranges
+    reaching 2**64 fit msgpack's 64-bit integers."""
+    return [[lo, hi - 1] for lo, hi in ranges]
+
+
+def ranges_from_wire(raw: Any) -> list[tuple[int, int]]:
+    """Inverse of :func:`ranges_to_wire`, sorted; raises :class:`ProtocolError` on malformed data."""
+    if not (isinstance(raw, list) and all(isinstance(r, list) and len(r) == 2 and type(r[0]) is int
+                                          and type(r[1]) is int and 0 <= r[0] <= r[1] < KEY_SPACE for r in raw)):
+        raise ProtocolError("key ranges must be a list of [lo, last] pairs of keys")
+    return sorted((r[0], r[1] + 1) for r in raw)
 
 
 def in_ranges(keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:

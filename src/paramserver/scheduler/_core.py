@@ -36,7 +36,7 @@ from typing import Any
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
 from ..clock import Consistency
 from ..node import SCHEDULER_ID, NodeInfo, error_body
-from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended
+from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended, ranges_to_wire
 from ..protocol import Message, Op, Status, get
 from ..table import TableSpec
 from ._shards import ShardManager
@@ -344,8 +344,7 @@ class SchedulerCore:
             new = make()
         except InvalidArgument as exc:
             return then(False, str(exc)) + self._next_migration(now)
-        if new is None or [(a.range, a.master, a.replicas) for a in new] == [(a.range, a.master, a.replicas)
-                                                                           for a in old]:
+        if new is None or new == old:  # targets carry the current epoch: equal maps move nothing
             return then(True, "nothing to move") + self._next_migration(now)
         mid = extended(old, new, self._next_epoch())
         new = KeyMap(self._next_epoch(), list(new))
@@ -372,7 +371,7 @@ class SchedulerCore:
         wire = mid.to_wire()
 
         def copy(nid: int) -> Message:
-            entries = [[t, [[lo, hi - 1] for lo, hi in ranges]] for t, ranges in sorted(plan[nid].items())]
+            entries = [[t, ranges_to_wire(ranges)] for t, ranges in sorted(plan[nid].items())]
             return Message(Op.MIGRATE, body={"phase": "copy", "keymap": wire, "plan": entries})
 
         return self._request(sorted(plan), copy, now, copied)

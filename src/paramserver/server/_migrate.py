@@ -22,12 +22,12 @@ Not thread-safe: runs on the server's receive thread, like the rest of the serve
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._errors import ProtocolError
-from ..placement import KEY_SPACE, KeyMap
+from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
 from ..protocol import Message, Op, get
 from ..table import TableSpec
 from ._store import Store
@@ -41,18 +41,6 @@ __all__ = ["Migrations"]
 log = logging.getLogger("paramserver.server")
 
 
-def _ranges(raw: Any) -> list[tuple[int, int]]:
-    """``[[lo, last], ...]`` (last included, msgpack-able) -> sorted ``[(lo, hi), ...]``."""
-    if not (isinstance(raw, list) and all(isinstance(r, list) and len(r) == 2 and type(r[0]) is int
-                                          and type(r[1]) is int and 0 <= r[0] <= r[1] < KEY_SPACE for r in raw)):
-        raise ProtocolError("ranges must be a list of [lo, last] pairs")
-    return sorted((r[0], r[1] + 1) for r in raw)
-
-
-def _wire(ranges: list[tuple[int, int]]) -> list[list[int]]:
-    return [[lo, hi - 1] for lo, hi in ranges]
-
-
 class Migrations:
     """The server's side of migrations (see the module docstring)."""
 
@@ -61,6 +49,7 @@ class Migrations:
         #: Keys sent and loaded by migrations, for status.
         self.sent_keys = 0
         self.loaded_keys = 0
+        self._epoch = 0  # the key map epoch of the last hand-over check
         server.node.on(Op.MIGRATE, self.on_request)
 
     def on_request(self, msg: Message) -> None:
@@ -80,7 +69,7 @@ class Migrations:
         for entry in get(msg.body, "plan", list):
             if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int):
                 raise ProtocolError("a migration plan lists [target, ranges] pairs")
-            plan.append((entry[0], _ranges(entry[1])))
+            plan.append((entry[0], ranges_from_wire(entry[1])))
         server.node.adopt_keymap(mid)  # from now on updates are forwarded to the new holders too
         reqs: list[Request] = []
         for target, ranges in plan:
@@ -98,7 +87,7 @@ class Migrations:
             if done >= 0:
                 iters.append([worker, done])
         self.sent_keys += len(rows["keys"])
-        body = {"phase": "load", "ranges": _wire(ranges), "state": names, "iters": iters}
+        body = {"phase": "load", "ranges": ranges_to_wire(ranges), "state": names, "iters": iters}
         msg = Message(Op.MIGRATE, table=tid, arrays=[rows["keys"], rows["values"], *[rows[n] for n in names]],
                       body=body)
         return self.server.node.request({target: msg}, f"migration of table {tid} to server {target}")
@@ -108,8 +97,9 @@ class Migrations:
         holds for keys it no longer masters to their new masters."""
         server = self.server
         keymap = server.node.keymap
-        if keymap is None:
-            return
+        if keymap is None or keymap.epoch == self._epoch:
+            return  # the node table changed, not the key map
+        self._epoch = keymap.epoch
         for tid, sync in server.sync.items():
             for iteration, buffer in list(sync.pending.items()):
                 keys, values = buffer.pull_range(0, KEY_SPACE)
@@ -151,7 +141,7 @@ class Migrations:
         keys, values = msg.arrays[0], msg.arrays[1]
         store.load(np.ascontiguousarray(keys), np.ascontiguousarray(values),
                    {n: np.ascontiguousarray(a) for n, a in zip(names, msg.arrays[2:], strict=True)})
-        ranges = _ranges(get(msg.body, "ranges", list))
+        ranges = ranges_from_wire(get(msg.body, "ranges", list))
         for entry in get(msg.body, "iters", list):
             worker, done = int(entry[0]), int(entry[1])
             ch = sync.channel(worker)

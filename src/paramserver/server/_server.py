@@ -36,7 +36,7 @@ from .._errors import (
 )
 from ..clock import Consistency, Request
 from ..node import Node, error_body
-from ..placement import KEY_SPACE, in_ranges
+from ..placement import KEY_SPACE, in_ranges, positions, ranges_from_wire, ranges_to_wire
 from ..protocol import KEY_DTYPE, Message, Op, Status, get
 from ..table import TableSpec
 from ._checkpoint import Checkpoints
@@ -115,20 +115,6 @@ class Server:
         if store is None:
             raise TableError(f"table id {msg.table} is unknown on server {self.node.id}")
         return store
-
-    def _check_owned(self, keys: np.ndarray) -> None:
-        keymap = self.node.keymap
-        if keymap is None:
-            raise KeyRangeError(f"server {self.node.id} has no key map yet")
-        if len(keys) == 0:
-            return
-        owners = keymap.slice(keys)
-        if set(owners) != {self.node.id}:
-            others = sorted(set(owners) - {self.node.id})
-            raise KeyRangeError(
-                f"server {self.node.id} received keys owned by node(s) {others} "
-                f"(key map epoch {keymap.epoch}, request epoch {self.node.keymap.epoch if self.node.keymap else -1})"
-            )
 
     # ------------------------------------------------------------------ handlers
     def _on_table(self, msg: Message) -> None:
@@ -290,7 +276,7 @@ class Server:
                 return
             origins = self._origins(msg)
             aggregate = store.spec.aggregate and msg.op == Op.PUSH
-            spans = self._spans(msg)
+            spans = self._spans(msg) if origins else []
             keys = msg.arrays[0] if msg.op == Op.PUSH and msg.arrays else None
             if origins and sync.duplicate(msg.sender, origins, spans, msg.clock, aggregate, keys):
                 self.duplicates += 1  # applied through a replica chain before its master failed
@@ -345,7 +331,6 @@ class Server:
             raise InvalidArgument(
                 f"table {store.spec.name!r}: values of shape {values.shape} for {len(keys)} keys of width {store.width}"
             )
-        self._check_owned(keys)
         if self.checkpoints.defer(msg, keys, values):  # after a pending checkpoint's cut: applied after it
             return
         if store.spec.aggregate:
@@ -371,10 +356,10 @@ class Server:
         lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
         out = []
         for chain, ranges in keymap.replicated_ranges(self.node.id).items():
-            hit = [[max(r.lo, lo), min(r.hi, hi) - 1] for r in ranges if r.lo < hi and lo < r.hi]  # [lo, last]
+            hit = [(max(r.lo, lo), min(r.hi, hi)) for r in ranges if r.lo < hi and lo < r.hi]
             if hit:
-                out.append(self._send_replica(chain, Message(Op.REPLICATE, table=msg.table, clock=msg.clock,
-                                                             body={"kind": "clock", "ranges": hit, **body})))
+                out.append(self._send_replica(chain, Message(Op.REPLICATE, table=msg.table, clock=msg.clock, body={
+                    "kind": "clock", "ranges": ranges_to_wire(hit), **body})))
         return out
 
     def _forward_push(self, table: int, keys: np.ndarray, values: np.ndarray, body: dict[str, Any],
@@ -384,15 +369,11 @@ class Server:
             return []
         out = []
         for chain, pieces in keymap.chains(keys).items():
-            if len(pieces) == 1:
-                a, b = pieces[0]
-                ks, vs = keys[a:b], values[a:b]
-            else:
-                idx = np.concatenate([np.arange(a, b) for a, b in pieces])
-                ks, vs = keys[idx], values[idx]
+            idx = positions(pieces)
             spans = [[int(keys[a]), int(keys[b - 1])] for a, b in pieces]  # [lo, last] inside one range each
             out.append(self._send_replica(chain, Message(Op.REPLICATE, table=table, clock=clock,
-                                                         arrays=[ks, vs], body={**body, "spans": spans})))
+                                                         arrays=[keys[idx], values[idx]],
+                                                         body={**body, "spans": spans})))
         return out
 
     def _send_replica(self, chain: tuple[int, ...] | list[int], msg: Message) -> Request:
@@ -444,10 +425,7 @@ class Server:
                 for o, _ in origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
         elif kind in ("push", "clock"):
-            raw = get(msg.body, "spans" if kind == "push" else "ranges", list)
-            if not all(isinstance(r, list) and len(r) == 2 and type(r[0]) is int and type(r[1]) is int for r in raw):
-                raise ProtocolError("a replication's spans must be [lo, last] pairs")
-            spans = [(r[0], r[1] + 1) for r in raw]
+            spans = ranges_from_wire(get(msg.body, "spans" if kind == "push" else "ranges", list))
             if not sync.duplicate(worker, origins, spans, msg.clock, False,
                                   msg.arrays[0] if kind == "push" and msg.arrays else None):
                 if kind == "push":
@@ -487,7 +465,6 @@ class Server:
         if moved is not None:
             self.node.reply(msg, status=Status.MOVED, body=moved)
             return
-        self._check_owned(msg.arrays[0])
         self._pull_or_hold(msg)
 
     def _on_pull_range(self, msg: Message) -> None:
@@ -510,11 +487,10 @@ class Server:
         if raw is None:
             assert msg.key_range is not None
             return [msg.key_range]
-        if not (isinstance(raw, list) and raw and all(
-                isinstance(r, list) and len(r) == 2 and type(r[0]) is int and type(r[1]) is int
-                and 0 <= r[0] <= r[1] < KEY_SPACE for r in raw)):
-            raise ProtocolError("ranges must be a non-empty list of [lo, last] pairs")
-        return [(r[0], r[1] + 1) for r in raw]
+        ranges = ranges_from_wire(raw)
+        if not ranges:
+            raise ProtocolError("a range pull needs at least one range")
+        return ranges
 
     def _policy(self, msg: Message, sync: TableSync) -> Consistency:
         override = msg.body.get("consistency")

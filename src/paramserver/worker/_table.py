@@ -27,7 +27,7 @@ import numpy as np
 
 from .._errors import DTypeError, InvalidArgument, ProtocolError, RequestTimeout
 from ..clock import Consistency, InFlight, Request
-from ..placement import KEY_SPACE, KeyMap
+from ..placement import KEY_SPACE, KeyMap, positions, ranges_from_wire, ranges_to_wire
 from ..protocol import KEY_DTYPE, Codec, Message, Op
 from ..table import PushFilter, TableSpec
 
@@ -189,7 +189,7 @@ class Table:
         origins = self._origins(peer, msg)
         parts = {}
         for server, pieces in keymap.slice(keys).items():
-            idx = np.concatenate([np.arange(a, b) for a, b in pieces])
+            idx = positions(pieces)
             parts[server] = Message(Op.PUSH, table=self.id, arrays=[keys[idx], values[idx]],
                                     body={"origins": origins} if origins else {})
         return self._child(Op.PUSH, parts, f"push to table {self.name!r}", keymap, msg, reroute=self._reroute_push)
@@ -307,7 +307,7 @@ class Table:
                 a, b = pieces[0]
                 ks, vs = k[a:b], v[a:b]
             else:
-                idx = np.concatenate([np.arange(a, b) for a, b in pieces])
+                idx = positions(pieces)
                 ks, vs = k[idx], v[idx]
             parts[server] = Message(Op.PUSH, table=self.id, arrays=[ks, vs])
         return self._submit(Op.PUSH, parts, f"push to table {self.name!r}", keymap, deps=deps,
@@ -397,7 +397,7 @@ class Table:
             return target
 
         def reroute(peer: int, msg: Message) -> Request:
-            pos = np.concatenate([np.arange(a, b) for a, b in layout[peer]])
+            pos = positions(layout[peer])
             return self._reroute_pull(uniq, buf, pos, peer, msg)
 
         req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
@@ -413,7 +413,7 @@ class Table:
         parts: dict[int, Message] = {}
         where: dict[int, np.ndarray] = {}
         for server, pieces in keymap.slice(ks).items():
-            idx = np.concatenate([np.arange(a, b) for a, b in pieces])
+            idx = positions(pieces)
             parts[server] = Message(Op.PULL, table=self.id, arrays=[ks[idx]], body=dict(msg.body))
             where[server] = pos[idx]
 
@@ -461,7 +461,7 @@ class Table:
 
         def reroute(peer: int, msg: Message) -> Request:
             keymap = worker._keymap()
-            ranges = [(int(a), int(b) + 1) for a, b in msg.body["ranges"]]
+            ranges = ranges_from_wire(msg.body["ranges"])
             parts = self._range_parts(keymap, ranges, body=msg.body)
             return self._child(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, msg,
                                reroute=reroute, on_part=on_part)
@@ -483,16 +483,16 @@ class Table:
     def _range_parts(self, keymap: KeyMap, ranges: list[tuple[int, int]],
                      body: dict[str, Any] | None = None) -> dict[int, Message]:
         """One range pull per master of ``ranges``, naming exactly the sub-ranges it masters."""
-        mine: dict[int, list[list[int]]] = {}
+        mine: dict[int, list[tuple[int, int]]] = {}
         for lo, hi in ranges:
             for server, owned in keymap.slice_range(lo, hi).items():
-                mine.setdefault(server, []).extend([r.lo, r.hi - 1] for r in owned)  # [lo, last]: msgpack-able
+                mine.setdefault(server, []).extend((r.lo, r.hi) for r in owned)
         parts = {}
         for server, pieces in mine.items():
             pieces.sort()
             b = {k: v for k, v in (body or {}).items() if k != "ranges"}
-            b["ranges"] = pieces
-            parts[server] = Message(Op.PULL_RANGE, table=self.id, key_range=(pieces[0][0], pieces[-1][1] + 1), body=b)
+            b["ranges"] = ranges_to_wire(pieces)
+            parts[server] = Message(Op.PULL_RANGE, table=self.id, key_range=(pieces[0][0], pieces[-1][1]), body=b)
         return parts
 
     def _tick(self, completed: int, *, wait: bool = False) -> Request:
