@@ -146,9 +146,9 @@ def test_fixed_job_ends_when_all_workers_say_bye() -> None:
 def test_dynamic_worker_death_releases_barriers() -> None:
     core = make(num_servers=1)
     s, _ = register(core, "server")
-    w1, _ = register(core, "worker")
-    w2, a = register(core, "worker")
-    ack_all(core, a, Op.NODES)
+    w1, a1 = register(core, "worker")
+    w2, _ = register(core, "worker")  # waits for w1's round
+    ack_all(core, ack_all(core, a1, Op.NODES), Op.NODES)  # both rounds answered
     assert core.handle(Message(Op.BARRIER, sender=w1, ts=7, body={}), 0) == []
     core.handle(Message(Op.HEARTBEAT, sender=w1, ts=8), 9.0)
     core.handle(Message(Op.HEARTBEAT, sender=s, ts=8), 9.0)
@@ -156,6 +156,27 @@ def test_dynamic_worker_death_releases_barriers() -> None:
     assert any(isinstance(x, Disconnect) and x.node == w2 for x in out)
     assert [(r.node, r.msg.ts) for r in sends(out, Op.BARRIER)] == [(w1, 7)]
     assert not any(isinstance(x, Finish) for x in out)
+
+
+def test_a_worker_waiting_for_its_registration_is_not_timed_out_with_a_dying_server() -> None:
+    """A worker registers while a server is dying: its answer waits for that server's NODES
+    reply, so it cannot heartbeat yet. When the server is declared dead the worker is answered
+    and timed from then, not declared dead with the server."""
+    core = make(num_servers=2, num_workers=0)
+    s1, _ = register(core, "server", now=0)
+    s2, out = register(core, "server", now=0)
+    w, out = register(core, "worker", now=1.0)  # the round asks s1 and s2 about the worker
+    assert not sends(out, Op.REGISTER) and {x.node for x in sends(out, Op.NODES)} == {s1, s2}
+    core.handle(Message(Op.NODES, sender=s1, ts=sends(out, Op.NODES)[0].msg.ts, response=True), 1.0)
+    core.handle(Message(Op.HEARTBEAT, sender=s1, ts=9), 5.5)
+    out = core.tick(5.5)  # s2 silent since 0 (> 5 s); the worker registered 4.5 s ago, unanswered
+    assert [x.node for x in out if isinstance(x, Disconnect)] == [s2]
+    assert [r.node for r in sends(out, Op.REGISTER)] == [w]
+    assert w in core.nodes
+    core.handle(Message(Op.HEARTBEAT, sender=s1, ts=10), 10.0)
+    assert not [x for x in core.tick(10.0) if isinstance(x, Disconnect)]  # 4.5 s after its answer
+    out = core.tick(10.6)  # and silent 5.1 s after its answer: now it is dead
+    assert [x.node for x in out if isinstance(x, Disconnect)] == [w]
 
 
 def test_too_many_workers_are_refused() -> None:

@@ -83,6 +83,7 @@ class _Gather:
     on_done: Callable[[_Gather], list[Action]]
     replies: dict[int, Message] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
+    ended: float = 0.0  # when the last reply (or failure, or the deadline) came
 
 
 @dataclass
@@ -181,6 +182,7 @@ class SchedulerCore:
         ts = next(self._ts)
         gather = _Gather(set(nodes), now + self.request_timeout, on_done)
         if not nodes:
+            gather.ended = now
             return on_done(gather)
         self._gathers[ts] = gather
         out: list[Action] = []
@@ -235,7 +237,9 @@ class SchedulerCore:
         """Check heartbeats and deadlines; call about every heartbeat interval."""
         out: list[Action] = []
         for nid, seen in list(self.last_seen.items()):
-            if now - seen > self.heartbeat_timeout and nid in self.nodes:
+            # A node heartbeats once its registration is answered, so it is timed from then:
+            # the answer may wait seconds for a round that waits on a dying server.
+            if now - seen > self.heartbeat_timeout and nid in self.nodes and nid in self._answered:
                 info = self.nodes[nid]
                 out += self.node_failed(nid, f"{info} died: no heartbeat for {now - seen:.1f} s", now)
         for ts, g in list(self._gathers.items()):
@@ -244,6 +248,7 @@ class SchedulerCore:
                 for nid in g.awaiting:
                     g.errors[nid] = f"no answer within {self.request_timeout:g} s"
                 g.awaiting.clear()
+                g.ended = now
                 out += g.on_done(g)
         return out
 
@@ -274,6 +279,7 @@ class SchedulerCore:
                 g.errors[nid] = reason
                 if not g.awaiting:
                     del self._gathers[ts]
+                    g.ended = now
                     out += g.on_done(g)
         for group in GROUPS:
             self._barriers[group].pop(nid, None)
@@ -475,6 +481,7 @@ class SchedulerCore:
                         **self._nodes_body()}
                 out.append(Send(info.id, reg.reply(body=body)))
                 self._answered.add(info.id)
+                self.last_seen[info.id] = g.ended  # its heartbeats start now
             if joined:  # a server joined a running cluster: give it its share of the ranges
                 out += self.migrate("server joined", self._placed, lambda ok, why: [], now)
             return out + self._next_round(now) + self._check_barriers()
@@ -632,5 +639,6 @@ class SchedulerCore:
         if g.awaiting:
             return []
         del self._gathers[msg.ts]
+        g.ended = now
         return g.on_done(g)
 
