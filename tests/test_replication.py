@@ -179,20 +179,68 @@ def test_aggregated_tables_replicate_each_iteration_once(fast_env: dict[str, str
                 w.close()
 
 
-def test_join_a_fourth_server_then_drain_one_while_workers_push(fast_env: dict[str, str]) -> None:
+def test_aggregated_sums_are_exact_through_a_join_and_a_drain(fast_env: dict[str, str]) -> None:
+    """Aggregating table on the ring, replicas=2, 3 workers: a server joins, then one is
+    drained while an iteration is half pushed (its partial sums on the drained master go to
+    the new masters, and the pushes waiting there are answered): every sum is exact."""
+    env = _env(fast_env, PS_PLACEMENT="ring")
+    keys = workloads.POOL
+    with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:
+        ws = [ps.connect(cluster.address) for _ in range(3)]
+        try:
+            tables = [w.table("g", width=2, dtype="float64", aggregate=True) for w in ws]
+            reqs: list[ps.Request] = []
+
+            def push(i: int, it: int) -> None:
+                reqs.append(tables[i].push(keys, np.full((len(keys), 2), float(1 + i + 10 * it))))
+
+            def iterations(its: range) -> None:
+                for it in its:
+                    for i in range(3):
+                        push(i, it)
+                    for w in ws:
+                        w.advance()
+
+            iterations(range(0, 4))
+            cluster.add_server()
+            iterations(range(4, 8))
+            push(0, 8)
+            push(1, 8)  # iteration 8 half pushed: partial sums wait on the masters
+            cluster.remove_server(0)
+            push(2, 8)
+            for w in ws:
+                w.advance()
+            iterations(range(9, 12))
+            for r in reqs:
+                r.wait(60)
+            total = sum(float(1 + i + 10 * it) for it in range(12) for i in range(3))
+            for t in tables:
+                np.testing.assert_array_equal(t.pull(keys), np.full((len(keys), 2), total))
+            assert cluster.status()["migrations"] == 2
+        finally:
+            for w in ws:
+                w.close()
+
+
+@pytest.mark.parametrize("placement", ["ring", "even"])
+def test_join_a_fourth_server_then_drain_one_while_workers_push(fast_env: dict[str, str], placement: str) -> None:
     """3 servers (replicas=2) and 3 pushing workers; a 4th server joins, then the first is
-    drained: the final sums are exact and the servers hold the keys the placement assigns.
-    (Even split: a drain on the consistent-hash ring over-counts under load, see CHANGELOG.)"""
-    from paramserver.placement import EvenSplit
+    drained: the final sums are exact and the servers hold the keys the placement assigns
+    (on the ring: only the ranges of the joined and the drained server's virtual nodes move)."""
+    from paramserver.placement import EvenSplit, Ring
 
     rounds = 200
-    env = _env(fast_env)
+    env = _env(fast_env, PS_PLACEMENT=placement)
+    policy = Ring() if placement == "ring" else EvenSplit()
     with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:
         with _pushing_workers(cluster, env, rounds) as procs:
             _wait_for("40 pushes", lambda: _pushes(cluster) >= 40)
             cluster.add_server()
             status = cluster.status()
             assert len(status["servers"]) == 4 and status["migrations"] >= 1
+            km = KeyMap.from_wire(status["keymap"])
+            four = sorted(int(s) for s in status["servers"])
+            assert list(km) == list(policy.assign(four, km.epoch, replicas=2))
             cluster.remove_server(0)
             codes = [p.wait(timeout=240) for p in procs]
         assert codes == [0, 0, 0]
@@ -202,8 +250,7 @@ def test_join_a_fourth_server_then_drain_one_while_workers_push(fast_env: dict[s
         km = KeyMap.from_wire(status["keymap"])
         servers = sorted(int(s) for s in status["servers"])
         assert len(servers) == 3 and km.servers() == servers
-        even = EvenSplit().assign(servers, km.epoch, replicas=2)
-        assert [(a.range, a.master, a.replicas) for a in km] == [(a.range, a.master, a.replicas) for a in even]
+        assert list(km) == list(policy.assign(servers, km.epoch, replicas=2))
         keys, _, _ = workloads.expected(3, rounds)
         owners = km.masters(keys)
         for sid, s in status["servers"].items():

@@ -198,9 +198,15 @@ def test_a_late_server_joins_by_two_phase_migration() -> None:
     assert copies[0].msg.body["plan"] == [[s2, [[2**63, 2**64 - 1]]]]
     assert core.keymap is not None and core.keymap.epoch == 1  # the map switches only after the copy
     out = ack_all(core, copies, Op.MIGRATE)
-    broadcast = sends(out, Op.NODES)  # phase 2: the new map, to every node
+    switches = sends(out, Op.MIGRATE)  # phase 2: both servers adopt the new map and drain their chains
+    assert {c.node for c in switches} == {s1, s2} and switches[0].msg.body["phase"] == "switch"
+    assert switches[0].msg.body["keymap"]["epoch"] == 3 and not sends(out, Op.NODES)
+    assert core.migrations == 0  # not done before every server switched
+    out = ack_all(core, switches, Op.MIGRATE)
+    broadcast = sends(out, Op.NODES)  # then the new map, to every node
     assert {b.node for b in broadcast} == {s1, s2}
     assert core.keymap.epoch == 3 and [a.master for a in core.keymap] == [s1, s2]
+    assert core.migrations == 1
 
 
 def test_status_gathers_every_server_and_tolerates_silence() -> None:

@@ -169,7 +169,7 @@ class LocalCluster:
             status = self.status()
             ids = [int(sid) for sid, s in status["servers"].items() if s.get("pid") == proc.pid]
             masters = {entry[2] for entry in (status.get("keymap") or {}).get("ranges", [])}
-            if ids and ids[0] in masters:
+            if ids and ids[0] in masters and not status.get("migrating"):
                 return len(self._servers) - 1
             time.sleep(0.05)
         raise ConnectError(f"LocalCluster: the new server did not take over its key ranges within {timeout} s")

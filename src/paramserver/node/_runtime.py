@@ -253,6 +253,14 @@ class Node:
         for fn in list(self.on_nodes_changed):
             fn(gone)
 
+    def learn_nodes(self, nodes: list[NodeInfo]) -> None:
+        """Add the nodes of ``nodes`` that the node table lacks (a server's "moved" answer may
+        name a server that joined before the scheduler's broadcast reached this node)."""
+        with self._lock:
+            for info in nodes:
+                if info.role == "server":
+                    self._nodes.setdefault(info.id, info)
+
     def adopt_keymap(self, keymap: KeyMap) -> bool:
         """Use ``keymap`` if it is newer than the cached one; True if it was adopted."""
         with self._lock:
@@ -555,6 +563,11 @@ class Node:
             except ProtocolError as exc:
                 p.req.fail(exc)
                 return
+            try:
+                self.learn_nodes([NodeInfo.from_wire(x) for x in get(msg.body, "nodes", list, [])])
+            except ProtocolError as exc:
+                p.req.fail(exc)
+                return
             self.adopt_keymap(theirs)
         mine = self.keymap.epoch if self.keymap is not None else 0
         with self._lock:
@@ -590,6 +603,12 @@ class Node:
         with self._lock:
             entry = self._pending.get(ts)
         return entry.req if entry is not None else None
+
+    def low_water(self) -> int:
+        """The smallest timestamp of an unfinished request (0 if none): every request below
+        it finished, so its parts are never sent again."""
+        with self._lock:
+            return min(self._pending, default=0)
 
     def pending_requests(self) -> list[Request]:
         """Every unfinished request of this node."""

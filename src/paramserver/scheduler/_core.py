@@ -365,14 +365,30 @@ class SchedulerCore:
             if failed or self.finished:
                 why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
                 log.warning("migration (%s) failed: %s", name, why)
-                return then(False, why) + self._next_migration(now)
+                return then(False, why) + self._next_migration(g.ended)
             if self.keymap is not old:  # a failure changed the map meanwhile: plan again
                 self._migrations.insert(0, (name, make, then))
-                return self._next_migration(now)
+                return self._next_migration(g.ended)
+            # Phase 2, switch: the map is `new` from here on (a failure now is handled from it).
+            # Every server of either map adopts it and answers once the updates it applied
+            # before have reached their whole chains; only then is the map broadcast.
             self.keymap = new
+            self._migrating = True
+            holders = set(old.servers()) | set(new.servers())
+            body = {"phase": "switch", "keymap": new.to_wire()}
+            return self._request([s for s in self._joined("server") if s in holders],
+                                 lambda nid: Message(Op.MIGRATE, body=body), g.ended, switched)
+
+        def switched(g: _Gather) -> list[Action]:
+            self._migrating = False
+            failed = {n: r.body.get("message", "") for n, r in g.replies.items() if r.status != Status.OK}
+            failed.update(g.errors)
+            if failed:  # the map stands: servers adopted it or failed (and failed over from it)
+                log.warning("migration (%s): switching failed on %s", name,
+                            "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())))
             self.migrations += 1
-            log.info("migration (%s) done: %r", name, new)
-            return self._broadcast_nodes(now) + then(True, "") + self._next_migration(now)
+            log.info("migration (%s) done: %r", name, self.keymap)
+            return self._broadcast_nodes(g.ended) + then(True, "") + self._next_migration(g.ended)
 
         wire = mid.to_wire()
 
@@ -621,6 +637,7 @@ class SchedulerCore:
                 "uptime": round(now - self.started, 3),
                 "failovers": self.failovers,
                 "migrations": self.migrations,
+                "migrating": self._migrating or bool(self._migrations),
                 "shards": self.shards.status(now),
             }
             return [Send(msg.sender, msg.reply(body=body))]

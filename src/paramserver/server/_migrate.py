@@ -6,15 +6,23 @@ The scheduler drives a migration from key map ``old`` to ``new`` in two phases:
    keymap: mid, plan}``, where ``mid`` keeps the masters of ``old`` but puts the new holders
    of each range right after its master in the chain. The master adopts ``mid`` and, in
    the same handler (so no update slips between), sends a snapshot of the planned ranges
-   (keys, values, optimizer state, per-worker iteration clocks) to each new holder
-   (``phase: "load"``). Every update it applies from then on is forwarded down the extended
+   (keys, values, optimizer state, per-worker iteration clocks, applied-key records) to
+   each new holder (``phase: "load"``). Every update it applies from then on is forwarded down the extended
    chain, over the same link as the snapshot, so each new holder applies it after the
    snapshot: by the time the loads are acknowledged, the new holders are exact replicas.
    It answers the scheduler then.
-2. *Switch.* The scheduler broadcasts ``new`` (a higher epoch). Old masters answer "moved"
-   for ranges they lost; workers send those requests on to the new masters. Sums of
-   unfinished iterations (tables that aggregate) that an old master holds for ranges it no
-   longer masters are handed to their new masters (``phase: "load"``, ``pending``).
+2. *Switch.* The scheduler sends ``{phase: "switch", keymap: new}`` (a higher epoch) to
+   every server of either map. Each adopts ``new``, hands the sums of unfinished iterations
+   (tables that aggregate) it holds for keys it no longer masters to their new masters
+   (``phase: "load"``, ``pending``), and answers once every replication it sent before is
+   acknowledged: every push it applied has then reached the end of its chain and was
+   acknowledged to its worker, so no worker sends it again to a new master. Then the
+   scheduler broadcasts ``new``. Old masters answer "moved" for ranges they lost; workers
+   send those requests on to the new masters.
+
+Snapshots carry, besides the rows, the table's records of which keys the pushes still in
+flight applied (``TableSync.applied_in``), so a part sent again to a new holder applies
+only the keys the snapshot does not hold yet.
 
 Not thread-safe: runs on the server's receive thread, like the rest of the server.
 """
@@ -56,6 +64,8 @@ class Migrations:
         phase = get(msg.body, "phase", str)
         if phase == "copy":
             self._copy(msg)
+        elif phase == "switch":
+            self._switch(msg)
         elif phase == "load":
             self._load(msg)
         else:
@@ -77,6 +87,16 @@ class Migrations:
                 reqs.append(self._send_rows(target, tid, store, ranges))
         server._when_all(reqs, lambda: server.node.reply(msg, body={"keys": self.sent_keys}))
 
+    def _switch(self, msg: Message) -> None:
+        """Adopt the final map, then answer once every update applied before has reached the
+        end of its chain: after that no update of a range that left this server is in flight,
+        and every push it applied was acknowledged to its worker (so none is sent again to the
+        range's new master, which would apply it twice)."""
+        server = self.server
+        server.node.adopt_keymap(KeyMap.from_wire(get(msg.body, "keymap", dict)))
+        server._on_nodes_changed(set())  # hand over unfinished sums, answer held pulls "moved"
+        server._when_all(server.replicating(), lambda: server.node.reply(msg))
+
     def _send_rows(self, target: int, tid: int, store: Store, ranges: list[tuple[int, int]]) -> Request:
         rows = store.rows_in(ranges)
         names = sorted(store.state)
@@ -88,8 +108,9 @@ class Migrations:
                 iters.append([worker, done])
         self.sent_keys += len(rows["keys"])
         body = {"phase": "load", "ranges": ranges_to_wire(ranges), "state": names, "iters": iters}
-        msg = Message(Op.MIGRATE, table=tid, arrays=[rows["keys"], rows["values"], *[rows[n] for n in names]],
-                      body=body)
+        # and which keys the pushes still in flight applied, so that none is applied twice there
+        msg = Message(Op.MIGRATE, table=tid, arrays=[rows["keys"], rows["values"], *[rows[n] for n in names],
+                                                     *sync.applied_in(ranges)], body=body)
         return self.server.node.request({target: msg}, f"migration of table {tid} to server {target}")
 
     def hand_over_pending(self) -> None:
@@ -100,7 +121,9 @@ class Migrations:
         if keymap is None or keymap.epoch == self._epoch:
             return  # the node table changed, not the key map
         self._epoch = keymap.epoch
+        left = not keymap.ranges_of(server.node.id)
         for tid, sync in server.sync.items():
+            reqs: list[Request] = []
             for iteration, buffer in list(sync.pending.items()):
                 keys, values = buffer.pull_range(0, KEY_SPACE)
                 if not len(keys):
@@ -111,13 +134,26 @@ class Migrations:
                     continue
                 for owner in np.unique(owners[~mine]).tolist():
                     pick = owners == owner
-                    server.node.request({int(owner): Message(
+                    reqs.append(server.node.request({int(owner): Message(
                         Op.MIGRATE, table=tid, arrays=[keys[pick], values[pick]],
-                        body={"phase": "load", "pending": iteration})}, f"hand-over of table {tid} sums")
+                        body={"phase": "load", "pending": iteration})}, f"hand-over of table {tid} sums"))
                 kept = Store(buffer.spec)
                 if bool(mine.any()):
                     kept.push(keys[mine], values[mine])
                 sync.pending[iteration] = kept
+            if left and sync.acks:
+                # This server masters nothing any more: it will never apply these iterations, so
+                # the pushes waiting for them are answered once their sums are with the new
+                # masters (answered, their workers do not send them again, which would count
+                # them twice there).
+                waiting = [m for ms in sync.acks.values() for m in ms]
+                sync.acks.clear()
+
+                def answer(waiting: list[Message] = waiting) -> None:
+                    for m in waiting:
+                        server.node.reply(m)
+
+                server._when_all(reqs, answer)
 
     # ------------------------------------------------------------------ target side
     def _load(self, msg: Message) -> None:
@@ -136,11 +172,13 @@ class Migrations:
             server.node.reply(msg)
             return
         names = get(msg.body, "state", list)
-        if len(msg.arrays) != 2 + len(names):
-            raise ProtocolError("a migration carries keys, values and one array per state")
+        if len(msg.arrays) != 2 + len(names) + 4:
+            raise ProtocolError("a migration carries keys, values, one array per state and 4 of applied keys")
         keys, values = msg.arrays[0], msg.arrays[1]
+        state = msg.arrays[2:2 + len(names)]
         store.load(np.ascontiguousarray(keys), np.ascontiguousarray(values),
-                   {n: np.ascontiguousarray(a) for n, a in zip(names, msg.arrays[2:], strict=True)})
+                   {n: np.ascontiguousarray(a) for n, a in zip(names, state, strict=True)})
+        sync.load_applied([np.ascontiguousarray(a) for a in msg.arrays[2 + len(names):]])
         ranges = ranges_from_wire(get(msg.body, "ranges", list))
         for entry in get(msg.body, "iters", list):
             worker, done = int(entry[0]), int(entry[1])

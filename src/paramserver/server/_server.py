@@ -72,6 +72,7 @@ class Server:
         self.replicated: dict[str, int] = {"push": 0, "agg": 0, "clock": 0}
         #: Bytes of replicated keys and values sent.
         self.replicated_bytes = 0
+        self._replicating: set[Request] = set()  # replication requests not answered yet
         self.done = threading.Event()
         self.exit_reason = ""
         node.on(Op.TABLE, self._on_table)
@@ -181,9 +182,12 @@ class Server:
             raise KeyRangeError(f"server {self.node.id} does not own the keys of this {msg.op.name.lower()} "
                                 f"(key map epoch {epoch})")
         self.moved += 1
+        holders = set(keymap.servers()) if keymap is not None else set()
         return {"message": f"server {self.node.id} does not own these keys in epoch {epoch} "
                            f"(the request was sliced in epoch {msg.epoch})",
-                "epoch": epoch, "keymap": keymap.to_wire() if keymap is not None else None}
+                "epoch": epoch, "keymap": keymap.to_wire() if keymap is not None else None,
+                # the addresses of the map's servers: one may have joined after the sender's node table
+                "nodes": [n.to_wire() for n in self.node.nodes().values() if n.id in holders]}
 
     @staticmethod
     def _origins(msg: Message) -> list[tuple[int, int]]:
@@ -276,17 +280,25 @@ class Server:
                 return
             origins = self._origins(msg)
             aggregate = store.spec.aggregate and msg.op == Op.PUSH
-            spans = self._spans(msg) if origins else []
-            keys = msg.arrays[0] if msg.op == Op.PUSH and msg.arrays else None
-            if origins and sync.duplicate(msg.sender, origins, spans, msg.clock, aggregate, keys):
-                self.duplicates += 1  # applied through a replica chain before its master failed
+            if aggregate and origins and sync.agg_duplicate(origins, msg.clock):
+                self.duplicates += 1  # its iteration was applied through a replica chain
                 self.node.reply(msg)
                 return
-            self._apply(msg, ch)
+            fresh = None
+            if msg.op == Op.PUSH and not aggregate and msg.arrays:
+                # a part sent again (to a new owner) applies only the keys not applied here yet
+                fresh = sync.fresh(msg.sender, self._rid(msg), msg.arrays[0])
+                if fresh is not None:
+                    self.duplicates += 1
+                    if not fresh.any():
+                        self.node.reply(msg)
+                        return
+            self._apply(msg, ch, fresh)
             if aggregate and self._replicated():
                 sync.acks.setdefault(msg.clock, []).append(msg)  # answered once the sum is replicated
                 return
-            sync.record(msg.sender, origins, spans)
+            if msg.op == Op.PUSH and not aggregate:
+                sync.note(msg.sender, self._rid(msg), msg.arrays[0], self._low_water(msg))
             forwards = [] if aggregate else self._forward(msg, [*origins, (self.node.id, msg.seq)])
             self._when_all(forwards, lambda: self.node.reply(msg))
         except Exception as exc:
@@ -296,22 +308,28 @@ class Server:
         finally:
             ch.done = msg.seq
 
-    def _spans(self, msg: Message) -> list[tuple[int, int]]:
-        """The key spans an ordered message covers, one inside each range of the key map it
-        touches (a push: from its first to its last key there; a tick: its key range)."""
-        if msg.op == Op.CLOCK:
-            return [msg.key_range] if msg.key_range is not None else []
-        keymap = self.node.keymap
-        keys = msg.arrays[0] if msg.arrays else None
-        if keymap is None or keys is None or keys.dtype != KEY_DTYPE or keys.ndim != 1 or not len(keys):
-            return []
-        return [(int(keys[a]), int(keys[b - 1]) + 1) for pieces in keymap.slice(keys).values() for a, b in pieces]
+    @staticmethod
+    def _rid(msg: Message) -> int:
+        """The request id of a push: the worker's timestamp of the push it is a part of."""
+        rid = msg.body.get("rid", msg.ts)
+        if type(rid) is not int:
+            raise ProtocolError("a push's request id (rid) must be an integer")
+        return rid
+
+    @staticmethod
+    def _low_water(msg: Message) -> int:
+        """The sender's low-water mark: it finished every request with a smaller id."""
+        lw = msg.body.get("lw", 0)
+        if type(lw) is not int:
+            raise ProtocolError("a push's low-water mark (lw) must be an integer")
+        return lw
 
     def _replicated(self) -> bool:
         keymap = self.node.keymap
         return keymap is not None and any(a.replicas for a in keymap if a.master == self.node.id)
 
-    def _apply(self, msg: Message, ch: Channel | None) -> None:
+    def _apply(self, msg: Message, ch: Channel | None, fresh: np.ndarray | None = None) -> None:
+        """Apply a push (only its ``fresh`` keys, if given) or a tick, after checking it."""
         if msg.op == Op.CLOCK:
             if ch is not None:
                 lo, hi = msg.key_range if msg.key_range is not None else self._own_span()
@@ -331,6 +349,8 @@ class Server:
             raise InvalidArgument(
                 f"table {store.spec.name!r}: values of shape {values.shape} for {len(keys)} keys of width {store.width}"
             )
+        if fresh is not None:
+            keys, values = keys[fresh], values[fresh]
         if self.checkpoints.defer(msg, keys, values):  # after a pending checkpoint's cut: applied after it
             return
         if store.spec.aggregate:
@@ -348,7 +368,9 @@ class Server:
     def _forward(self, msg: Message, origins: list[tuple[int, int]]) -> list[Request]:
         """Send what ``msg`` applied to the replicas of its ranges; return the requests."""
         body: dict[str, Any] = {"worker": msg.sender, "origins": [list(o) for o in origins]}
-        if msg.op == Op.PUSH:
+        if msg.op == Op.PUSH and msg.seq:  # a push of a worker's channel: its replicas record it too
+            body["rid"] = self._rid(msg)
+            body["lw"] = self._low_water(msg)
             return self._forward_push(msg.table, msg.arrays[0], msg.arrays[1], {"kind": "push", **body}, msg.clock)
         keymap = self.node.keymap
         if keymap is None:
@@ -370,10 +392,8 @@ class Server:
         out = []
         for chain, pieces in keymap.chains(keys).items():
             idx = positions(pieces)
-            spans = [[int(keys[a]), int(keys[b - 1])] for a, b in pieces]  # [lo, last] inside one range each
             out.append(self._send_replica(chain, Message(Op.REPLICATE, table=table, clock=clock,
-                                                         arrays=[keys[idx], values[idx]],
-                                                         body={**body, "spans": spans})))
+                                                         arrays=[keys[idx], values[idx]], body=dict(body))))
         return out
 
     def _send_replica(self, chain: tuple[int, ...] | list[int], msg: Message) -> Request:
@@ -386,7 +406,14 @@ class Server:
         if isinstance(kind, str) and kind in self.replicated:
             self.replicated[kind] += 1
         self.replicated_bytes += sum(a.nbytes for a in msg.arrays)
-        return self.node.request({chain[0]: msg}, f"replication to server {chain[0]}")
+        req = self.node.request({chain[0]: msg}, f"replication to server {chain[0]}")
+        self._replicating.add(req)
+        req.add_done_callback(self._replicating.discard)
+        return req
+
+    def replicating(self) -> list[Request]:
+        """The replication requests this server sent that are not answered yet."""
+        return list(self._replicating)
 
     def _when_all(self, reqs: list[Request], then: Callable[[], None]) -> None:
         """Run ``then`` (on the receive thread) once every request finished, failed or not:
@@ -419,23 +446,25 @@ class Server:
         if not all(type(n) is int for n in chain):
             raise ProtocolError("a replication's chain must list node ids")
         if kind == "agg":
-            if not any(sync.agg_seen.get(o, -1) >= msg.clock for o, _ in origins):
+            if not sync.agg_duplicate(origins, msg.clock):
                 keys, values = self._replica_arrays(msg, store)
                 store.push(keys, values)
                 for o, _ in origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
-        elif kind in ("push", "clock"):
-            spans = ranges_from_wire(get(msg.body, "spans" if kind == "push" else "ranges", list))
-            if not sync.duplicate(worker, origins, spans, msg.clock, False,
-                                  msg.arrays[0] if kind == "push" and msg.arrays else None):
-                if kind == "push":
-                    keys, values = self._replica_arrays(msg, store)
-                    store.push(keys, values)
-                else:
-                    ch = sync.channel(worker)
-                    for lo, hi in spans:
-                        ch.iters.advance(lo, hi, msg.clock)
-                sync.record(worker, origins, spans)
+        elif kind == "push":
+            keys, values = self._replica_arrays(msg, store)
+            rid = get(msg.body, "rid", int, -1)  # -1: a push outside any channel, never sent again
+            fresh = sync.fresh(worker, rid, keys) if rid >= 0 else None
+            if fresh is None:
+                store.push(keys, values)
+            elif fresh.any():
+                store.push(keys[fresh], values[fresh])
+            if rid >= 0:
+                sync.note(worker, rid, keys, get(msg.body, "lw", int, 0))
+        elif kind == "clock":  # advancing a clock is idempotent: a second copy changes nothing
+            ch = sync.channel(worker)
+            for lo, hi in ranges_from_wire(get(msg.body, "ranges", list)):
+                ch.iters.advance(lo, hi, msg.clock)
         else:
             raise ProtocolError(f"unknown replication kind {kind!r}")
         if not chain:

@@ -13,12 +13,15 @@ channel keeps:
   delay needs: "has every live worker pushed iteration t for range R". Replicas keep it
   too, from the ticks their master forwards, so a promoted replica knows it at once.
 
-Across owners (chain replication, failover) a message is known by its *origins*: the
-``(server, sequence number)`` pairs under which it was sent before. ``seen`` records, per
-origin server and worker, the last number applied here (forwarded by that server as master
-of a chain this server belongs to); a part that a worker sends on to a promoted replica is
-skipped if one of its origins was already applied. Tables that aggregate replicate whole
-iterations, so they record the last iteration replicated per origin instead (``agg_seen``).
+Across owners (chain replication, failover, migration) a push is known by its *request
+id*: the worker's timestamp of the push it belongs to, kept when a part is sliced again and
+sent to new owners. ``applied`` records, per worker and request id, the keys applied here
+(by the worker's own part, or forwarded down a chain, or copied by a migration), so a part
+sent again applies only the keys not applied yet: each key of a push is applied exactly
+once, whichever ways its pieces travelled. A worker's messages carry its *low-water mark*
+(the oldest request it has not finished); records below it are dropped, so the record holds
+the requests in flight only. Tables that aggregate replicate whole iterations, so they
+record the last iteration replicated per origin server instead (``agg_seen``).
 
 A pull waits (held, without blocking the server) until the channel has applied what the
 same worker pushed before it (read-your-writes) and, under bounded delay, until every live
@@ -34,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import ProtocolError
 from ..clock import Consistency, RangeClock
+from ..placement import in_ranges
 from ..protocol import Message
 
 __all__ = ["Channel", "TableSync"]
@@ -72,37 +77,66 @@ class TableSync:
     acks: dict[int, list[Message]] = field(default_factory=dict)
     #: The last iteration this server aggregated and applied as master (-1: none).
     agg_done: int = -1
-    #: (origin server, worker) -> on each key range, the last sequence number of that origin
-    #: applied here (a push's keys may reach a replica by several chains, so per range).
-    seen: dict[tuple[int, int], RangeClock] = field(default_factory=dict)
+    #: worker -> {request id -> sorted keys of that push applied here}; see the module docstring.
+    applied: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
+    #: worker -> the highest low-water mark it sent (records below it are gone).
+    low_water: dict[int, int] = field(default_factory=dict)
     #: origin server -> last aggregated iteration of that origin applied here.
     agg_seen: dict[int, int] = field(default_factory=dict)
 
-    def duplicate(self, worker: int, origins: list[tuple[int, int]], spans: list[tuple[int, int]],
-                  iteration: int, aggregate: bool, keys: np.ndarray | None = None) -> bool:
-        """Was a message with these origins already applied here (through a replica chain)?
-        A push is judged by its ``keys`` (each must have been applied under the origin), a
-        tick by its ``spans`` (``[lo, hi)`` pieces)."""
-        if aggregate:
-            return any(self.agg_seen.get(o, -1) >= iteration for o, _ in origins)
-        for o, q in origins:
-            rc = self.seen.get((o, worker))
-            if rc is None:
-                continue
-            if keys is not None:
-                if len(keys) and bool(np.all(rc.times(keys) >= q)):
-                    return True
-            elif spans and all(rc.min(lo, hi) >= q for lo, hi in spans):
-                return True
-        return False
+    def fresh(self, worker: int, rid: int, keys: np.ndarray) -> np.ndarray | None:
+        """Which of ``keys`` (sorted, distinct) request ``rid`` of ``worker`` has not applied
+        here yet: a boolean mask, or None if none of them was applied (the usual case)."""
+        done = self.applied.get(worker, {}).get(rid)
+        if done is None:
+            return None
+        return ~np.isin(keys, done, assume_unique=True)
 
-    def record(self, worker: int, origins: list[tuple[int, int]], spans: list[tuple[int, int]]) -> None:
-        for o, q in origins:
-            rc = self.seen.get((o, worker))
-            if rc is None:
-                rc = self.seen[(o, worker)] = RangeClock()
-            for lo, hi in spans:
-                rc.advance(lo, hi, q)
+    def note(self, worker: int, rid: int, keys: np.ndarray, low_water: int = 0) -> None:
+        """Record that ``keys`` (sorted, distinct) of request ``rid`` of ``worker`` are applied
+        here; drop the records the worker's ``low_water`` mark says it will never send again."""
+        if low_water > self.low_water.get(worker, 0):
+            self.low_water[worker] = low_water
+            mine = self.applied.get(worker)
+            if mine:
+                for r in [r for r in mine if r < low_water]:
+                    del mine[r]
+        if rid < self.low_water.get(worker, 0) or not len(keys):
+            return
+        mine = self.applied.setdefault(worker, {})
+        prev = mine.get(rid)
+        mine[rid] = keys if prev is None else np.union1d(prev, keys)
+
+    def applied_in(self, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
+        """The records of keys in ``ranges`` (sorted, disjoint ``[lo, hi)``), as four arrays for
+        a migration: workers, request ids, key counts (int64) and the keys (uint64)."""
+        workers, rids, counts, keys = [], [], [], []
+        for w, mine in self.applied.items():
+            for rid, ks in mine.items():
+                pick = ks[in_ranges(ks, ranges)]
+                if len(pick):
+                    workers.append(w)
+                    rids.append(rid)
+                    counts.append(len(pick))
+                    keys.append(pick)
+        return [np.array(workers, dtype=np.int64), np.array(rids, dtype=np.int64),
+                np.array(counts, dtype=np.int64),
+                np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)]
+
+    def load_applied(self, arrays: list[np.ndarray]) -> None:
+        """Merge records sent by :meth:`applied_in`."""
+        workers, rids, counts, keys = arrays
+        if any(a.dtype != np.int64 or a.ndim != 1 for a in (workers, rids, counts)) or keys.dtype != np.uint64:
+            raise ProtocolError("applied-key records are 1-D int64 workers, ids and counts, and uint64 keys")
+        if not (len(workers) == len(rids) == len(counts)) or int(counts.sum()) != len(keys):
+            raise ProtocolError("applied-key records whose counts do not match their keys")
+        ends = np.cumsum(counts)
+        for w, rid, end, n in zip(workers.tolist(), rids.tolist(), ends.tolist(), counts.tolist(), strict=True):
+            self.note(w, rid, keys[end - n:end])
+
+    def agg_duplicate(self, origins: list[tuple[int, int]], iteration: int) -> bool:
+        """Was this iteration's sum already applied here under one of ``origins``?"""
+        return any(self.agg_seen.get(o, -1) >= iteration for o, _ in origins)
 
     def channel(self, worker: int) -> Channel:
         ch = self.channels.get(worker)

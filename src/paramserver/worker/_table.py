@@ -168,6 +168,8 @@ class Table:
             msg.codecs = parent.codecs
             msg.epoch = keymap.epoch
             msg.clock = parent.clock
+            if op == Op.PUSH:  # the same push: a new owner applies only the keys not applied yet
+                msg.body["rid"] = parent.body.get("rid", parent.ts)
             if msg.key_range is None:
                 msg.key_range = keymap.span_of(server)
         worker = self._worker
@@ -177,7 +179,8 @@ class Table:
 
     @staticmethod
     def _origins(peer: int, msg: Message) -> list[list[int]]:
-        """Where an ordered part went before: a new owner skips it if one of them applied it."""
+        """Where an ordered part went before (``[server, seq]`` pairs): for a table that
+        aggregates, a new owner skips a push whose iteration one of them replicated."""
         origins: list[list[int]] = list(msg.body.get("origins", []))
         if msg.seq:
             origins.append([peer, msg.seq])

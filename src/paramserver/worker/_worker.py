@@ -149,6 +149,8 @@ class Worker:
 
         def prepare(server: int, msg: Message) -> None:
             key = (table, server)
+            if msg.op == Op.PUSH:  # servers keep which keys of the pushes in flight they applied
+                msg.body["lw"] = self._node.low_water()
             with self._seq_lock:
                 if ordered:
                     self._seq[key] = msg.seq = self._seq.get(key, 0) + 1
