@@ -62,3 +62,29 @@ def test_malformed_migrated_records_raise_protocol_errors() -> None:
     with pytest.raises(ProtocolError, match="int64 workers"):
         sync.load_applied([ints.astype(np.float64), ints, ints, keys(1)])
     assert sync.applied == {}
+
+
+def test_pushes_are_recorded_on_master_and_replica_and_one_outside_a_channel_is_not() -> None:
+    from paramserver.placement import positions
+    from paramserver.protocol import Message, Op
+    from paramserver.testing import InProcessCluster
+
+    with InProcessCluster(servers=2, replicas=2) as c, c.connect() as w:
+        t = w.table("w", width=1, dtype="float32")
+        keys = np.array([1, 2**63 + 1], dtype=np.uint64)
+        t.push(keys, np.array([3, 4], dtype=np.float32)).wait(5)
+        for s in c.servers:  # both servers hold both keys (master of one, replica of the other)
+            np.testing.assert_array_equal(s.stores[t.id].pull(keys).ravel(), [3, 4])
+            (worker, records), = s.sync[t.id].applied.items()
+            (recorded,) = records.values()  # one push: its own key and the one replicated here
+            assert worker == w.id
+            np.testing.assert_array_equal(recorded, keys)
+        node = w._node
+        assert node.keymap is not None
+        parts = {server: Message(Op.PUSH, table=t.id, arrays=[keys[positions(p)], np.ones((len(positions(p)), 1),
+                                                                                             np.float32)])
+                 for server, p in node.keymap.slice(keys).items()}
+        node.request(parts, "a push outside any channel").wait(5)  # no sequence number
+        for s in c.servers:
+            np.testing.assert_array_equal(s.stores[t.id].pull(keys).ravel(), [4, 5])
+            assert sum(len(r) for r in s.sync[t.id].applied[w.id].values()) == 2  # not recorded

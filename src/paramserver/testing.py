@@ -38,14 +38,17 @@ class InProcessCluster:
         Number of servers.
     workers:
         Workers the job expects (0: any number).
+    replicas:
+        Copies of every key range (1: no replicas), as ``LocalCluster(replicas=)``.
     **settings:
         Config fields to override (``heartbeat_timeout=2.0``, ``timeout=10.0``...).
     """
 
-    def __init__(self, servers: int = 1, workers: int = 0, **settings: Any) -> None:
+    def __init__(self, servers: int = 1, workers: int = 0, replicas: int = 1, **settings: Any) -> None:
         self.hub = MemoryHub()
         self.config = Config.from_env(num_servers=servers, num_workers=workers, **settings)
-        self._scheduler = SchedulerProcess(self.config, host="", transport=MemoryTransport(self.hub))
+        self._scheduler = SchedulerProcess(self.config, host="", replicas=replicas,
+                                           transport=MemoryTransport(self.hub))
         self.address = self._scheduler.start()
         self._thread = threading.Thread(target=self._scheduler.run, name="paramserver-test-scheduler", daemon=True)
         self._thread.start()

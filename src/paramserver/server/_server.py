@@ -368,9 +368,10 @@ class Server:
     def _forward(self, msg: Message, origins: list[tuple[int, int]]) -> list[Request]:
         """Send what ``msg`` applied to the replicas of its ranges; return the requests."""
         body: dict[str, Any] = {"worker": msg.sender, "origins": [list(o) for o in origins]}
-        if msg.op == Op.PUSH and msg.seq:  # a push of a worker's channel: its replicas record it too
-            body["rid"] = self._rid(msg)
-            body["lw"] = self._low_water(msg)
+        if msg.op == Op.PUSH:
+            if msg.seq:  # a push of a worker's channel: its replicas record its keys too
+                body["rid"] = self._rid(msg)
+                body["lw"] = self._low_water(msg)
             return self._forward_push(msg.table, msg.arrays[0], msg.arrays[1], {"kind": "push", **body}, msg.clock)
         keymap = self.node.keymap
         if keymap is None:
