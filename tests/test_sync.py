@@ -16,13 +16,23 @@ def keys(*ks: int) -> np.ndarray:
 
 def test_a_part_sent_again_applies_only_the_keys_not_applied_yet() -> None:
     sync = TableSync()
-    assert sync.fresh(7, 100, keys(1, 2, 3)) is None  # nothing recorded: all fresh
+    assert sync.fresh(7, 100, keys(1, 2, 3), again=True) is None  # nothing recorded: all fresh
     sync.note(7, 100, keys(1, 5))  # one piece of request 100 came through a chain
     sync.note(7, 100, keys(9))  # and another one by another chain
-    np.testing.assert_array_equal(sync.fresh(7, 100, keys(1, 2, 5, 9, 11)), [False, True, False, False, True])
-    assert sync.fresh(7, 101, keys(1)) is None  # another request of the same worker
-    assert sync.fresh(8, 100, keys(1)) is None  # the same id from another worker
-    np.testing.assert_array_equal(sync.applied[7][100], keys(1, 5, 9))
+    assert sync.fresh(7, 100, keys(2, 3), again=False) is None  # first-send pieces are disjoint: no search
+    np.testing.assert_array_equal(sync.fresh(7, 100, keys(1, 2, 5, 9, 11), again=True),
+                                  [False, True, False, False, True])
+    assert sync.fresh(7, 101, keys(1), again=True) is None  # another request of the same worker
+    assert sync.fresh(8, 100, keys(1), again=True) is None  # the same id from another worker
+    np.testing.assert_array_equal(sync.keys_applied(7, 100), keys(1, 5, 9))
+
+
+def test_a_late_first_send_is_compared_with_the_parts_sent_again() -> None:
+    """A master died after forwarding: the worker's resent part reached the new master
+    first, the dead master's forward of the first send arrives after it."""
+    sync = TableSync()
+    sync.note(7, 100, keys(2, 4, 6), again=True)
+    np.testing.assert_array_equal(sync.fresh(7, 100, keys(4, 8), again=False), [False, True])
 
 
 def test_records_below_the_low_water_mark_are_dropped() -> None:
@@ -49,8 +59,9 @@ def test_records_travel_with_a_migration_restricted_to_its_ranges() -> None:
     dst = TableSync()
     dst.note(1, 20, keys(7))
     dst.load_applied(arrays)
-    np.testing.assert_array_equal(dst.applied[1][20], keys(5, 7, 50))
-    np.testing.assert_array_equal(dst.applied[2][21], keys(60))
+    np.testing.assert_array_equal(dst.keys_applied(1, 20), keys(5, 7, 50))
+    np.testing.assert_array_equal(dst.keys_applied(2, 21), keys(60))
+    np.testing.assert_array_equal(dst.fresh(2, 21, keys(60, 61), again=False), [False, True])
     assert 22 not in dst.applied[2]
 
 
@@ -76,9 +87,9 @@ def test_pushes_are_recorded_on_master_and_replica_and_one_outside_a_channel_is_
         for s in c.servers:  # both servers hold both keys (master of one, replica of the other)
             np.testing.assert_array_equal(s.stores[t.id].pull(keys).ravel(), [3, 4])
             (worker, records), = s.sync[t.id].applied.items()
-            (recorded,) = records.values()  # one push: its own key and the one replicated here
+            (rid,) = records  # one push: its own key and the one replicated here
             assert worker == w.id
-            np.testing.assert_array_equal(recorded, keys)
+            np.testing.assert_array_equal(s.sync[t.id].keys_applied(worker, rid), keys)
         node = w._node
         assert node.keymap is not None
         parts = {server: Message(Op.PUSH, table=t.id, arrays=[keys[positions(p)], np.ones((len(positions(p)), 1),
@@ -87,4 +98,4 @@ def test_pushes_are_recorded_on_master_and_replica_and_one_outside_a_channel_is_
         node.request(parts, "a push outside any channel").wait(5)  # no sequence number
         for s in c.servers:
             np.testing.assert_array_equal(s.stores[t.id].pull(keys).ravel(), [4, 5])
-            assert sum(len(r) for r in s.sync[t.id].applied[w.id].values()) == 2  # not recorded
+            assert sum(len(s.sync[t.id].keys_applied(w.id, r)) for r in s.sync[t.id].applied[w.id]) == 2

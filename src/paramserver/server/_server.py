@@ -287,7 +287,7 @@ class Server:
             fresh = None
             if msg.op == Op.PUSH and not aggregate and msg.arrays:
                 # a part sent again (to a new owner) applies only the keys not applied here yet
-                fresh = sync.fresh(msg.sender, self._rid(msg), msg.arrays[0])
+                fresh = sync.fresh(msg.sender, self._rid(msg), msg.arrays[0], "rid" in msg.body)
                 if fresh is not None:
                     self.duplicates += 1
                     if not fresh.any():
@@ -298,7 +298,7 @@ class Server:
                 sync.acks.setdefault(msg.clock, []).append(msg)  # answered once the sum is replicated
                 return
             if msg.op == Op.PUSH and not aggregate:
-                sync.note(msg.sender, self._rid(msg), msg.arrays[0], self._low_water(msg))
+                sync.note(msg.sender, self._rid(msg), msg.arrays[0], self._low_water(msg), "rid" in msg.body)
             forwards = [] if aggregate else self._forward(msg, [*origins, (self.node.id, msg.seq)])
             self._when_all(forwards, lambda: self.node.reply(msg))
         except Exception as exc:
@@ -372,6 +372,7 @@ class Server:
             if msg.seq:  # a push of a worker's channel: its replicas record its keys too
                 body["rid"] = self._rid(msg)
                 body["lw"] = self._low_water(msg)
+                body["again"] = "rid" in msg.body  # a part the worker sent again (see TableSync.fresh)
             return self._forward_push(msg.table, msg.arrays[0], msg.arrays[1], {"kind": "push", **body}, msg.clock)
         keymap = self.node.keymap
         if keymap is None:
@@ -455,13 +456,14 @@ class Server:
         elif kind == "push":
             keys, values = self._replica_arrays(msg, store)
             rid = get(msg.body, "rid", int, -1)  # -1: a push outside any channel, never sent again
-            fresh = sync.fresh(worker, rid, keys) if rid >= 0 else None
+            again = get(msg.body, "again", bool, False)
+            fresh = sync.fresh(worker, rid, keys, again) if rid >= 0 else None
             if fresh is None:
                 store.push(keys, values)
             elif fresh.any():
                 store.push(keys[fresh], values[fresh])
             if rid >= 0:
-                sync.note(worker, rid, keys, get(msg.body, "lw", int, 0))
+                sync.note(worker, rid, keys, get(msg.body, "lw", int, 0), again)
         elif kind == "clock":  # advancing a clock is idempotent: a second copy changes nothing
             ch = sync.channel(worker)
             for lo, hi in ranges_from_wire(get(msg.body, "ranges", list)):

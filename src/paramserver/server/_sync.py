@@ -77,24 +77,34 @@ class TableSync:
     acks: dict[int, list[Message]] = field(default_factory=dict)
     #: The last iteration this server aggregated and applied as master (-1: none).
     agg_done: int = -1
-    #: worker -> {request id -> sorted keys of that push applied here}; see the module docstring.
-    applied: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
+    #: worker -> {request id -> (keys applied from first sends, keys applied from parts sent
+    #: again)}, lists of sorted arrays; see the module docstring.
+    applied: dict[int, dict[int, tuple[list[np.ndarray], list[np.ndarray]]]] = field(default_factory=dict)
     #: worker -> the highest low-water mark it sent (records below it are gone).
     low_water: dict[int, int] = field(default_factory=dict)
     #: origin server -> last aggregated iteration of that origin applied here.
     agg_seen: dict[int, int] = field(default_factory=dict)
 
-    def fresh(self, worker: int, rid: int, keys: np.ndarray) -> np.ndarray | None:
-        """Which of ``keys`` (sorted, distinct) request ``rid`` of ``worker`` has not applied
-        here yet: a boolean mask, or None if none of them was applied (the usual case)."""
-        done = self.applied.get(worker, {}).get(rid)
-        if done is None:
-            return None
-        return ~np.isin(keys, done, assume_unique=True)
+    def fresh(self, worker: int, rid: int, keys: np.ndarray, again: bool) -> np.ndarray | None:
+        """Which of ``keys`` of request ``rid`` of ``worker`` are not applied here yet: a
+        boolean mask, or None if all of them are fresh (the usual case, found without a search).
 
-    def note(self, worker: int, rid: int, keys: np.ndarray, low_water: int = 0) -> None:
-        """Record that ``keys`` (sorted, distinct) of request ``rid`` of ``worker`` are applied
-        here; drop the records the worker's ``low_water`` mark says it will never send again."""
+        The parts of one request's first send hold disjoint keys, so a first-send piece
+        (``again`` False) is compared only with keys applied from parts sent again; a part
+        sent again (re-sliced for new owners) is compared with everything applied."""
+        rec = self.applied.get(worker, {}).get(rid)
+        if rec is None:
+            return None
+        against = rec[0] + rec[1] if again else rec[1]
+        if not against:
+            return None
+        done = against[0] if len(against) == 1 else np.concatenate(against)
+        return ~np.isin(keys, done)
+
+    def note(self, worker: int, rid: int, keys: np.ndarray, low_water: int = 0, again: bool = False) -> None:
+        """Record that ``keys`` of request ``rid`` of ``worker`` are applied here (``again``:
+        from a part sent again); drop the records the worker's ``low_water`` mark says it
+        will never send again."""
         if low_water > self.low_water.get(worker, 0):
             self.low_water[worker] = low_water
             mine = self.applied.get(worker)
@@ -103,16 +113,21 @@ class TableSync:
                     del mine[r]
         if rid < self.low_water.get(worker, 0) or not len(keys):
             return
-        mine = self.applied.setdefault(worker, {})
-        prev = mine.get(rid)
-        mine[rid] = keys if prev is None else np.union1d(prev, keys)
+        self.applied.setdefault(worker, {}).setdefault(rid, ([], []))[1 if again else 0].append(keys)
+
+    def keys_applied(self, worker: int, rid: int) -> np.ndarray:
+        """Every key of request ``rid`` of ``worker`` applied here, sorted (for tests and status)."""
+        first, again = self.applied.get(worker, {}).get(rid, ([], []))
+        parts = first + again
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
 
     def applied_in(self, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
         """The records of keys in ``ranges`` (sorted, disjoint ``[lo, hi)``), as four arrays for
         a migration: workers, request ids, key counts (int64) and the keys (uint64)."""
         workers, rids, counts, keys = [], [], [], []
         for w, mine in self.applied.items():
-            for rid, ks in mine.items():
+            for rid in mine:
+                ks = self.keys_applied(w, rid)
                 pick = ks[in_ranges(ks, ranges)]
                 if len(pick):
                     workers.append(w)
@@ -124,7 +139,8 @@ class TableSync:
                 np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)]
 
     def load_applied(self, arrays: list[np.ndarray]) -> None:
-        """Merge records sent by :meth:`applied_in`."""
+        """Merge records sent by :meth:`applied_in` (kept as sent again: every later piece of
+        those requests is compared with them)."""
         workers, rids, counts, keys = arrays
         if any(a.dtype != np.int64 or a.ndim != 1 for a in (workers, rids, counts)) or keys.dtype != np.uint64:
             raise ProtocolError("applied-key records are 1-D int64 workers, ids and counts, and uint64 keys")
@@ -132,7 +148,7 @@ class TableSync:
             raise ProtocolError("applied-key records whose counts do not match their keys")
         ends = np.cumsum(counts)
         for w, rid, end, n in zip(workers.tolist(), rids.tolist(), ends.tolist(), counts.tolist(), strict=True):
-            self.note(w, rid, keys[end - n:end])
+            self.note(w, rid, keys[end - n:end], again=True)
 
     def agg_duplicate(self, origins: list[tuple[int, int]], iteration: int) -> bool:
         """Was this iteration's sum already applied here under one of ``origins``?"""
