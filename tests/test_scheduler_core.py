@@ -179,6 +179,21 @@ def test_a_worker_waiting_for_its_registration_is_not_timed_out_with_a_dying_ser
     assert [x.node for x in out if isinstance(x, Disconnect)] == [w]
 
 
+def test_a_worker_answered_in_the_tick_that_fails_a_server_is_timed_from_its_answer() -> None:
+    """The server's failure ends the round that held the worker's registration, within the
+    same tick: the worker, silent since it registered (longer than the timeout), is then
+    answered and timed from now, not declared dead on the time read before the failure."""
+    core = make(num_servers=2, num_workers=0)
+    s1, _ = register(core, "server", now=0)
+    s2, out = register(core, "server", now=0)
+    w, out = register(core, "worker", now=0.2)
+    core.handle(Message(Op.NODES, sender=s1, ts=sends(out, Op.NODES)[0].msg.ts, response=True), 0.3)
+    core.handle(Message(Op.HEARTBEAT, sender=s1, ts=9), 5.5)
+    out = core.tick(5.5)  # s2 silent 5.5 s > 5 fails; the worker registered 5.3 s ago
+    assert [x.node for x in out if isinstance(x, Disconnect)] == [s2]
+    assert [r.node for r in sends(out, Op.REGISTER)] == [w] and w in core.nodes
+
+
 def test_too_many_workers_are_refused() -> None:
     core = make(num_servers=1, num_workers=1)
     register(core, "server")

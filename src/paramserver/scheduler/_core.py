@@ -236,10 +236,12 @@ class SchedulerCore:
     def tick(self, now: float) -> list[Action]:
         """Check heartbeats and deadlines; call about every heartbeat interval."""
         out: list[Action] = []
-        for nid, seen in list(self.last_seen.items()):
+        for nid in list(self.last_seen):
             # A node heartbeats once its registration is answered, so it is timed from then:
-            # the answer may wait seconds for a round that waits on a dying server.
-            if now - seen > self.heartbeat_timeout and nid in self.nodes and nid in self._answered:
+            # the answer may wait seconds for a round that waits on a dying server, and may
+            # come in this very loop (a failure ends the round), so read its time afresh.
+            seen = self.last_seen.get(nid)
+            if seen is not None and now - seen > self.heartbeat_timeout and nid in self.nodes and nid in self._answered:
                 info = self.nodes[nid]
                 out += self.node_failed(nid, f"{info} died: no heartbeat for {now - seen:.1f} s", now)
         for ts, g in list(self._gathers.items()):
