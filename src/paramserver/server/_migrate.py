@@ -58,6 +58,7 @@ class Migrations:
         self.sent_keys = 0
         self.loaded_keys = 0
         self._epoch = 0  # the key map epoch of the last hand-over check
+        self._handing: set[Request] = set()  # hand-overs of sums not acknowledged yet
         server.node.on(Op.MIGRATE, self.on_request)
 
     def on_request(self, msg: Message) -> None:
@@ -91,11 +92,12 @@ class Migrations:
         """Adopt the final map, then answer once every update applied before has reached the
         end of its chain: after that no update of a range that left this server is in flight,
         and every push it applied was acknowledged to its worker (so none is sent again to the
-        range's new master, which would apply it twice)."""
+        range's new master, which would apply it twice). Sums handed over must have arrived
+        too: the pushes waiting on them are answered then, before this server may stop."""
         server = self.server
         server.node.adopt_keymap(KeyMap.from_wire(get(msg.body, "keymap", dict)))
         server._on_nodes_changed(set())  # hand over unfinished sums, answer held pulls "moved"
-        server._when_all(server.replicating(), lambda: server.node.reply(msg))
+        server._when_all(server.replicating() + list(self._handing), lambda: server.node.reply(msg))
 
     def _send_rows(self, target: int, tid: int, store: Store, ranges: list[tuple[int, int]]) -> Request:
         rows = store.rows_in(ranges)
@@ -134,9 +136,12 @@ class Migrations:
                     continue
                 for owner in np.unique(owners[~mine]).tolist():
                     pick = owners == owner
-                    reqs.append(server.node.request({int(owner): Message(
+                    req = server.node.request({int(owner): Message(
                         Op.MIGRATE, table=tid, arrays=[keys[pick], values[pick]],
-                        body={"phase": "load", "pending": iteration})}, f"hand-over of table {tid} sums"))
+                        body={"phase": "load", "pending": iteration})}, f"hand-over of table {tid} sums")
+                    self._handing.add(req)
+                    req.add_done_callback(self._handing.discard)
+                    reqs.append(req)
                 kept = Store(buffer.spec)
                 if bool(mine.any()):
                     kept.push(keys[mine], values[mine])
