@@ -41,8 +41,8 @@ import numpy as np
 from .._errors import CheckpointError, ProtocolError, PSError, RequestTimeout
 from ..checkpoint import Location, open_location, read_manifest, server_files
 from ..checkpoint._format import load_file
-from ..placement import KeyMap
-from ..protocol import KEY_DTYPE, Message, get
+from ..placement import KeyMap, ranges_to_wire
+from ..protocol import Message, get
 from ..table import TableSpec
 from ._store import Store
 
@@ -57,23 +57,13 @@ ANSWERS_KEPT = 256
 
 
 def owned_rows(keys: np.ndarray, keymap: KeyMap | None, node: int) -> np.ndarray:
-    """Positions of the keys ``node`` masters under ``keymap``, in ascending key order.
+    """Positions of the keys ``node`` masters under ``keymap`` (all of them without a map),
+    in ascending key order (equal keys in position order).
 
-    Vectorised: one argsort (skipped when ``keys`` is already sorted) and one
-    ``KeyMap.slice``; the loop runs over the ranges hit, never over keys.
+    Vectorised: one ``KeyMap.masters`` and one stable argsort of the keys kept.
     """
-    n = len(keys)
-    if n > 1 and not bool(np.all(keys[1:] > keys[:-1])):
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-    else:
-        order, sk = np.arange(n), keys
-    if keymap is None:
-        return order
-    pieces = keymap.slice(sk).get(node, [])
-    if not pieces:
-        return np.empty(0, dtype=np.int64)
-    return np.concatenate([order[a:b] for a, b in pieces])
+    rows = np.arange(len(keys)) if keymap is None else np.flatnonzero(keymap.masters(keys) == node)
+    return rows[np.argsort(keys[rows], kind="stable")]
 
 
 class Checkpoints:
@@ -165,8 +155,7 @@ class Checkpoints:
         lo, hi = server._own_span()
         for table, seq in get(msg.body, "seqs", list, []):
             sync = server.sync.get(table)
-            ch = sync.channels.get(msg.sender) if sync is not None else None
-            if sync is not None and seq and (ch is None or ch.done < seq):
+            if sync is not None and not sync.caught_up(msg.sender, seq):
                 return False
         live = server._live_workers()
         for sync in server.sync.values():
@@ -206,7 +195,7 @@ class Checkpoints:
         tables = set()
         for m in todo:
             try:
-                server._apply(m, None)  # checked when it arrived
+                server._apply_checked(m, m.arrays[0], m.arrays[1])  # checked when it arrived; not after the cut now
             except Exception:
                 log.exception("server %d: a push deferred by a checkpoint failed", server.node.id)
             tables.add(m.table)
@@ -255,7 +244,7 @@ class Checkpoints:
                 "id": tid, "spec": store.spec.to_wire(), "count": len(rows), "files": files,
                 "clocks": {str(w): ch.iters.min() for w, ch in sorted(server.sync[tid].channels.items())},
             }
-        ranges = [[r.lo, r.hi - 1] for r in keymap.ranges_of(node.id)] if keymap else []
+        ranges = ranges_to_wire([(r.lo, r.hi) for r in keymap.ranges_of(node.id)]) if keymap else []
         log.info("server %d: checkpoint written to %s (%d tables)", node.id, loc.url, len(tables))
         return {"ranges": ranges, "tables": tables}
 
@@ -306,10 +295,10 @@ class Checkpoints:
             rows = owned_rows(keys, node.keymap, node.id)
             if not len(rows):
                 continue
-            k = np.array(keys[rows], dtype=KEY_DTYPE)
+            k = keys[rows]  # load_file checked the dtypes; fancy indexing reads a copy into memory
             if len(k) > 1 and not bool(np.all(k[1:] > k[:-1])):
                 raise CheckpointError(f"checkpoint {loc.url!r}: {f['keys']} has repeated keys")
-            store.load(k, np.array(values[rows]), {s: np.array(a[rows]) for s, a in state.items()})
+            store.load(k, values[rows], {s: a[rows] for s, a in state.items()})
             total += len(k)
         log.info("server %d: table %d %r restored from %s: %d keys of iteration %d", node.id, table_id,
                  spec.name, loc.url, total, self.manifest["iteration"])

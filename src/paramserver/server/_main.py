@@ -47,11 +47,7 @@ def start_server(config: Config, address: str, *, host: str = "", port: int = 0,
     node = Node("server", config, transport)
     try:
         server = Server(node, restore=restore)
-    except BaseException:
-        node.close(linger=0)
-        raise
-    node.start(host or config.bind_host() or choose_host(address), port or config.port)
-    try:
+        node.start(host or config.bind_host() or choose_host(address), port or config.port)
         node.register(address, {"role": "server", "address": node.address, **process_info()},
                       timeout=config.connect_timeout,
                       on_reply=lambda reply: server.add_tables(reply.body.get("tables", [])))

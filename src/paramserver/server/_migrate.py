@@ -29,6 +29,7 @@ Not thread-safe: runs on the server's receive thread, like the rest of the serve
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,6 @@ import numpy as np
 from .._errors import ProtocolError
 from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
 from ..protocol import Message, Op, get
-from ..table import TableSpec
 from ._store import Store
 
 if TYPE_CHECKING:
@@ -153,12 +153,7 @@ class Migrations:
                 # them twice there).
                 waiting = [m for ms in sync.acks.values() for m in ms]
                 sync.acks.clear()
-
-                def answer(waiting: list[Message] = waiting) -> None:
-                    for m in waiting:
-                        server.node.reply(m)
-
-                server._when_all(reqs, answer)
+                server._when_all(reqs, functools.partial(server._reply_all, waiting))
 
     # ------------------------------------------------------------------ target side
     def _load(self, msg: Message) -> None:
@@ -169,11 +164,7 @@ class Migrations:
         if pending is not None:
             if type(pending) is not int or len(msg.arrays) != 2:
                 raise ProtocolError("a hand-over of sums names its iteration and carries keys and values")
-            buffer = sync.pending.get(pending)
-            if buffer is None:
-                buffer = sync.pending[pending] = Store(TableSpec.create(
-                    f"{store.spec.name}@{pending}", store.width, store.dtype, "sum"))
-            buffer.push(msg.arrays[0], msg.arrays[1])
+            sync.buffer(pending, store).push(msg.arrays[0], msg.arrays[1])
             server.node.reply(msg)
             return
         names = get(msg.body, "state", list)

@@ -15,6 +15,7 @@ be called from there too. Nothing else touches the stores.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -76,7 +77,7 @@ class Server:
         self.done = threading.Event()
         self.exit_reason = ""
         node.on(Op.TABLE, self._on_table)
-        node.on(Op.PUSH, self._on_push)
+        node.on(Op.PUSH, self._on_ordered)
         node.on(Op.PULL, self._on_pull)
         node.on(Op.PULL_RANGE, self._on_pull_range)
         node.on(Op.STATUS, self._on_status)
@@ -198,9 +199,6 @@ class Server:
         return [(o[0], o[1]) for o in raw]
 
     # ------------------------------------------------------------------ ordered messages
-    def _on_push(self, msg: Message) -> None:
-        self._on_ordered(msg)
-
     def _on_ordered(self, msg: Message) -> None:
         """A push or clock tick: apply it once, in its channel's order."""
         sync = self._sync(msg)
@@ -260,12 +258,12 @@ class Server:
                 forwards = self._forward_push(table, keys, values, {"kind": "agg", "worker": -1,
                                                                     "origins": [[self.node.id, iteration]]},
                                               iteration)
+            self._when_all(forwards, functools.partial(self._reply_all, waiting))
 
-            def answer(waiting: list[Message] = waiting) -> None:
-                for m in waiting:
-                    self.node.reply(m)
-
-            self._when_all(forwards, answer)
+    def _reply_all(self, msgs: list[Message]) -> None:
+        """Answer each of ``msgs`` with an empty success reply, in order."""
+        for m in msgs:
+            self.node.reply(m)
 
     def _apply_in_order(self, ch: Channel, msg: Message) -> None:
         """Handle the next message of a channel: "moved", duplicate, or apply and replicate;
@@ -284,10 +282,13 @@ class Server:
                 self.duplicates += 1  # its iteration was applied through a replica chain
                 self.node.reply(msg)
                 return
+            push = msg.op == Op.PUSH and not aggregate  # a push applied (and replicated) as it comes
             fresh = None
-            if msg.op == Op.PUSH and not aggregate and msg.arrays:
+            rid, again = 0, False
+            if push and msg.arrays:  # (a malformed push without arrays is refused by _apply)
                 # a part sent again (to a new owner) applies only the keys not applied here yet
-                fresh = sync.fresh(msg.sender, self._rid(msg), msg.arrays[0], "rid" in msg.body)
+                rid, again = self._rid(msg), "rid" in msg.body
+                fresh = sync.fresh(msg.sender, rid, msg.arrays[0], again)
                 if fresh is not None:
                     self.duplicates += 1
                     if not fresh.any():
@@ -297,9 +298,13 @@ class Server:
             if aggregate and self._replicated():
                 sync.acks.setdefault(msg.clock, []).append(msg)  # answered once the sum is replicated
                 return
-            if msg.op == Op.PUSH and not aggregate:
-                sync.note(msg.sender, self._rid(msg), msg.arrays[0], self._low_water(msg), "rid" in msg.body)
-            forwards = [] if aggregate else self._forward(msg, [*origins, (self.node.id, msg.seq)])
+            forwards: list[Request] = []
+            if push:  # applied, so it had its arrays and rid, again are parsed
+                lw = self._low_water(msg)  # parsed after applying, as a malformed one is answered then
+                sync.note(msg.sender, rid, msg.arrays[0], lw, again)
+                forwards = self._forward(msg, [*origins, (self.node.id, msg.seq)], (rid, lw, again))
+            elif not aggregate:
+                forwards = self._forward(msg, [*origins, (self.node.id, msg.seq)])
             self._when_all(forwards, lambda: self.node.reply(msg))
         except Exception as exc:
             body = error_body(exc, with_traceback=not isinstance(exc, PSError))
@@ -349,30 +354,37 @@ class Server:
             raise InvalidArgument(
                 f"table {store.spec.name!r}: values of shape {values.shape} for {len(keys)} keys of width {store.width}"
             )
+        self._apply_checked(msg, keys, values, fresh)
+
+    def _apply_checked(self, msg: Message, keys: np.ndarray, values: np.ndarray,
+                       fresh: np.ndarray | None = None) -> None:
+        """Apply a push already checked by :meth:`_apply` (its ``keys`` and ``values``, the
+        latter of shape (len(keys), width)): only its ``fresh`` keys, if given; deferred
+        instead if its iteration is after a pending checkpoint's cut; summed into its
+        iteration's pending buffer if the table aggregates."""
         if fresh is not None:
             keys, values = keys[fresh], values[fresh]
         if self.checkpoints.defer(msg, keys, values):  # after a pending checkpoint's cut: applied after it
             return
+        store = self.stores[msg.table]
         if store.spec.aggregate:
             # Server-side aggregation: sum this iteration's pushes, apply them once complete.
-            sync = self.sync[msg.table]
-            buffer = sync.pending.get(msg.clock)
-            if buffer is None:
-                buffer = sync.pending[msg.clock] = Store(TableSpec.create(
-                    f"{store.spec.name}@{msg.clock}", store.width, store.dtype, "sum"))
-            buffer.push(keys, values)
+            self.sync[msg.table].buffer(msg.clock, store).push(keys, values)
         else:
             store.push(keys, values)
 
     # ------------------------------------------------------------------ chain replication
-    def _forward(self, msg: Message, origins: list[tuple[int, int]]) -> list[Request]:
-        """Send what ``msg`` applied to the replicas of its ranges; return the requests."""
+    def _forward(self, msg: Message, origins: list[tuple[int, int]],
+                 ident: tuple[int, int, bool] | None = None) -> list[Request]:
+        """Send what ``msg`` applied to the replicas of its ranges; return the requests.
+
+        ``ident``: for a push of a worker's channel, its request id, the worker's low-water
+        mark and whether it is a part sent again (see TableSync.fresh), so that its replicas
+        record its keys too; None for a push outside any channel (and for ticks)."""
         body: dict[str, Any] = {"worker": msg.sender, "origins": [list(o) for o in origins]}
         if msg.op == Op.PUSH:
-            if msg.seq:  # a push of a worker's channel: its replicas record its keys too
-                body["rid"] = self._rid(msg)
-                body["lw"] = self._low_water(msg)
-                body["again"] = "rid" in msg.body  # a part the worker sent again (see TableSync.fresh)
+            if ident is not None:
+                body["rid"], body["lw"], body["again"] = ident
             return self._forward_push(msg.table, msg.arrays[0], msg.arrays[1], {"kind": "push", **body}, msg.clock)
         keymap = self.node.keymap
         if keymap is None:
@@ -474,7 +486,7 @@ class Server:
             self.node.reply(msg)
             return
         onward = Message(Op.REPLICATE, table=msg.table, clock=msg.clock, arrays=list(msg.arrays),
-                         body={k: v for k, v in msg.body.items() if k != "chain"})
+                         body=dict(msg.body))  # _send_replica sets its own "chain"
         self._when_all([self._send_replica(chain, onward)], lambda: self.node.reply(msg))
 
     @staticmethod
@@ -508,8 +520,7 @@ class Server:
         if moved is not None:
             self.node.reply(msg, status=Status.MOVED, body=moved)
             return
-        self._span(msg)  # checks ownership
-        self._pull_or_hold(msg)
+        self._pull_or_hold(msg)  # checks ownership of its key range first (_span)
 
     @staticmethod
     def _ranges(msg: Message) -> list[tuple[int, int]]:
@@ -605,7 +616,7 @@ class Server:
             "id": self.node.id,
             "pid": os.getpid(),
             "rss": psutil.Process().memory_info().rss,
-            "ranges": [[r.lo, r.hi - 1] for r in keymap.ranges_of(self.node.id)] if keymap else [],
+            "ranges": ranges_to_wire([(r.lo, r.hi) for r in keymap.ranges_of(self.node.id)]) if keymap else [],
             "tables": {
                 str(tid): {"name": s.spec.name, "keys": self._master_keys(s), "stored_keys": len(s), "bytes": s.nbytes,
                            "pushes": s.pushes, "pulls": s.pulls,

@@ -44,9 +44,6 @@ class Store:
         }
         self.pushes = 0
         self.pulls = 0
-        #: Grows by one at each push or load; ``stamps[r]`` is its value when row r last changed.
-        self.version = 0
-        self.stamps = np.zeros(self._cap, dtype=np.uint64)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -64,9 +61,6 @@ class Store:
         n = len(self)
         keys = np.zeros(cap, dtype=np.uint64)
         keys[:n] = self.keys[:n]
-        stamps = np.zeros(cap, dtype=np.uint64)
-        stamps[:n] = self.stamps[:n]
-        self.stamps = stamps
         values = np.zeros((cap, self.width), dtype=self.dtype)
         values[:n] = self.values[:n]
         for name, (cols, dt, fill) in self._layout.items():
@@ -98,15 +92,14 @@ class Store:
         rows = self.rows_for_push(keys)
         self.updater.apply(self.values, self.state, rows, update)
         self.pushes += 1
-        self.version += 1
-        self.stamps[rows] = self.version
 
     def pull(self, keys: np.ndarray) -> np.ndarray:
         """Values of ``keys`` (len(keys) x width); absent keys get their initial values."""
         rows, missing = self._index.lookup(keys)
         self.pulls += 1
         if not missing:
-            return np.asarray(self.values[rows])
+            found_all: np.ndarray = self.values[rows]  # fancy indexing: already a new array
+            return found_all
         out = np.empty((len(keys), self.width), dtype=self.dtype)
         found = rows >= 0
         out[found] = self.values[rows[found]]
@@ -153,17 +146,11 @@ class Store:
         self.values[rows] = values
         for name, arr in state.items():
             self.state[name][rows] = arr
-        self.version += 1
-        self.stamps[rows] = self.version
 
-    def rows_in(self, ranges: list[tuple[int, int]], since: int = 0) -> dict[str, np.ndarray]:
-        """Keys in ``ranges`` (sorted, disjoint ``[lo, hi)``) changed after version ``since``,
-        with their values and state: ``{"keys", "values", **state}``. Vectorised."""
-        n = len(self)
-        keep = in_ranges(self.keys[:n], ranges)
-        if since:
-            keep &= self.stamps[:n] > np.uint64(since)
-        rows = np.flatnonzero(keep)
+    def rows_in(self, ranges: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        """Keys in ``ranges`` (sorted, disjoint ``[lo, hi)``), in row order, with their values
+        and state: ``{"keys", "values", **state}``. Vectorised."""
+        rows = np.flatnonzero(in_ranges(self.keys[:len(self)], ranges))
         return {"keys": self.keys[rows], "values": self.values[rows],
                 **{name: arr[rows] for name, arr in self.state.items()}}
 

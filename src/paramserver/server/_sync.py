@@ -41,6 +41,8 @@ from .._errors import ProtocolError
 from ..clock import Consistency, RangeClock
 from ..placement import in_ranges
 from ..protocol import Message
+from ..table import TableSpec
+from ._store import Store
 
 __all__ = ["Channel", "TableSync"]
 
@@ -72,7 +74,7 @@ class TableSync:
     channels: dict[int, Channel] = field(default_factory=dict)
     held: dict[tuple[int, int], Message] = field(default_factory=dict)  # (sender, ts) -> pull
     #: For tables that aggregate: iteration -> the sum of its pushes, not applied yet.
-    pending: dict[int, Any] = field(default_factory=dict)
+    pending: dict[int, Store] = field(default_factory=dict)
     #: For tables that aggregate with replicas: iteration -> pushes answered once it is replicated.
     acks: dict[int, list[Message]] = field(default_factory=dict)
     #: The last iteration this server aggregated and applied as master (-1: none).
@@ -150,6 +152,15 @@ class TableSync:
         for w, rid, end, n in zip(workers.tolist(), rids.tolist(), ends.tolist(), counts.tolist(), strict=True):
             self.note(w, rid, keys[end - n:end], again=True)
 
+    def buffer(self, iteration: int, store: Store) -> Store:
+        """The pending sum of ``iteration`` for the aggregating table held in ``store``
+        (created empty, with the table's width and dtype and a "sum" updater, if absent)."""
+        buffer = self.pending.get(iteration)
+        if buffer is None:
+            buffer = self.pending[iteration] = Store(TableSpec.create(
+                f"{store.spec.name}@{iteration}", store.width, store.dtype, "sum"))
+        return buffer
+
     def agg_duplicate(self, origins: list[tuple[int, int]], iteration: int) -> bool:
         """Was this iteration's sum already applied here under one of ``origins``?"""
         return any(self.agg_seen.get(o, -1) >= iteration for o, _ in origins)
@@ -168,10 +179,17 @@ class TableSync:
             return min(times)
         return -1 if not self.channels and not self.pending else 1 << 62
 
+    def caught_up(self, sender: int, seq: int) -> bool:
+        """Read-your-writes: has the channel of ``sender`` handled its messages up to ``seq``
+        (always true for ``seq`` 0, a request that follows no ordered message)?"""
+        if not seq:
+            return True
+        ch = self.channels.get(sender)
+        return ch is not None and ch.done >= seq
+
     def ready(self, pull: Message, lo: int, hi: int, live: set[int], policy: Consistency) -> bool:
         """May ``pull`` be answered now (read-your-writes and bounded delay)?"""
-        ch = self.channels.get(pull.sender)
-        if pull.seq and (ch is None or ch.done < pull.seq):
+        if not self.caught_up(pull.sender, pull.seq):
             return False
         if policy.kind != "bounded":
             return True
