@@ -17,7 +17,6 @@ Policies are immutable and thread-safe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,18 +90,25 @@ class Consistency:
 class InFlight:
     """A worker's unfinished tasks on one table, with their iterations (task-level waits).
 
+    Finished tasks are dropped lazily: every query skips them, so when they are dropped
+    never changes an answer. The list is pruned once it outgrows ``_limit``, which then
+    becomes twice what is left (at least 64): amortised O(1) per :meth:`add`, and the list
+    never holds more than ``_limit + 1`` tasks.
+
     Thread-safety: guarded by the caller (the Table's lock).
     """
 
-    __slots__ = ("_tasks",)
+    __slots__ = ("_limit", "_tasks")
 
     def __init__(self) -> None:
         self._tasks: list[tuple[int, Request, bool]] = []
+        self._limit = 64
 
     def add(self, iteration: int, request: Request, ordered: bool = False) -> None:
         """Track ``request`` of ``iteration``; ``ordered`` for pushes and clock ticks."""
-        if len(self._tasks) > 64:
+        if len(self._tasks) > self._limit:
             self._tasks = [t for t in self._tasks if not t[1].done()]
+            self._limit = max(64, 2 * len(self._tasks))
         self._tasks.append((iteration, request, ordered))
 
     def blockers(self, policy: Consistency, iteration: int) -> list[Request]:
@@ -116,5 +122,6 @@ class InFlight:
         ``upto`` must follow them)."""
         return [r for it, r, ordered in self._tasks if ordered and it <= upto and not r.sent and not r.done()]
 
-    def pending(self) -> Iterable[Request]:
+    def pending(self) -> list[Request]:
+        """The unfinished tasks, in the order they were added."""
         return [r for _, r, _ in self._tasks if not r.done()]

@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
-import numpy as np
-
 from .._errors import InvalidArgument, ProtocolError
 
 __all__ = ["KEY_END", "RangeClock"]
@@ -65,11 +63,6 @@ class RangeClock:
     def get(self, key: int) -> int:
         """The time of one key."""
         return self._times[bisect_right(self._starts, key) - 1]
-
-    def times(self, keys: np.ndarray) -> np.ndarray:
-        """The time of each of ``keys`` (uint64, any order), vectorised (one ``np.searchsorted``)."""
-        starts = np.array(self._starts, dtype=np.uint64)
-        return np.asarray(self._times, dtype=np.int64)[np.searchsorted(starts, keys, side="right") - 1]
 
     def _span(self, lo: int, hi: int) -> tuple[int, int]:
         """Indices of the first and last ranges overlapping ``[lo, hi)``."""

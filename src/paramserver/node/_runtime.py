@@ -66,11 +66,18 @@ MAX_REROUTES = 64
 
 @dataclass
 class _Pending:
-    """A request in flight, with what it takes to send a part elsewhere."""
+    """A request in flight, with what it takes to send a part elsewhere.
+
+    Invariant: every ``_deliveries`` key of this request is ``(req.ts, peer)`` with ``peer``
+    in ``peers`` (reroutes send new requests, with their own timestamps). Mutable fields
+    are read and written under the node lock.
+    """
 
     req: Request
     on_part: PartCallback | None
     reroute: Reroute | None = None
+    #: the peers the request has a part for (fixed at creation)
+    peers: tuple[int, ...] = ()
     #: peer -> the part as it left (sequence number stamped, before filters)
     sent: dict[int, Message] = dataclasses.field(default_factory=dict)
     hops: int = 0
@@ -280,8 +287,9 @@ class Node:
             if node in self._connected and node != SCHEDULER_ID:
                 self._connected.discard(node)
                 self.transport.disconnect(node)
+        gone = self._gone_from_map(node)  # rerouting below never changes the key map
         for p in sorted(waiting, key=lambda p: p.req.ts):  # in issue order: pushes keep their order
-            if p.reroute is not None and self._gone_from_map(node):
+            if p.reroute is not None and gone:
                 with self._lock:
                     left = node in p.sent and p.claim(node)
                 if left:
@@ -324,11 +332,10 @@ class Node:
             The message cannot be encoded.
         """
         msg.sender = self.id
-        frames = self._frames(node, msg)
-        self._send_frames(node, frames, msg.table)
+        nbytes = self._send_frames(node, self._frames(node, msg), msg.table)
         if self.config.verbose:
             log.debug("%s %d -> %d: %s", self.role, self.id, node, msg.describe())
-        return sum(memoryview(f).nbytes for f in frames)
+        return nbytes
 
     def _frames(self, peer: int, msg: Message) -> list[Any]:
         """Apply the message's filters (counting bytes before and after each), then encode."""
@@ -369,7 +376,8 @@ class Node:
                 raise ProtocolError(f"{name}: cannot decode: {exc!r}") from None
             self._count_filter(msg.table, "received", name, msg.nbytes(), before)
 
-    def _send_frames(self, node: int, frames: list[Any], table: int) -> None:
+    def _send_frames(self, node: int, frames: list[Any], table: int) -> int:
+        """Send encoded ``frames`` to ``node`` and count them; return the bytes sent."""
         self._ensure_link(node)
         nbytes = self.transport.send(node, frames)
         with self._lock:
@@ -377,6 +385,7 @@ class Node:
             self.counters["bytes_sent"] += nbytes
             if table >= 0:
                 self.table_bytes[(table, "sent")] += nbytes
+        return nbytes
 
     def reply(self, request: Message, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[Any] | None = None, codecs: tuple[Codec, ...] = ()) -> None:
@@ -438,7 +447,7 @@ class Node:
         with self._lock:
             aborted = self._aborted
             if aborted is None and self._running:
-                self._pending[ts] = _Pending(req, on_part, reroute)
+                self._pending[ts] = _Pending(req, on_part, reroute, tuple(parts))
         if aborted is not None:
             req.fail(aborted)
             return req
@@ -493,13 +502,16 @@ class Node:
             try:
                 if prepare is not None:
                     prepare(peer, msg)
-                if pending is not None and reroute is not None:
-                    kept = dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body)) if msg.codecs else msg
-                    with self._lock:
-                        pending.sent[peer] = kept  # as it left, before filters rewrite it
+                keeper = pending if reroute is not None else None  # keeps the part for reroutes
                 repairable = any(getattr(c, "repairable", False) for c in msg.codecs)
-                original = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
-                            if repairable else None)
+                # One snapshot as the part left, before filters rewrite it, shared by reroutes
+                # and repairs: neither mutates it (a repair encodes a copy of it).
+                snapshot = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
+                            if msg.codecs and (keeper is not None or repairable) else msg)
+                if keeper is not None:
+                    with self._lock:
+                        keeper.sent[peer] = snapshot
+                original = snapshot if repairable else None
                 frames = self._frames(peer, msg)
                 ordered = msg.seq > 0 and msg.op in (Op.PUSH, Op.CLOCK)
                 if resend or repairable or ordered:
@@ -616,10 +628,17 @@ class Node:
             return [p.req for p in self._pending.values()]
 
     def _forget(self, req: Request) -> None:
+        """Drop a finished request and its parts' deliveries, except ordered ones (they
+        stay until answered, see :class:`_Delivery`). Touches only this request's keys."""
         with self._lock:
-            self._pending.pop(req.ts, None)
-            for key in [k for k, d in self._deliveries.items() if k[0] == req.ts and not d.ordered]:
-                del self._deliveries[key]
+            p = self._pending.pop(req.ts, None)
+            if p is None:
+                return
+            for peer in p.peers:
+                key = (req.ts, peer)
+                d = self._deliveries.get(key)
+                if d is not None and not d.ordered:
+                    del self._deliveries[key]
 
     def call(self, node: int, msg: Message, what: str, timeout: float | None = None) -> Message:
         """Send one request and block for its reply message.

@@ -129,12 +129,18 @@ class Table:
     def _submit(self, op: Op, parts: dict[int, Message], what: str, keymap: KeyMap, *,
                 deps: Any, consistency: str | Consistency | None, tau: int | None, clock: int | None,
                 on_part: Any = None, combine: Any = None, timeout: float | None = None,
-                filters: list[Any] | None = None, reroute: Any = None) -> Request:
-        """Send one request under the consistency model, after its dependencies."""
+                filters: list[Any] | None = None, codecs: tuple[Codec, ...] | None = None,
+                reroute: Any = None) -> Request:
+        """Send one request under the consistency model, after its dependencies.
+
+        The wire filters are ``codecs`` if given (already split from the caller's filters),
+        else those of ``filters``, else the table's.
+        """
         worker = self._worker
         override = Consistency.of(consistency, tau)
         policy = override or self.policy
-        codecs = self._codecs if filters is None else split_filters(filters)[1]
+        if codecs is None:
+            codecs = self._codecs if filters is None else split_filters(filters)[1]
         send_codecs = codecs if op == Op.PUSH else tuple(c for c in codecs if c.wire_name == "keys")
         reply = [c.wire_name for c in codecs if c.wire_name != "keys"]
         for server, msg in parts.items():
@@ -275,7 +281,7 @@ class Table:
                     starts = np.flatnonzero(first)
                     k = k[starts]
                     v = np.add.reduceat(v, starts, axis=0)
-        push_filters = self._push_filters if filters is None else split_filters(filters)[0]
+        push_filters, codecs = (self._push_filters, self._codecs) if filters is None else split_filters(filters)
         if push_filters:
             with self._lock:
                 for f in push_filters:
@@ -284,7 +290,7 @@ class Table:
                     entry = self.push_filter_bytes.setdefault(f.name, [0, 0])
                     entry[0] += before
                     entry[1] += k.nbytes + v.nbytes
-        req = self._send_push(k, v, deps=deps, consistency=consistency, tau=tau, clock=clock, filters=filters,
+        req = self._send_push(k, v, deps=deps, consistency=consistency, tau=tau, clock=clock, codecs=codecs,
                               timeout=timeout)
         restorers = [f for f in push_filters if hasattr(f, "restore")]
         if restorers:  # a failed push gives back what filters held for it, to leave again later
@@ -298,8 +304,10 @@ class Table:
         return req
 
     def _send_push(self, k: np.ndarray, v: np.ndarray, *, deps: Any, consistency: str | Consistency | None,
-                   tau: int | None, clock: int | None, filters: list[Any] | None,
+                   tau: int | None, clock: int | None, codecs: tuple[Codec, ...],
                    timeout: float | None) -> Request:
+        """Slice a push (sorted, distinct keys, filters applied) per server and submit it
+        with the wire filters ``codecs``."""
         self.pushes += 1
         self.keys_pushed += len(k)
         worker = self._worker
@@ -314,7 +322,7 @@ class Table:
                 ks, vs = k[idx], v[idx]
             parts[server] = Message(Op.PUSH, table=self.id, arrays=[ks, vs])
         return self._submit(Op.PUSH, parts, f"push to table {self.name!r}", keymap, deps=deps,
-                            consistency=consistency, tau=tau, clock=clock, timeout=timeout, filters=filters,
+                            consistency=consistency, tau=tau, clock=clock, timeout=timeout, codecs=codecs,
                             reroute=self._reroute_push)
 
     def flush(self) -> list[Request]:
@@ -325,7 +333,7 @@ class Table:
                 held = f.flush()
             if held is not None and len(held[0]):
                 reqs.append(self._send_push(held[0], held[1], deps=None, consistency=None, tau=None, clock=None,
-                                            filters=[], timeout=None))
+                                            codecs=(), timeout=None))
         return reqs
 
     # ------------------------------------------------------------------ pull
@@ -448,7 +456,6 @@ class Table:
             raise InvalidArgument(f"invalid key range [{lo}, {hi}): need 0 <= lo < hi <= 2**64")
         worker = self._worker
         keymap = worker._keymap()
-        parts: dict[int, Message] = {}
         got: list[tuple[np.ndarray, np.ndarray]] = []
         parts = self._range_parts(keymap, [(lo, hi)])
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._config import Config, parse_address
-from .._errors import ClosedError, InvalidArgument, PSError, RequestTimeout
+from .._errors import ClosedError, InvalidArgument, PSError
 from ..clock import Consistency, Request
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
 from ..placement import KeyMap
@@ -31,7 +31,7 @@ from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
 from ._shards import Shard, iterate_shards
-from ._table import Table
+from ._table import Table, _result
 
 __all__ = ["Worker", "connect", "open_workers"]
 
@@ -145,12 +145,21 @@ class Worker:
 
     def _sequencer(self, table: int, *, ordered: bool) -> Callable[[int, Message], None]:
         """Stamp messages in send order: ordered ones get the next number of their channel,
-        pulls the last number sent (so that they see this worker's earlier pushes)."""
+        pulls the last number sent (so that they see this worker's earlier pushes).
+
+        Returns a fresh ``prepare`` for each request (its parts leave from one thread). A
+        push's low-water mark is read once, when its first part leaves, and reused for the
+        other parts: an earlier mark is still a true one (the request is unfinished, so the
+        mark is at most its ts) and only makes servers keep a few records longer.
+        """
+        low_water: list[int] = []  # the request's low-water mark, once read
 
         def prepare(server: int, msg: Message) -> None:
             key = (table, server)
             if msg.op == Op.PUSH:  # servers keep which keys of the pushes in flight they applied
-                msg.body["lw"] = self._node.low_water()
+                if not low_water:
+                    low_water.append(self._node.low_water())
+                msg.body["lw"] = low_water[0]
             with self._seq_lock:
                 if ordered:
                     self._seq[key] = msg.seq = self._seq.get(key, 0) + 1
@@ -335,13 +344,7 @@ class Worker:
         """
         self._check_open()
         req = request_checkpoint(self, path, self._clock - 1 if iteration is None else iteration, timeout)
-        if not block:
-            return req
-        try:
-            return req.result(timeout)
-        except RequestTimeout:
-            req.cancel("was cancelled after its wait timed out")
-            raise
+        return _result(req, timeout) if block else req
 
     def set_clock(self, iteration: int) -> None:
         """Start counting iterations at ``iteration`` instead of 0, e.g. to resume from a
@@ -422,7 +425,6 @@ class Worker:
         with node._lock:
             counters = dict(node.counters)
             table_bytes = dict(node.table_bytes)
-        with node._lock:
             filter_bytes = {k: list(v) for k, v in node.filter_bytes.items()}
         tables = {}
         for name, t in self._tables.items():
@@ -451,7 +453,7 @@ class Worker:
             "rank": self.rank,
             "iteration": self._clock,
             "requests": self.requests,
-            "in_flight": sum(len(list(t._inflight.pending())) for t in self._tables.values()),
+            "in_flight": sum(len(t._inflight.pending()) for t in self._tables.values()),
             "resends": counters.get("resends", 0),
             "reroutes": counters.get("reroutes", 0),
             "seconds": elapsed,
