@@ -19,7 +19,10 @@ from typing import Any
 
 from ._errors import ConfigError
 
-__all__ = ["SETTINGS", "Config", "Setting", "parse_address"]
+__all__ = ["SETTINGS", "WORKER_FAILURE_POLICIES", "Config", "Setting", "parse_address"]
+
+#: What a fixed-size job does when a worker dies (PS_WORKER_FAILURE; ``scheduler/_shards.py``).
+WORKER_FAILURE_POLICIES = ("auto", "abort", "continue")
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ _positive_int = _number(int, 1)
 _percent = _number(float, 0, 100)
 _placement = _choice("even", "ring")
 _role = _choice("scheduler", "server", "worker", "")
-_worker_failure = _choice("auto", "abort", "continue")
+_worker_failure = _choice(*WORKER_FAILURE_POLICIES)
 
 
 SETTINGS: tuple[Setting, ...] = (

@@ -24,11 +24,9 @@ from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_a
 __all__ = ["launch"]
 
 
-_QUIET = False
-
-
-def _say(text: str, *, always: bool = False) -> None:
-    if always or not _QUIET:
+def _say(text: str, *, quiet: bool = False) -> None:
+    """Print a line to stderr unless ``quiet`` (progress lines pass it; errors never do)."""
+    if not quiet:
         print(f"paramserver launch: {text}", file=sys.stderr, flush=True)
 
 
@@ -45,10 +43,8 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
     Returns the exit code to pass on: 0 if every worker succeeded, else the first failing
     worker's code (or 1 if a node died, 130 on Ctrl-C).
     """
-    global _QUIET
-    _QUIET = quiet  # progress lines off (errors still print)
     if not command:
-        _say("no command given; usage: paramserver launch -s 2 -w 4 -- python train.py", always=True)
+        _say("no command given; usage: paramserver launch -s 2 -w 4 -- python train.py")
         return 2
     base = {**os.environ, **(env or {})}
     Config.from_env(base)  # fail early on a bad setting
@@ -71,14 +67,14 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
                               {**node_env, "DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)})
                         for i in range(workers)]
         procs += worker_procs
-        _say(f"scheduler at {address}, {servers} servers, {workers} workers running {' '.join(command)}")
-        return _supervise(sched, server_procs, worker_procs, procs, address, base, poll)
+        _say(f"scheduler at {address}, {servers} servers, {workers} workers running {' '.join(command)}", quiet=quiet)
+        return _supervise(sched, server_procs, worker_procs, procs, address, base, poll, quiet)
     except _Interrupted as exc:
-        _say(f"interrupted ({exc}); stopping the job", always=True)
+        _say(f"interrupted ({exc}); stopping the job")
         stop_all(procs)
         return 130
     except PSError as exc:
-        _say(f"{exc}; stopping the job", always=True)
+        _say(f"{exc}; stopping the job")
         stop_all(procs)
         return 1
     finally:
@@ -87,13 +83,13 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 
 
 def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: list[Proc], address: str,
-               env: dict[str, str], poll: float) -> int:
+               env: dict[str, str], poll: float, quiet: bool) -> int:
     ended: float | None = None
     while True:
         for w in workers:
             code = w.poll()
             if code is not None and code != 0:
-                _say(f"{w} exited with code {code}; stopping the job", always=True)
+                _say(f"{w} exited with code {code}; stopping the job")
                 stop_all(procs)
                 return code if code > 0 else 128 - code
         if all(w.poll() == 0 for w in workers):
@@ -103,18 +99,18 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         for s in servers:
             code = s.poll()
             if code:
-                _say(f"{s} exited with code {code} while workers were running; stopping the job", always=True)
+                _say(f"{s} exited with code {code} while workers were running; stopping the job")
                 stop_all(procs)
                 return 1
         code = sched.poll()
         if code:
-            _say(f"the scheduler exited with code {code} while workers were running; stopping the job", always=True)
+            _say(f"the scheduler exited with code {code} while workers were running; stopping the job")
             stop_all(procs)
             return code
         if code == 0 and ended is None:
             ended = time.monotonic()
         if ended is not None and time.monotonic() - ended > 30:
-            _say("the job ended but workers are still running after 30 s; stopping them", always=True)
+            _say("the job ended but workers are still running after 30 s; stopping them")
             stop_all(procs)
             return 1
         time.sleep(poll)
@@ -126,5 +122,5 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         except PSError:
             pass
         stop_all(procs)
-    _say(f"done: {len(workers)} workers finished")
+    _say(f"done: {len(workers)} workers finished", quiet=quiet)
     return 0

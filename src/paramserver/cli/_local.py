@@ -99,16 +99,22 @@ class LocalCluster:
                                                   timeout=self.timeout)
             self._procs.append(sched)
             self.scheduler_pid = sched.pid
-            env = {**self._env, "PS_SCHEDULER": self.address}
-            for i in range(self.servers):
-                extra = ("--restore", self.restore) if self.restore else ()
-                proc = spawn(f"server {i}", node_command("server", "--host", self.host, *extra), env)
-                self._servers.append(proc)
-                self._procs.append(proc)
+            extra = ("--restore", self.restore) if self.restore else ()
+            for _ in range(self.servers):
+                self._spawn_server(*extra)
             self._wait_ready()
         except BaseException:
             self._kill()
             raise
+
+    def _spawn_server(self, *args: str) -> Proc:
+        """Start server number ``len(self._servers)`` (extra command-line ``args``) and track it
+        in ``_servers`` and ``_procs`` (which every process this cluster started is in)."""
+        proc = spawn(f"server {len(self._servers)}", node_command("server", "--host", self.host, *args),
+                     {**self._env, "PS_SCHEDULER": self.address})
+        self._servers.append(proc)
+        self._procs.append(proc)
+        return proc
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -156,13 +162,12 @@ class LocalCluster:
         Raises
         ------
         ConnectError
-            The server exited, or the migration did not finish within ``timeout``.
+            The server exited, or the migration did not finish within ``timeout`` seconds
+            (default: the cluster's ``timeout``).
         """
-        env = {**self._env, "PS_SCHEDULER": self.address}
-        proc = spawn(f"server {len(self._servers)}", node_command("server", "--host", self.host), env)
-        self._servers.append(proc)
-        self._procs.append(proc)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        limit = self.timeout if timeout is None else timeout
+        proc = self._spawn_server()
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ConnectError(f"LocalCluster: {proc} exited with code {proc.poll()} while joining")
@@ -172,7 +177,7 @@ class LocalCluster:
             if ids and ids[0] in masters and not status.get("migrating"):
                 return len(self._servers) - 1
             time.sleep(0.05)
-        raise ConnectError(f"LocalCluster: the new server did not take over its key ranges within {timeout} s")
+        raise ConnectError(f"LocalCluster: the new server did not take over its key ranges within {limit:g} s")
 
     def remove_server(self, i: int, timeout: float = 120.0) -> None:
         """Drain the ``i``-th server: its key ranges move to the others (two-phase

@@ -12,7 +12,7 @@ its epoch never decreases over a cluster's life. KeyMaps are immutable and threa
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -28,6 +28,8 @@ __all__ = [
 
 #: One past the largest key.
 KEY_SPACE = 1 << 64
+
+_NO_REPLICATED: dict[tuple[int, ...], tuple[KeyRange, ...]] = {}  # never mutated
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -63,7 +65,8 @@ class Assignment:
 class KeyMap:
     """An immutable, versioned assignment of the whole key space to servers."""
 
-    __slots__ = ("_bounds", "_chain_ids", "_chains", "_entries", "_his", "_masters", "_ranges", "epoch")
+    __slots__ = ("_bounds", "_chain_ids", "_chains", "_entries", "_his", "_masters", "_ranges", "_replicated",
+                 "epoch")
 
     def __init__(self, epoch: int, entries: list[Assignment] | tuple[Assignment, ...]) -> None:
         entries = tuple(sorted(entries, key=lambda a: a.range.lo))
@@ -88,6 +91,12 @@ class KeyMap:
         self._chain_ids = np.array([chain_index.setdefault(a.replicas, len(chain_index)) for a in entries],
                                    dtype=np.int64)
         self._chains = list(chain_index)
+        # replicated_ranges(), precomputed (the map is immutable): {master: {chain: ranges}}.
+        replicated: dict[int, dict[tuple[int, ...], list[KeyRange]]] = {}
+        for a in entries:
+            if a.replicas:
+                replicated.setdefault(a.master, {}).setdefault(a.replicas, []).append(a.range)
+        self._replicated = {m: {c: tuple(rs) for c, rs in by_chain.items()} for m, by_chain in replicated.items()}
 
     def __iter__(self) -> Iterator[Assignment]:
         return iter(self._entries)
@@ -147,6 +156,16 @@ class KeyMap:
             i += 1
         return False
 
+    def _hits(self, keys: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, int, int]]:
+        """``(labels[i], start, stop)`` for each range ``i`` (in key order) that got at least
+        one of the sorted ``keys``, ``keys[start:stop]`` being its keys. One ``np.searchsorted``."""
+        n = len(keys)
+        cuts = np.searchsorted(keys, self._bounds, side="left")
+        starts = np.concatenate([[0], cuts])
+        stops = np.concatenate([cuts, [n]])
+        hit = np.flatnonzero(stops > starts)  # only the ranges that received keys
+        return zip(labels[hit].tolist(), starts[hit].tolist(), stops[hit].tolist(), strict=True)
+
     def slice(self, keys: np.ndarray) -> dict[int, list[tuple[int, int]]]:
         """Split sorted keys by master: ``{node: [(start, stop), ...]}`` positions in ``keys``.
 
@@ -154,16 +173,12 @@ class KeyMap:
         appear; a master with several ranges gets one (start, stop) pair per range hit.
         Costs one ``np.searchsorted`` over the range bounds, O(ranges * log n).
         """
-        n = len(keys)
         if len(self._entries) == 1:
+            n = len(keys)
             return {self._entries[0].master: [(0, n)]} if n else {}
-        cuts = np.searchsorted(keys, self._bounds, side="left")
-        starts = np.concatenate([[0], cuts])
-        stops = np.concatenate([cuts, [n]])
-        hit = np.flatnonzero(stops > starts)  # only the ranges that received keys
         out: dict[int, list[tuple[int, int]]] = {}
-        for i, a, b in zip(self._masters[hit].tolist(), starts[hit].tolist(), stops[hit].tolist(), strict=True):
-            out.setdefault(i, []).append((a, b))
+        for node, a, b in self._hits(keys, self._masters):
+            out.setdefault(node, []).append((a, b))
         return out
 
     def masters(self, keys: np.ndarray) -> np.ndarray:
@@ -179,28 +194,24 @@ class KeyMap:
         Only non-empty chains appear (a range without replicas needs no forwarding). Like
         :meth:`slice`, one ``np.searchsorted`` over the range bounds.
         """
-        n = len(keys)
         if len(self._entries) == 1:
+            n = len(keys)
             chain = self._entries[0].replicas
             return {chain: [(0, n)]} if n and chain else {}
-        cuts = np.searchsorted(keys, self._bounds, side="left")
-        starts = np.concatenate([[0], cuts])
-        stops = np.concatenate([cuts, [n]])
-        hit = np.flatnonzero(stops > starts)
         out: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-        for c, a, b in zip(self._chain_ids[hit].tolist(), starts[hit].tolist(), stops[hit].tolist(), strict=True):
+        for c, a, b in self._hits(keys, self._chain_ids):
             chain = self._chains[c]
             if chain:
                 out.setdefault(chain, []).append((a, b))  # one piece per range: spans stay inside it
         return out
 
-    def replicated_ranges(self, master: int) -> dict[tuple[int, ...], list[KeyRange]]:
-        """The ranges ``master`` masters that have replicas, grouped by their replica chain."""
-        out: dict[tuple[int, ...], list[KeyRange]] = {}
-        for a in self._entries:
-            if a.master == master and a.replicas:
-                out.setdefault(a.replicas, []).append(a.range)
-        return out
+    def replicated_ranges(self, master: int) -> Mapping[tuple[int, ...], tuple[KeyRange, ...]]:
+        """The ranges ``master`` masters that have replicas, grouped by their replica chain
+        (chains in the order of their first range, ranges sorted).
+
+        Precomputed when the map is built (O(1) per call); the result is shared: read it only.
+        """
+        return self._replicated.get(master, _NO_REPLICATED)
 
     def chain_of(self, key: int) -> tuple[int, ...]:
         """Master then replicas of the range holding ``key``."""

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._errors import InvalidArgument
-from ._keymap import KEY_SPACE, Assignment, KeyMap, KeyRange
+from ._keymap import KEY_SPACE, Assignment, KeyMap, KeyRange, _merged
 from ._placement import Placement
 from ._spread import spread
 
@@ -64,10 +64,6 @@ class Ring(Placement):
         owners = [chains[-1], *chains]  # [0, first position) wraps around from the last
         ends = [*starts[1:], KEY_SPACE]
         for lo, hi, link in zip(starts, ends, owners, strict=True):
-            if hi <= lo:
-                continue
-            if entries and entries[-1].master == link[0] and entries[-1].replicas == link[1:]:
-                prev = entries.pop()  # merge neighbours with the same chain
-                lo = prev.range.lo
-            entries.append(Assignment(KeyRange(lo, hi), link[0], link[1:]))
-        return KeyMap(epoch, entries)
+            if hi > lo:  # equal positions leave an empty range between them
+                entries.append(Assignment(KeyRange(lo, hi), link[0], link[1:]))
+        return KeyMap(epoch, _merged(entries))  # neighbours with the same chain joined

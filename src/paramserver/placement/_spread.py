@@ -22,8 +22,13 @@ _U = np.uint64
 
 
 def spread(ids: Any) -> np.ndarray:
-    """uint64 keys for integer ``ids`` (any shape), spread uniformly over ``[0, 2**64)``."""
-    x = np.asarray(ids).astype(np.uint64)
+    """uint64 keys for integer ``ids`` (any shape), spread uniformly over ``[0, 2**64)``.
+
+    SplitMix64's finaliser, elementwise with wrapping arithmetic; ``ids`` is never modified
+    (uint64 arrays are used as they are, without a copy). ``table``'s seeded initial values
+    use it as their counter-based generator.
+    """
+    x = np.asarray(ids).astype(np.uint64, copy=False)
     x = x ^ (x >> _U(30))
     x = x * _U(_C1)
     x = x ^ (x >> _U(27))

@@ -76,7 +76,12 @@ Action = Send | Connect | Disconnect | Finish
 
 @dataclass
 class _Gather:
-    """An exchange with several nodes: requests out, one reply (or failure) from each."""
+    """An exchange with several nodes: requests out, one reply (or failure) from each.
+
+    Each node it was sent to is in exactly one of ``awaiting``, ``replies`` (it answered)
+    and ``errors`` (it died or missed the deadline); :meth:`finish` runs once, when
+    ``awaiting`` is empty.
+    """
 
     awaiting: set[int]
     deadline: float
@@ -84,6 +89,17 @@ class _Gather:
     replies: dict[int, Message] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
     ended: float = 0.0  # when the last reply (or failure, or the deadline) came
+
+    def failures(self) -> dict[int, str]:
+        """``{node: why}`` for every node that answered with an error or did not answer."""
+        failed = {n: r.body.get("message", "") for n, r in self.replies.items() if r.status != Status.OK}
+        failed.update(self.errors)
+        return failed
+
+    def finish(self, now: float) -> list[Action]:
+        """The exchange is over at ``now``: run its callback (the caller has unregistered it)."""
+        self.ended = now
+        return self.on_done(self)
 
 
 @dataclass
@@ -156,7 +172,7 @@ class SchedulerCore:
         self.shards = ShardManager(worker_failure)  # data shards of the workers (_shards.py)
         #: Key-map changes run one at a time: (name, build the target map, then) queued here.
         self._migrating = False
-        self._migrations: list[tuple[str, Callable[[], KeyMap | None], Callable[[bool, str], list[Action]]]] = []
+        self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]]]] = []
         self._epoch = 0  # the highest epoch handed out (a failure during a migration skips past it)
 
     # ================================================================= helpers
@@ -182,8 +198,7 @@ class SchedulerCore:
         ts = next(self._ts)
         gather = _Gather(set(nodes), now + self.request_timeout, on_done)
         if not nodes:
-            gather.ended = now
-            return on_done(gather)
+            return gather.finish(now)
         self._gathers[ts] = gather
         out: list[Action] = []
         for nid in nodes:
@@ -217,7 +232,7 @@ class SchedulerCore:
             Op.SHUTDOWN: self._on_shutdown,
             Op.STATUS: self._on_status,
             Op.POLICY: self._on_policy,
-            Op.PING: self._on_ping,
+            Op.PING: self._on_heartbeat,
             Op.DRAIN: self._on_drain,
             Op.TASK: self._on_task,
         }.get(msg.op)
@@ -250,8 +265,7 @@ class SchedulerCore:
                 for nid in g.awaiting:
                     g.errors[nid] = f"no answer within {self.request_timeout:g} s"
                 g.awaiting.clear()
-                g.ended = now
-                out += g.on_done(g)
+                out += g.finish(now)
         return out
 
     def shutdown(self, reason: str, code: int = 0) -> list[Action]:
@@ -268,9 +282,7 @@ class SchedulerCore:
 
     def node_failed(self, nid: int, reason: str, now: float) -> list[Action]:
         """A node died (or was unreachable for too long)."""
-        info = self.nodes.pop(nid, None)
-        self.last_seen.pop(nid, None)
-        self._answered.discard(nid)
+        info = self._forget(nid)
         if info is None:
             return []
         log.warning("%s", reason)
@@ -281,21 +293,19 @@ class SchedulerCore:
                 g.errors[nid] = reason
                 if not g.awaiting:
                     del self._gathers[ts]
-                    g.ended = now
-                    out += g.on_done(g)
+                    out += g.finish(now)
         for group in GROUPS:
             self._barriers[group].pop(nid, None)
         if info.role == "server":
             return out + self._server_failed(nid, reason, now)
         if info.role == "worker":
             self.shards.worker_gone(nid, now)  # the shards it held go to the next worker that asks
-        if info.role == "worker" and self.num_workers and nid not in self._byes:
-            if not self.shards.job_survives_worker_death():
-                return out + self.shutdown(f"{reason}; the job needs all {self.num_workers} workers", code=1)
-            self._byes.add(nid)  # PS_WORKER_FAILURE: the job goes on without it, counted as gone
-            if len(self._byes) >= self.num_workers:
-                return out + self.shutdown(f"{reason}; no worker is left", code=1)
-        if info.role == "worker":
+            if self.num_workers and nid not in self._byes:
+                if not self.shards.job_survives_worker_death():
+                    return out + self.shutdown(f"{reason}; the job needs all {self.num_workers} workers", code=1)
+                self._byes.add(nid)  # PS_WORKER_FAILURE: the job goes on without it, counted as gone
+                if len(self._byes) >= self.num_workers:
+                    return out + self.shutdown(f"{reason}; no worker is left", code=1)
             self._ranks.pop(nid, None)
             out += self._broadcast_nodes(now, dead=[nid])
             out += self._check_barriers()
@@ -326,17 +336,16 @@ class SchedulerCore:
     def _servers_in_map(self) -> list[int]:
         return [s for s in self._joined("server") if s not in self._draining]
 
-    def _restored(self) -> KeyMap | None:
+    def _restored(self) -> KeyMap:
         assert self.keymap is not None
-        target = self.keymap.restored(self.replicas, self._servers_in_map(), self.keymap.epoch)
-        return None if target == self.keymap else target
+        return self.keymap.restored(self.replicas, self._servers_in_map(), self.keymap.epoch)
 
-    def _placed(self) -> KeyMap | None:
+    def _placed(self) -> KeyMap:
         servers = self._servers_in_map()
         replicas = min(self.replicas, len(servers))
         return self.placement.assign(servers, self.keymap.epoch if self.keymap else 0, replicas)
 
-    def migrate(self, name: str, target: Callable[[], KeyMap | None],
+    def migrate(self, name: str, target: Callable[[], KeyMap],
                 then: Callable[[bool, str], list[Action]], now: float) -> list[Action]:
         """Move the key map to ``target()`` (computed when its turn comes) by the two-phase
         migration of ``server/_migrate.py``; call ``then(ok, why)`` at the end. One at a time."""
@@ -352,7 +361,7 @@ class SchedulerCore:
             new = make()
         except InvalidArgument as exc:
             return then(False, str(exc)) + self._next_migration(now)
-        if new is None or new == old:  # targets carry the current epoch: equal maps move nothing
+        if new == old:  # targets carry the current epoch: equal maps move nothing
             return then(True, "nothing to move") + self._next_migration(now)
         mid = extended(old, new, self._next_epoch())
         new = KeyMap(self._next_epoch(), list(new))
@@ -361,8 +370,7 @@ class SchedulerCore:
         log.info("migration (%s): %r -> %r, copying from %s", name, old, new, sorted(plan))
 
         def copied(g: _Gather) -> list[Action]:
-            failed = {n: r.body.get("message", "") for n, r in g.replies.items() if r.status != Status.OK}
-            failed.update(g.errors)
+            failed = g.failures()
             self._migrating = False
             if failed or self.finished:
                 why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
@@ -383,8 +391,7 @@ class SchedulerCore:
 
         def switched(g: _Gather) -> list[Action]:
             self._migrating = False
-            failed = {n: r.body.get("message", "") for n, r in g.replies.items() if r.status != Status.OK}
-            failed.update(g.errors)
+            failed = g.failures()
             if failed:  # the map stands: servers adopted it or failed (and failed over from it)
                 log.warning("migration (%s): switching failed on %s", name,
                             "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())))
@@ -412,13 +419,10 @@ class SchedulerCore:
         self._draining.add(node)
 
         def then(ok: bool, why: str) -> list[Action]:
-            if not ok:
-                self._draining.discard(node)
-                return [self._error(msg, InvalidArgument(f"draining server {node} failed: {why}"))]
             self._draining.discard(node)
-            self.nodes.pop(node, None)
-            self.last_seen.pop(node, None)
-            self._answered.discard(node)
+            if not ok:
+                return [self._error(msg, InvalidArgument(f"draining server {node} failed: {why}"))]
+            self._forget(node)
             log.info("server %d drained; it holds no keys and stops", node)
             return [Send(node, Message(Op.SHUTDOWN, body={"reason": "this server was drained", "code": 0})),
                     Send(msg.sender, msg.reply(body={"keymap": self.keymap.to_wire() if self.keymap else None})),
@@ -512,16 +516,20 @@ class SchedulerCore:
         targets = [n for n in self.nodes if n in self._answered]
         return self._request(targets, lambda nid: Message(Op.NODES, body=body), now, lambda g: [])
 
-    def _on_ping(self, msg: Message, now: float) -> list[Action]:
-        return [Send(msg.sender, msg.reply())]
+    def _forget(self, nid: int) -> NodeInfo | None:
+        """Drop ``nid`` from the membership (node table, heartbeats, answered); its info,
+        or None if it was not a member."""
+        self.last_seen.pop(nid, None)
+        self._answered.discard(nid)
+        return self.nodes.pop(nid, None)
 
     def _on_heartbeat(self, msg: Message, now: float) -> list[Action]:
+        """HEARTBEAT and PING: an empty reply (``handle`` has already noted the sender alive)."""
         return [Send(msg.sender, msg.reply())]
 
     def _on_bye(self, msg: Message, now: float) -> list[Action]:
-        info = self.nodes.pop(msg.sender)
-        self.last_seen.pop(msg.sender, None)
-        self._answered.discard(msg.sender)
+        info = self.nodes[msg.sender]  # handle() lets only members through
+        self._forget(msg.sender)
         out: list[Action] = [Send(msg.sender, msg.reply()), Disconnect(msg.sender)]
         if info.role != "worker":
             return out
@@ -612,8 +620,7 @@ class SchedulerCore:
         targets = self._joined("server") + self._joined("worker")
 
         def done(g: _Gather) -> list[Action]:
-            failed = {n: r.body.get("message", "") for n, r in g.replies.items() if r.status != Status.OK}
-            failed.update(g.errors)
+            failed = g.failures()
             if failed:
                 why = "; ".join(f"node {n}: {e}" for n, e in sorted(failed.items()))
                 return [self._error(msg, TableError(f"table {name!r}: not every node took the new model: {why}"))]
@@ -658,6 +665,5 @@ class SchedulerCore:
         if g.awaiting:
             return []
         del self._gathers[msg.ts]
-        g.ended = now
-        return g.on_done(g)
+        return g.finish(now)
 

@@ -35,15 +35,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._config import WORKER_FAILURE_POLICIES
 from .._errors import InvalidArgument, ProtocolError
 from ..protocol import get
 
 __all__ = ["WORKER_FAILURE_POLICIES", "ShardManager", "ShardSet"]
 
 log = logging.getLogger("paramserver.scheduler")
-
-#: What a fixed-size job does when a worker dies (the PS_WORKER_FAILURE setting).
-WORKER_FAILURE_POLICIES = ("auto", "abort", "continue")
 
 PENDING, RUNNING, DONE = "pending", "running", "done"
 
@@ -52,7 +50,7 @@ PENDING, RUNNING, DONE = "pending", "running", "done"
 class _Task:
     state: str = PENDING
     worker: int = -1  # the holder while running, the finisher once done
-    since: float = 0.0  # when it was handed out (running) or finished (done)
+    since: float = 0.0  # when it was handed out (read only while running)
 
 
 @dataclass
@@ -62,7 +60,6 @@ class ShardSet:
     name: str
     shards: list[Any]
     epochs: int
-    created: float
     tasks: list[_Task] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # a heap of task numbers
     done_by: Counter[int] = field(default_factory=Counter)  # worker -> tasks it finished
@@ -151,7 +148,7 @@ class ShardManager:
         """
         name = get(body, "set", str)
         if "shards" in body:
-            sset = self._declare(name, get(body, "shards", list), get(body, "epochs", int, 1), now)
+            sset = self._declare(name, get(body, "shards", list), get(body, "epochs", int, 1))
         else:
             found = self.sets.get(name)
             if found is None:
@@ -165,19 +162,19 @@ class ShardManager:
             if release:
                 self._release(sset, worker, done)
                 return {"state": "released", "progress": sset.progress()}
-            self._complete(sset, worker, done, now)
+            self._complete(sset, worker, done)
         elif release:
             raise ProtocolError("a release names the task given back in 'done'")
         return self._next(sset, worker, now)
 
-    def _declare(self, name: str, shards: list[Any], epochs: int, now: float) -> ShardSet:
+    def _declare(self, name: str, shards: list[Any], epochs: int) -> ShardSet:
         if not shards:
             raise InvalidArgument(f"shard set {name!r}: the list of shards is empty")
         if epochs < 1:
             raise InvalidArgument(f"shard set {name!r}: epochs must be >= 1, got {epochs}")
         sset = self.sets.get(name)
         if sset is None:
-            sset = self.sets[name] = ShardSet(name, shards, epochs, now)
+            sset = self.sets[name] = ShardSet(name, shards, epochs)
             log.info("shard set %r: %d shards x %d epochs", name, len(shards), epochs)
             return sset
         if sset.epochs != epochs or sset.shards != shards:
@@ -198,12 +195,12 @@ class ShardManager:
             f"held by node {t.worker}" if t.state == RUNNING else "pending")
         raise InvalidArgument(f"task {task} of shard set {sset.name!r} is not held by node {worker}: it is {holder}")
 
-    def _complete(self, sset: ShardSet, worker: int, task: int, now: float) -> None:
+    def _complete(self, sset: ShardSet, worker: int, task: int) -> None:
         t = self._held(sset, worker, task)
         if t is None:
             log.debug("shard set %r: task %d reported done again by node %d; ignored", sset.name, task, worker)
             return
-        t.state, t.since = DONE, now
+        t.state = DONE
         sset.n_done += 1
         sset.done_by[worker] += 1
         if sset.finished:

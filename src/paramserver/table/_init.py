@@ -14,28 +14,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._errors import ConfigError, InvalidArgument
+from ..placement import spread
 
 __all__ = ["BUILTIN_INITS", "Constant", "Initializer", "Normal", "Uniform", "Zeros", "resolve_init"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return np.asarray(x ^ (x >> np.uint64(31)))
 
 
 def uniform01(keys: np.ndarray, width: int, seed: int, stream: int = 0) -> np.ndarray:
-    """Uniform numbers in (0, 1), shape (len(keys), width), a pure function of the inputs."""
-    base = _mix(keys.astype(np.uint64, copy=False) ^ _mix(np.asarray([seed * 2 + 1], dtype=np.uint64)))
+    """Uniform numbers in (0, 1), shape (len(keys), width), a pure function of the inputs
+    (SplitMix64's finaliser, :func:`~paramserver.placement.spread`, over key and column)."""
+    base = spread(keys.astype(np.uint64, copy=False) ^ spread(np.asarray([seed * 2 + 1], dtype=np.uint64)))
     cols = (np.arange(width, dtype=np.uint64) + np.uint64(stream * width + 1)) * _GOLDEN
-    bits = _mix(base[:, None] + cols[None, :])
+    bits = spread(base[:, None] + cols[None, :])
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
 
 
