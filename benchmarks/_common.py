@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: timing loops, the raw pyzmq baseline, result files."""
+"""Helpers shared by the benchmarks: timing loops, the raw pyzmq baseline, jobs and worker processes, result files."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 RESULTS = Path(__file__).parent / "results"
@@ -27,6 +30,49 @@ def timed(fn: Callable[[], Any], *, min_time: float = 1.0, min_reps: int = 3, ma
         elapsed = time.perf_counter() - start
         if (elapsed >= min_time and reps >= min_reps) or reps >= max_reps:
             return elapsed / reps
+
+
+def batch_rate(fn: Callable[[np.ndarray], Any], batches: list[np.ndarray]) -> float:
+    """Keys per second of ``fn`` over ``batches`` (after one warm-up call on the first batch)."""
+    fn(batches[0])
+    start = time.perf_counter()
+    for b in batches:
+        fn(b)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def distinct_keys(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` distinct random uint64 keys over the whole key space, in random order."""
+    keys = np.unique(rng.integers(0, 2**64 - 1, int(n * 1.01), dtype=np.uint64, endpoint=True))[:n]
+    rng.shuffle(keys)
+    return keys
+
+
+def run_app(app: str, *args: str, env: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
+    """``paramserver run APP ARGS --json`` (``env`` added to this environment): the job's JSON result."""
+    cmd = [sys.executable, "-m", "paramserver", "run", app, *args, "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env} if env else None,
+                         timeout=timeout, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def run_workers(target: Callable[..., None], args: tuple[Any, ...], *, servers: int, workers: int) -> list[Any]:
+    """On a LocalCluster, ``workers`` spawned processes each run ``target(address, *args, queue)``
+    and put one result on the queue: the results, in the order they arrived."""
+    import paramserver as ps
+
+    ctx = mp.get_context("spawn")
+    with ps.LocalCluster(servers=servers, workers=workers) as cluster:
+        q = ctx.Queue()
+        procs = [ctx.Process(target=target, args=(cluster.address, *args, q)) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        results = [q.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join(60)
+    return results
 
 
 def _echo_server(port_q: mp.Queue) -> None:  # type: ignore[type-arg]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, write
+from _common import RESULTS, run_workers, write
 
 TAUS = [0, 1, 2, 4, 8, 16]
 WORKERS = 4
@@ -77,17 +77,7 @@ def _worker(address: str, tau: int, seconds: float, batch: int, q: mp.Queue) -> 
 
 
 def run(tau: int, seconds: float, batch: int) -> dict[str, Any]:
-    import paramserver as ps
-
-    ctx = mp.get_context("spawn")
-    with ps.LocalCluster(servers=2, workers=WORKERS) as cluster:
-        q = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(cluster.address, tau, seconds, batch, q)) for _ in range(WORKERS)]
-        for p in procs:
-            p.start()
-        results = sorted((q.get(timeout=600) for _ in procs), key=lambda r: r["rank"])
-        for p in procs:
-            p.join(60)
+    results = sorted(run_workers(_worker, (tau, seconds, batch), servers=2, workers=WORKERS), key=lambda r: r["rank"])
     its = [r["iterations"] for r in results]
     return {
         "tau": tau,

@@ -9,14 +9,13 @@ hash index is paramserver.server.HashIndex. Writes benchmarks/results/index.json
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write
+from _common import batch_rate, distinct_keys, write
 from paramserver.server import HashIndex
 
 
@@ -48,35 +47,26 @@ class SortedIndex:
         return np.where(found, self.rows[pos], -1)
 
 
-def _rate(fn: Any, batches: list[np.ndarray]) -> float:
-    fn(batches[0])
-    start = time.perf_counter()
-    for b in batches:
-        fn(b)
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
-
-
 def main() -> None:
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     print(f"{'table':>6} {'op':<22} {'hash Mkeys/s':>13} {'sorted Mkeys/s':>15} {'hash/sorted':>12}")
     for size in (1_000_000, 10_000_000):
-        keys = np.unique(rng.integers(0, 2**64 - 1, int(size * 1.01), dtype=np.uint64, endpoint=True))[:size]
-        rng.shuffle(keys)
+        keys = distinct_keys(rng, size)
         h, s = HashIndex(size), SortedIndex()
         h.insert(keys, keys)
         s.insert(np.sort(keys))
         for batch in (1_000, 100_000):
             batches = [np.sort(rng.choice(keys, batch, replace=False)) for _ in range(10)]
-            rh = _rate(h.lookup, batches)
-            rs = _rate(s.lookup, batches)
+            rh = batch_rate(h.lookup, batches)
+            rs = batch_rate(s.lookup, batches)
             results[f"{size}_lookup_{batch}"] = {"hash": rh, "sorted": rs}
             print(f"{size / 1e6:5.0f}M {'lookup, batch ' + str(batch):<22} {rh / 1e6:13.1f} {rs / 1e6:15.1f} "
                   f"{rh / rs:12.1f}")
         new = [np.sort(rng.integers(0, 2**64 - 1, 100_000, dtype=np.uint64, endpoint=True)) for _ in range(5)]
         all_keys = np.concatenate([keys, *new])
-        rh = _rate(lambda b, h=h, k=all_keys: h.insert(b, k), new[1:])
-        rs = _rate(s.insert, new[1:])
+        rh = batch_rate(lambda b, h=h, k=all_keys: h.insert(b, k), new[1:])
+        rs = batch_rate(s.insert, new[1:])
         results[f"{size}_insert_100000"] = {"hash": rh, "sorted": rs}
         print(f"{size / 1e6:5.0f}M {'insert new, batch 1e5':<22} {rh / 1e6:13.1f} {rs / 1e6:15.1f} {rh / rs:12.1f}")
     print(f"wrote {write('index', results)}")

@@ -26,9 +26,7 @@ first seed). Usage: ``python benchmarks/bench_lda.py [--iters 100] [--topics 20 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, write
+from _common import RESULTS, run_app, write
 
 ALPHA, ETA = 0.1, 0.01
 VOCAB = ["--stop-words", "english", "--min-df", "5", "--max-df", "0.5"]  # the defaults, spelt out
@@ -77,14 +75,9 @@ def reference(n_topics: int, iters: int, ll_every: int, seed: int) -> dict[str, 
 
 def ours(n_topics: int, iters: int, workers: int, servers: int, tau: int, seed: int) -> dict[str, Any]:
     """``paramserver run lda`` on the same corpus."""
-    cmd = [sys.executable, "-m", "paramserver", "run", "lda", "--data", "newsgroups", *VOCAB,
-           "--topics", str(n_topics), "--iters", str(iters), "--workers", str(workers), "--servers", str(servers),
-           "--tau", str(tau), "--alpha", str(ALPHA), "--eta", str(ETA), "--eval-every", "0", "--seed", str(seed),
-           "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_app("lda", "--data", "newsgroups", *VOCAB, "--topics", str(n_topics), "--iters", str(iters),
+                  "--workers", str(workers), "--servers", str(servers), "--tau", str(tau), "--alpha", str(ALPHA),
+                  "--eta", str(ETA), "--eval-every", "0", "--seed", str(seed))
     out.pop("top_words")
     return {"system": f"paramserver, {workers} worker{'s' if workers > 1 else ''}", **out}
 

@@ -13,16 +13,12 @@ Writes benchmarks/results/apps.json.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, write
+from _common import RESULTS, run_app, write
 
 PAPER = {"key caching": (2.0, 2.0), "compression": (6.0, 20.0), "KKT": (None, None), "all": (12.0, 40.0)}
 CONFIGS = {"none": "none", "key caching": "keys", "compression": "zeros,snappy", "KKT": "kkt",
@@ -30,29 +26,18 @@ CONFIGS = {"none": "none", "key caching": "keys", "compression": "zeros,snappy",
 
 
 def run(app: str, *args: str) -> dict[str, Any]:
-    res = subprocess.run([sys.executable, "-m", "paramserver", "run", app, *args, "--json"], capture_output=True,
-                         text=True, env={**os.environ, "PS_LOG_LEVEL": "WARNING"}, timeout=1800)
-    if res.returncode:
-        raise SystemExit(res.stderr[-3000:])
-    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+    return run_app(app, *args, env={"PS_LOG_LEVEL": "WARNING"}, timeout=1800)
 
 
 def liblinear_seconds() -> tuple[float, float]:
+    """liblinear's time and objective for lambda = 1, measured now (not the cached reference)."""
     import warnings
 
     warnings.simplefilter("ignore")
     from paramserver.apps import _reference
 
-    X, y, _, _ = _reference.load(None, None)
-    import sklearn
-    from sklearn.linear_model import LogisticRegression
-
-    version = tuple(int(x) for x in sklearn.__version__.split(".")[:2])
-    l1 = {"l1_ratio": 1.0} if version >= (1, 8) else {"penalty": "l1"}
-    start = time.perf_counter()
-    clf = LogisticRegression(C=1.0, solver="liblinear", fit_intercept=False, tol=1e-6, max_iter=1000, **l1).fit(X, y)
-    seconds = time.perf_counter() - start
-    return seconds, _reference.objective(X, y, clf.coef_.ravel(), 1.0)
+    ref = _reference.fit_liblinear(1.0)
+    return ref["seconds"], ref["objective"]
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import paramserver as ps
-from _common import RawZmq, fmt_bytes, timed, write
+from _common import RawZmq, fmt_bytes, run_workers, timed, write
 
 WIDTH = 256
 SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
@@ -142,16 +142,7 @@ def _worker_proc(address: str, sizes: list[int], seconds: float, q: mp.Queue) ->
 
 def bench_cluster_two(quick: bool) -> dict[str, Any]:
     """2 servers and 2 worker processes running the same phases at once; rates summed."""
-    ctx = mp.get_context("spawn")
-    with ps.LocalCluster(servers=2, workers=2) as cluster:
-        q = ctx.Queue()
-        procs = [ctx.Process(target=_worker_proc, args=(cluster.address, SIZES, 0.5 if quick else 1.5, q))
-                 for _ in range(2)]
-        for p in procs:
-            p.start()
-        results = [q.get(timeout=600) for _ in procs]
-        for p in procs:
-            p.join(60)
+    results = run_workers(_worker_proc, (SIZES, 0.5 if quick else 1.5), servers=2, workers=2)
     return {name: sum(r[name] for r in results) for name in results[0]}
 
 

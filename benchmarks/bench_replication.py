@@ -18,11 +18,6 @@ Measures, on local clusters of 3 servers:
   the servers replicated per iteration; the baseline is ``replicas=1`` without aggregation,
   measured in the same run.
 
-Servers load their numba-compiled hash index at start (a ``sitecustomize`` put on the
-node processes' PYTHONPATH; ``--no-prewarm`` turns it off). Without it, each server loads
-it on its first push, on the thread that sends heartbeats, and is silent for about 0.5 s:
-with T = 0.5 s the scheduler then declares every server dead before any kill.
-
 Run: ``python benchmarks/bench_replication.py [--quick]``; writes
 benchmarks/results/replication.json.
 """
@@ -36,7 +31,6 @@ import os
 import queue
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,30 +51,12 @@ WORKERS = 3
 DEPTH = 4  # iterations in flight per worker
 WARM_ITERS = 3
 
-_PREWARM = '''\
-# Written by benchmarks/bench_replication.py: load the servers' numba code before they register.
-import sys
-if sys.argv[1:2] == ["server"]:
-    import numpy as np
-    from paramserver.server._store import Store
-    from paramserver.table import TableSpec
-    _s = Store(TableSpec.create("prewarm", 1, "float64", "sum", "zeros", None, None, False))
-    _k = np.array([1, 2], dtype=np.uint64)
-    _s.push(_k, np.ones((2, 1)))
-    _s.pull(_k)
-    del _s, _k
-'''
-
-
-def _node_env(extra: dict[str, str], prewarm: str | None) -> dict[str, str]:
-    env = {"PS_LOG_LEVEL": "ERROR", **extra}
-    if prewarm:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (prewarm, os.environ.get("PYTHONPATH", "")) if p)
-    return env
+def _node_env(extra: dict[str, str]) -> dict[str, str]:
+    return {"PS_LOG_LEVEL": "ERROR", **extra}
 
 
 # ---------------------------------------------------------------------------- failover
-def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
+def failover_trial(timeout: float, victim: int, seed: int,
                    after: float = 0.3, limit: float = 60.0) -> dict[str, Any]:
     """One cluster, one SIGKILL; see the module docstring."""
     hb = {"PS_HEARTBEAT_INTERVAL": "0.1", "PS_HEARTBEAT_TIMEOUT": f"{timeout:g}"}
@@ -91,7 +67,7 @@ def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
     killer: threading.Timer | None = None
     stop = threading.Event()  # ends the key map watcher
     try:
-        cluster = ps.LocalCluster(servers=3, replicas=2, env=_node_env(hb, prewarm), log_level="ERROR")
+        cluster = ps.LocalCluster(servers=3, replicas=2, env=_node_env(hb), log_level="ERROR")
         w = ps.connect(cluster.address, config=ps.Config.from_env({**os.environ, **hb}))
         t = w.table("failover", width=1, dtype="float64")
         keys = np.unique(rng.integers(0, 2**64 - 1, N_KEYS_FAILOVER, dtype=np.uint64, endpoint=True))
@@ -182,12 +158,12 @@ def failover_trial(timeout: float, victim: int, seed: int, prewarm: str | None,
     return out
 
 
-def bench_failover(trials: int, prewarm: str | None) -> dict[str, Any]:
+def bench_failover(trials: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for timeout in TIMEOUTS:
         rows = []
         for i in range(trials):
-            r = failover_trial(timeout, i % 3, 1000 * i + int(timeout * 10), prewarm)
+            r = failover_trial(timeout, i % 3, 1000 * i + int(timeout * 10))
             rows.append(r)
             if r["ok"]:
                 seen = f"{r['map_at_worker']:.3f} s" if r["map_at_worker"] is not None else "not seen"
@@ -259,15 +235,14 @@ def _replication_counters(cluster: ps.LocalCluster) -> dict[str, int]:
     return out
 
 
-def throughput_run(replicas: int, aggregate: bool, iters: int, prewarm: str | None) -> dict[str, Any]:
+def throughput_run(replicas: int, aggregate: bool, iters: int) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out: dict[str, Any] = {"replicas": replicas, "aggregate": aggregate, "iters": iters, "ok": False, "error": None}
     procs: list[Any] = []
     ready, go = ctx.Event(), ctx.Event()
     cluster = None
     try:
-        cluster = ps.LocalCluster(servers=3, replicas=replicas, workers=WORKERS, env=_node_env({}, prewarm),
-                                  log_level="ERROR")
+        cluster = ps.LocalCluster(servers=3, replicas=replicas, workers=WORKERS, env=_node_env({}), log_level="ERROR")
         q = ctx.Queue()
         procs = [ctx.Process(target=_tp_worker, args=(cluster.address, aggregate, iters, q, ready, go), daemon=True)
                  for _ in range(WORKERS)]
@@ -324,7 +299,7 @@ def throughput_run(replicas: int, aggregate: bool, iters: int, prewarm: str | No
     return out
 
 
-def bench_throughput(iters: int, rounds: int, prewarm: str | None) -> tuple[list[dict[str, Any]], int]:
+def bench_throughput(iters: int, rounds: int) -> tuple[list[dict[str, Any]], int]:
     """Every configuration ``rounds`` times, the rounds interleaved (the machine's speed drifts);
     each row is the fastest round. Returns the rows and the number of failed runs."""
     configs = [(replicas, aggregate) for replicas in (1, 2, 3) for aggregate in (False, True)]
@@ -332,7 +307,7 @@ def bench_throughput(iters: int, rounds: int, prewarm: str | None) -> tuple[list
     failed = 0
     for rnd in range(rounds):
         for replicas, aggregate in configs:
-            r = throughput_run(replicas, aggregate, iters, prewarm)
+            r = throughput_run(replicas, aggregate, iters)
             runs[(replicas, aggregate)].append(r)
             head = f"  round {rnd + 1}/{rounds} replicas={replicas} aggregate={aggregate!s:5}:"
             if r["ok"]:
@@ -408,7 +383,6 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=None, help="failover trials per timeout (20; 5 with --quick)")
     ap.add_argument("--iters", type=int, default=None, help="timed iterations per throughput run (400; 40 with --quick)")
     ap.add_argument("--rounds", type=int, default=None, help="throughput rounds, best kept (2; 1 with --quick)")
-    ap.add_argument("--no-prewarm", action="store_true", help="let servers load numba code on their first push")
     ap.add_argument("--skip-failover", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
@@ -416,26 +390,20 @@ def main() -> None:
     iters = args.iters or (40 if args.quick else 400)
     rounds = args.rounds or (1 if args.quick else 2)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp:
-        prewarm = None
-        if not args.no_prewarm:
-            Path(tmp, "sitecustomize.py").write_text(_PREWARM)
-            prewarm = tmp
-        failover: dict[str, Any] = {}
-        rows: list[dict[str, Any]] = []
-        tp_failed = 0
-        if not args.skip_failover:
-            print(f"failover: {trials} trials for each T in {TIMEOUTS}", flush=True)
-            failover = bench_failover(trials, prewarm)
-        if not args.skip_throughput:
-            print(f"throughput: {iters} iterations per run, {rounds} round(s)", flush=True)
-            rows, tp_failed = bench_throughput(iters, rounds, prewarm)
+    failover: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    tp_failed = 0
+    if not args.skip_failover:
+        print(f"failover: {trials} trials for each T in {TIMEOUTS}", flush=True)
+        failover = bench_failover(trials)
+    if not args.skip_throughput:
+        print(f"throughput: {iters} iterations per run, {rounds} round(s)", flush=True)
+        rows, tp_failed = bench_throughput(iters, rounds)
     ratios = report(failover, rows)
     failed = sum(e["summary"]["failed"] for e in failover.values()) + tp_failed
     elapsed = time.perf_counter() - started
-    path = write("replication", {"quick": args.quick, "prewarm": not args.no_prewarm, "seconds": elapsed, "rounds": rounds,
-                                 "iters": iters, "trials": trials,
-                                 "paper_failover_s": PAPER_FAILOVER_S, "failover": failover,
+    path = write("replication", {"quick": args.quick, "seconds": elapsed, "rounds": rounds,
+                                 "iters": iters, "trials": trials, "paper_failover_s": PAPER_FAILOVER_S, "failover": failover,
                                  "throughput": rows, "ratios": ratios, "failed": failed})
     if failed:
         print(f"\n!!! {failed} failed trial(s)/run(s): see above and {path}", file=sys.stderr)

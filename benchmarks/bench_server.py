@@ -22,18 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import paramserver as ps
-from _common import write
+from _common import batch_rate, distinct_keys, write
 from paramserver.server import Store
 from paramserver.table import TableSpec
 
 N_KEYS = 10_000_000
 BATCH = 100_000
-
-
-def _keys(rng: np.random.Generator) -> np.ndarray:
-    keys = np.unique(rng.integers(0, 2**64 - 1, int(N_KEYS * 1.01), dtype=np.uint64, endpoint=True))[:N_KEYS]
-    rng.shuffle(keys)
-    return keys
 
 
 def store_rate(keys: np.ndarray, rng: np.random.Generator) -> float:
@@ -42,11 +36,7 @@ def store_rate(keys: np.ndarray, rng: np.random.Generator) -> float:
         store.push(np.sort(chunk), np.ones((len(chunk), 1), np.float32))
     batches = [np.sort(rng.choice(keys, BATCH, replace=False)) for _ in range(30)]
     ones = np.ones((BATCH, 1), np.float32)
-    store.push(batches[0], ones)
-    start = time.perf_counter()
-    for b in batches:
-        store.push(b, ones)
-    return len(batches) * BATCH / (time.perf_counter() - start)
+    return batch_rate(lambda b: store.push(b, ones), batches)
 
 
 def cluster_rate(keys: np.ndarray, rng: np.random.Generator) -> float:
@@ -71,7 +61,7 @@ def cluster_rate(keys: np.ndarray, rng: np.random.Generator) -> float:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    keys = _keys(rng)
+    keys = distinct_keys(rng, N_KEYS)
     s = store_rate(keys, rng)
     c = cluster_rate(keys, rng)
     print(f"server update into a 10 M-key table, batches of {BATCH}:")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,13 +63,14 @@ class Reference:
         return np.array([self.w.get(int(k), np.zeros(self.width)) for k in keys])
 
 
-CASES: list[tuple[str, dict[str, float], Callable[[np.random.Generator, int], np.ndarray]]] = [
-    ("sum", {}, lambda r, n: r.normal(size=(n, 3))),
-    ("assign", {}, lambda r, n: r.normal(size=(n, 3))),
-    ("max", {}, lambda r, n: r.normal(size=(n, 3))),
-    ("min", {}, lambda r, n: r.normal(size=(n, 3))),
-    ("sgd", {"lr": 0.1}, lambda r, n: r.normal(size=(n, 3))),
-    ("adagrad", {"lr": 0.5, "eps": 1e-10, "initial_accumulator_value": 0.1}, lambda r, n: r.normal(size=(n, 3))),
-    ("adam", {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}, lambda r, n: r.normal(size=(n, 3))),
-    ("ftrl", {"alpha": 0.5, "beta": 1.0, "l1": 0.3, "l2": 0.1}, lambda r, n: r.normal(size=(n, 3))),
+# (updater, its parameters); the tests push rows of 3 standard normal values.
+CASES: list[tuple[str, dict[str, float]]] = [
+    ("sum", {}),
+    ("assign", {}),
+    ("max", {}),
+    ("min", {}),
+    ("sgd", {"lr": 0.1}),
+    ("adagrad", {"lr": 0.5, "eps": 1e-10, "initial_accumulator_value": 0.1}),
+    ("adam", {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}),
+    ("ftrl", {"alpha": 0.5, "beta": 1.0, "l1": 0.3, "l2": 0.1}),
 ]

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import paramserver as ps
+from helpers import run_app
 from paramserver.apps import _reference
 from paramserver.server import Store
 from paramserver.table import TableSpec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.data]
-
-
-def run_app(args: list[str], env: dict[str, str], timeout: float = 600) -> dict:
-    res = subprocess.run([sys.executable, "-m", "paramserver", "run", *args, "--json"], env={**os.environ, **env},
-                         capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def test_l1_logistic_regression_reaches_liblinear(fast_env: dict[str, str]) -> None:

@@ -59,9 +59,7 @@ def test_tau_zero_is_synchronous_sgd(tmp_path: Path, fast_env: dict[str, str]) -
     out = tmp_path / "x.json"
     lr, iters = 0.01, 30
     launch("sgd", iters, out, {**os.environ, **fast_env, "LR": str(lr)})
-    rng = np.random.default_rng(42)
-    A = rng.normal(size=(60, 8))
-    b = A @ rng.normal(size=8) + 0.1 * rng.normal(size=60)
+    A, b = workloads.sgd_problem()
     x = np.zeros(8)
     for _ in range(iters):  # full-batch gradient descent = the sum of the three shards' gradients
         x = x - lr * sum(A[r::3].T @ (A[r::3] @ x - b[r::3]) for r in range(3))
@@ -86,8 +84,7 @@ def test_exact_sums_with_lost_duplicated_and_delayed_messages(fast_env: dict[str
     env = {**fast_env, **faults}
     rounds = 40
     with ps.LocalCluster(servers=2, env=env) as cluster:
-        procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster.address, str(r), str(rounds)])
-                 for r in range(3)]
+        procs = workloads.start_workers(cluster.address, 3, rounds)
         assert [p.wait(timeout=240) for p in procs] == [0, 0, 0]
         workloads.check_final_state(cluster.address, 3, rounds)
         status = cluster.status()

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 
 import numpy as np
 import pytest
 import zmq
 
 import paramserver as ps
+from helpers import free_port
 from paramserver.protocol import Message, Op
 
 pytestmark = pytest.mark.cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_no_scheduler_fails_within_the_timeout_naming_the_address() -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(ps.ConnectError, match=rf"no scheduler answered at tcp://127.0.0.1:{port} within 0.5 s"):
         ps.connect(f"127.0.0.1:{port}", timeout=0.5)
 

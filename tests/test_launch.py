@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import paramserver as ps
+from helpers import free_port
 
 pytestmark = pytest.mark.cluster
 HERE = Path(__file__).parent
@@ -85,7 +86,7 @@ def test_ctrl_c_stops_the_job(marked_env: dict[str, str]) -> None:
 def test_dmlc_environment_alone_is_enough(marked_env: dict[str, str]) -> None:
     """ps-lite launchers set only DMLC_* names: the scheduler, servers and workers accept them."""
     env = {k: v for k, v in marked_env.items() if not k.startswith(("PS_SCHEDULER", "DMLC_"))}
-    port = _free_port()
+    port = free_port()
     dmlc = {**env, "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(port), "DMLC_NUM_SERVER": "1",
             "DMLC_NUM_WORKER": "2"}
     procs = [subprocess.Popen([sys.executable, "-m", "paramserver", "scheduler"], env={**dmlc, "DMLC_ROLE": "scheduler"},
@@ -152,7 +153,7 @@ def test_metrics_show_filter_bytes(cluster2: ps.LocalCluster, marked_env: dict[s
 
 
 def test_status_of_nothing_fails_clearly(marked_env: dict[str, str]) -> None:
-    port = _free_port()
+    port = free_port()
     res = run(["status", f"127.0.0.1:{port}", "--timeout", "0.5"], marked_env)
     assert res.returncode == 1
     assert f"no scheduler answered at tcp://127.0.0.1:{port} within 0.5 s" in res.stderr
@@ -166,11 +167,3 @@ def test_config_command_lists_every_setting(marked_env: dict[str, str]) -> None:
     for s in SETTINGS:
         assert s.env in res.stdout
     assert "PS_TIMEOUT               12.0" in res.stdout
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

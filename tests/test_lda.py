@@ -4,7 +4,6 @@ duplicated and delayed messages whose server counts must equal the workers' assi
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.special import gammaln
 
+from helpers import run_app
 from paramserver import InvalidArgument, data, spread
 from paramserver.apps import _gibbs
 from paramserver.apps._corpus import ENGLISH_STOP_WORDS, Corpus, build_vocabulary, encode, load_corpus, read_lines
@@ -186,12 +186,9 @@ def test_job_counts_on_servers_equal_the_assignments(tmp_path: Path, fast_env: d
     faults = {"PS_DROP_MSG": "5", "PS_DUP_MSG": "5", "PS_DELAY_MSG": "5", "PS_DELAY_MS": "30",
               "PS_RESEND_TIMEOUT": "0.15", "PS_FAULT_SEED": "11"}
     K, iters = 8, 30
-    cmd = [sys.executable, "-m", "paramserver", "run", "lda", "--data", "reuters", *NO_FILTER, "--topics", str(K),
-           "--iters", str(iters), "--tau", "1", "--eval-every", "10", "--servers", "2", "--workers", "2",
-           "--save", str(tmp_path), "--json"]
-    res = subprocess.run(cmd, env={**os.environ, **fast_env, **faults}, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_app(["lda", "--data", "reuters", *NO_FILTER, "--topics", str(K), "--iters", str(iters), "--tau", "1",
+                   "--eval-every", "10", "--servers", "2", "--workers", "2", "--save", str(tmp_path)],
+                  {**fast_env, **faults}, timeout=120)
 
     train, test = load_corpus("reuters")
     V = len(train.vocabulary)

@@ -7,10 +7,8 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ import workloads
 from paramserver.placement import Assignment, KeyMap
 
 pytestmark = pytest.mark.cluster
-HERE = Path(__file__).parent
 
 
 def _env(fast_env: dict[str, str], **extra: str) -> dict[str, str]:
@@ -45,8 +42,7 @@ def _wait_for(what: str, cond: object, timeout: float = 120.0) -> None:
 @contextlib.contextmanager
 def _pushing_workers(cluster: ps.LocalCluster, env: dict[str, str], rounds: int) -> Iterator[list[subprocess.Popen[bytes]]]:
     """3 worker processes pushing the known workload of ``workloads.py``; killed if still running at the end."""
-    procs = [subprocess.Popen([sys.executable, str(HERE / "workloads.py"), cluster.address, str(r), str(rounds)],
-                              env={**os.environ, **env}) for r in range(3)]
+    procs = workloads.start_workers(cluster.address, 3, rounds, env)
     try:
         yield procs
     finally:

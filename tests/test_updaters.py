@@ -11,16 +11,16 @@ from paramserver.table import Adam, TableSpec, Updater, resolve_updater
 from reference import CASES, Reference
 
 
-@pytest.mark.parametrize(("name", "params", "gen"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("name", "params"), CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_updater_matches_reference(name: str, params: dict[str, float], gen: object, dtype: str) -> None:
+def test_updater_matches_reference(name: str, params: dict[str, float], dtype: str) -> None:
     store = Store(TableSpec.create("t", width=3, dtype=dtype, updater=name, updater_args=params))
     ref = Reference(name, params, 3, dtype)
     rng = np.random.default_rng(7)
     universe = np.array([0, 3, 17, 2**40, 2**63 + 1, 2**64 - 1], dtype=np.uint64)
     for _ in range(12):
         keys = np.sort(rng.choice(universe, size=rng.integers(1, 6), replace=False))
-        g = gen(rng, len(keys)).astype(dtype)  # type: ignore[operator]
+        g = rng.normal(size=(len(keys), 3)).astype(dtype)
         store.push(keys, g)
         for k, row in zip(keys.tolist(), g, strict=True):
             ref.step(k, row)

@@ -5,6 +5,8 @@ Run as a script, it is one worker: ``python workloads.py ADDRESS RANK ROUNDS``.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +58,22 @@ def check_final_state(address: str, ranks: int, rounds: int) -> None:
         np.testing.assert_array_equal(w.table("sums", width=WIDTH, dtype="float32").pull(keys),
                                       sums.astype(np.float32))
         np.testing.assert_array_equal(w.table("counts", width=1, dtype="int64").pull(keys).ravel(), counts)
+
+
+def start_workers(address: str, ranks: int, rounds: int,
+                  env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
+    """Start ``ranks`` processes running this file as a worker (ranks 0 to ``ranks - 1``); ``env``
+    is added to this environment (None: inherit it)."""
+    return [subprocess.Popen([sys.executable, __file__, address, str(r), str(rounds)],
+                             env=None if env is None else {**os.environ, **env}) for r in range(ranks)]
+
+
+def sgd_problem() -> tuple[np.ndarray, np.ndarray]:
+    """Least squares on a fixed random problem; worker `rank` holds rows rank::n."""
+    rng = np.random.default_rng(42)
+    A = rng.normal(size=(60, 8))
+    b = A @ rng.normal(size=8) + 0.1 * rng.normal(size=60)
+    return A, b
 
 
 def main(address: str, rank: int, rounds: int) -> int:

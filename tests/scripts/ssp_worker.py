@@ -16,20 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests folder, for workloads
 import paramserver as ps
+from workloads import sgd_problem
 
 mode, iterations, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 w = ps.connect()
 rank, n = w.rank, w.num_workers
-
-
-def sgd_problem() -> tuple[np.ndarray, np.ndarray]:
-    """Least squares on a fixed random problem; worker `rank` holds rows rank::n."""
-    rng = np.random.default_rng(42)
-    A = rng.normal(size=(60, 8))
-    b = A @ rng.normal(size=8) + 0.1 * rng.normal(size=60)
-    return A, b
-
 
 if mode == "schedule":
     t_ = w.table("m", width=4, dtype="float64", consistency="bounded", tau=int(os.environ["TAU"]))

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ import scipy.sparse as sp
 from .. import data
 from .._config import Config
 from .._errors import InvalidArgument
+from ..data._fetch import atomic_writer
 
 __all__ = ["ENGLISH_STOP_WORDS", "Corpus", "build_vocabulary", "encode", "ldac_tokens", "load_corpus", "read_lines",
            "stop_words"]
@@ -251,15 +251,8 @@ def load_corpus(data_spec: str, *, stop: str = "none", min_df: float = 1, max_df
         keep = np.sort(np.random.default_rng(seed).permutation(test.n_docs)[:heldout_docs])
         test = test.select(keep)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, train_words=train.words, train_ptr=train.doc_ptr, test_words=test.words,
-                         test_ptr=test.doc_ptr, n_words=np.int64(len(vocab)),
-                         vocabulary=np.frombuffer("\n".join(vocab).encode("utf-8"), dtype=np.uint8))
-            os.replace(tmp, path)  # atomic: workers building at once all succeed
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as fh:  # atomic: workers building at once all succeed
+            np.savez(fh, train_words=train.words, train_ptr=train.doc_ptr, test_words=test.words,
+                     test_ptr=test.doc_ptr, n_words=np.int64(len(vocab)),
+                     vocabulary=np.frombuffer("\n".join(vocab).encode("utf-8"), dtype=np.uint8))
     return train, test

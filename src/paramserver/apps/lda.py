@@ -106,10 +106,15 @@ def prepare(args: argparse.Namespace) -> None:
               f"{test.n_docs:,} held-out documents", file=sys.stderr)
 
 
+def _shard_bounds(corpus: Corpus, workers: int) -> list[int]:
+    """The shards' first documents, and ``n_docs``: worker ``r`` has documents ``bounds[r]:bounds[r + 1]``."""
+    cuts = np.searchsorted(corpus.doc_ptr, np.arange(1, workers) * corpus.n_tokens / workers).tolist()
+    return [0, *cuts, corpus.n_docs]
+
+
 def _shard_docs(corpus: Corpus, rank: int, workers: int) -> I64:
     """Worker ``rank``'s documents: a contiguous run holding about ``1 / workers`` of the tokens."""
-    cuts = np.searchsorted(corpus.doc_ptr, np.arange(1, workers) * corpus.n_tokens / workers).tolist()
-    bounds = [0, *cuts, corpus.n_docs]
+    bounds = _shard_bounds(corpus, workers)
     return np.arange(bounds[rank], bounds[rank + 1])
 
 
@@ -160,13 +165,14 @@ class _Job:
         self.workers = max(w.num_workers, 1)
         self.blocks = args.blocks or (1 if self.workers == 1 else 4)
         self.train, self.vocabulary = train, train.vocabulary
-        shards = [_shard_docs(train, r, self.workers) for r in range(self.workers)]
-        self.shard = _Shard(train, shards[w.rank], totals=True)
+        bounds = _shard_bounds(train, self.workers)
+        self.shard = _Shard(train, np.arange(bounds[w.rank], bounds[w.rank + 1]), totals=True)
         self.test = _Shard(test, _shard_docs(test, w.rank, self.workers), totals=False)
-        # The words' part of the log-likelihood: each word counted by the lowest rank holding it.
+        # The words' part of the log-likelihood: each word counted by the lowest rank holding it,
+        # the rank whose shard (a contiguous run of documents) holds the word's first token.
         owner = np.full(self.V, self.workers)
-        for r in range(self.workers - 1, -1, -1):
-            owner[train.select(shards[r]).words] = r
+        vocab_used, first = np.unique(train.words, return_index=True)
+        owner[vocab_used] = np.searchsorted(train.doc_ptr[bounds], first, side="right") - 1
         words = np.flatnonzero(self.shard.ids != TOTALS)
         self.owned = words[owner[self.shard.ids[words].astype(np.int64)] == w.rank].astype(np.int64)
         bounded: dict[str, Any] = {"consistency": "bounded", "tau": args.tau}

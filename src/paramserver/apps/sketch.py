@@ -27,6 +27,7 @@ import paramserver as ps
 
 from .._config import Config
 from ..data import newsgroups_documents
+from ..data._fetch import atomic_writer
 
 _SEEDS = ps.spread(np.arange(1, 33, dtype=np.uint64))  # one hash seed per row, up to 32 rows
 
@@ -43,8 +44,8 @@ def stream(data: str | None) -> tuple[np.ndarray, list[str]]:
     """The token stream as word ids, and the vocabulary (cached as .npz for 20 Newsgroups)."""
     cache = Path(Config.from_env().data_path()) / "sketch-stream.npz"
     if not data and cache.exists():
-        z = np.load(cache, allow_pickle=False)
-        return z["ids"], list(z["vocab"])
+        with np.load(cache, allow_pickle=False) as z:
+            return z["ids"], list(z["vocab"])
     if data:
         with open(data, encoding="utf-8", errors="replace") as f:
             texts = f.read().split("\n")
@@ -54,10 +55,8 @@ def stream(data: str | None) -> tuple[np.ndarray, list[str]]:
     vocab, ids = np.unique(np.array(words, dtype=object), return_inverse=True)
     ids = ids.astype(np.int64)
     if not data:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, ids=ids, vocab=np.array(vocab, dtype=str))
-        tmp.replace(cache)
+        with atomic_writer(cache) as fh:
+            np.savez(fh, ids=ids, vocab=np.array(vocab, dtype=str))
     return ids, list(vocab)
 
 
