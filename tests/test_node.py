@@ -12,7 +12,6 @@ import pytest
 import paramserver as ps
 from paramserver import Config
 from paramserver.node import Node, NodeInfo
-from paramserver.node._runtime import _Pending
 from paramserver.protocol import Message, Op, encode
 from paramserver.transport import MemoryHub, MemoryTransport
 
@@ -64,8 +63,8 @@ def test_malformed_message_from_a_known_sender_gets_an_error_reply(pair: tuple[N
     head = msgpack.unpackb(frames[0])
     head[13].append(["<u8", [1]])  # the header claims one more array than is sent
     req = ps.Request(77, "malformed pull", [2], default_timeout=5)
-    a._pending[77] = _Pending(req, None)
-    a._ensure_link(2)
+    a.outbox.open(req, (2,))
+    a.ensure_link(2)
     a.transport.send(2, [msgpack.packb(head), frames[1]])
     with pytest.raises(ps.ProtocolError, match="describes 2 arrays but 1 frames follow"):
         req.wait()

@@ -42,6 +42,7 @@ class Request:
         "_combine",
         "_default_timeout",
         "_done",
+        "_driver",
         "_exc",
         "_lock",
         "_on_wait",
@@ -66,6 +67,7 @@ class Request:
         peer_names: Callable[[int], str] = str,
         combine: Callable[[], Any] | None = None,
         on_wait: Callable[[float], None] | None = None,
+        driver: Callable[[Request, float], None] | None = None,
     ) -> None:
         self.ts = ts
         self.what = what
@@ -82,6 +84,7 @@ class Request:
         self._peer_names = peer_names
         self._combine = combine
         self._on_wait = on_wait
+        self._driver = driver
         self.started = time.monotonic()
         self.finished = 0.0
         #: True once every part has left (dependencies may delay that).
@@ -118,7 +121,14 @@ class Request:
             return
         limit = self._default_timeout if timeout is None else timeout
         start = time.monotonic()
-        got = self._signal.acquire(timeout=min(max(limit, 0.0), threading.TIMEOUT_MAX))
+        remaining = limit
+        if self._driver is not None and limit > 0:
+            # The node may let this thread receive its own reply instead of waking it from
+            # the receive thread; it returns when the request is done, the limit passed, or
+            # it cannot (another thread receives), and the wait below covers the rest.
+            self._driver(self, limit)
+            remaining = limit - (time.monotonic() - start)
+        got = self._signal.acquire(timeout=min(max(remaining, 0.0), threading.TIMEOUT_MAX))
         if self._on_wait is not None:
             self._on_wait(time.monotonic() - start)
         if got:

@@ -19,45 +19,41 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._config import Config
 from .._errors import InvalidArgument, PSError
 from ..checkpoint import MANIFEST, build_manifest, open_location, write_manifest
 from ..clock import Request
 from ..protocol import Message, Op
-
-if TYPE_CHECKING:
-    from ._worker import Worker
+from ._session import Session
 
 __all__ = ["Periodic", "request_checkpoint"]
 
 log = logging.getLogger("paramserver.worker")
 
 
-def request_checkpoint(worker: Worker, path: str | os.PathLike[str], iteration: int,
+def request_checkpoint(session: Session, path: str | os.PathLike[str], iteration: int,
                        timeout: float | None = None) -> Request:
     """Ask every server to write its master ranges at iteration ``iteration`` under ``path``;
     the request's result is the manifest (a dict), written once every server has answered."""
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < -1:
         raise InvalidArgument(f"iteration must be an int >= -1, got {iteration!r}")
-    if iteration >= worker.clock:
+    if iteration >= session.clock:
         raise InvalidArgument(
-            f"iteration {iteration} is not finished by this worker (its clock is {worker.clock}); a checkpoint's "
+            f"iteration {iteration} is not finished by this worker (its clock is {session.clock}); a checkpoint's "
             f"iteration is one this worker has finished with advance(), at most clock - 1")
     loc = open_location(path)
-    keymap = worker._keymap()
+    keymap = session.keymap()
     loc.makedirs()
     loc.remove(MANIFEST)
     servers = [s for s in keymap.servers() if keymap.ranges_of(s)]
-    limit = worker._node.config.timeout if timeout is None else timeout
-    parts = {s: Message(Op.CHECKPOINT, body={"path": loc.url, "iteration": iteration, "timeout": limit})
+    limit = session.node.config.timeout if timeout is None else timeout
+    # each server learns the last push this worker sent it per table (read-your-writes)
+    parts = {s: Message(Op.CHECKPOINT, body={"path": loc.url, "iteration": iteration, "timeout": limit,
+                                             "seqs": session.last_seqs(s)})
              for s in servers}
     replies: dict[int, dict[str, Any]] = {}
-
-    def prepare(server: int, msg: Message) -> None:
-        with worker._seq_lock:
-            msg.body["seqs"] = [[table, seq] for (table, srv), seq in sorted(worker._seq.items()) if srv == server]
 
     def on_part(msg: Message) -> None:
         replies[msg.sender] = msg.body
@@ -67,8 +63,8 @@ def request_checkpoint(worker: Worker, path: str | os.PathLike[str], iteration: 
         write_manifest(loc, manifest)
         return manifest
 
-    return worker._request(parts, f"checkpoint of iteration {iteration} to {loc.url!r}", on_part=on_part,
-                           combine=combine, timeout=timeout, prepare=prepare)
+    return session.request(parts, f"checkpoint of iteration {iteration} to {loc.url!r}", on_part=on_part,
+                           combine=combine, timeout=timeout)
 
 
 class Periodic:
@@ -76,8 +72,9 @@ class Periodic:
     PS_CHECKPOINT_EVERY_SECONDS), taken by the worker of rank 0 at iteration ends, into
     ``<dir>/iter-<t>`` (``t`` the last iteration included, 6 digits or more)."""
 
-    def __init__(self, worker: Worker, config: Config) -> None:
-        self._worker = worker
+    def __init__(self, session: Session, rank: int, config: Config) -> None:
+        self._session = session
+        self._rank = rank
         self.every_iters = config.checkpoint_every_iters
         self.every_seconds = config.checkpoint_every_seconds
         self.directory = config.checkpoint_dir
@@ -89,7 +86,7 @@ class Periodic:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.directory) and bool(self.every_iters or self.every_seconds) and self._worker.rank == 0
+        return bool(self.directory) and bool(self.every_iters or self.every_seconds) and self._rank == 0
 
     def on_advance(self, completed: int) -> None:
         """Iteration ``completed`` just finished: start a checkpoint of it if one is due.
@@ -107,15 +104,15 @@ class Periodic:
         self._last = now
         path = self.directory.rstrip("/") + f"/iter-{completed:06d}"
         try:
-            req = request_checkpoint(self._worker, path, completed)
+            req = request_checkpoint(self._session, path, completed)
         except PSError as exc:
-            log.warning("worker %d: periodic checkpoint to %s not started: %s", self._worker.id, path, exc)
+            log.warning("worker %d: periodic checkpoint to %s not started: %s", self._session.node.id, path, exc)
             return
 
         def report(r: Request, path: str = path) -> None:
             exc = r.exception(timeout=0)
             if exc is not None:
-                log.warning("worker %d: periodic checkpoint to %s failed: %s", self._worker.id, path, exc)
+                log.warning("worker %d: periodic checkpoint to %s failed: %s", self._session.node.id, path, exc)
 
         req.add_done_callback(report)
         with self._lock:

@@ -21,20 +21,18 @@ Thread-safety: a Table may be used from several threads; requests are independen
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .._errors import DTypeError, InvalidArgument, ProtocolError, RequestTimeout
+from .._errors import DTypeError, InvalidArgument, ProtocolError
 from ..clock import Consistency, InFlight, Request
 from ..placement import KEY_SPACE, KeyMap, positions, ranges_from_wire, ranges_to_wire
 from ..protocol import KEY_DTYPE, Codec, Message, Op
 from ..table import PushFilter, TableSpec
+from ._session import Session, wait_result
 
-if TYPE_CHECKING:
-    from ._worker import Worker
-
-__all__ = ["Table", "as_keys"]
+__all__ = ["Table", "as_keys", "split_filters"]
 
 
 def as_keys(keys: Any) -> np.ndarray:
@@ -71,15 +69,6 @@ def as_keys(keys: Any) -> np.ndarray:
     return k
 
 
-def _result(req: Request, timeout: float | None) -> Any:
-    """The result of a blocking call; on a timeout the request is cancelled (no late writes)."""
-    try:
-        return req.result(timeout)
-    except RequestTimeout:
-        req.cancel("was cancelled after its wait timed out")
-        raise
-
-
 def split_filters(filters: list[Any]) -> tuple[list[PushFilter], tuple[Codec, ...]]:
     """Push filters and wire filters of a filter list, checked."""
     push: list[PushFilter] = []
@@ -101,15 +90,15 @@ def _strictly_increasing(k: np.ndarray) -> bool:
 class Table:
     """A table as seen from one worker. Obtain it with :meth:`Worker.table`."""
 
-    def __init__(self, worker: Worker, table_id: int, spec: TableSpec, policy: Consistency,
+    def __init__(self, session: Session, table_id: int, spec: TableSpec, policy: Consistency,
                  filters: list[Any] | None = None) -> None:
-        self._worker = worker
+        self._session = session
         self.id = table_id
         self.spec = spec
         #: The table's consistency model (the scheduler may change it while the job runs).
         self.policy = policy
-        self._inflight = InFlight()
-        self._lock = threading.Lock()
+        self._inflight = InFlight()  # guarded by the session's iteration lock
+        self._lock = threading.Lock()  # guards the push filters' state
         self.filters = list(filters or [])
         self._push_filters, self._codecs = split_filters(self.filters)
         #: Push filter name -> [bytes before, bytes after] (keys and values).
@@ -134,9 +123,11 @@ class Table:
         """Send one request under the consistency model, after its dependencies.
 
         The wire filters are ``codecs`` if given (already split from the caller's filters),
-        else those of ``filters``, else the table's.
+        else those of ``filters``, else the table's. The request reads the iteration and
+        joins this table's in-flight list under the session's iteration lock, and leaves
+        after the lock is released.
         """
-        worker = self._worker
+        session = self._session
         override = Consistency.of(consistency, tau)
         policy = override or self.policy
         if codecs is None:
@@ -152,18 +143,18 @@ class Table:
                 msg.key_range = keymap.span_of(server)
             if override is not None and op != Op.PUSH:
                 msg.body["consistency"] = override.to_wire()
-        after = worker._resolve(deps)
+        after = session.resolve(deps)
         ordered = op in (Op.PUSH, Op.CLOCK)
-        with self._lock:  # the iteration is read under the lock that Worker.advance takes
-            iteration = worker.clock if clock is None else int(clock)
+        with session.iteration_lock:  # the iteration is read under the lock that Worker.advance takes
+            iteration = session.clock if clock is None else int(clock)
             for msg in parts.values():
                 msg.clock = iteration
             after += self._inflight.blockers(policy, iteration)
             if op == Op.CLOCK:
                 after += self._inflight.unsent_ordered(iteration)
-            req = worker._request(parts, what, on_part=on_part, combine=combine, timeout=timeout, after=after,
-                                  prepare=worker._sequencer(self.id, ordered=ordered), reroute=reroute)
+            req = session.open(parts, what, on_part=on_part, combine=combine, timeout=timeout, reroute=reroute)
             self._inflight.add(iteration, req, ordered)
+        session.launch(req, parts, table=self.id, ordered=ordered, after=after)
         return req
 
     def _child(self, op: Op, parts: dict[int, Message], what: str, keymap: KeyMap, parent: Message, *,
@@ -178,10 +169,8 @@ class Table:
                 msg.body["rid"] = parent.body.get("rid", parent.ts)
             if msg.key_range is None:
                 msg.key_range = keymap.span_of(server)
-        worker = self._worker
-        return worker._request(parts, f"{what} (sent on to the new owners)", on_part=on_part,
-                               prepare=worker._sequencer(self.id, ordered=op in (Op.PUSH, Op.CLOCK)),
-                               reroute=reroute)
+        return self._session.request(parts, f"{what} (sent on to the new owners)", table=self.id,
+                                     ordered=op in (Op.PUSH, Op.CLOCK), on_part=on_part, reroute=reroute)
 
     @staticmethod
     def _origins(peer: int, msg: Message) -> list[list[int]]:
@@ -194,7 +183,7 @@ class Table:
 
     def _reroute_push(self, peer: int, msg: Message) -> Request:
         keys, values = msg.arrays[0], msg.arrays[1]
-        keymap = self._worker._keymap()
+        keymap = self._session.keymap()
         origins = self._origins(peer, msg)
         parts = {}
         for server, pieces in keymap.slice(keys).items():
@@ -204,7 +193,7 @@ class Table:
         return self._child(Op.PUSH, parts, f"push to table {self.name!r}", keymap, msg, reroute=self._reroute_push)
 
     def _reroute_tick(self, peer: int, msg: Message) -> Request:
-        keymap = self._worker._keymap()
+        keymap = self._session.keymap()
         lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
         origins = self._origins(peer, msg)
         parts = {server: Message(Op.CLOCK, table=self.id, key_range=(ranges[0].lo, ranges[-1].hi),
@@ -310,8 +299,7 @@ class Table:
         with the wire filters ``codecs``."""
         self.pushes += 1
         self.keys_pushed += len(k)
-        worker = self._worker
-        keymap = worker._keymap()
+        keymap = self._session.keymap()
         parts: dict[int, Message] = {}
         for server, pieces in keymap.slice(k).items():
             if len(pieces) == 1:
@@ -379,8 +367,7 @@ class Table:
             buf = np.empty((len(uniq), self.width), dtype=self.dtype)
         self.pulls += 1
         self.keys_pulled += len(uniq)
-        worker = self._worker
-        keymap = worker._keymap()
+        keymap = self._session.keymap()
         parts: dict[int, Message] = {}
         layout: dict[int, list[tuple[int, int]]] = keymap.slice(uniq)
         for server, pieces in layout.items():
@@ -414,12 +401,12 @@ class Table:
         req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
                            timeout=timeout, filters=filters, reroute=reroute)
-        return _result(req, timeout) if block else req
+        return wait_result(req, timeout) if block else req
 
     def _reroute_pull(self, uniq: np.ndarray, buf: np.ndarray, pos: np.ndarray, peer: int,
                       msg: Message) -> Request:
         """Pull the keys ``uniq[pos]`` (a part meant for ``peer``) from their current owners into ``buf[pos]``."""
-        keymap = self._worker._keymap()
+        keymap = self._session.keymap()
         ks = uniq[pos]
         parts: dict[int, Message] = {}
         where: dict[int, np.ndarray] = {}
@@ -454,8 +441,7 @@ class Table:
         lo, hi = int(lo), int(hi)
         if not 0 <= lo < hi <= KEY_SPACE:
             raise InvalidArgument(f"invalid key range [{lo}, {hi}): need 0 <= lo < hi <= 2**64")
-        worker = self._worker
-        keymap = worker._keymap()
+        keymap = self._session.keymap()
         got: list[tuple[np.ndarray, np.ndarray]] = []
         parts = self._range_parts(keymap, [(lo, hi)])
 
@@ -470,7 +456,7 @@ class Table:
             got.append((msg.arrays[0], msg.arrays[1]))
 
         def reroute(peer: int, msg: Message) -> Request:
-            keymap = worker._keymap()
+            keymap = self._session.keymap()
             ranges = ranges_from_wire(msg.body["ranges"])
             parts = self._range_parts(keymap, ranges, body=msg.body)
             return self._child(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, msg,
@@ -488,7 +474,7 @@ class Table:
         req = self._submit(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
                            timeout=timeout, filters=filters, reroute=reroute)
-        return _result(req, timeout) if block else req
+        return wait_result(req, timeout) if block else req
 
     def _range_parts(self, keymap: KeyMap, ranges: list[tuple[int, int]],
                      body: dict[str, Any] | None = None) -> dict[int, Message]:
@@ -505,9 +491,9 @@ class Table:
             parts[server] = Message(Op.PULL_RANGE, table=self.id, key_range=(pieces[0][0], pieces[-1][1]), body=b)
         return parts
 
-    def _tick(self, completed: int, *, wait: bool = False) -> Request:
+    def tick(self, completed: int, *, wait: bool = False) -> Request:
         """Tell every server that this worker finished iteration ``completed`` (a clock tick)."""
-        keymap = self._worker._keymap()
+        keymap = self._session.keymap()
         parts = {server: Message(Op.CLOCK, table=self.id) for server in keymap.servers()
                  if keymap.ranges_of(server)}
         req = self._submit(Op.CLOCK, parts, f"clock tick {completed} of table {self.name!r}", keymap,
@@ -517,7 +503,19 @@ class Table:
             req.wait()
         return req
 
+    def advance(self, completed: int) -> Request:
+        """Iteration ``completed`` ended: let the push filters start the next one, send the tick."""
+        with self._lock:
+            for f in self._push_filters:
+                f.advance()
+        return self.tick(completed)
+
+    def in_flight(self) -> list[Request]:
+        """This worker's unfinished requests on the table, in the order they were issued."""
+        return self._inflight.pending()
+
     def wait(self, ts: int, timeout: float | None = None) -> None:
         """Wait for the request with timestamp ``ts`` (as returned in ``Request.ts``)."""
-        self._worker.wait(ts, timeout)
-
+        req = self._session.node.pending_request(ts)
+        if req is not None:
+            req.wait(timeout)

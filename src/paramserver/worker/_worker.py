@@ -18,20 +18,20 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._config import Config, parse_address
-from .._errors import ClosedError, InvalidArgument, PSError
-from ..clock import Consistency, Request
+from .._errors import InvalidArgument, PSError
+from ..clock import Consistency
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
-from ..placement import KeyMap
 from ..protocol import Message, Op, get
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
+from ._session import Session, wait_result
 from ._shards import Shard, iterate_shards
-from ._table import Table, _result
+from ._table import Table
 
 __all__ = ["Worker", "connect", "open_workers"]
 
@@ -80,93 +80,32 @@ class Worker:
         self._tables: dict[str, Table] = {}
         self._by_id: dict[int, Table] = {}
         self._lock = threading.Lock()
-        self._closed = False
-        self._seq: dict[tuple[int, int], int] = {}  # (table, server) -> last ordered sequence number sent
-        self._seq_lock = threading.Lock()
-        self._clock = 0
-        self._clock_lock = threading.Lock()
+        self._session = Session(node)
+        self._clock_lock = threading.Lock()  # one advance at a time
         self._started = time.monotonic()
         # the registration wait (for every server to join) is not idle time of the job
         self._wait_ns_at_start = node.counters.get("wait_ns", 0)
-        self.requests = 0
         self._shards_done: Counter[str] = Counter()  # shard set -> shards this worker finished
-        self._periodic = Periodic(self, node.config)
+        self._periodic = Periodic(self._session, self.rank, node.config)
         node.on(Op.POLICY, self._on_policy)
         _open.add(self)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"connected to {self.address}"
+        state = "closed" if self.closed else f"connected to {self.address}"
         return f"<Worker id={self.id} rank={self.rank} {state}>"
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._session.closed
+
+    @property
+    def requests(self) -> int:
+        """Requests this worker has sent."""
+        return self._session.requests
 
     # ------------------------------------------------------------------ internals
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("the worker is closed; connect again with paramserver.connect()")
-        if self._node.aborted is not None:
-            raise self._node.aborted
-
-    def _keymap(self) -> KeyMap:
-        self._check_open()
-        keymap = self._node.keymap
-        assert keymap is not None, "registered workers always have a key map"
-        return keymap
-
-    def _request(self, parts: dict[int, Message], what: str, *,
-                 on_part: Callable[[Message], None] | None = None,
-                 combine: Callable[[], Any] | None = None, timeout: float | None = None,
-                 after: list[Request] | None = None,
-                 prepare: Callable[[int, Message], None] | None = None,
-                 reroute: Callable[[int, Message], Request] | None = None) -> Request:
-        self._check_open()
-        with self._lock:
-            self.requests += 1
-        return self._node.request(parts, what, on_part=on_part, combine=combine, timeout=timeout,
-                                  after=after or (), prepare=prepare, resend=True, reroute=reroute)
-
-    def _resolve(self, deps: Any) -> list[Request]:
-        """Dependencies given as requests or timestamps -> the unfinished requests."""
-        if deps is None:
-            return []
-        out = []
-        for d in deps if isinstance(deps, (list, tuple, set)) else [deps]:
-            if isinstance(d, Request):
-                out.append(d)
-            elif isinstance(d, int) and not isinstance(d, bool):
-                req = self._node.pending_request(d)
-                if req is not None:
-                    out.append(req)
-            else:
-                raise InvalidArgument(f"deps must be requests or timestamps, got {d!r}")
-        return out
-
-    def _sequencer(self, table: int, *, ordered: bool) -> Callable[[int, Message], None]:
-        """Stamp messages in send order: ordered ones get the next number of their channel,
-        pulls the last number sent (so that they see this worker's earlier pushes).
-
-        Returns a fresh ``prepare`` for each request (its parts leave from one thread). A
-        push's low-water mark is read once, when its first part leaves, and reused for the
-        other parts: an earlier mark is still a true one (the request is unfinished, so the
-        mark is at most its ts) and only makes servers keep a few records longer.
-        """
-        low_water: list[int] = []  # the request's low-water mark, once read
-
-        def prepare(server: int, msg: Message) -> None:
-            key = (table, server)
-            if msg.op == Op.PUSH:  # servers keep which keys of the pushes in flight they applied
-                if not low_water:
-                    low_water.append(self._node.low_water())
-                msg.body["lw"] = low_water[0]
-            with self._seq_lock:
-                if ordered:
-                    self._seq[key] = msg.seq = self._seq.get(key, 0) + 1
-                else:
-                    msg.seq = self._seq.get(key, 0)
-
-        return prepare
+        self._session.check_open()
 
     def _on_policy(self, msg: Message) -> None:
         policy = Consistency.from_wire(get(msg.body, "policy", dict))
@@ -246,8 +185,8 @@ class Worker:
             return existing
         body = {"spec": spec.to_wire(), "policy": policy.to_wire()}
         reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body=body), f"declaring table {name!r}", timeout)
-        table = Table(self, get(reply.body, "id", int), spec, Consistency.from_wire(get(reply.body, "policy", dict)),
-                      filters)
+        table = Table(self._session, get(reply.body, "id", int), spec,
+                      Consistency.from_wire(get(reply.body, "policy", dict)), filters)
         with self._lock:
             if name in self._tables:
                 return self._tables[name]
@@ -255,7 +194,7 @@ class Worker:
             self._by_id[table.id] = table
         # Join the table's channels on every server: from now on this worker's clock counts
         # in the table's aggregation status (bounded delay waits for it).
-        table._tick(self._clock - 1, wait=True)
+        table.tick(self.clock - 1, wait=True)
         return table
 
     def barrier(self, group: str = "workers", *, timeout: float | None = None) -> None:
@@ -310,7 +249,7 @@ class Worker:
         """Wait for every request of this worker that is still in flight (periodic
         checkpoints included)."""
         for table in list(self._tables.values()):
-            for req in table._inflight.pending():
+            for req in table.in_flight():
                 req.wait(timeout)
         for req in self._periodic.pending():
             req.wait(timeout)
@@ -343,8 +282,8 @@ class Worker:
             Not every live worker reached the iteration in time (PS_TIMEOUT if None).
         """
         self._check_open()
-        req = request_checkpoint(self, path, self._clock - 1 if iteration is None else iteration, timeout)
-        return _result(req, timeout) if block else req
+        req = request_checkpoint(self._session, path, self.clock - 1 if iteration is None else iteration, timeout)
+        return wait_result(req, timeout) if block else req
 
     def set_clock(self, iteration: int) -> None:
         """Start counting iterations at ``iteration`` instead of 0, e.g. to resume from a
@@ -358,16 +297,16 @@ class Worker:
         """
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
             raise InvalidArgument(f"iteration must be an int >= 0, got {iteration!r}")
-        with self._clock_lock:
+        with self._clock_lock, self._session.iteration_lock:
             if self._tables:
                 raise InvalidArgument("set_clock() must be called before the first table is declared")
-            self._clock = iteration
+            self._session.clock = iteration
 
     # ------------------------------------------------------------------ iterations
     @property
     def clock(self) -> int:
         """The current iteration of this worker (0 at the start); requests belong to it."""
-        return self._clock
+        return self._session.clock
 
     def advance(self) -> int:
         """Finish the current iteration: tell the servers of every table, start the next one.
@@ -376,27 +315,21 @@ class Worker:
         pushes); returns the new iteration number.
         """
         self._check_open()
+        session = self._session
         with self._clock_lock:
-            completed = self._clock
+            with session.iteration_lock:  # requests issued from now on belong to the next iteration
+                completed = session.clock
+                session.clock = completed + 1
             tables = list(self._tables.values())
-            for table in tables:  # requests issued from now on belong to the next iteration
-                table._lock.acquire()
-            try:
-                self._clock = completed + 1
-            finally:
-                for table in tables:
-                    table._lock.release()
             self._periodic.on_advance(completed)  # before the ticks: the servers learn the cut first
             for table in tables:
-                for f in table._push_filters:
-                    f.advance()
-                table._tick(completed)
+                table.advance(completed)
             return completed + 1
 
     @contextlib.contextmanager
     def iteration(self) -> Iterator[int]:
         """``with w.iteration() as t:`` runs one iteration and calls :meth:`advance` at the end."""
-        yield self._clock
+        yield self.clock
         self.advance()
 
     def set_consistency(self, table: str, consistency: str | Consistency | None = None, *,
@@ -421,11 +354,7 @@ class Worker:
 
         Byte counts are the lengths of the frames sent and received, headers included.
         """
-        node = self._node
-        with node._lock:
-            counters = dict(node.counters)
-            table_bytes = dict(node.table_bytes)
-            filter_bytes = {k: list(v) for k, v in node.filter_bytes.items()}
+        counters, table_bytes, filter_bytes = self._node.snapshot_counters()
         tables = {}
         for name, t in self._tables.items():
             filters: dict[str, dict[str, int]] = {}
@@ -451,9 +380,9 @@ class Worker:
         return {
             "node": self.id,
             "rank": self.rank,
-            "iteration": self._clock,
+            "iteration": self.clock,
             "requests": self.requests,
-            "in_flight": sum(len(t._inflight.pending()) for t in self._tables.values()),
+            "in_flight": sum(len(t.in_flight()) for t in self._tables.values()),
             "resends": counters.get("resends", 0),
             "reroutes": counters.get("reroutes", 0),
             "seconds": elapsed,
@@ -473,7 +402,7 @@ class Worker:
         Requests still in flight fail with :class:`ClosedError`; call :meth:`wait_all`
         first to let them finish.
         """
-        if self._closed:
+        if self.closed:
             return
         if self._node.aborted is None:
             try:  # what push filters held back is delivered, not lost
@@ -487,7 +416,7 @@ class Worker:
                     req.wait(timeout)
                 except PSError as exc:
                     log.warning("worker %d: periodic checkpoint not completed: %s", self.id, exc)
-        self._closed = True
+        self._session.closed = True
         node = self._node
         if node.aborted is None:
             try:
@@ -503,7 +432,8 @@ class Worker:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        session = getattr(self, "_session", None)
+        if session is not None and not session.closed:
             try:
                 self._node.close(linger=0)
             except Exception:

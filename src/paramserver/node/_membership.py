@@ -1,0 +1,107 @@
+"""What a node knows of the cluster: the node table, the cached key map, the scheduler's liveness.
+
+:class:`Membership` is pure state, changed by one entry point, :meth:`Membership.update`,
+whatever brought the news: the scheduler's registration answer, its ``NODES`` broadcast,
+or a server's "moved" answer naming servers and a newer key map. The update returns what
+the I/O shell must do about it (links to re-point, peers that are gone).
+
+Invariants: the key map only moves forward (a map whose epoch is not above the cached one
+is ignored, except an equal epoch from the scheduler's table, which is the same map); a
+"moved" answer may add servers to the table but never removes or changes a node.
+
+Thread-safety: not thread-safe; the node runtime guards it with its lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .._errors import ProtocolError
+from ..placement import KeyMap
+from ..protocol import get
+from ._info import SCHEDULER_ID, NodeInfo
+
+__all__ = ["Change", "Membership", "parse_nodes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an update changed: nodes that left (or were declared dead) and links whose
+    address changed (node id -> new address)."""
+
+    gone: frozenset[int]
+    moved_links: tuple[tuple[int, str], ...]
+    keymap_changed: bool
+
+
+def parse_nodes(body: dict[str, object]) -> tuple[list[NodeInfo], KeyMap | None, set[int]]:
+    """The node table, key map and dead nodes of a registration answer or ``NODES`` body.
+
+    Raises
+    ------
+    ProtocolError
+        A malformed field.
+    """
+    nodes = [NodeInfo.from_wire(x) for x in get(body, "nodes", list)]  # type: ignore[arg-type]
+    km = body.get("keymap")
+    keymap = KeyMap.from_wire(km) if km is not None else None
+    dead = get(body, "dead", list, [])  # type: ignore[arg-type]
+    if not all(type(d) is int for d in dead):
+        raise ProtocolError("dead nodes must be node ids")
+    return nodes, keymap, set(dead)
+
+
+class Membership:
+    """The node table and key map of one node. See the module docstring."""
+
+    __slots__ = ("keymap", "nodes", "scheduler_address")
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, NodeInfo] = {}
+        self.keymap: KeyMap | None = None
+        #: The scheduler's address, once known.
+        self.scheduler_address = ""
+
+    def update(self, nodes: Iterable[NodeInfo], keymap: KeyMap | None = None, dead: Iterable[int] = (),
+               *, complete: bool = True) -> Change:
+        """Take news of the cluster.
+
+        ``complete``: ``nodes`` is the whole table (from the scheduler), so nodes missing
+        from it are gone; otherwise (a "moved" answer) only servers it names that the table
+        lacks are added.
+        """
+        old = self.nodes
+        changed = self.adopt(keymap, allow_equal=complete) if keymap is not None else False
+        if not complete:
+            for info in nodes:
+                if info.role == "server" and info.id not in old:
+                    old[info.id] = info
+            return Change(frozenset(), (), changed)
+        new = {n.id: n for n in nodes}
+        moved = tuple((nid, info.address) for nid, info in new.items()
+                      if nid in old and old[nid].address != info.address)
+        self.nodes = new
+        return Change(frozenset((set(old) - set(new)) | set(dead)), moved, changed)
+
+    def adopt(self, keymap: KeyMap, *, allow_equal: bool = False) -> bool:
+        """Use ``keymap`` if it is newer than the cached one; True if it was adopted."""
+        cur = self.keymap
+        if cur is not None and (keymap.epoch < cur.epoch or (keymap.epoch == cur.epoch and not allow_equal)):
+            return False
+        self.keymap = keymap
+        return True
+
+    def describe(self, node: int, own_address: str = "") -> str:
+        """How error messages name ``node``."""
+        info = self.nodes.get(node)
+        if info is not None:
+            return str(info)
+        if node == SCHEDULER_ID:
+            return f"the scheduler at {self.scheduler_address or own_address}"
+        return f"node {node}"
+
+    def gone_from_map(self, node: int) -> bool:
+        """True if ``node`` masters or replicates nothing under the cached key map."""
+        keymap = self.keymap
+        return keymap is not None and node not in keymap.servers()
