@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paramserver import InvalidArgument
-from paramserver.server import HashIndex, Store
+from paramserver.table import HashIndex, Store
 from paramserver.table import Normal, TableSpec, Uniform
 
 

@@ -35,7 +35,7 @@ from ._errors import (
     TableError,
 )
 from ._version import __version__
-from .cli import LocalCluster
+from .deploy import LocalCluster
 from .clock import Consistency, Request
 from .placement import spread, unspread
 from .table import (

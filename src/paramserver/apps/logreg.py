@@ -226,7 +226,7 @@ def report(w: ps.Worker, table: ps.Table, args: argparse.Namespace, log: list[di
 
 def _server_traffic(w: ps.Worker, table: ps.Table) -> dict[str, int]:
     """Bytes the servers sent and received for ``table`` (from the cluster's status)."""
-    from paramserver.scheduler import AdminClient
+    from paramserver.deploy import AdminClient
 
     with AdminClient(w.address) as admin:
         servers = admin.status()["servers"].values()

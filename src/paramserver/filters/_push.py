@@ -12,8 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .._errors import InvalidArgument
-from ..server import Store
-from ..table import PushFilter, TableSpec
+from ..table import PushFilter, Store, TableSpec
 
 __all__ = ["KKT", "RandomSkip", "SignificantlyModified"]
 

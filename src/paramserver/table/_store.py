@@ -19,8 +19,8 @@ import numpy as np
 
 from .._errors import InvalidArgument
 from ..placement import in_ranges
-from ..table import TableSpec
 from ._index import HashIndex
+from ._spec import TableSpec
 
 __all__ = ["Store"]
 
