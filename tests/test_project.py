@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import paramserver as ps
@@ -21,21 +23,35 @@ LAYERS = {
 ROLES = {"scheduler", "server", "worker"}
 
 
+def _top(names: list[str]) -> str:
+    """The top-level module of ``paramserver.<names...>`` (the package root is ``__init__``)."""
+    return names[0] if names and names[0] in LAYERS else "__init__"
+
+
 def _imports(path: Path) -> set[str]:
-    """Top-level paramserver modules imported (relatively or absolutely) by ``path``."""
-    tree = ast.parse(path.read_text())
-    rel = path.relative_to(SRC)
+    """Top-level paramserver modules imported by ``path``: ``from`` imports, relative or
+    absolute, and plain ``import paramserver[.x[.y]] [as z]`` lines (``import paramserver``
+    alone, like ``from paramserver import Name``, imports the package root, ``__init__``)."""
+    return _imports_in(path.read_text(), path.relative_to(SRC))
+
+
+def _imports_in(source: str, rel: Path) -> set[str]:
+    tree = ast.parse(source)
     pkg_depth = len(rel.parts) - 1
     out: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
+        if isinstance(node, ast.Import):
+            out.update(_top(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "paramserver")
+        elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = list(rel.parts[:pkg_depth])[: pkg_depth - (node.level - 1)]
                 target = base + (node.module.split(".") if node.module else [])
                 if not target:  # "from .. import x"
-                    out.update(a.name for a in node.names)
+                    out.update(_top([a.name]) for a in node.names)
                 else:
                     out.add(target[0])
+            elif node.module == "paramserver":
+                out.update(_top([a.name]) for a in node.names)
             elif node.module and node.module.startswith("paramserver."):
                 out.add(node.module.split(".")[1])
     return out
@@ -51,6 +67,31 @@ def test_layers_only_import_downward() -> None:
             if LAYERS[dep] > LAYERS[own] or (LAYERS[dep] == LAYERS[own] and (own in ROLES and dep in ROLES)):
                 bad.append(f"{path.relative_to(SRC)} imports {dep}")
     assert not bad, bad
+
+
+def test_the_import_reader_sees_every_form() -> None:
+    source = """
+import numpy
+import paramserver.placement
+import paramserver.clock._rvc as rvc
+import paramserver
+from paramserver import Worker
+from paramserver import transport
+from paramserver.protocol import Message
+from ..node import Node
+from .._errors import PSError
+from .. import data
+from ._local import LocalCluster
+"""
+    assert _imports_in(source, Path("deploy/_x.py")) == {
+        "placement", "clock", "__init__", "transport", "protocol", "node", "_errors", "data", "deploy"}
+
+
+def test_import_paramserver_loads_no_role_or_cli_code() -> None:
+    code = ("import paramserver, sys; print('\\n'.join(m for m in sys.modules "
+            "if m.split('.')[:2] in (['paramserver', 'server'], ['paramserver', 'scheduler'], ['paramserver', 'cli'])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == []
 
 
 def test_every_module_has_a_layer() -> None:
