@@ -17,8 +17,8 @@ from types import FrameType
 
 from .._config import Config
 from .._errors import PSError
-from ..node import split_address
 from ..deploy import AdminClient, Proc, node_command, spawn, start_scheduler, stop_all, wait_all
+from ..node import split_address
 
 __all__ = ["launch"]
 

@@ -20,14 +20,12 @@ from typing import Any
 import numpy as np
 
 from .._errors import InvalidArgument, ProtocolError
+from ..protocol import KEY_SPACE
 
 __all__ = [
     "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges", "positions",
     "ranges_from_wire", "ranges_to_wire",
 ]
-
-#: One past the largest key.
-KEY_SPACE = 1 << 64
 
 _NO_REPLICATED: dict[tuple[int, ...], tuple[KeyRange, ...]] = {}  # never mutated
 
