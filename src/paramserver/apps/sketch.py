@@ -25,8 +25,8 @@ import numpy as np
 
 from .._config import Config
 from .._errors import InvalidArgument
-from ..data import newsgroups_documents
-from ..data._fetch import atomic_writer
+from ..data import atomic_writer, newsgroups_documents
+from ..deploy import AdminClient
 from ..placement import spread
 from ..table import SaturatingSum
 from ..worker import Table, Worker, connect
@@ -123,7 +123,8 @@ def report(table: Table, done: Table, ids: np.ndarray, vocab: list[str], rows: i
     N = len(ids)
     error = estimate - true
     seconds = float(done.pull([0]).ravel()[0])
-    servers = len([x for x in w._node.nodes().values() if x.role == "server"])
+    with AdminClient(w.address) as admin:
+        servers = len(admin.status()["servers"])
     result: dict[str, Any] = {
         "tokens": N, "distinct": len(vocab), "rows": rows, "counters_per_row": n, "eps": args.eps,
         "delta": args.delta, "never_below_true": bool((error >= 0).all()),

@@ -87,8 +87,7 @@ def _cmd_run(argv: list[str]) -> int:
     """``paramserver run APP [options]``: an application as a local job."""
     import importlib
 
-    from ..apps import APPS
-    from ..apps._runner import parser_for
+    from ..apps import APPS, parser_for
     from ._launch import launch
 
     if not argv or argv[0] not in APPS or argv[0] in ("-h", "--help"):
