@@ -3,7 +3,7 @@
 For tables of 1 M and 10 M keys: lookups of existing keys (batches of 1,000 and 100,000,
 sorted as workers send them) and inserts of new keys (batches of 100,000). The sorted-array
 index keeps keys sorted and inserts with ``np.insert`` (what a sorted store must do); the
-hash index is paramserver.server.HashIndex. Writes benchmarks/results/index.json.
+hash index is paramserver.table.HashIndex. Writes benchmarks/results/index.json.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import batch_rate, distinct_keys, write
-from paramserver.server import HashIndex
+from paramserver.table import HashIndex
 
 
 class SortedIndex:

@@ -23,8 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import paramserver as ps
 from _common import batch_rate, distinct_keys, write
-from paramserver.server import Store
-from paramserver.table import TableSpec
+from paramserver.table import Store, TableSpec
 
 N_KEYS = 10_000_000
 BATCH = 100_000

@@ -10,8 +10,7 @@ import pytest
 import paramserver as ps
 from helpers import run_app
 from paramserver.apps import _reference
-from paramserver.server import Store
-from paramserver.table import TableSpec
+from paramserver.table import Store, TableSpec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.data]
 

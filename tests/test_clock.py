@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paramserver import InvalidArgument, ProtocolError
-from paramserver.clock import KEY_END, RangeClock
+from paramserver.clock import RangeClock
+from paramserver.protocol import KEY_SPACE as KEY_END
 
 N = 40  # keys 0..N-1 are modelled one by one; [N, 2**64) is one more cell
 

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paramserver import InvalidArgument
-from paramserver.server import HashIndex, Store
-from paramserver.table import Normal, TableSpec, Uniform
+from paramserver.table import HashIndex, Normal, Store, TableSpec, Uniform
 
 
 @given(st.lists(st.lists(st.integers(0, 2**64 - 1), max_size=300), max_size=8))

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from paramserver import SGD, ConfigError, DTypeError, InvalidArgument, TableError
-from paramserver.server import Store
-from paramserver.table import Adam, TableSpec, Updater, resolve_updater
+from paramserver.table import Adam, Store, TableSpec, Updater, resolve_updater
 from reference import CASES, Reference
 
 

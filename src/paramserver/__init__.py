@@ -35,8 +35,8 @@ from ._errors import (
     TableError,
 )
 from ._version import __version__
-from .cli import LocalCluster
 from .clock import Consistency, Request
+from .deploy import LocalCluster
 from .placement import spread, unspread
 from .table import (
     FTRL,

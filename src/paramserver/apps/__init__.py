@@ -12,7 +12,9 @@ job whose workers run ``python -m paramserver.apps.NAME ...`` (see ``_runner.py`
 
 from __future__ import annotations
 
-__all__ = ["APPS"]
+from ._runner import parser_for, worker_main
+
+__all__ = ["APPS", "parser_for", "worker_main"]
 
 #: Application name -> module name, and a one-line description.
 APPS: dict[str, tuple[str, str]] = {

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from .. import data
 from .._config import Config
 from .._errors import InvalidArgument
-from ..data._fetch import atomic_writer
+from ..data import atomic_writer
 
 __all__ = ["ENGLISH_STOP_WORDS", "Corpus", "build_vocabulary", "encode", "ldac_tokens", "load_corpus", "read_lines",
            "stop_words"]

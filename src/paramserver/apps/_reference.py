@@ -18,8 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._config import Config
-from ..data import load_libsvm, newsgroups_binary
-from ..data._fetch import atomic_writer
+from ..data import atomic_writer, load_libsvm, newsgroups_binary
 
 __all__ = ["auc", "fit_liblinear", "liblinear", "load", "n_features", "objective"]
 

@@ -37,8 +37,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-import paramserver as ps
-
+from .._errors import InvalidArgument
+from ..placement import spread, unspread
+from ..worker import Worker, connect
 from . import _gibbs
 from ._corpus import Corpus, load_corpus
 
@@ -92,12 +93,12 @@ def _corpus(args: argparse.Namespace) -> tuple[Corpus, Corpus]:
 def prepare(args: argparse.Namespace) -> None:
     """Check the options; fetch the data and build the corpus once, for every worker."""
     if args.topics < 2 or args.iters < 1 or args.tau < 0 or args.blocks < 0 or args.alpha <= 0 or args.eta <= 0:
-        raise ps.InvalidArgument("need --topics >= 2, --iters >= 1, --tau >= 0, --blocks >= 0, --alpha > 0, --eta > 0")
+        raise InvalidArgument("need --topics >= 2, --iters >= 1, --tau >= 0, --blocks >= 0, --alpha > 0, --eta > 0")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ps.InvalidArgument("--plot needs matplotlib (pip install matplotlib)") from None
+            raise InvalidArgument("--plot needs matplotlib (pip install matplotlib)") from None
     if args.save:
         pathlib.Path(args.save).mkdir(parents=True, exist_ok=True)
     train, test = _corpus(args)
@@ -129,7 +130,7 @@ class _Shard:
         part = corpus.select(docs)
         ids = np.flatnonzero(np.bincount(part.words, minlength=len(corpus.vocabulary))).astype(np.uint64)
         ids = np.append(ids, np.uint64(TOTALS)) if totals else ids
-        keys = ps.spread(ids)
+        keys = spread(ids)
         order = np.argsort(keys)
         self.docs, self.ids, self.keys = docs, ids[order], keys[order]
         self.total_row = int(np.flatnonzero(self.ids == TOTALS)[0]) if totals else -1
@@ -160,7 +161,7 @@ class _Block(NamedTuple):
 class _Job:
     """One worker's part of the job: its shard, its copy of the counts, its tables."""
 
-    def __init__(self, args: argparse.Namespace, w: ps.Worker, train: Corpus, test: Corpus) -> None:
+    def __init__(self, args: argparse.Namespace, w: Worker, train: Corpus, test: Corpus) -> None:
         self.args, self.w, self.K, self.V = args, w, args.topics, len(train.vocabulary)
         self.workers = max(w.num_workers, 1)
         self.blocks = args.blocks or (1 if self.workers == 1 else 4)
@@ -289,7 +290,7 @@ class _Job:
         q = self.stats.pull(np.arange(args.iters + 1))
         speed = self.stats.pull(_SPEED + np.arange(self.workers))
         keys, counts = self.counts.pull_range()
-        ids = ps.unspread(keys)
+        ids = unspread(keys)
         totals = counts[ids == TOTALS][0]
         words, counts = ids[ids != TOTALS].astype(np.int64), counts[ids != TOTALS]
         if args.save:
@@ -349,7 +350,7 @@ def _plot(history: list[dict[str, Any]], path: str) -> None:
 def worker(args: argparse.Namespace) -> int:
     """The program of every worker process (rank 0 reports)."""
     train, test = _corpus(args)
-    with ps.connect() as w:
+    with connect() as w:
         return _Job(args, w, train, test).run()
 
 

@@ -26,8 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
-import paramserver as ps
 from paramserver.filters import KKT, Compress, KeyCache, ZeroSuppress
+from paramserver.placement import spread, unspread
+from paramserver.table import FTRL, L1Prox
+from paramserver.worker import Table, Worker, connect
 
 from . import _reference
 
@@ -75,7 +77,7 @@ def _filters(names: str, workers: int, lam: float, w_local: dict[str, np.ndarray
 
 def worker(args: argparse.Namespace) -> int:
     X, y, X_test, y_test = _reference.load(args.data, args.test)
-    w = ps.connect()
+    w = connect()
     n_workers = max(w.num_workers, 1)
     X = X[w.rank :: n_workers].tocsc()
     y = 2.0 * y[w.rank :: n_workers] - 1.0  # labels in {-1, +1}
@@ -90,12 +92,12 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def dbpg(w: ps.Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace,
-         n_workers: int) -> tuple[list[dict], ps.Table]:
+def dbpg(w: Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace,
+         n_workers: int) -> tuple[list[dict], Table]:
     """The delayed block proximal gradient method; returns the per-pass log (rank 0) and the table."""
     B, lam, tau = args.blocks, args.lam, args.tau
     cols = np.flatnonzero(np.diff(X.indptr))  # the features this worker has data for
-    keys = ps.spread(cols)
+    keys = spread(cols)
     order = np.argsort(keys)
     cols, keys = cols[order], keys[order]
     cuts = np.searchsorted(keys, (np.arange(1, B, dtype=np.float64) * (2.0**64 / B)).astype(np.uint64))
@@ -106,7 +108,7 @@ def dbpg(w: ps.Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace
     view: dict[str, np.ndarray] = {}
     filters = _filters(args.filters, n_workers, lam, view)
     no_kkt = [f for f in filters if not isinstance(f, KKT)]
-    table = w.table("logreg_w", width=2, dtype="float64", updater=ps.L1Prox(lam=lam), aggregate=True,
+    table = w.table("logreg_w", width=2, dtype="float64", updater=L1Prox(lam=lam), aggregate=True,
                     consistency="bounded", tau=tau, filters=filters)
     loss = w.table("logreg_loss", dtype="float64")
     w.barrier()
@@ -142,7 +144,7 @@ def dbpg(w: ps.Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace
     return log, table
 
 
-def _refresh(table: ps.Table, blocks: list, w_known: list, margins: np.ndarray, y: np.ndarray, b: int) -> None:
+def _refresh(table: Table, blocks: list, w_known: list, margins: np.ndarray, y: np.ndarray, b: int) -> None:
     bkeys, Xb = blocks[b]
     new = table.pull(bkeys)[:, 0]
     delta = new - w_known[b]
@@ -151,7 +153,7 @@ def _refresh(table: ps.Table, blocks: list, w_known: list, margins: np.ndarray, 
         w_known[b] = new
 
 
-def _objective(w: ps.Worker, table: ps.Table, loss: ps.Table, p: int, lam: float, t0: float) -> dict[str, Any]:
+def _objective(w: Worker, table: Table, loss: Table, p: int, lam: float, t0: float) -> dict[str, Any]:
     """Rank 0: the objective after pass p (every worker's loss part, plus lam * ||w||_1)."""
     total = float(loss.pull([p], tau=0).ravel()[0])  # held until every worker finished this iteration
     _, values = table.pull_range(tau=10**9)
@@ -160,11 +162,11 @@ def _objective(w: ps.Worker, table: ps.Table, loss: ps.Table, p: int, lam: float
             "nnz": int(np.count_nonzero(weights))}
 
 
-def ftrl(w: ps.Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace,
-         n_workers: int) -> tuple[list[dict], ps.Table]:
+def ftrl(w: Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace,
+         n_workers: int) -> tuple[list[dict], Table]:
     """Asynchronous minibatch FTRL-proximal (streaming): one pass per --passes."""
     Xr = X.tocsr()
-    table = w.table("logreg_ftrl", dtype="float64", updater=ps.FTRL(alpha=0.5, l1=args.lam / Xr.shape[0] * n_workers))
+    table = w.table("logreg_ftrl", dtype="float64", updater=FTRL(alpha=0.5, l1=args.lam / Xr.shape[0] * n_workers))
     w.barrier()
     rng = np.random.default_rng(w.rank)
     bar = _progress(args.passes * (Xr.shape[0] // 32 + 1), w.rank == 0)
@@ -173,7 +175,7 @@ def ftrl(w: ps.Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace
             Xb = Xr[rows]
             cols, inverse = np.unique(Xb.indices, return_inverse=True)
             local = sp.csr_matrix((Xb.data, inverse, Xb.indptr), shape=(len(rows), len(cols)))
-            keys = ps.spread(cols)
+            keys = spread(cols)
             wb = table.pull(keys).ravel()
             grad = local.T @ (-(y[rows]) * expit(-y[rows] * (local @ wb)))
             table.push(keys, grad)
@@ -183,14 +185,14 @@ def ftrl(w: ps.Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace
     return [], table
 
 
-def report(w: ps.Worker, table: ps.Table, args: argparse.Namespace, log: list[dict], X_test: Any,
+def report(w: Worker, table: Table, args: argparse.Namespace, log: list[dict], X_test: Any,
            y_test: Any) -> None:
     """Rank 0: the final objective, accuracy, AUC, non-zeros, traffic; JSON or a report."""
     traffic = {"workers": w.stats()["tables"][table.name], "servers": _server_traffic(w, table)}
     keys, values = table.pull_range(tau=10**9)
     n_features = _reference.n_features(args.data, args.test)
     weights = np.zeros(n_features)
-    weights[ps.unspread(keys).astype(np.int64)] = values[:, 0]
+    weights[unspread(keys).astype(np.int64)] = values[:, 0]
     X, y, _, _ = _reference.load(args.data, args.test)
     objective = _reference.objective(X, y, weights, args.lam)
     result: dict[str, Any] = {
@@ -224,9 +226,9 @@ def report(w: ps.Worker, table: ps.Table, args: argparse.Namespace, log: list[di
         print(f"objective against time: {args.plot}")
 
 
-def _server_traffic(w: ps.Worker, table: ps.Table) -> dict[str, int]:
+def _server_traffic(w: Worker, table: Table) -> dict[str, int]:
     """Bytes the servers sent and received for ``table`` (from the cluster's status)."""
-    from paramserver.scheduler import AdminClient
+    from paramserver.deploy import AdminClient
 
     with AdminClient(w.address) as admin:
         servers = admin.status()["servers"].values()

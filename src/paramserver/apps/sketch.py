@@ -23,13 +23,15 @@ from typing import Any
 
 import numpy as np
 
-import paramserver as ps
-
 from .._config import Config
-from ..data import newsgroups_documents
-from ..data._fetch import atomic_writer
+from .._errors import InvalidArgument
+from ..data import atomic_writer, newsgroups_documents
+from ..deploy import AdminClient
+from ..placement import spread
+from ..table import SaturatingSum
+from ..worker import Table, Worker, connect
 
-_SEEDS = ps.spread(np.arange(1, 33, dtype=np.uint64))  # one hash seed per row, up to 32 rows
+_SEEDS = spread(np.arange(1, 33, dtype=np.uint64))  # one hash seed per row, up to 32 rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,7 +76,7 @@ def shape(eps: float, delta: float) -> tuple[int, int]:
     """
     rows = math.ceil(math.log(1 / delta))
     if rows > len(_SEEDS):
-        raise ps.InvalidArgument(f"delta={delta} needs {rows} rows; at most {len(_SEEDS)} are supported")
+        raise InvalidArgument(f"delta={delta} needs {rows} rows; at most {len(_SEEDS)} are supported")
     return rows, math.ceil(math.e / eps)
 
 
@@ -84,14 +86,14 @@ def counter_keys(ids: np.ndarray, rows: int, n: int) -> np.ndarray:
     x = (x ^ (x >> np.uint64(31))) * np.uint64(0x7FB5D329728EA185)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x81DADEF4BC2DD44D)
     col = (x ^ (x >> np.uint64(33))) % np.uint64(n)
-    return ps.spread(np.arange(rows, dtype=np.uint64)[None, :] * np.uint64(n) + col)
+    return spread(np.arange(rows, dtype=np.uint64)[None, :] * np.uint64(n) + col)
 
 
 def worker(args: argparse.Namespace) -> int:
     ids, vocab = stream(args.data)
     rows, n = shape(args.eps, args.delta)
-    w = ps.connect()
-    updater = "sum" if not args.cap else ps.table.SaturatingSum(cap=args.cap)
+    w = connect()
+    updater = "sum" if not args.cap else SaturatingSum(cap=args.cap)
     table = w.table("countmin", dtype="int64", updater=updater)
     w.barrier()
     mine = np.array_split(ids, max(w.num_workers, 1))[w.rank]
@@ -112,8 +114,8 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(table: ps.Table, done: ps.Table, ids: np.ndarray, vocab: list[str], rows: int, n: int,
-           args: argparse.Namespace, w: ps.Worker) -> None:
+def report(table: Table, done: Table, ids: np.ndarray, vocab: list[str], rows: int, n: int,
+           args: argparse.Namespace, w: Worker) -> None:
     """Rank 0: query every distinct word and compare with the exact counts."""
     true = np.bincount(ids, minlength=len(vocab))
     keys = counter_keys(np.arange(len(vocab)), rows, n)
@@ -121,7 +123,8 @@ def report(table: ps.Table, done: ps.Table, ids: np.ndarray, vocab: list[str], r
     N = len(ids)
     error = estimate - true
     seconds = float(done.pull([0]).ravel()[0])
-    servers = len([x for x in w._node.nodes().values() if x.role == "server"])
+    with AdminClient(w.address) as admin:
+        servers = len(admin.status()["servers"])
     result: dict[str, Any] = {
         "tokens": N, "distinct": len(vocab), "rows": rows, "counters_per_row": n, "eps": args.eps,
         "delta": args.delta, "never_below_true": bool((error >= 0).all()),

@@ -1,6 +1,5 @@
-"""Layer 9: the command line, the launcher, LocalCluster and status."""
+"""Layer 9: the command line, the launcher and status."""
 
-from ._local import LocalCluster
 from ._main import main
 
-__all__ = ["LocalCluster", "main"]
+__all__ = ["main"]

@@ -17,9 +17,8 @@ from types import FrameType
 
 from .._config import Config
 from .._errors import PSError
+from ..deploy import AdminClient, Proc, node_command, spawn, start_scheduler, stop_all, wait_all
 from ..node import split_address
-from ..scheduler import AdminClient
-from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_all
 
 __all__ = ["launch"]
 

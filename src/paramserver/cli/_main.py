@@ -75,7 +75,7 @@ def _cmd_launch(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from ..scheduler import AdminClient
+    from ..deploy import AdminClient
     from ._status import format_status
 
     with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
@@ -87,8 +87,7 @@ def _cmd_run(argv: list[str]) -> int:
     """``paramserver run APP [options]``: an application as a local job."""
     import importlib
 
-    from ..apps import APPS
-    from ..apps._runner import parser_for
+    from ..apps import APPS, parser_for
     from ._launch import launch
 
     if not argv or argv[0] not in APPS or argv[0] in ("-h", "--help"):
@@ -106,7 +105,7 @@ def _cmd_run(argv: list[str]) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace, config: Config) -> int:
-    from ..scheduler import AdminClient
+    from ..deploy import AdminClient
     from ._metrics import render, serve
 
     with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
@@ -119,7 +118,7 @@ def _cmd_metrics(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_shutdown(args: argparse.Namespace, config: Config) -> int:
-    from ..scheduler import AdminClient
+    from ..deploy import AdminClient
 
     with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
         admin.shutdown(args.reason)
@@ -143,7 +142,7 @@ def _cmd_data(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_drain(args: argparse.Namespace, config: Config) -> int:
-    from ..scheduler import AdminClient
+    from ..deploy import AdminClient
 
     with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
         keymap = admin.drain(args.node)
@@ -154,7 +153,7 @@ def _cmd_drain(args: argparse.Namespace, config: Config) -> int:
 
 def _cmd_consistency(args: argparse.Namespace, config: Config) -> int:
     from ..clock import Consistency
-    from ..scheduler import AdminClient
+    from ..deploy import AdminClient
 
     policy = Consistency(args.kind, args.tau)
     with AdminClient(args.address, timeout=args.timeout, config=config) as admin:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..placement import KEY_SPACE
+from ..protocol import KEY_SPACE
 
 __all__ = ["format_status"]
 

@@ -2,6 +2,6 @@
 
 from ._consistency import Consistency, InFlight
 from ._request import Request
-from ._rvc import KEY_END, RangeClock
+from ._rvc import RangeClock
 
-__all__ = ["KEY_END", "Consistency", "InFlight", "RangeClock", "Request"]
+__all__ = ["Consistency", "InFlight", "RangeClock", "Request"]

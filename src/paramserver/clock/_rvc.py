@@ -20,15 +20,13 @@ from itertools import pairwise
 from typing import Any
 
 from .._errors import InvalidArgument, ProtocolError
+from ..protocol import KEY_SPACE
 
-__all__ = ["KEY_END", "RangeClock"]
-
-#: One past the largest key.
-KEY_END = 1 << 64
+__all__ = ["RangeClock"]
 
 
 def _check(lo: int, hi: int) -> None:
-    if not 0 <= lo < hi <= KEY_END:
+    if not 0 <= lo < hi <= KEY_SPACE:
         raise InvalidArgument(f"invalid key range [{lo}, {hi}): need 0 <= lo < hi <= 2**64")
 
 
@@ -50,7 +48,7 @@ class RangeClock:
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         """``(lo, hi, time)`` for every range, in key order."""
-        ends = [*self._starts[1:], KEY_END]
+        ends = [*self._starts[1:], KEY_SPACE]
         return iter(zip(self._starts, ends, self._times, strict=True))
 
     def __eq__(self, other: object) -> bool:
@@ -68,13 +66,13 @@ class RangeClock:
         """Indices of the first and last ranges overlapping ``[lo, hi)``."""
         return bisect_right(self._starts, lo) - 1, bisect_right(self._starts, hi - 1) - 1
 
-    def min(self, lo: int = 0, hi: int = KEY_END) -> int:
+    def min(self, lo: int = 0, hi: int = KEY_SPACE) -> int:
         """The smallest time of any key in ``[lo, hi)``."""
         _check(lo, hi)
         i, j = self._span(lo, hi)
         return min(self._times[i : j + 1])
 
-    def max(self, lo: int = 0, hi: int = KEY_END) -> int:
+    def max(self, lo: int = 0, hi: int = KEY_SPACE) -> int:
         """The largest time of any key in ``[lo, hi)``."""
         _check(lo, hi)
         i, j = self._span(lo, hi)
@@ -92,7 +90,7 @@ class RangeClock:
             times.append(self._times[i])
         starts.append(lo)
         times.append(time)
-        next_start = self._starts[j + 1] if j + 1 < len(self._starts) else KEY_END
+        next_start = self._starts[j + 1] if j + 1 < len(self._starts) else KEY_SPACE
         if hi < next_start:  # keep the right piece of range j
             starts.append(hi)
             times.append(after)
@@ -140,7 +138,7 @@ class RangeClock:
         except (TypeError, ValueError):
             raise ProtocolError("a range clock must be a list of [start, time] pairs") from None
         if not starts or starts[0] != 0 or any(b <= a for a, b in pairwise(starts)) \
-                or starts[-1] >= KEY_END:
+                or starts[-1] >= KEY_SPACE:
             raise ProtocolError("range clock starts must begin at 0 and increase within [0, 2**64)")
         clock = cls()
         clock._starts, clock._times = starts, times

@@ -18,7 +18,7 @@ function                   data                                 source wheel
 :func:`load_libsvm` and :func:`save_libsvm` read and write the libsvm text format.
 """
 
-from ._fetch import fetch_file, fetch_files
+from ._fetch import atomic_writer, fetch_file, fetch_files
 from ._ldac import LdacCorpus, load_ldac, reuters_ldac
 from ._libsvm import load_libsvm, save_libsvm
 from ._movielens import Ratings, movielens_100k
@@ -34,6 +34,7 @@ __all__ = [
     "LdacCorpus",
     "NewsgroupsBinary",
     "Ratings",
+    "atomic_writer",
     "binary_ngrams",
     "fetch_file",
     "fetch_files",

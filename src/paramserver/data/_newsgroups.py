@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from .._errors import ConfigError, InvalidArgument
 from ._fetch import atomic_writer, cache_dir, fetch_files
-from ._text import _check_range, binary_ngrams, tokenize
+from ._text import binary_ngrams, check_ngram_range, tokenize
 
 __all__ = [
     "NewsgroupsBinary",
@@ -206,7 +206,7 @@ def newsgroups_binary(ngram_range: tuple[int, int] = (1, 2), *, use_cache: bool 
     ConfigError
         The data could not be fetched.
     """
-    lo, hi = _check_range(ngram_range)
+    lo, hi = check_ngram_range(ngram_range)
     path = _cache_file(lo, hi)
     if use_cache and path.is_file():
         try:

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from .._errors import InvalidArgument
 from ._fetch import progress
 
-__all__ = ["TOKEN_PATTERN", "binary_ngrams", "tokenize"]
+__all__ = ["TOKEN_PATTERN", "binary_ngrams", "check_ngram_range", "tokenize"]
 
 #: scikit-learn's default token pattern: runs of two or more word characters.
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
@@ -51,7 +51,9 @@ def _unique(values: _I64) -> _I64:
     return out
 
 
-def _check_range(ngram_range: tuple[int, int]) -> tuple[int, int]:
+def check_ngram_range(ngram_range: tuple[int, int]) -> tuple[int, int]:
+    """``(lo, hi)`` as ints if the n-gram range is supported ((1, 1), (1, 2) or (2, 2)), else
+    :class:`InvalidArgument`. Pure."""
     lo, hi = (int(v) for v in ngram_range)
     if not 1 <= lo <= hi <= 2:
         raise InvalidArgument(f"ngram_range {tuple(ngram_range)!r} is not supported; use (1, 1), (1, 2) or (2, 2)")
@@ -154,7 +156,7 @@ def binary_ngrams(
     InvalidArgument
         ``ngram_range`` is outside ``(1, 2)``.
     """
-    lo, hi = _check_range(ngram_range)
+    lo, hi = check_ngram_range(ngram_range)
     lookup: dict[str, int] = {}
     ids, doc_of = _token_ids(train, lookup, grow=True, desc="tokenising train")
     u = len(lookup)

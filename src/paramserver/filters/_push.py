@@ -12,12 +12,10 @@ from collections.abc import Callable
 import numpy as np
 
 from .._errors import InvalidArgument
-from ..server import Store
-from ..table import PushFilter, TableSpec
+from ..protocol import KEY_SPACE
+from ..table import PushFilter, Store, TableSpec
 
 __all__ = ["KKT", "RandomSkip", "SignificantlyModified"]
-
-_ALL = 1 << 64
 
 
 class SignificantlyModified(PushFilter):
@@ -76,7 +74,7 @@ class SignificantlyModified(PushFilter):
         with self._lock:
             if self._acc is None:
                 return None
-            keys, values = self._acc.pull_range(0, _ALL)
+            keys, values = self._acc.pull_range(0, KEY_SPACE)
             held = np.any(values != 0, axis=1) if len(keys) else np.zeros(0, dtype=bool)
             if not held.any():
                 return None

@@ -20,14 +20,12 @@ from typing import Any
 import numpy as np
 
 from .._errors import InvalidArgument, ProtocolError
+from ..protocol import KEY_SPACE
 
 __all__ = [
-    "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges", "positions",
-    "ranges_from_wire", "ranges_to_wire",
+    "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges", "merge_adjacent",
+    "positions", "ranges_from_wire", "ranges_to_wire",
 ]
-
-#: One past the largest key.
-KEY_SPACE = 1 << 64
 
 _NO_REPLICATED: dict[tuple[int, ...], tuple[KeyRange, ...]] = {}  # never mutated
 
@@ -229,7 +227,7 @@ class KeyMap:
             if not chain:
                 raise InvalidArgument(f"keys {a.range} were held only by node {dead}: no replica to promote")
             entries.append(Assignment(a.range, chain[0], tuple(chain[1:])))
-        return KeyMap(epoch, _merged(entries))
+        return KeyMap(epoch, merge_adjacent(entries))
 
     def slice_range(self, lo: int, hi: int) -> dict[int, list[KeyRange]]:
         """The masters of ``[lo, hi)`` and the sub-ranges each owns, in key order."""
@@ -256,7 +254,7 @@ class KeyMap:
                 if node not in chain:
                     chain.append(node)
             entries.append(Assignment(a.range, chain[0], tuple(chain[1:])))
-        return KeyMap(epoch, _merged(entries))
+        return KeyMap(epoch, merge_adjacent(entries))
 
     def replicas(self) -> int:
         """The smallest number of copies of any range (master included)."""
@@ -287,8 +285,9 @@ class KeyMap:
             raise ProtocolError(f"malformed key map: {exc}") from None
 
 
-def _merged(entries: list[Assignment]) -> list[Assignment]:
-    """Neighbouring ranges with the same chain, joined into one."""
+def merge_adjacent(entries: list[Assignment]) -> list[Assignment]:
+    """``entries`` (sorted, contiguous) with every run of neighbouring ranges that have the
+    same chain (master and replicas) joined into one range. Pure; the input is not changed."""
     out: list[Assignment] = []
     for a in entries:
         if out and out[-1].master == a.master and out[-1].replicas == a.replicas and out[-1].range.hi == a.range.lo:
@@ -361,4 +360,4 @@ def extended(old: KeyMap, new: KeyMap, epoch: int) -> KeyMap:
         before = old.chain_of(lo)
         added = tuple(n for n in new.chain_of(lo) if n not in before)
         entries.append(Assignment(KeyRange(lo, hi), before[0], added + before[1:]))
-    return KeyMap(epoch, _merged(entries))
+    return KeyMap(epoch, merge_adjacent(entries))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._errors import InvalidArgument
-from ._keymap import KEY_SPACE, Assignment, KeyMap, KeyRange, _merged
+from ._keymap import KEY_SPACE, Assignment, KeyMap, KeyRange, merge_adjacent
 from ._placement import Placement
 from ._spread import spread
 
@@ -66,4 +66,4 @@ class Ring(Placement):
         for lo, hi, link in zip(starts, ends, owners, strict=True):
             if hi > lo:  # equal positions leave an empty range between them
                 entries.append(Assignment(KeyRange(lo, hi), link[0], link[1:]))
-        return KeyMap(epoch, _merged(entries))  # neighbours with the same chain joined
+        return KeyMap(epoch, merge_adjacent(entries))  # neighbours with the same chain joined

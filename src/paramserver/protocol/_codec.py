@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 
 from .._errors import ProtocolError
-from ._message import Message, Op, Status
+from ._message import KEY_SPACE, Message, Op, Status
 
 __all__ = ["ALLOWED_DTYPES", "MAX_ARRAYS", "PROTOCOL_VERSION", "decode", "decode_header", "encode"]
 
@@ -41,7 +41,6 @@ MAX_NDIM = 2
 MAX_HEADER_BYTES = 16 << 20
 MAX_DEPS = 4096
 MAX_FILTERS = 16
-_U64 = 1 << 64
 _I63 = 1 << 63
 _I31 = 1 << 31
 _OPS = {int(o): o for o in Op}
@@ -169,8 +168,8 @@ def decode(frames: Sequence[Any]) -> Message:
     if rng is not None:
         if type(rng) is not list or len(rng) != 2:
             raise ProtocolError("header field 'range' must be nil or [lo, last]")
-        lo = _int(rng[0], "range.lo", 0, _U64)
-        last = _int(rng[1], "range.last", 0, _U64)
+        lo = _int(rng[0], "range.lo", 0, KEY_SPACE)
+        last = _int(rng[1], "range.last", 0, KEY_SPACE)
         if last < lo:
             raise ProtocolError(f"header field 'range' is empty: lo={lo} > last={last}")
         key_range = (lo, last + 1)

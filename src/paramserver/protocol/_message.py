@@ -26,10 +26,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KEY_DTYPE", "Message", "Op", "Status"]
+__all__ = ["KEY_DTYPE", "KEY_SPACE", "Message", "Op", "Status"]
 
 #: dtype of keys on the wire and in every table: unsigned 64-bit, little-endian.
 KEY_DTYPE = np.dtype("<u8")
+
+#: One past the largest key, 2**64: keys are the integers of ``[0, KEY_SPACE)``, and a key range
+#: ``[lo, hi)`` has ``0 <= lo < hi <= KEY_SPACE``. The one name for 2**64 in the code base.
+KEY_SPACE = 1 << 64
 
 
 class Op(enum.IntEnum):

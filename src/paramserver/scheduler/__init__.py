@@ -1,7 +1,6 @@
 """The scheduler role: membership, the server manager's key map, tables, barriers, job end."""
 
-from ._admin import AdminClient
 from ._core import Connect, Disconnect, Finish, SchedulerCore, Send
 from ._process import SchedulerProcess
 
-__all__ = ["AdminClient", "Connect", "Disconnect", "Finish", "SchedulerCore", "SchedulerProcess", "Send"]
+__all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "SchedulerProcess", "Send"]

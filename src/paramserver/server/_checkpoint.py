@@ -43,8 +43,7 @@ from ..checkpoint import Location, open_location, read_manifest, server_files
 from ..checkpoint._format import load_file
 from ..placement import KeyMap, ranges_to_wire
 from ..protocol import Message, get
-from ..table import TableSpec
-from ._store import Store
+from ..table import Store, TableSpec
 
 if TYPE_CHECKING:
     from ._server import Server

@@ -20,8 +20,7 @@ def _warm_up() -> None:
     which on the receive thread of a serving node would delay its heartbeats."""
     import numpy as np
 
-    from ..table import TableSpec
-    from ._store import Store
+    from ..table import Store, TableSpec
 
     store = Store(TableSpec.create("warm-up", 1, "float32", "sum"))
     keys = np.array([1, 2], dtype=np.uint64)

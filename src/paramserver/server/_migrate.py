@@ -38,7 +38,7 @@ import numpy as np
 from .._errors import ProtocolError
 from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
 from ..protocol import Message, Op, get
-from ._store import Store
+from ..table import Store
 
 if TYPE_CHECKING:
     from ..clock import Request

@@ -39,10 +39,9 @@ from ..clock import Consistency, Request
 from ..node import Node, error_body
 from ..placement import KEY_SPACE, in_ranges, positions, ranges_from_wire, ranges_to_wire
 from ..protocol import KEY_DTYPE, Message, Op, Status, get
-from ..table import TableSpec
+from ..table import Store, TableSpec
 from ._checkpoint import Checkpoints
 from ._migrate import Migrations
-from ._store import Store
 from ._sync import Channel, TableSync
 
 __all__ = ["Server"]

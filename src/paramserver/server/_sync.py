@@ -41,8 +41,7 @@ from .._errors import ProtocolError
 from ..clock import Consistency, RangeClock
 from ..placement import in_ranges
 from ..protocol import Message
-from ..table import TableSpec
-from ._store import Store
+from ..table import Store, TableSpec
 
 __all__ = ["Channel", "TableSync"]
 

@@ -1,8 +1,11 @@
-"""The model of a table shared by every role: spec, server updaters and initial values."""
+"""The model of a table shared by every role: spec, updaters, initial values, and the
+keyed row store (``Store`` over a ``HashIndex``) that servers and worker-side filters keep."""
 
+from ._index import HashIndex
 from ._init import BUILTIN_INITS, Constant, Initializer, Normal, Uniform, Zeros, resolve_init
 from ._push_filter import PushFilter
 from ._spec import TABLE_DTYPES, TableSpec
+from ._store import Store
 from ._updaters import (
     BUILTIN_UPDATERS,
     FTRL,
@@ -30,6 +33,7 @@ __all__ = [
     "Adam",
     "Assign",
     "Constant",
+    "HashIndex",
     "Initializer",
     "L1Prox",
     "Max",
@@ -37,6 +41,7 @@ __all__ = [
     "Normal",
     "PushFilter",
     "SaturatingSum",
+    "Store",
     "Sum",
     "TableSpec",
     "Uniform",

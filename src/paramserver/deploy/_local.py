@@ -20,8 +20,8 @@ from typing import Any
 from .._config import Config
 from .._errors import ConnectError, InvalidArgument, JobAborted, PSError
 from ..checkpoint import open_location, read_manifest
-from ..scheduler import AdminClient
 from ..worker import open_workers
+from ._admin import AdminClient
 from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_all
 
 __all__ = ["LocalCluster"]

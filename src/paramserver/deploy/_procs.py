@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from .._errors import ConnectError
 
-__all__ = ["Proc", "node_command", "start_scheduler", "stop_all"]
+__all__ = ["Proc", "node_command", "spawn", "start_scheduler", "stop_all", "wait_all"]
 
 
 class Proc:

@@ -19,8 +19,9 @@ import numpy as np
 
 from .._errors import InvalidArgument
 from ..placement import in_ranges
-from ..table import TableSpec
+from ..protocol import KEY_SPACE
 from ._index import HashIndex
+from ._spec import TableSpec
 
 __all__ = ["Store"]
 
@@ -111,7 +112,7 @@ class Store:
         n = len(self)
         keys = self.keys[:n]
         mask = keys >= np.uint64(lo)
-        if hi < 1 << 64:
+        if hi < KEY_SPACE:
             mask &= keys < np.uint64(hi)
         rows = np.flatnonzero(mask)
         order = np.argsort(keys[rows], kind="stable")

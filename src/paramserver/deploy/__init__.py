@@ -1,0 +1,15 @@
+"""Layer 7, deploy: running a job's processes on this machine and talking to its scheduler.
+
+:class:`LocalCluster` (a scheduler and servers as subprocesses), the process helpers that it
+and ``paramserver launch`` share (:func:`start_scheduler`, :func:`spawn`, :func:`stop_all`,
+...), and :class:`AdminClient`, the short-lived operator client behind status, drain and
+shutdown. It imports the roles' public surfaces only (``worker.open_workers``, the
+checkpoint layout) and starts the scheduler and servers as processes, never in-process, so
+``import paramserver`` loads no scheduler or server code.
+"""
+
+from ._admin import AdminClient
+from ._local import LocalCluster
+from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_all
+
+__all__ = ["AdminClient", "LocalCluster", "Proc", "node_command", "spawn", "start_scheduler", "stop_all", "wait_all"]
