@@ -119,10 +119,6 @@ PRIVATE_USES_ALLOWED: dict[str, set[str]] = {
     "server/_checkpoint.py": {"_aggregate", "_answer", "_apply_checked", "_live_workers", "_own_span", "_release",
                               "checkpoint._format"},
     "server/_migrate.py": {"_on_nodes_changed", "_reply_all", "_store", "_when_all"},
-    # Worker internals shared by Table, Worker and the checkpoint client.
-    "worker/_checkpoint.py": {"_keymap", "_node", "_request", "_seq", "_seq_lock"},
-    "worker/_table.py": {"_keymap", "_request", "_resolve", "_sequencer"},
-    "worker/_worker.py": {"_inflight", "_push_filters", "_result", "_tick"},
     # The runtime decodes headers alone (before the filters and handlers see a message).
     "node/_runtime.py": {"protocol._codec"},
 }
