@@ -97,3 +97,40 @@ def test_timers_and_close(pair: tuple[Node, Node]) -> None:
         req.wait(5)
     with pytest.raises(ps.ClosedError):
         a.request({2: Message(Op.PING)}, "after close").wait(5)
+
+
+def test_requests_handled_in_one_step_are_answered_in_one_batch_each_exactly_once(
+        pair: tuple[Node, Node]) -> None:
+    from paramserver.node import _batch as batch
+
+    a, b = pair
+    got: list[int] = []
+    gate = threading.Event()
+
+    def slow_double(m: Message) -> None:
+        gate.wait(5)  # the first request holds the loop while the others queue up behind it
+        b.reply(m, arrays=[m.arrays[0] * 2])
+
+    b.on(Op.PULL, slow_double)
+    seen = {"batches": 0, "messages": 0}
+    orig = batch.unpack
+
+    def counting(frames: list[object]) -> list[list[object]]:
+        out = orig(frames)
+        seen["batches"] += 1
+        seen["messages"] += len(out)
+        return out
+
+    batch.unpack = counting  # type: ignore[assignment]
+    try:
+        reqs = [a.request({2: Message(Op.PULL, arrays=[np.array([i], np.int64)])}, f"pull {i}",
+                          on_part=lambda m: got.append(int(m.arrays[0][0])))
+                for i in range(20)]
+        gate.set()
+        for r in reqs:
+            r.wait(5)
+    finally:
+        batch.unpack = orig  # type: ignore[assignment]
+    assert sorted(got) == [2 * i for i in range(20)]
+    assert seen["batches"] >= 1 and seen["messages"] >= 2  # the queued ones came back together
+    assert b.counters["messages_sent"] == 20 and a.counters["messages_received"] == 20

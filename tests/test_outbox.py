@@ -156,3 +156,22 @@ def test_timers_fire_in_order_and_periodic_ones_never_burst() -> None:
         fn()
     assert fired == ["tick", "once", "tick"] and len(t) == 1
     assert t.wait(10.0) == 0.5 and Timers().wait(0.0) == MAX_WAIT
+
+
+def test_batches_round_trip_and_malformed_envelopes_are_protocol_errors() -> None:
+    import pytest
+
+    from paramserver import ProtocolError
+    from paramserver.node import _batch as batch
+
+    msgs = [[b"\x9fone"], [b"\x9ftwo", b"keys", b"values"], [b"\x9f3"]]
+    frames = batch.pack(msgs)
+    assert batch.is_batch(frames) and not batch.is_batch(msgs[1]) and not batch.is_batch([])
+    assert batch.unpack([memoryview(f) for f in frames]) == msgs
+    head = frames[0]
+    for bad in ([head], [head, *frames[1:-1]], [head[:-2], *frames[1:]], [b"\xc1PB\x00\x00"],
+                [b"\xc1PB\x01\x00\x00\x00", b"x"]):
+        with pytest.raises(ProtocolError):
+            batch.unpack(bad)
+    with pytest.raises(ValueError):
+        batch.pack([])

@@ -51,6 +51,7 @@ from ..placement import KeyMap
 from ..protocol import Codec, KeysMissing, Message, Op, Status, codec, decode, encode, get, value_indices
 from ..protocol._codec import decode_header
 from ..transport import FaultyTransport, Transport, ZmqTransport
+from . import _batch as batch
 from ._errors_wire import error_body, error_from_body
 from ._info import SCHEDULER_ID, NodeInfo
 from ._membership import Membership, parse_nodes
@@ -65,6 +66,8 @@ Handler = Callable[[Message], None]
 
 #: How long the receive thread stays aside after a caller took the baton (seconds).
 YIELD_S = 0.002
+#: The most messages one step of the loop handles before it sends the replies they made.
+DRAIN = 64
 
 
 class Node:
@@ -105,6 +108,12 @@ class Node:
         self._baton = threading.Lock()
         self._baton_owner: int | None = None
         self._leaders = 0
+        # While the baton's holder handles what has arrived, its replies wait here, per peer,
+        # and leave as one batch per peer at the end of the step (not under fault injection,
+        # which judges each message by its header).
+        self._corked: dict[int, list[list[Any]]] | None = None
+        self._batching = not config.faults
+        self._led_at = 0.0  # when a caller last gave the baton back
         self._aside = threading.Event()  # never set: the receive thread's pause
         if config.faults:
             self.transport = FaultyTransport(
@@ -335,13 +344,16 @@ class Node:
         if node not in self._connected:
             self.ensure_link(node)
         nbytes = self.transport.send(node, frames)
+        self._count_sent(nbytes, table)
+        return nbytes
+
+    def _count_sent(self, nbytes: int, table: int) -> None:
         with self._count_lock:
             counters = self.counters
             counters["messages_sent"] += 1
             counters["bytes_sent"] += nbytes
             if table >= 0:
                 self.table_bytes[(table, "sent")] += nbytes
-        return nbytes
 
     def reply(self, request: Message, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[Any] | None = None, codecs: tuple[Codec, ...] = ()) -> None:
@@ -349,7 +361,14 @@ class Node:
         try:
             msg = request.reply(status=status, body=body, arrays=arrays)
             msg.codecs = codecs
-            self.send(request.sender, msg)
+            corked = self._corked
+            if corked is not None and self._baton_owner == threading.get_ident():
+                msg.sender = self.id
+                frames = self._frames(request.sender, msg)
+                corked.setdefault(request.sender, []).append(frames)
+                self._count_sent(sum(memoryview(f).nbytes for f in frames), msg.table)
+            else:
+                self.send(request.sender, msg)
         except PSError as exc:
             log.warning("%s %d: cannot answer %s: %s", self.role, self.id, request.describe(), exc)
 
@@ -410,9 +429,8 @@ class Node:
             return False
         msg.ts = req.ts
         msg.sender = self.id
-        with self._lock:
-            flight = self.outbox.get(req.ts)
-            keymap = self.members.keymap
+        flight = self.outbox.flights.get(req.ts)  # one dict read: atomic, no lock needed
+        keymap = self.members.keymap
         reroute = flight.reroute if flight is not None else None
         if flight is not None and reroute is not None and keymap is not None and 0 < msg.epoch < keymap.epoch:
             with self._lock:
@@ -424,19 +442,19 @@ class Node:
             if stamp is not None:
                 stamp(peer, msg)
             codecs = msg.codecs
-            repairable = any(getattr(c, "repairable", False) for c in codecs)
+            repairable = bool(codecs) and any(getattr(c, "repairable", False) for c in codecs)
             keep = reroute is not None
             # One snapshot as the part left, before filters rewrite it, shared by reroutes and
             # repairs: neither mutates it (a repair encodes a copy of it).
             snapshot = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
                         if codecs and (keep or repairable) else msg)
             frames = self._frames(peer, msg)
-            resend = resend and bool(self._resend_after)
-            ordered = is_ordered(msg)
+            resend = resend and self._resend_after > 0
             delivery = None
-            if resend or repairable or ordered:
+            if resend or repairable:  # only resends and repairs ever send a part's frames again
                 due = time.monotonic() + self._resend_after if resend else float("inf")
-                delivery = Delivery(frames, msg.table, due, ordered, snapshot if repairable else None, codecs)
+                delivery = Delivery(frames, msg.table, due, is_ordered(msg), snapshot if repairable else None,
+                                    codecs)
             if keep or delivery is not None:
                 with self._lock:
                     self.outbox.sent(req.ts, peer, snapshot if keep else None, delivery)
@@ -678,7 +696,9 @@ class Node:
     def _loop(self) -> None:
         me = threading.get_ident()
         while self._running:
-            if self._leaders:  # a caller receives for now
+            # A caller receives for now, or did a moment ago (a synchronous loop comes back at
+            # once): stay aside rather than take the baton back between its calls.
+            if self._leaders or time.monotonic() - self._led_at < YIELD_S:
                 self._aside.wait(YIELD_S)
                 continue
             with self._baton:
@@ -718,6 +738,7 @@ class Node:
                     self._step(left)
             finally:
                 self._baton_owner = None
+                self._led_at = time.monotonic()
                 self._baton.release()
         finally:
             with self._lock:
@@ -744,10 +765,46 @@ class Node:
             return
         if frames is None:
             return
+        if not self._batching:
+            self._handle(frames)
+            return
+        self._corked = {}
         try:
-            self._on_frames(frames)
+            self._handle(frames)
+            for _ in range(DRAIN - 1):  # what else has arrived is handled before replies leave
+                more = self.transport.recv(0)
+                if more is None:
+                    break
+                self._handle(more)
+        finally:
+            out, self._corked = self._corked, None
+            self._flush(out)
+
+    def _handle(self, frames: list[Any]) -> None:
+        try:
+            if batch.is_batch(frames):
+                for part in batch.unpack(frames):
+                    self._on_frames(part)
+            else:
+                self._on_frames(frames)
+        except ProtocolError as exc:
+            self.count("messages_malformed")
+            log.warning("%s %d: dropped a malformed batch: %s", self.role, self.id, exc)
         except Exception:  # nothing a peer sends may stop this loop
             log.exception("%s %d: error while handling a message", self.role, self.id)
+
+    def _flush(self, out: dict[int, list[list[Any]]]) -> None:
+        """Send the replies a step made: one message, or one batch, per peer."""
+        for peer, msgs in out.items():
+            try:
+                for i in range(0, len(msgs), batch.MAX_BATCH):
+                    chunk = msgs[i:i + batch.MAX_BATCH]
+                    frames = chunk[0] if len(chunk) == 1 else batch.pack(chunk)
+                    if peer not in self._connected:
+                        self.ensure_link(peer)
+                    self.transport.send(peer, frames)  # counted as each reply was made
+            except PSError as exc:
+                log.warning("%s %d: cannot answer node %d: %s", self.role, self.id, peer, exc)
 
     def _on_frames(self, frames: list[Any]) -> None:
         nbytes = sum(memoryview(f).nbytes for f in frames)
