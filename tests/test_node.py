@@ -134,3 +134,43 @@ def test_requests_handled_in_one_step_are_answered_in_one_batch_each_exactly_onc
     assert sorted(got) == [2 * i for i in range(20)]
     assert seen["batches"] >= 1 and seen["messages"] >= 2  # the queued ones came back together
     assert b.counters["messages_sent"] == 20 and a.counters["messages_received"] == 20
+
+
+def test_coalescing_requests_wait_for_an_answer_keep_their_order_and_all_complete(
+        pair: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    from paramserver.node import _batch as batch
+    from paramserver.node import _runtime
+
+    monkeypatch.setattr(_runtime, "HOLD_S", 60.0)  # only the caller's wait releases them here
+    a, b = pair
+    order: list[int] = []
+    gate = threading.Event()
+
+    def record(m: Message) -> None:
+        gate.wait(5)  # the first request is answered only once the others were issued
+        order.append(m.clock)
+        b.reply(m)
+
+    b.on(Op.PUSH, record)
+    incoming = {"batches": 0}
+    orig = batch.unpack
+
+    def counting(frames: list[object]) -> list[list[object]]:
+        incoming["batches"] += 1
+        return orig(frames)
+
+    batch.unpack = counting  # type: ignore[assignment]
+    try:
+        reqs = []
+        for i in range(30):
+            req = a.open((2,), f"push {i}")
+            assert a.send_part(req, 2, Message(Op.PUSH, clock=i), coalesce=True)
+            reqs.append(req)
+        gate.set()
+        for r in reqs:
+            r.wait(5)  # waiting releases what is held at once
+    finally:
+        batch.unpack = orig  # type: ignore[assignment]
+    assert order == list(range(30))  # in the order they were issued, each once
+    assert incoming["batches"] >= 1  # the held ones left together
+    assert a.counters["messages_sent"] == 30 and b.counters["messages_received"] == 30

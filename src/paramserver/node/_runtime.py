@@ -68,6 +68,8 @@ Handler = Callable[[Message], None]
 YIELD_S = 0.002
 #: The most messages one step of the loop handles before it sends the replies they made.
 DRAIN = 64
+#: The longest a request waits to leave with others to the same peer (seconds).
+HOLD_S = 0.001
 
 
 class Node:
@@ -113,6 +115,12 @@ class Node:
         # which judges each message by its header).
         self._corked: dict[int, list[list[Any]]] | None = None
         self._batching = not config.faults
+        # Requests that may wait to leave together (send_part(coalesce=True)): while a peer
+        # has unanswered ones, new ones are held and leave as one batch when it answers,
+        # when a caller starts to wait, or after HOLD_S (Nagle's rule, with a short timer).
+        self._held: dict[int, list[tuple[list[Any], int]]] = {}
+        self._unanswered: dict[int, int] = {}
+        self._hold_armed = False
         self._led_at = 0.0  # when a caller last gave the baton back
         self._aside = threading.Event()  # never set: the receive thread's pause
         if config.faults:
@@ -242,6 +250,8 @@ class Node:
         to the new owners of its keys, for requests that reroute); drop the link."""
         with self._lock:
             waiting = self.outbox.peer_gone(node)
+            self._held.pop(node, None)
+            self._unanswered.pop(node, None)
             for dec in self._decoders.values():
                 dec.forget(node)
             if node in self._connected and node != SCHEDULER_ID:
@@ -415,7 +425,7 @@ class Node:
         return req
 
     def send_part(self, req: Request, peer: int, msg: Message, *, resend: bool = False,
-                  stamp: Callable[[int, Message], None] | None = None) -> bool:
+                  stamp: Callable[[int, Message], None] | None = None, coalesce: bool = False) -> bool:
         """Send the part of ``req`` for ``peer``; False if the request is over (failed
         meanwhile, or failed now because the part could not leave).
 
@@ -423,7 +433,8 @@ class Node:
         number it in its channel). With ``resend``, the part is sent again after
         PS_RESEND_TIMEOUT until it is answered. A part sliced under an older key map than
         the cached one goes to the current owners of its keys instead, if the request
-        reroutes.
+        reroutes. With ``coalesce``, the part may wait (at most HOLD_S, or until the peer
+        answers an earlier one, or a caller waits) to leave in one batch with others.
         """
         if req.done():
             return False
@@ -458,11 +469,57 @@ class Node:
             if keep or delivery is not None:
                 with self._lock:
                     self.outbox.sent(req.ts, peer, snapshot if keep else None, delivery)
+            if coalesce and self._batching:
+                if peer not in self._connected:
+                    self.ensure_link(peer)  # an unknown peer fails the request now, not later
+                if self._hold(peer, frames, msg.table):
+                    return True
             self._send_frames(peer, frames, msg.table)
         except PSError as exc:
             req.fail(exc)
             return False
         return True
+
+    def _hold(self, peer: int, frames: list[Any], table: int) -> bool:
+        """Count a coalescing part to ``peer`` as unanswered; True if it was held (the peer
+        has unanswered ones, or held ones that it must not overtake)."""
+        with self._lock:
+            n = self._unanswered.get(peer, 0)
+            self._unanswered[peer] = n + 1
+            q = self._held.get(peer)
+            if n == 0 and not q:
+                return False
+            if q is None:
+                q = self._held[peer] = []
+            q.append((frames, table))
+            arm = not self._hold_armed
+            self._hold_armed = True
+        if arm:
+            self.call_later(HOLD_S, self._release_all)
+        return True
+
+    def _release(self, peer: int) -> None:
+        """Send what is held for ``peer``, as one message or one batch."""
+        with self._lock:
+            q = self._held.pop(peer, None)
+        if not q:
+            return
+        try:
+            for i in range(0, len(q), batch.MAX_BATCH):
+                chunk = q[i:i + batch.MAX_BATCH]
+                frames = chunk[0][0] if len(chunk) == 1 else batch.pack([f for f, _ in chunk])
+                self.transport.send(peer, frames)
+                for f, table in chunk:
+                    self._count_sent(sum(memoryview(x).nbytes for x in f), table)
+        except PSError as exc:  # the peer is gone: its death fails or reroutes the requests
+            log.debug("%s %d: held requests to node %d not sent: %s", self.role, self.id, peer, exc)
+
+    def _release_all(self) -> None:
+        with self._lock:
+            self._hold_armed = False
+            peers = list(self._held)
+        for peer in peers:
+            self._release(peer)
 
     def request(self, parts: dict[int, Message], what: str, *, on_part: PartCallback | None = None,
                 combine: Callable[[], Any] | None = None, timeout: float | None = None,
@@ -713,6 +770,8 @@ class Node:
         passed (the waiting caller takes the baton, see the module docstring). Returns at
         once, leaving the wait to the request, when another caller already receives or this
         is the receive thread."""
+        if self._held:
+            self._release_all()  # a waiting caller never waits for the hold timer
         me = threading.get_ident()
         deadline = time.monotonic() + limit
         thread = self._thread
@@ -852,8 +911,15 @@ class Node:
             pass
 
     def _on_response(self, msg: Message) -> None:
+        peer = msg.sender
         with self._lock:
             verdict = self.outbox.answer(msg)
+            n = self._unanswered.get(peer, 0)
+            if n:  # any answer counts: a late one answers a part whose request has ended
+                self._unanswered[peer] = n - 1
+            held = peer in self._held
+        if held:
+            self._release(peer)  # the peer answered: what waited for it leaves now
         kind, f = verdict.kind, verdict.flight
         if kind is VerdictKind.COMPLETE:
             assert f is not None

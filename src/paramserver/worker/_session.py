@@ -172,6 +172,6 @@ class Session:
                     msg.seq = self._seq.get(key, 0)
 
         for server, msg in parts.items():
-            if not self.node.send_part(req, server, msg, resend=True, stamp=stamp):
+            if not self.node.send_part(req, server, msg, resend=True, stamp=stamp, coalesce=table >= 0):
                 break
         req.sent = True
