@@ -3,6 +3,7 @@
 from ._index import HashIndex
 from ._main import run_server, start_server
 from ._server import Server
+from ._state import ServerState
 from ._store import Store
 
-__all__ = ["HashIndex", "Server", "Store", "run_server", "start_server"]
+__all__ = ["HashIndex", "Server", "ServerState", "Store", "run_server", "start_server"]
