@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import paramserver as ps
 from _common import batch_rate, distinct_keys, write
+from paramserver.protocol import Status, encode
 from paramserver.server import Store
 from paramserver.table import TableSpec
 
@@ -95,8 +96,6 @@ class _RxNode:
 
     def reply(self, request: Any, *, status: Any = 0, body: Any = None, arrays: Any = None,
               codecs: Any = ()) -> None:
-        from paramserver.protocol import Status, encode
-
         msg = request.reply(status=Status(status), body=body, arrays=arrays, sender=self.id)
         encode(msg)
         self.replies += 1
