@@ -13,12 +13,22 @@ from bisect import bisect_right
 
 import numpy as np
 
+from .._errors import ProtocolError
 from ..placement import KEY_SPACE, KeyMap, in_ranges, positions
+from ..protocol import KEY_DTYPE
 
-__all__ = ["SPANNING", "Ownership"]
+__all__ = ["SPANNING", "Ownership", "check_keys"]
 
 #: ``range_of``: the keys are all mastered here but lie in several ranges.
 SPANNING = -1
+
+
+def check_keys(keys: np.ndarray) -> None:
+    """Keys of a request must be 1-D uint64, strictly increasing (sorted and distinct)."""
+    if keys.dtype != KEY_DTYPE or keys.ndim != 1:
+        raise ProtocolError(f"keys must be a 1-D uint64 array, got {keys.dtype} of shape {keys.shape}")
+    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        raise ProtocolError("keys must be sorted and distinct")
 
 
 class Ownership:

@@ -15,6 +15,7 @@ timers); :meth:`Server.status` may be called from there too. Nothing else touche
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -134,7 +135,7 @@ class Server:
 
     def _call(self, a: Call) -> None:
         req = self.node.request({a.node: a.msg}, a.what)
-        req.add_done_callback(lambda r, token=a.token: self._answered(token, r))
+        req.add_done_callback(functools.partial(self._answered, a.token))
 
     def _adopt(self, a: Adopt) -> None:
         self.node.adopt_keymap(a.keymap)

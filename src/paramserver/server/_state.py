@@ -55,17 +55,19 @@ from .._errors import (
 )
 from ..clock import Consistency
 from ..node import error_body
-from ..placement import KEY_SPACE, KeyMap, in_ranges, ranges_from_wire, ranges_to_wire
-from ..protocol import KEY_DTYPE, Message, Op, Status, get
+from ..placement import KEY_SPACE, KeyMap, ranges_to_wire
+from ..protocol import Message, Op, Status, get
 from ..table import TableSpec
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply
 from ._cut import CheckpointGate
 from ._migrate import Migrations
-from ._owned import Ownership
+from ._owned import Ownership, check_keys
+from ._pulls import Pulls, pull_ranges
+from ._replica import Replica
 from ._store import Store
 from ._sync import Channel, TableSync
 
-__all__ = ["ServerState", "check_keys"]
+__all__ = ["ServerState"]
 
 log = logging.getLogger("paramserver.server")
 
@@ -73,14 +75,6 @@ log = logging.getLogger("paramserver.server")
 Restore = Callable[[int, Store, Ownership], None]
 Handler = Callable[[Message, float, list[Action]], None]
 _QUIET = (NodeUnavailable, JobAborted, ClosedError)  # a replica that died: the chain shrank
-
-
-def check_keys(keys: np.ndarray) -> None:
-    """Keys of a request must be 1-D uint64, strictly increasing (sorted and distinct)."""
-    if keys.dtype != KEY_DTYPE or keys.ndim != 1:
-        raise ProtocolError(f"keys must be a 1-D uint64 array, got {keys.dtype} of shape {keys.shape}")
-    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
-        raise ProtocolError("keys must be sorted and distinct")
 
 
 @dataclass(slots=True)
@@ -117,9 +111,11 @@ class ServerState:
         self._replicating: set[int] = set()  # tokens of replication requests not answered yet
         self.gate = CheckpointGate(self)
         self.migrations = Migrations(self)
+        self.pulls = Pulls(self)
+        self.replica = Replica(self)
         self._handlers: dict[Op, Handler] = {
-            Op.PUSH: self._on_ordered, Op.CLOCK: self._on_ordered, Op.PULL: self._on_pull,
-            Op.PULL_RANGE: self._on_pull_range, Op.REPLICATE: self._on_replicate, Op.TABLE: self._on_table,
+            Op.PUSH: self._on_ordered, Op.CLOCK: self._on_ordered, Op.PULL: self.pulls.on_pull,
+            Op.PULL_RANGE: self.pulls.on_pull_range, Op.REPLICATE: self.replica.on_request, Op.TABLE: self._on_table,
             Op.POLICY: self._on_policy, Op.CHECKPOINT: self.gate.on_request, Op.MIGRATE: self.migrations.on_request,
         }
 
@@ -221,7 +217,7 @@ class ServerState:
         """The replication requests this server sent that are not answered yet (tokens)."""
         return list(self._replicating)
 
-    def _send_replica(self, chain: tuple[int, ...] | list[int], msg: Message, out: list[Action]) -> int:
+    def send_replica(self, chain: tuple[int, ...] | list[int], msg: Message, out: list[Action]) -> int:
         """Send ``msg`` to the head of ``chain``; it passes it on to the rest and answers
         once the tail has it."""
         msg.body["chain"] = list(chain[1:])
@@ -284,7 +280,7 @@ class ServerState:
         self.release(msg.table, out)
 
     # ------------------------------------------------------------------ ownership
-    def _where(self, msg: Message) -> int | None:
+    def where(self, msg: Message) -> int | None:
         """For a checked push or pull: the range of this server holding its keys (see
         :meth:`Ownership.range_of`); for a tick or range pull, 0 if this server masters
         its ranges, else None."""
@@ -294,11 +290,11 @@ class ServerState:
         if msg.op == Op.PUSH or msg.op == Op.PULL:
             return own.range_of(msg.arrays[0])
         if msg.op == Op.PULL_RANGE:
-            return 0 if all(own.owns(lo, hi) for lo, hi in self._ranges(msg)) else None
+            return 0 if all(own.owns(lo, hi) for lo, hi in pull_ranges(msg)) else None
         lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
         return 0 if own.overlaps(lo, hi) else None
 
-    def _moved(self, msg: Message) -> Moved:
+    def moved_answer(self, msg: Message) -> Moved:
         """The "moved" answer to ``msg``, which this server does not own; raises
         :class:`KeyRangeError` if ``msg`` names the current epoch (a wrong server, not a stale map)."""
         keymap = self.keymap
@@ -312,7 +308,7 @@ class ServerState:
                            "epoch": epoch, "keymap": keymap.to_wire() if keymap is not None else None},
                      frozenset(keymap.servers()) if keymap is not None else frozenset())
 
-    def _span(self, msg: Message) -> tuple[int, int]:
+    def span(self, msg: Message) -> tuple[int, int]:
         """The key range a message covers: its header range, else all this server masters."""
         if self.keymap is None:
             raise KeyRangeError(f"server {self.id} has no key map yet")
@@ -324,7 +320,7 @@ class ServerState:
         return lo, hi
 
     @staticmethod
-    def _origins(msg: Message) -> list[tuple[int, int]]:
+    def origins(msg: Message) -> list[tuple[int, int]]:
         raw = msg.body.get("origins")
         if raw is None:
             return []
@@ -391,14 +387,14 @@ class ServerState:
             push = msg.op == Op.PUSH
             if push:
                 keys, values = self._check_push(msg, store)
-            where = self._where(msg)
+            where = self.where(msg)
             if where is None:
-                moved = self._moved(msg)
+                moved = self.moved_answer(msg)
                 if ch is not None:
                     ch.remember_error(msg.seq, Status.MOVED, moved.body)
                 out.append(moved)
                 return
-            origins = self._origins(msg)
+            origins = self.origins(msg)
             aggregate = push and store.spec.aggregate
             if not push:  # a clock tick
                 if ch is not None:
@@ -514,7 +510,7 @@ class ServerState:
         tokens = []
         for chain, idx in self.own.chain_plan(keys, -1 if where is None else where):
             arrays = [keys, values] if idx is None else [keys[idx], values[idx]]
-            tokens.append(self._send_replica(chain, Message(Op.REPLICATE, table=table, clock=clock,
+            tokens.append(self.send_replica(chain, Message(Op.REPLICATE, table=table, clock=clock,
                                                             arrays=arrays, body=dict(body)), out))
         return tokens
 
@@ -523,151 +519,19 @@ class ServerState:
         lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
         tokens = []
         for chain, hit in self.own.tick_plan(lo, hi):
-            tokens.append(self._send_replica(chain, Message(Op.REPLICATE, table=msg.table, clock=msg.clock, body={
+            tokens.append(self.send_replica(chain, Message(Op.REPLICATE, table=msg.table, clock=msg.clock, body={
                 "kind": "clock", "ranges": ranges_to_wire(hit), "worker": msg.sender,
                 "origins": [list(o) for o in origins]}), out))
         return tokens
 
-    def _on_replicate(self, msg: Message, now: float, out: list[Action]) -> None:
-        """Apply what a master applied (or an earlier link of its chain passed on), pass it
-        down the chain, and answer once the tail has it."""
-        store = self.store_of(msg)
-        sync = self.sync[msg.table]
-        body = msg.body
-        kind = get(body, "kind", str)
-        worker = get(body, "worker", int)
-        origins = self._origins(msg)
-        chain = get(body, "chain", list)
-        if not all(type(n) is int for n in chain):
-            raise ProtocolError("a replication's chain must list node ids")
-        if kind == "agg":
-            if not sync.agg_duplicate(origins, msg.clock):
-                keys, values = self._replica_arrays(msg, store)
-                store.push(keys, values)
-                for o, _ in origins:
-                    sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
-        elif kind == "push":
-            keys, values = self._replica_arrays(msg, store)
-            rid = get(body, "rid", int, -1)  # -1: a push outside any channel, never sent again
-            again = get(body, "again", bool, False)
-            fresh = sync.fresh(worker, rid, keys, again) if rid >= 0 else None
-            if fresh is None:
-                store.push(keys, values)
-            elif fresh.any():
-                store.push(keys[fresh], values[fresh])
-            if rid >= 0:
-                sync.note(worker, rid, keys, get(body, "lw", int, 0), again)
-        elif kind == "clock":  # advancing a clock is idempotent: a second copy changes nothing
-            ch = sync.channel(worker)
-            for lo, hi in ranges_from_wire(get(body, "ranges", list)):
-                ch.iters.advance(lo, hi, msg.clock)
-        else:
-            raise ProtocolError(f"unknown replication kind {kind!r}")
-        if not chain:
-            out.append(Reply(msg))
-            return
-        onward = Message(Op.REPLICATE, table=msg.table, clock=msg.clock, arrays=list(msg.arrays),
-                         body=dict(body))  # _send_replica sets its own "chain"
-        self.when_all([self._send_replica(chain, onward, out)], [Reply(msg)], out)
-
-    @staticmethod
-    def _replica_arrays(msg: Message, store: Store) -> tuple[np.ndarray, np.ndarray]:
-        """The keys and values of a replicated push. Their order was checked by the master
-        (a server): here only what a store needs to stay sound, in O(1)."""
-        if len(msg.arrays) != 2:
-            raise ProtocolError("a replicated push carries 2 arrays (keys, values)")
-        keys, values = msg.arrays
-        if keys.dtype != KEY_DTYPE or keys.ndim != 1:
-            raise ProtocolError("a replicated push has keys that are not a 1-D uint64 array")
-        if values.dtype != store.dtype or values.shape != (len(keys), store.width):
-            raise ProtocolError("a replicated push has values of the wrong dtype or shape")
-        return keys, values
-
     # ------------------------------------------------------------------ pulls
-    def _on_pull(self, msg: Message, now: float, out: list[Action]) -> None:
-        self.store_of(msg)
-        if len(msg.arrays) != 1:
-            raise ProtocolError(f"a pull carries 1 array (keys), got {len(msg.arrays)}")
-        check_keys(msg.arrays[0])
-        self._pull(msg, out)
-
-    def _on_pull_range(self, msg: Message, now: float, out: list[Action]) -> None:
-        self.store_of(msg)
-        if msg.key_range is None:
-            raise ProtocolError("a range pull needs a key range")
-        self._ranges(msg)  # checks the form
-        self._pull(msg, out)
-
-    def _pull(self, msg: Message, out: list[Action]) -> None:
-        if self._where(msg) is None:
-            out.append(self._moved(msg))
-            return
-        sync = self.sync[msg.table]
-        lo, hi = self._span(msg)
-        if sync.ready(msg, lo, hi, self.workers, self._policy(msg, sync)):
-            self.answer(msg, out)
-        else:
-            sync.held.setdefault((msg.sender, msg.ts), msg)
-
-    @staticmethod
-    def _ranges(msg: Message) -> list[tuple[int, int]]:
-        """The ranges a range pull asks for: its ``ranges`` body field (``[lo, last]`` pairs,
-        last included, so that 2**64 - 1 fits msgpack), else its key range."""
-        raw = msg.body.get("ranges")
-        if raw is None:
-            assert msg.key_range is not None
-            return [msg.key_range]
-        ranges = ranges_from_wire(raw)
-        if not ranges:
-            raise ProtocolError("a range pull needs at least one range")
-        return ranges
-
-    @staticmethod
-    def _policy(msg: Message, sync: TableSync) -> Consistency:
-        override = msg.body.get("consistency")
-        return Consistency.from_wire(override) if override is not None else sync.policy
-
     def answer(self, msg: Message, out: list[Action]) -> None:
-        """Answer a checked pull that may be answered now (unless the checkpoint gate holds
-        it for its sender's deferred pushes)."""
-        if self.gate.hold_pull(msg):  # it must see its sender's pushes deferred by a checkpoint
-            return
-        store = self.stores[msg.table]
-        try:
-            names = msg.body.get("reply_filters", ())
-            if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
-                raise ProtocolError("reply_filters must be a list of filter names")
-            if msg.op == Op.PULL:
-                out.append(Reply(msg, arrays=[store.pull(msg.arrays[0])], filters=tuple(names)))
-            else:
-                assert msg.key_range is not None
-                keys, values = store.pull_range(*msg.key_range)
-                keep = self.own.mastered(keys)
-                ranges = self._ranges(msg)
-                if len(ranges) > 1:  # the key range spans them all: keep the keys inside one of them
-                    keep &= in_ranges(keys, ranges)
-                if not bool(keep.all()):
-                    keys, values = keys[keep], values[keep]
-                out.append(Reply(msg, arrays=[keys, values], filters=tuple(names)))
-        except Exception as exc:
-            out.append(Fail(msg, exc))
+        """Answer a checked pull that may be answered now (see :meth:`Pulls.answer`)."""
+        self.pulls.answer(msg, out)
 
     def release(self, table: int, out: list[Action]) -> None:
         """Answer the held pulls of ``table`` that may now be answered."""
-        self.gate.poll(out)  # held checkpoints whose cut is reached are taken first
-        sync = self.sync.get(table)
-        if sync is None or not sync.held:
-            return
-        epoch = self.own.epoch
-        for key, pull in list(sync.held.items()):
-            if pull.epoch != epoch and self._where(pull) is None:  # its keys left this server while it waited
-                del sync.held[key]
-                out.append(self._moved(pull))  # (another epoch: never a KeyRangeError)
-                continue
-            lo, hi = self._span(pull)
-            if sync.ready(pull, lo, hi, self.workers, self._policy(pull, sync)):
-                del sync.held[key]
-                self.answer(pull, out)
+        self.pulls.release(table, out)
 
     # ------------------------------------------------------------------ status
     def master_keys(self, table: int) -> int:
