@@ -2,5 +2,6 @@
 
 from ._main import run_server, start_server
 from ._server import Server
+from ._state import ServerState
 
-__all__ = ["Server", "run_server", "start_server"]
+__all__ = ["Server", "ServerState", "run_server", "start_server"]

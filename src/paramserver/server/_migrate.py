@@ -7,10 +7,10 @@ The scheduler drives a migration from key map ``old`` to ``new`` in two phases:
    of each range right after its master in the chain. The master adopts ``mid`` and, in
    the same handler (so no update slips between), sends a snapshot of the planned ranges
    (keys, values, optimizer state, per-worker iteration clocks, applied-key records) to
-   each new holder (``phase: "load"``). Every update it applies from then on is forwarded down the extended
-   chain, over the same link as the snapshot, so each new holder applies it after the
-   snapshot: by the time the loads are acknowledged, the new holders are exact replicas.
-   It answers the scheduler then.
+   each new holder (``phase: "load"``). Every update it applies from then on is forwarded
+   down the extended chain, over the same link as the snapshot, so each new holder applies
+   it after the snapshot: by the time the loads are acknowledged, the new holders are exact
+   replicas. It answers the scheduler then.
 2. *Switch.* The scheduler sends ``{phase: "switch", keymap: new}`` (a higher epoch) to
    every server of either map. Each adopts ``new``, hands the sums of unfinished iterations
    (tables that aggregate) it holds for keys it no longer masters to their new masters
@@ -24,13 +24,14 @@ Snapshots carry, besides the rows, the table's records of which keys the pushes 
 flight applied (``TableSync.applied_in``), so a part sent again to a new holder applies
 only the keys the snapshot does not hold yet.
 
-Not thread-safe: runs on the server's receive thread, like the rest of the server.
+Pure, like the state it belongs to: it uses only the public API of :class:`ServerState`
+and returns actions. Not thread-safe: driven on the server's receive thread.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,10 +40,10 @@ from .._errors import ProtocolError
 from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
 from ..protocol import Message, Op, get
 from ..table import Store
+from ._actions import Action, Reply
 
 if TYPE_CHECKING:
-    from ..clock import Request
-    from ._server import Server
+    from ._state import ServerState
 
 __all__ = ["Migrations"]
 
@@ -52,57 +53,55 @@ log = logging.getLogger("paramserver.server")
 class Migrations:
     """The server's side of migrations (see the module docstring)."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
         #: Keys sent and loaded by migrations, for status.
         self.sent_keys = 0
         self.loaded_keys = 0
         self._epoch = 0  # the key map epoch of the last hand-over check
-        self._handing: set[Request] = set()  # hand-overs of sums not acknowledged yet
-        server.node.on(Op.MIGRATE, self.on_request)
+        self._handing: set[int] = set()  # hand-overs of sums not acknowledged yet (tokens)
+        self._phases: dict[str, Callable[[Message, list[Action]], None]] = {
+            "copy": self._copy, "switch": self._switch, "load": self._load}
 
-    def on_request(self, msg: Message) -> None:
+    def on_request(self, msg: Message, now: float, out: list[Action]) -> None:
+        """An ``Op.MIGRATE`` request, dispatched by its phase."""
         phase = get(msg.body, "phase", str)
-        if phase == "copy":
-            self._copy(msg)
-        elif phase == "switch":
-            self._switch(msg)
-        elif phase == "load":
-            self._load(msg)
-        else:
+        handler = self._phases.get(phase)
+        if handler is None:
             raise ProtocolError(f"unknown migration phase {phase!r}")
+        handler(msg, out)
 
     # ------------------------------------------------------------------ source side
-    def _copy(self, msg: Message) -> None:
-        server = self.server
+    def _copy(self, msg: Message, out: list[Action]) -> None:
+        state = self.state
         mid = KeyMap.from_wire(get(msg.body, "keymap", dict))
         plan: list[tuple[int, list[tuple[int, int]]]] = []
         for entry in get(msg.body, "plan", list):
             if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int):
                 raise ProtocolError("a migration plan lists [target, ranges] pairs")
             plan.append((entry[0], ranges_from_wire(entry[1])))
-        server.node.adopt_keymap(mid)  # from now on updates are forwarded to the new holders too
-        reqs: list[Request] = []
-        for target, ranges in plan:
-            for tid, store in server.stores.items():
-                reqs.append(self._send_rows(target, tid, store, ranges))
-        server._when_all(reqs, lambda: server.node.reply(msg, body={"keys": self.sent_keys}))
+        state.adopt_keymap(mid, out)  # from now on updates are forwarded to the new holders too
+        tokens = [self._send_rows(target, tid, store, ranges, out)
+                  for target, ranges in plan for tid, store in state.stores.items()]
+        state.when_all(tokens, [Reply(msg, body={"keys": self.sent_keys})], out)
 
-    def _switch(self, msg: Message) -> None:
+    def _switch(self, msg: Message, out: list[Action]) -> None:
         """Adopt the final map, then answer once every update applied before has reached the
         end of its chain: after that no update of a range that left this server is in flight,
         and every push it applied was acknowledged to its worker (so none is sent again to the
         range's new master, which would apply it twice). Sums handed over must have arrived
         too: the pushes waiting on them are answered then, before this server may stop."""
-        server = self.server
-        server.node.adopt_keymap(KeyMap.from_wire(get(msg.body, "keymap", dict)))
-        server._on_nodes_changed(set())  # hand over unfinished sums, answer held pulls "moved"
-        server._when_all(server.replicating() + list(self._handing), lambda: server.node.reply(msg))
+        state = self.state
+        state.adopt_keymap(KeyMap.from_wire(get(msg.body, "keymap", dict)), out)
+        state.refresh(set(), out)  # hand over unfinished sums, answer held pulls "moved"
+        self._handing = {t for t in self._handing if state.pending(t)}
+        state.when_all(state.replicating() + list(self._handing), [Reply(msg)], out)
 
-    def _send_rows(self, target: int, tid: int, store: Store, ranges: list[tuple[int, int]]) -> Request:
+    def _send_rows(self, target: int, tid: int, store: Store, ranges: list[tuple[int, int]],
+                   out: list[Action]) -> int:
         rows = store.rows_in(ranges)
         names = sorted(store.state)
-        sync = self.server.sync[tid]
+        sync = self.state.sync[tid]
         iters = []
         for worker, ch in sync.channels.items():
             done = min(ch.iters.min(lo, hi) for lo, hi in ranges)
@@ -113,35 +112,34 @@ class Migrations:
         # and which keys the pushes still in flight applied, so that none is applied twice there
         msg = Message(Op.MIGRATE, table=tid, arrays=[rows["keys"], rows["values"], *[rows[n] for n in names],
                                                      *sync.applied_in(ranges)], body=body)
-        return self.server.node.request({target: msg}, f"migration of table {tid} to server {target}")
+        return self.state.call(target, msg, f"migration of table {tid} to server {target}", out)
 
-    def hand_over_pending(self) -> None:
+    def hand_over_pending(self, out: list[Action]) -> None:
         """After a key map change: send the partial sums of unfinished iterations this server
         holds for keys it no longer masters to their new masters."""
-        server = self.server
-        keymap = server.node.keymap
+        state = self.state
+        keymap = state.keymap
         if keymap is None or keymap.epoch == self._epoch:
             return  # the node table changed, not the key map
         self._epoch = keymap.epoch
-        left = not keymap.ranges_of(server.node.id)
-        for tid, sync in server.sync.items():
-            reqs: list[Request] = []
+        left = not state.own.mastering
+        for tid, sync in state.sync.items():
+            tokens: list[int] = []
             for iteration, buffer in list(sync.pending.items()):
                 keys, values = buffer.pull_range(0, KEY_SPACE)
                 if not len(keys):
                     continue
                 owners = keymap.masters(keys)
-                mine = owners == server.node.id
+                mine = owners == state.id
                 if bool(mine.all()):
                     continue
                 for owner in np.unique(owners[~mine]).tolist():
                     pick = owners == owner
-                    req = server.node.request({int(owner): Message(
+                    token = state.call(int(owner), Message(
                         Op.MIGRATE, table=tid, arrays=[keys[pick], values[pick]],
-                        body={"phase": "load", "pending": iteration})}, f"hand-over of table {tid} sums")
-                    self._handing.add(req)
-                    req.add_done_callback(self._handing.discard)
-                    reqs.append(req)
+                        body={"phase": "load", "pending": iteration}), f"hand-over of table {tid} sums", out)
+                    self._handing.add(token)
+                    tokens.append(token)
                 kept = Store(buffer.spec)
                 if bool(mine.any()):
                     kept.push(keys[mine], values[mine])
@@ -153,27 +151,27 @@ class Migrations:
                 # them twice there).
                 waiting = [m for ms in sync.acks.values() for m in ms]
                 sync.acks.clear()
-                server._when_all(reqs, functools.partial(server._reply_all, waiting))
+                state.when_all(tokens, [Reply(m) for m in waiting], out)
 
     # ------------------------------------------------------------------ target side
-    def _load(self, msg: Message) -> None:
-        server = self.server
-        store = server._store(msg)
-        sync = server.sync[msg.table]
+    def _load(self, msg: Message, out: list[Action]) -> None:
+        state = self.state
+        store = state.store_of(msg)
+        sync = state.sync[msg.table]
         pending = msg.body.get("pending")
         if pending is not None:
             if type(pending) is not int or len(msg.arrays) != 2:
                 raise ProtocolError("a hand-over of sums names its iteration and carries keys and values")
             sync.buffer(pending, store).push(msg.arrays[0], msg.arrays[1])
-            server.node.reply(msg)
+            out.append(Reply(msg))
             return
         names = get(msg.body, "state", list)
         if len(msg.arrays) != 2 + len(names) + 4:
             raise ProtocolError("a migration carries keys, values, one array per state and 4 of applied keys")
         keys, values = msg.arrays[0], msg.arrays[1]
-        state = msg.arrays[2:2 + len(names)]
+        arrays = msg.arrays[2:2 + len(names)]
         store.load(np.ascontiguousarray(keys), np.ascontiguousarray(values),
-                   {n: np.ascontiguousarray(a) for n, a in zip(names, state, strict=True)})
+                   {n: np.ascontiguousarray(a) for n, a in zip(names, arrays, strict=True)})
         sync.load_applied([np.ascontiguousarray(a) for a in msg.arrays[2 + len(names):]])
         ranges = ranges_from_wire(get(msg.body, "ranges", list))
         for entry in get(msg.body, "iters", list):
@@ -182,7 +180,7 @@ class Migrations:
             for lo, hi in ranges:
                 ch.iters.advance(lo, hi, done)
         self.loaded_keys += len(keys)
-        server.node.reply(msg)
+        out.append(Reply(msg))
 
     def status(self) -> dict[str, int]:
         return {"sent_keys": self.sent_keys, "loaded_keys": self.loaded_keys}

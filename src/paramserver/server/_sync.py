@@ -32,6 +32,7 @@ Not thread-safe: used on the server's receive thread only.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,7 +171,7 @@ class TableSync:
             ch = self.channels[worker] = Channel()
         return ch
 
-    def slowest(self, lo: int, hi: int, live: set[int]) -> int:
+    def slowest(self, lo: int, hi: int, live: Set[int]) -> int:
         """The smallest iteration finished on ``[lo, hi)`` by the live workers of this table
         (everything, once no worker of the table is left: nobody else can contribute)."""
         times = [ch.iters.min(lo, hi) for w, ch in self.channels.items() if w in live]
@@ -186,7 +187,7 @@ class TableSync:
         ch = self.channels.get(sender)
         return ch is not None and ch.done >= seq
 
-    def ready(self, pull: Message, lo: int, hi: int, live: set[int], policy: Consistency) -> bool:
+    def ready(self, pull: Message, lo: int, hi: int, live: Set[int], policy: Consistency) -> bool:
         """May ``pull`` be answered now (read-your-writes and bounded delay)?"""
         if not self.caught_up(pull.sender, pull.seq):
             return False

@@ -1,0 +1,91 @@
+"""The replica side of chain replication: applying what a master (or an earlier link of
+its chain) applied, passing it on, and answering once the tail has it.
+
+A replicated push is applied with the same exactly-once records as on a master (by request
+id, ``TableSync.fresh``/``note``); an aggregated iteration's sum once per origin
+(``agg_seen``); a clock tick advances the worker's range clock (idempotent). Keys come from
+a master, which checked their order: here only the O(1) checks a store needs to stay sound.
+
+Uses only the public API of :class:`ServerState`. Not thread-safe: the server's receive
+thread only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._errors import ProtocolError
+from ..placement import ranges_from_wire
+from ..protocol import KEY_DTYPE, Message, Op, get
+from ..table import Store
+from ._actions import Action, Reply
+
+if TYPE_CHECKING:
+    from ._state import ServerState
+
+__all__ = ["Replica"]
+
+
+class Replica:
+    """Handles ``Op.REPLICATE`` for the state it belongs to."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def on_request(self, msg: Message, now: float, out: list[Action]) -> None:
+        """Apply what a master applied (or an earlier link of its chain passed on), pass it
+        down the chain, and answer once the tail has it."""
+        state = self.state
+        store = state.store_of(msg)
+        sync = state.sync[msg.table]
+        body = msg.body
+        kind = get(body, "kind", str)
+        worker = get(body, "worker", int)
+        origins = state.origins(msg)
+        chain = get(body, "chain", list)
+        if not all(type(n) is int for n in chain):
+            raise ProtocolError("a replication's chain must list node ids")
+        if kind == "agg":
+            if not sync.agg_duplicate(origins, msg.clock):
+                keys, values = _replica_arrays(msg, store)
+                store.push(keys, values)
+                for o, _ in origins:
+                    sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
+        elif kind == "push":
+            keys, values = _replica_arrays(msg, store)
+            rid = get(body, "rid", int, -1)  # -1: a push outside any channel, never sent again
+            again = get(body, "again", bool, False)
+            fresh = sync.fresh(worker, rid, keys, again) if rid >= 0 else None
+            if fresh is None:
+                store.push(keys, values)
+            elif fresh.any():
+                store.push(keys[fresh], values[fresh])
+            if rid >= 0:
+                sync.note(worker, rid, keys, get(body, "lw", int, 0), again)
+        elif kind == "clock":  # advancing a clock is idempotent: a second copy changes nothing
+            ch = sync.channel(worker)
+            for lo, hi in ranges_from_wire(get(body, "ranges", list)):
+                ch.iters.advance(lo, hi, msg.clock)
+        else:
+            raise ProtocolError(f"unknown replication kind {kind!r}")
+        if not chain:
+            out.append(Reply(msg))
+            return
+        onward = Message(Op.REPLICATE, table=msg.table, clock=msg.clock, arrays=list(msg.arrays),
+                         body=dict(body))  # _send_replica sets its own "chain"
+        state.when_all([state.send_replica(chain, onward, out)], [Reply(msg)], out)
+
+
+def _replica_arrays(msg: Message, store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """The keys and values of a replicated push. Their order was checked by the master
+    (a server): here only what a store needs to stay sound, in O(1)."""
+    if len(msg.arrays) != 2:
+        raise ProtocolError("a replicated push carries 2 arrays (keys, values)")
+    keys, values = msg.arrays
+    if keys.dtype != KEY_DTYPE or keys.ndim != 1:
+        raise ProtocolError("a replicated push has keys that are not a 1-D uint64 array")
+    if values.dtype != store.dtype or values.shape != (len(keys), store.width):
+        raise ProtocolError("a replicated push has values of the wrong dtype or shape")
+    return keys, values
