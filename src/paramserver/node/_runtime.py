@@ -343,10 +343,10 @@ class Node:
             if not msg.values_at:
                 msg.values_at = value_indices(msg)
             for c in sorted(msg.codecs, key=lambda c: c.rank):
-                before = msg.nbytes()
-                if c.encode(peer, msg):
-                    msg.filters = (*msg.filters, c.wire_name)
-                    self._count_filter(msg.table, "sent", c.wire_name, before, msg.nbytes())
+                out = c.encode(peer, msg)
+                if out is not msg:
+                    self._count_filter(msg.table, "sent", c.wire_name, msg.nbytes(), out.nbytes())
+                    msg = out
         return encode(msg)
 
     def _count_filter(self, table: int, direction: str, name: str, before: int, after: int) -> None:
@@ -362,19 +362,20 @@ class Node:
             enc = self._encoders[name] = codec(name)
         return enc
 
-    def _decode_filters(self, msg: Message) -> None:
+    def _decode_filters(self, msg: Message) -> Message:
         for name in reversed(msg.filters):
             dec = self._decoders.get(name)
             if dec is None:
                 dec = self._decoders[name] = codec(name)
             before = msg.nbytes()
             try:
-                dec.decode(msg.sender, msg)
+                msg = dec.decode(msg.sender, msg)
             except ProtocolError:
                 raise
             except Exception as exc:  # hostile metadata must get an answer, not stop the thread
                 raise ProtocolError(f"{name}: cannot decode: {exc!r}") from None
             self._count_filter(msg.table, "received", name, msg.nbytes(), before)
+        return msg
 
     def _send_frames(self, node: int, frames: list[Any], table: int) -> int:
         """Send encoded ``frames`` to ``node`` and count them; return the bytes sent."""
@@ -504,10 +505,9 @@ class Node:
                     prepare(peer, msg)
                 keeper = pending if reroute is not None else None  # keeps the part for reroutes
                 repairable = any(getattr(c, "repairable", False) for c in msg.codecs)
-                # One snapshot as the part left, before filters rewrite it, shared by reroutes
-                # and repairs: neither mutates it (a repair encodes a copy of it).
-                snapshot = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
-                            if msg.codecs and (keeper is not None or repairable) else msg)
+                # The part as it left (filters return new messages), shared by reroutes and
+                # repairs: neither mutates it.
+                snapshot = msg
                 if keeper is not None:
                     with self._lock:
                         keeper.sent[peer] = snapshot
@@ -813,7 +813,7 @@ class Node:
             log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
         if msg.filters:
             try:
-                self._decode_filters(msg)
+                msg = self._decode_filters(msg)
             except KeysMissing as exc:
                 if not msg.response:
                     self.reply(msg, status=Status.RESEND_KEYS, body={"message": str(exc), "ksig": exc.sig})
@@ -890,7 +890,7 @@ class Node:
             return
         for c in d.codecs:
             c.forget(peer, sig)
-        msg = dataclasses.replace(d.original, arrays=list(d.original.arrays), body=dict(d.original.body))
+        msg = d.original
         frames = self._frames(peer, msg)
         with self._lock:
             self.counters["key_repairs"] += 1
