@@ -214,7 +214,7 @@ def codec_times(quick: bool) -> dict[str, dict[str, float]]:
     for kind, msg in kinds().items():
         out[kind] = {}
         for name, (enc, dec) in codecs.items():
-            def once(enc: Any = enc, dec: Any = dec) -> None:
+            def once(enc: Any = enc, dec: Any = dec, msg: Message = msg) -> None:
                 frames = enc(msg)
                 dec([f if isinstance(f, bytes) else memoryview(f).tobytes() for f in frames])
             check = dec([memoryview(f).tobytes() for f in enc(msg)])

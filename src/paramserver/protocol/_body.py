@@ -4,7 +4,7 @@ A body class is a slotted, keyword-only dataclass deriving from :class:`Body`; i
 the body's wire fields, under the same names, and their annotations say what each may hold:
 ``int`` (never ``bool``), ``float`` (an ``int`` is taken), ``str``, ``bool``, ``list[X]``,
 ``dict[str, Any]``, ``Any``, and ``X | None``. A field without a default is required. A field
-declared with :func:`optional` is left out of the wire form while it holds its default (its
+declared with ``metadata=OMIT`` is left out of the wire form while it holds its default (its
 receivers read a missing field as the default).
 
 :meth:`Body.from_wire` checks every field it knows (unknown fields are ignored: filters keep
@@ -26,19 +26,14 @@ from typing import Any, ClassVar, TypeVar
 
 from .._errors import ProtocolError
 
-__all__ = ["Body", "optional"]
+__all__ = ["OMIT", "Body"]
 
 B = TypeVar("B", bound="Body")
 _Check = Callable[[Any, str], Any]
 _OMIT = "omit_default"
-
-
-def optional(default: Any = None) -> Any:
-    """A field left out of the wire form while it holds ``default`` (a list default is
-    copied per instance)."""
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=list, metadata={_OMIT: True})
-    return dataclasses.field(default=default, metadata={_OMIT: True})
+#: Field metadata: leave the field out of the wire form while it holds its default
+#: (``field(default=None, metadata=OMIT)``).
+OMIT: dict[str, bool] = {_OMIT: True}
 
 
 def _describe(tp: Any) -> str:
@@ -86,7 +81,7 @@ def _checker(tp: Any) -> _Check:
         return check_opt
     if origin is list:
         elem = args[0] if args else Any
-        want = f"a list of {_describe(elem)}"
+        want = "list" if elem is Any else f"list of {_describe(elem)}"
         if elem is Any:
             def check_list_any(v: Any, n: str) -> Any:
                 if type(v) is not list:
@@ -109,7 +104,7 @@ def _checker(tp: Any) -> _Check:
     if origin is dict or tp is dict:
         def check_dict(v: Any, n: str) -> Any:
             if type(v) is not dict:
-                raise _fail(n, "a map", v)
+                raise _fail(n, "dict", v)
             return v
         return check_dict
     raise TypeError(f"unsupported body annotation {tp!r}")

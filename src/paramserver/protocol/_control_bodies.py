@@ -8,10 +8,10 @@ table spec ``TableSpec.to_wire()``, a consistency policy ``Consistency.to_wire()
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ._body import Body, optional
+from ._body import OMIT, Body
 
 __all__ = [
     "Barrier", "Bye", "ClusterStatus", "Drain", "DrainReply", "ErrorReply", "Heartbeat", "Moved", "Nodes", "Ping",
@@ -28,7 +28,7 @@ class RegisterRequest(Body):
     address: str
     host: str = ""
     pid: int = 0
-    rank: int = optional(-1)
+    rank: int = field(default=-1, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -38,7 +38,7 @@ class Nodes(Body):
 
     nodes: list[list[Any]]
     keymap: dict[str, Any] | None = None
-    dead: list[int] = optional([])
+    dead: list[int] = field(default_factory=list, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,9 +47,9 @@ class RegisterReply(Nodes):
     worker rank, the number of workers and the tables made so far (``[[id, spec, policy]...]``)."""
 
     id: int
-    rank: int | None = optional(None)
-    num_workers: int | None = optional(None)
-    tables: list[list[Any]] | None = optional(None)
+    rank: int | None = field(default=None, metadata=OMIT)
+    num_workers: int | None = field(default=None, metadata=OMIT)
+    tables: list[list[Any]] | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -135,10 +135,10 @@ class TaskRequest(Body):
     gives ``done`` back unfinished instead."""
 
     set: str
-    shards: list[Any] | None = optional(None)
-    epochs: int = optional(1)
+    shards: list[Any] | None = field(default=None, metadata=OMIT)
+    epochs: int = field(default=1, metadata=OMIT)
     done: int | None = None
-    release: bool = optional(False)
+    release: bool = field(default=False, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -148,9 +148,9 @@ class TaskReply(Body):
 
     state: str
     progress: dict[str, Any]
-    task: int | None = optional(None)
-    shard: int | None = optional(None)
-    epoch: int | None = optional(None)
+    task: int | None = field(default=None, metadata=OMIT)
+    shard: int | None = field(default=None, metadata=OMIT)
+    epoch: int | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

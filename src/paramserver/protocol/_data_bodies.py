@@ -9,11 +9,11 @@ REPLICATE and MIGRATE bodies come in kinds told apart by a tag field (``kind``, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .._errors import ProtocolError
-from ._body import Body, optional
+from ._body import OMIT, Body
 
 __all__ = [
     "CheckpointReply", "CheckpointRequest", "ClockBody", "MigrateCopy", "MigrateCopyReply", "MigrateLoad",
@@ -32,9 +32,9 @@ class PushBody(Body):
     """PUSH, worker -> server: ``rid`` the request id (the push's timestamp when left out),
     ``lw`` the worker's low-water mark, ``origins`` the masters a forwarded push came through."""
 
-    rid: int | None = optional(None)
-    lw: int = optional(0)
-    origins: list[list[int]] = optional([])
+    rid: int | None = field(default=None, metadata=OMIT)
+    lw: int = field(default=0, metadata=OMIT)
+    origins: list[list[int]] = field(default_factory=list, metadata=OMIT)
 
     def __post_init__(self) -> None:
         _pairs(self.origins, "origins")
@@ -45,15 +45,15 @@ class PullBody(Body):
     """PULL, worker -> server: wire filters for the reply's values, and a per-call
     consistency model (``Consistency.to_wire()``; None: the table's)."""
 
-    reply_filters: list[str] = optional([])
-    consistency: dict[str, Any] | None = optional(None)
+    reply_filters: list[str] = field(default_factory=list, metadata=OMIT)
+    consistency: dict[str, Any] | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
 class PullRangeBody(PullBody):
     """PULL_RANGE, worker -> server: the ranges to read (None: the header's key range)."""
 
-    ranges: list[list[int]] | None = optional(None)
+    ranges: list[list[int]] | None = field(default=None, metadata=OMIT)
 
     def __post_init__(self) -> None:
         if self.ranges is not None:
@@ -64,7 +64,7 @@ class PullRangeBody(PullBody):
 class ClockBody(Body):
     """CLOCK, worker -> server (the iteration and range are in the header)."""
 
-    origins: list[list[int]] = optional([])
+    origins: list[list[int]] = field(default_factory=list, metadata=OMIT)
 
     def __post_init__(self) -> None:
         _pairs(self.origins, "origins")
@@ -86,9 +86,9 @@ class ReplicatePush(_Replicate):
     ``again`` identify it in the worker's channel (``rid`` -1: outside any channel)."""
 
     TAG: ClassVar[tuple[str, str] | None] = ("kind", "push")
-    rid: int = optional(-1)
-    lw: int = optional(0)
-    again: bool = optional(False)
+    rid: int = field(default=-1, metadata=OMIT)
+    lw: int = field(default=0, metadata=OMIT)
+    again: bool = field(default=False, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -207,7 +207,7 @@ class CheckpointRequest(Body):
     path: str
     iteration: int
     timeout: float | None = None
-    seqs: list[list[int]] = optional([])
+    seqs: list[list[int]] = field(default_factory=list, metadata=OMIT)
 
     def __post_init__(self) -> None:
         _pairs(self.seqs, "seqs")
