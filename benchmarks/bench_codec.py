@@ -10,12 +10,18 @@ array), a 1000-key push and a 1 MiB push (1024 keys of 1 KiB). For each, the tim
   Python, one frame per array (a copy of the codec as it was, kept here as the baseline);
 * ``msgspec15``: the same layout, packed and unpacked by msgspec with the field types and
   integer bounds declared on an array-like ``msgspec.Struct`` (checked in C);
-* ``struct``: ``paramserver.protocol`` as it is: a fixed ``struct`` header, msgpack only for
-  filters and body, small arrays packed into frame 0.
+* ``struct+msgspec``: ``paramserver.protocol`` as it is: a fixed ``struct`` header and array
+  descriptors, msgpack (by msgspec, typed) only for filters and body, small arrays packed
+  into frame 0;
+* ``struct+msgpack``: the same with filters and body packed by msgpack and checked in Python.
+
+Large arrays are handed to the decoder as memoryviews (a transport receives them into its own
+buffers), small frames as bytes.
 
 Then raw pyzmq over a DEALER -> ROUTER pair on 127.0.0.1 (one process, TCP): a 1-key push as
-one frame (``struct``) against three frames (``msgpack15``), synchronous round trips (a 1-byte
-reply) and 2000 messages pipelined (sent, then received).
+one frame (``struct+msgspec``) against three frames (``msgpack15``), synchronous round trips
+(a 1-byte reply) and 2000 messages pipelined (sent, then received). Every figure is the
+minimum over interleaved rounds.
 
 Writes benchmarks/results/codec.json.
 """
@@ -35,7 +41,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import timed, write
 from paramserver import ProtocolError
-from paramserver.protocol import ALLOWED_DTYPES, Message, Op, Status, decode, encode
+from paramserver.protocol import ALLOWED_DTYPES, Message, Op, Status, _codec, decode, encode
 
 try:
     import msgspec
@@ -71,7 +77,7 @@ def v1_encode(msg: Message) -> list[Any]:
 
 def _v1_rest(frames: Sequence[Any], op: int, sender: int, ts: int, flags: int, table: int, epoch: int, clock: int,
              seq: int, rng: Any, status: int, filters: list[str], descr: list[Any], body: dict[str, Any],
-             checked: bool) -> Message:
+             checked: bool) -> Message:  # checked: msgspec15, which also builds arrays the faster way
     """The checks msgpack15 and msgspec15 share (msgspec15 has typed and bounded the integers)."""
     op_v, status_v = _OPS.get(op), _STATUSES.get(status)
     if op_v is None or status_v is None:
@@ -114,7 +120,10 @@ def _v1_rest(frames: Sequence[Any], op: int, sender: int, ts: int, flags: int, t
             count *= _int(dim, f"arrays[{i}].shape", 0, _I63)
         if count * dtype.itemsize != memoryview(f).nbytes:
             raise ProtocolError("frame length")
-        arrays.append(np.frombuffer(f, dtype=dtype).reshape(d[1]))
+        if checked:
+            arrays.append(np.ndarray(tuple(d[1]), dtype, memoryview(f).toreadonly()))
+        else:
+            arrays.append(np.frombuffer(f, dtype=dtype).reshape(d[1]))
     return Message(op_v, sender, ts, bool(flags), table, epoch, clock, seq, key_range, status_v, tuple(filters), body,
                    arrays)
 
@@ -205,25 +214,65 @@ def kinds() -> dict[str, Message]:
     }
 
 
-def codec_times(quick: bool) -> dict[str, dict[str, float]]:
+def _msgpack_tail(filters: tuple[str, ...], body: dict[str, Any]) -> bytes:
+    try:
+        return bytes(msgpack.packb([filters, body], use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode the message body: {exc}") from exc
+
+
+def _msgpack_untail(tail: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    try:
+        t = msgpack.unpackb(tail, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:
+        raise ProtocolError(f"header field 'tail' is not valid msgpack: {exc}") from None
+    if type(t) is not list or len(t) != 2:
+        raise ProtocolError("tail")
+    filters, body = t
+    if type(filters) is not list or len(filters) > 16 or type(body) is not dict:
+        raise ProtocolError("tail")
+    for name in filters:
+        if type(name) is not str or not 0 < len(name) <= 64:
+            raise ProtocolError("filters")
+    return tuple(filters), body
+
+
+def _with_msgpack_tail(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run with the struct codec's tail packed and checked by msgpack and Python instead."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        saved = _codec.pack_tail, _codec.unpack_tail
+        _codec.pack_tail, _codec.unpack_tail = _msgpack_tail, _msgpack_untail  # type: ignore[assignment]
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _codec.pack_tail, _codec.unpack_tail = saved  # type: ignore[assignment]
+    return run
+
+
+def _received(frames: list[Any]) -> list[Any]:
+    """Frames as a transport hands them over: small ones copied, large ones not."""
+    return [f if isinstance(f, bytes) else memoryview(f) for f in frames]
+
+
+def codec_times(quick: bool, rounds: int) -> dict[str, dict[str, float]]:
     codecs: dict[str, tuple[Callable[[Message], list[Any]], Callable[[Sequence[Any]], Message]]] = {
-        "msgpack15": (v1_encode, v1_decode), "struct": (encode, decode)}
+        "msgpack15": (v1_encode, v1_decode), "struct+msgpack": (encode, decode), "struct+msgspec": (encode, decode)}
     if msgspec is not None:
         codecs["msgspec15"] = (ms_encode, ms_decode)
-    out: dict[str, dict[str, float]] = {}
-    for kind, msg in kinds().items():
-        out[kind] = {}
-        for name, (enc, dec) in codecs.items():
-            def once(enc: Any = enc, dec: Any = dec, msg: Message = msg) -> None:
-                frames = enc(msg)
-                dec([f if isinstance(f, bytes) else memoryview(f).tobytes() for f in frames])
-            check = dec([memoryview(f).tobytes() for f in enc(msg)])
-            assert check.ts == msg.ts and len(check.arrays) == len(msg.arrays)
-            out[kind][name] = min(timed(once, min_time=0.2 if quick else 1.0) for _ in range(3)) * 1e6
+    out: dict[str, dict[str, float]] = {kind: {name: float("inf") for name in codecs} for kind in kinds()}
+    for _ in range(rounds):  # interleaved, the minimum of each kept
+        for kind, msg in kinds().items():
+            for name, (enc, dec) in codecs.items():
+                def once(enc: Any = enc, dec: Any = dec, msg: Message = msg) -> None:
+                    dec(_received(enc(msg)))
+                check = dec(_received(enc(msg)))
+                assert check.ts == msg.ts and len(check.arrays) == len(msg.arrays) and check.body == msg.body
+                run = _with_msgpack_tail(timed) if name == "struct+msgpack" else timed
+                out[kind][name] = min(out[kind][name], run(once, min_time=0.1 if quick else 0.3) * 1e6)
     return out
 
 
-def zmq_frames(quick: bool) -> dict[str, float]:
+def zmq_frames(quick: bool, rounds: int) -> dict[str, float]:
     msg = kinds()["push_1key"]
     variants = {"1 frame": [memoryview(f).tobytes() for f in encode(msg)],
                 "3 frames": [memoryview(f).tobytes() for f in v1_encode(msg)]}
@@ -241,22 +290,23 @@ def zmq_frames(quick: bool) -> dict[str, float]:
         dealer.send(b"hello")
         router.recv_multipart()
         n = 500 if quick else 2000
-        for name, frames in variants.items():
-            def sync(frames: list[bytes] = frames) -> None:
-                dealer.send_multipart(frames)
-                ident = router.recv_multipart(copy=False)[0]
-                router.send_multipart([ident, b"k"])
-                dealer.recv(copy=False)
-
-            def pipelined(frames: list[bytes] = frames) -> None:
-                for _ in range(n):
+        for _ in range(rounds):  # interleaved: this machine's speed drifts
+            for name, frames in variants.items():
+                def sync(frames: list[bytes] = frames) -> None:
                     dealer.send_multipart(frames)
-                for _ in range(n):
-                    router.recv_multipart(copy=False)
+                    ident = router.recv_multipart(copy=False)[0]
+                    router.send_multipart([ident, b"k"])
+                    dealer.recv(copy=False)
 
-            out[f"{name} sync round trip"] = min(timed(sync, min_time=0.3 if quick else 1.0) for _ in range(3)) * 1e6
-            out[f"{name} pipelined"] = min(timed(pipelined, min_time=0.3 if quick else 1.0)
-                                           for _ in range(3)) / n * 1e6
+                def pipelined(frames: list[bytes] = frames) -> None:
+                    for _ in range(n):
+                        dealer.send_multipart(frames)
+                    for _ in range(n):
+                        router.recv_multipart(copy=False)
+
+                for key, fn, per in ((f"{name} sync round trip", sync, 1), (f"{name} pipelined", pipelined, n)):
+                    t = timed(fn, min_time=0.1 if quick else 0.3) / per * 1e6
+                    out[key] = min(out.get(key, float("inf")), t)
     finally:
         router.close(0)
         dealer.close(0)
@@ -267,13 +317,14 @@ def zmq_frames(quick: bool) -> dict[str, float]:
 def main() -> None:
     quick = "--quick" in sys.argv
     t0 = time.perf_counter()
-    codec = codec_times(quick)
+    rounds = 3 if quick else 7
+    codec = codec_times(quick, rounds)
     names = list(next(iter(codec.values())))
-    print("encode+decode per message, us (min of 3 runs):")
-    print(f"  {'message':18s}" + "".join(f"{n:>12s}" for n in names))
+    print(f"encode+decode per message, us (min of {rounds} interleaved runs):")
+    print(f"  {'message':18s}" + "".join(f"{n:>16s}" for n in names))
     for kind, row in codec.items():
-        print(f"  {kind:18s}" + "".join(f"{row[n]:12.2f}" for n in names))
-    frames = zmq_frames(quick)
+        print(f"  {kind:18s}" + "".join(f"{row[n]:16.2f}" for n in names))
+    frames = zmq_frames(quick, rounds)
     print("raw pyzmq DEALER -> ROUTER on 127.0.0.1, a 1-key push, us per message:")
     for name, v in frames.items():
         print(f"  {name:28s} {v:8.2f}")

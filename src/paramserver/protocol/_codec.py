@@ -10,7 +10,7 @@ Frame 0 is, in this order:
    (an index into :data:`WIRE_DTYPES`), number of dimensions (0..2), inline flag, two
    dimensions (unused ones 0);
 3. the tail, present only when the message has filters or a body: the msgpack array
-   ``[filters, body]``;
+   ``[filters, body]`` (packed and checked by msgspec);
 4. the bytes of the inline arrays, each starting at the next multiple of 8 bytes from the
    start of the frame (zero-sized arrays take no room).
 
@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
-import msgpack
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 from .._errors import ProtocolError
 from ..transport import COPY_THRESHOLD
@@ -67,7 +68,13 @@ _CODES = {s: i for i, s in enumerate(WIRE_DTYPES)}
 _DTYPES = tuple(np.dtype(s) for s in WIRE_DTYPES)
 _FIXED_SIZE = FIXED.size
 _DESCR_SIZE = DESCRIPTOR.size
-_PACK = msgpack.Packer(use_bin_type=True, autoreset=True)
+#: The tail: filter names, then the body (a map with str keys), typed so that msgspec checks
+#: it in C while it decodes.
+_Tail = tuple[Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=MAX_FILTERS)],
+              dict[str, Any]]
+_TAIL_FIELDS = {"`$[0]": "filters", "`$[1]": "body"}  # where msgspec says the error is
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(_Tail)
 _PADS = tuple(bytes(n) for n in range(8))
 _EMPTY: tuple[str, ...] = ()
 
@@ -92,6 +99,16 @@ def _check_int(value: Any, name: str, lo: int, hi: int) -> None:
         raise ProtocolError(f"header field {name!r}={value} is out of bounds [{lo}, {hi})")
 
 
+def _heads(n: int) -> struct.Struct:
+    """The fixed header followed by ``n`` descriptors, as one struct."""
+    return struct.Struct(FIXED.format + DESCRIPTOR.format[1:] * n)
+
+
+_HEADS = tuple(_heads(n) for n in range(MAX_ARRAYS + 1))
+_DESCRS = tuple(struct.Struct("<" + DESCRIPTOR.format[1:] * n) for n in range(MAX_ARRAYS + 1))
+_CODE_OF = {np.dtype(s): i for i, s in enumerate(WIRE_DTYPES)}  # native little-endian dtypes
+
+
 def encode(msg: Message) -> list[Any]:
     """Frames for ``msg``: frame 0 (header and inline arrays), then the large arrays themselves
     (no copy).
@@ -103,55 +120,57 @@ def encode(msg: Message) -> list[Any]:
         than two dimensions, or the body cannot be packed.
     """
     arrays = msg.arrays
-    if len(arrays) > MAX_ARRAYS:
-        raise ProtocolError(f"a message carries at most {MAX_ARRAYS} arrays, not {len(arrays)}")
-    if len(msg.filters) > MAX_FILTERS:
+    n = len(arrays)
+    if n > MAX_ARRAYS:
+        raise ProtocolError(f"a message carries at most {MAX_ARRAYS} arrays, not {n}")
+    filters, body = msg.filters, msg.body
+    if len(filters) > MAX_FILTERS:
         raise ProtocolError(f"header field 'filters' holds at most {MAX_FILTERS} names")
-    descr: list[bytes] = []
-    inline: list[np.ndarray] = []
+    tail = pack_tail(filters, body) if filters or body else b""
+    rng = msg.key_range
+    values: list[Any] = [PROTOCOL_VERSION, int(msg.op), msg.sender, msg.ts, 1 if msg.response else 0, msg.table,
+                         msg.epoch, msg.clock, msg.seq, int(msg.status), 0 if rng is None else 1,
+                         0 if rng is None else rng[0], 0 if rng is None else rng[1] - 1, n, len(tail)]
+    if (msg.sender < -1 or msg.ts < 0 or msg.table < -1 or msg.epoch < 0 or msg.seq < 0
+            or (rng is not None and rng[1] <= rng[0])):
+        _check_fields(tuple(values))
     frames: list[Any] = [b""]
+    inline: list[np.ndarray] = []
     budget = INLINE_BYTES
     for a in arrays:
-        a = _wire_array(a)
-        code = _CODES.get(a.dtype.str)
-        if code is None:
-            raise ProtocolError(f"dtype {a.dtype} cannot be sent; allowed: {sorted(ALLOWED_DTYPES)}")
+        code = _CODE_OF.get(a.dtype)
+        if code is None or not a.flags.c_contiguous:
+            a = _wire_array(a)
+            code = _CODES.get(a.dtype.str)
+            if code is None:
+                raise ProtocolError(f"dtype {a.dtype} cannot be sent; allowed: {sorted(ALLOWED_DTYPES)}")
         shape = a.shape
         ndim = len(shape)
-        if ndim > MAX_NDIM:
-            raise ProtocolError(f"arrays of {ndim} dimensions cannot be sent (at most {MAX_NDIM})")
         size = a.nbytes
-        here = size < budget
-        if here:
+        if ndim == 1:
+            values += (code, 1, size < budget, shape[0], 0)
+        elif ndim == 2:
+            values += (code, 2, size < budget, shape[0], shape[1])
+        elif ndim == 0:
+            values += (code, 0, size < budget, 0, 0)
+        else:
+            raise ProtocolError(f"arrays of {ndim} dimensions cannot be sent (at most {MAX_NDIM})")
+        if size < budget:
             budget -= size + 8
             if size:
                 inline.append(a)
         else:
             frames.append(a)
-        descr.append(DESCRIPTOR.pack(code, ndim, here, shape[0] if ndim else 0, shape[1] if ndim == 2 else 0))
-    tail = b""
-    if msg.filters or msg.body:
-        try:
-            tail = _PACK.pack([msg.filters, msg.body])
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ProtocolError(f"cannot encode the message body: {exc}") from exc
-    rng = msg.key_range
-    fields = (PROTOCOL_VERSION, int(msg.op), msg.sender, msg.ts, 1 if msg.response else 0, msg.table, msg.epoch,
-              msg.clock, msg.seq, int(msg.status), 0 if rng is None else 1, 0 if rng is None else rng[0],
-              0 if rng is None else rng[1] - 1, len(arrays), len(tail))
-    if (msg.sender < -1 or msg.ts < 0 or msg.table < -1 or msg.epoch < 0 or msg.seq < 0
-            or (rng is not None and rng[1] <= rng[0])):
-        _check_fields(fields)
     try:
-        head = FIXED.pack(*fields)
+        head = _HEADS[n].pack(*values)
     except struct.error as exc:
-        _check_fields(fields)
+        _check_fields(tuple(values))
         raise ProtocolError(f"cannot encode message header: {exc}") from None
     if not inline:
-        frames[0] = b"".join((head, *descr, tail))
+        frames[0] = head + tail if tail else head
         return frames
-    parts: list[Any] = [head, *descr, tail]
-    pos = _FIXED_SIZE + _DESCR_SIZE * len(descr) + len(tail)
+    parts: list[Any] = [head, tail]
+    pos = len(head) + len(tail)
     for a in inline:
         pad = -pos & 7
         parts.append(_PADS[pad])
@@ -194,25 +213,36 @@ def decode_header(raw: Any) -> tuple[tuple[Any, ...], int]:
     return fields, fields[13]
 
 
-def _tail(raw: Any, start: int, length: int) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """Unpack and check ``[filters, body]``."""
-    if length > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header field 'tail' of {length} bytes exceeds {MAX_HEADER_BYTES}")
+def pack_tail(filters: tuple[str, ...], body: dict[str, Any]) -> bytes:
+    """The tail of frame 0: msgpack ``[filters, body]``.
+
+    Raises
+    ------
+    ProtocolError
+        The body holds something msgpack cannot carry.
+    """
     try:
-        tail = msgpack.unpackb(memoryview(raw)[start:start + length], raw=False, use_list=True,
-                               strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        return _ENCODER.encode((filters, body))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise ProtocolError(f"cannot encode the message body: {exc}") from None
+
+
+def unpack_tail(tail: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Unpack and check the tail ``[filters, body]`` (a buffer of exactly its bytes).
+
+    Raises
+    ------
+    ProtocolError
+        It is not msgpack, or not a list of at most 16 names of 1..64 characters followed by
+        a map with str keys.
+    """
+    try:
+        filters, body = _DECODER.decode(tail)
+    except msgspec.ValidationError as exc:
+        name = next((v for k, v in _TAIL_FIELDS.items() if k in str(exc)), "tail")
+        raise ProtocolError(f"header field {name!r} is malformed: {exc}") from None
+    except Exception as exc:  # msgspec.DecodeError and anything else garbage may raise
         raise ProtocolError(f"header field 'tail' is not valid msgpack: {exc}") from None
-    if type(tail) is not list or len(tail) != 2:
-        raise ProtocolError("header field 'tail' must be the msgpack array [filters, body]")
-    filters, body = tail
-    if type(filters) is not list or len(filters) > MAX_FILTERS:
-        raise ProtocolError(f"header field 'filters' must be a list of at most {MAX_FILTERS}")
-    for name in filters:
-        if type(name) is not str or not 0 < len(name) <= 64:
-            raise ProtocolError("header field 'filters' must hold names of 1..64 characters")
-    if type(body) is not dict:
-        raise ProtocolError("header field 'body' must be a map")
     return tuple(filters), body
 
 
@@ -229,8 +259,17 @@ def decode(frames: Sequence[Any]) -> Message:
     raw = frames[0]
     if hasattr(raw, "buffer"):
         raw = raw.buffer
-    fields, n_arrays = decode_header(raw)
-    (_, op, sender, ts, flags, table, epoch, clock, seq, status, has_range, lo, last, _, tail_len) = fields
+    view = memoryview(raw)
+    if not view.readonly:
+        view = view.toreadonly()  # the arrays are views of it: read-only
+    size = view.nbytes
+    if size < _FIXED_SIZE:
+        raise ProtocolError(f"frame 0 of {size} bytes is shorter than the {_FIXED_SIZE}-byte fixed header")
+    fields = FIXED.unpack_from(view)
+    (version, op, sender, ts, flags, table, epoch, clock, seq, status, has_range, lo, last, n_arrays,
+     tail_len) = fields
+    if version != PROTOCOL_VERSION:
+        decode_header(view)  # raises, naming the version
     op_v = _OPS.get(op)
     if op_v is None:
         raise ProtocolError(f"unknown op {op!r}")
@@ -250,65 +289,75 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ProtocolError(f"header field 'range' is malformed: has_range={has_range}, lo={lo}, last={last}")
     if n_arrays > MAX_ARRAYS:
         raise ProtocolError(f"header field 'arrays' counts {n_arrays} arrays (at most {MAX_ARRAYS})")
-    size = memoryview(raw).nbytes
+    if tail_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header field 'tail' of {tail_len} bytes exceeds {MAX_HEADER_BYTES}")
     pos = _FIXED_SIZE + _DESCR_SIZE * n_arrays
     if pos + tail_len > size:
         raise ProtocolError(f"frame 0 of {size} bytes is shorter than its header ({pos + tail_len} bytes)")
-    arrays: list[np.ndarray] = []
-    specs = []
-    extra = 1
-    for i in range(n_arrays):
-        code, ndim, here, d0, d1 = DESCRIPTOR.unpack_from(raw, _FIXED_SIZE + _DESCR_SIZE * i)
-        if code >= len(_DTYPES):
-            raise ProtocolError(f"array {i}: dtype code {code} is not allowed on the wire")
-        if ndim > MAX_NDIM:
-            raise ProtocolError(f"array {i}: {ndim} dimensions (at most {MAX_NDIM})")
-        if here > 1:
-            raise ProtocolError(f"array {i}: inline flag {here} is not 0 or 1")
-        if (ndim < 2 and d1) or (ndim < 1 and d0):
-            raise ProtocolError(f"array {i}: unused dimensions must be 0")
-        if d0 >= _I63 or d1 >= _I63:
-            raise ProtocolError(f"array {i}: a dimension is out of bounds [0, {_I63})")
-        specs.append((_DTYPES[code], (d0, d1)[:ndim], here))
-        if not here:
-            extra += 1
-    if extra != len(frames):
-        raise ProtocolError(f"header describes {extra - 1} arrays but {len(frames) - 1} frames follow "
-                            f"(besides {n_arrays - extra + 1} inline in frame 0)")
-    filters, body = _tail(raw, pos, tail_len) if tail_len else (_EMPTY, {})
+    filters, body = unpack_tail(view[pos:pos + tail_len]) if tail_len else (_EMPTY, {})
     pos += tail_len
-    j = 1
-    for i, (dtype, shape, here) in enumerate(specs):
-        count = 1
-        for dim in shape:
-            count *= dim
-        nbytes = count * dtype.itemsize
-        if here:
-            if nbytes:
-                pos += -pos & 7
-                if pos + nbytes > size:
-                    raise ProtocolError(f"array {i}: shape {shape} of {dtype} needs {nbytes} bytes at offset "
-                                        f"{pos} but frame 0 has {size}")
-                a = np.frombuffer(raw, dtype=dtype, count=count, offset=pos)
-                pos += nbytes
+    arrays: list[np.ndarray] = []
+    if n_arrays:
+        descr = _DESCRS[n_arrays].unpack_from(view, _FIXED_SIZE)
+        j = 1
+        for i in range(n_arrays):
+            code, ndim, here, d0, d1 = descr[5 * i:5 * i + 5]
+            if code >= len(_DTYPES):
+                raise ProtocolError(f"array {i}: dtype code {code} is not allowed on the wire")
+            if ndim == 1 and not d1:
+                shape: tuple[int, ...] = (d0,)
+            elif ndim == 2:
+                shape = (d0, d1)
+            elif ndim == 0 and not d0 and not d1:
+                shape = ()
+            elif ndim > MAX_NDIM:
+                raise ProtocolError(f"array {i}: {ndim} dimensions (at most {MAX_NDIM})")
             else:
-                a = np.empty(0, dtype=dtype)
-        else:
-            buf = frames[j]
-            if hasattr(buf, "buffer"):
-                buf = buf.buffer
-            j += 1
-            got = memoryview(buf).nbytes
-            if nbytes != got:
-                raise ProtocolError(f"array {i}: shape {shape} of {dtype} needs {nbytes} bytes but its frame "
-                                    f"has {got}")
-            a = np.frombuffer(buf, dtype=dtype)
-        if len(shape) != 1:
-            a = a.reshape(shape)
-        if a.flags.writeable:
-            a.flags.writeable = False
-        arrays.append(a)
+                raise ProtocolError(f"array {i}: unused dimensions must be 0")
+            if d0 >= _I63 or d1 >= _I63:
+                raise ProtocolError(f"array {i}: a dimension is out of bounds [0, {_I63})")
+            dtype = _DTYPES[code]
+            nbytes = (d0 if ndim else 1) * (d1 if ndim == 2 else 1) * dtype.itemsize
+            if here == 1:
+                if nbytes:
+                    pos += -pos & 7
+                    if pos + nbytes > size:
+                        raise ProtocolError(f"array {i}: shape {shape} of {dtype} needs {nbytes} bytes at offset "
+                                            f"{pos} but frame 0 has {size}")
+                    arrays.append(np.ndarray(shape, dtype, view, pos))
+                    pos += nbytes
+                else:
+                    a = np.empty(shape, dtype)
+                    a.flags.writeable = False
+                    arrays.append(a)
+            elif here == 0:
+                if j >= len(frames):
+                    _count_frames(frames, descr, n_arrays)
+                buf = frames[j]
+                if hasattr(buf, "buffer"):
+                    buf = buf.buffer
+                j += 1
+                mv = memoryview(buf)
+                if not mv.readonly:
+                    mv = mv.toreadonly()
+                if nbytes != mv.nbytes:
+                    raise ProtocolError(f"array {i}: shape {shape} of {dtype} needs {nbytes} bytes but its frame "
+                                        f"has {mv.nbytes}")
+                arrays.append(np.ndarray(shape, dtype, mv))
+            else:
+                raise ProtocolError(f"array {i}: inline flag {here} is not 0 or 1")
+        if j != len(frames):
+            _count_frames(frames, descr, n_arrays)
+    elif len(frames) != 1:
+        _count_frames(frames, (), 0)
     if pos != size:
         raise ProtocolError(f"frame 0 has {size} bytes but its header and inline arrays take {pos}")
     return Message(op_v, sender, ts, flags == 1, table, epoch, clock, seq, key_range, status_v, filters, body,
                    arrays)
+
+
+def _count_frames(frames: Sequence[Any], descr: tuple[Any, ...], n: int) -> None:
+    """Raise the ProtocolError for a frame count that does not match the descriptors."""
+    inline = sum(1 for i in range(n) if descr[5 * i + 2] == 1)
+    raise ProtocolError(f"header describes {n - inline} arrays but {len(frames) - 1} frames follow "
+                        f"(besides {inline} inline in frame 0)")
