@@ -229,5 +229,11 @@ def test_unsendable_messages_are_refused_at_encode() -> None:
         encode(Message(Op.PUSH, key_range=(5, 5)))
     with pytest.raises(ProtocolError, match="cannot encode the message body"):
         encode(Message(Op.PUSH, body={"x": object()}))
+    with pytest.raises(ProtocolError, match="'sender' must be an integer, got NoneType"):
+        encode(Message(Op.PUSH, sender=None))  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="'epoch' must be an integer, got float"):
+        encode(Message(Op.PUSH, epoch=1.5))  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match=r"'range\.last'=18446744073709551616 is out of bounds"):
+        encode(Message(Op.PUSH, key_range=(0, 2**64 + 1)))
     with pytest.raises(ProtocolError, match="at most 64 arrays"):
         encode(Message(Op.PUSH, arrays=[np.zeros(1)] * 65))

@@ -128,12 +128,16 @@ def encode(msg: Message) -> list[Any]:
         raise ProtocolError(f"header field 'filters' holds at most {MAX_FILTERS} names")
     tail = pack_tail(filters, body) if filters or body else b""
     rng = msg.key_range
-    values: list[Any] = [PROTOCOL_VERSION, int(msg.op), msg.sender, msg.ts, 1 if msg.response else 0, msg.table,
-                         msg.epoch, msg.clock, msg.seq, int(msg.status), 0 if rng is None else 1,
-                         0 if rng is None else rng[0], 0 if rng is None else rng[1] - 1, n, len(tail)]
-    if (msg.sender < -1 or msg.ts < 0 or msg.table < -1 or msg.epoch < 0 or msg.seq < 0
-            or (rng is not None and rng[1] <= rng[0])):
-        _check_fields(tuple(values))
+    try:
+        values: list[Any] = [PROTOCOL_VERSION, int(msg.op), msg.sender, msg.ts, 1 if msg.response else 0, msg.table,
+                             msg.epoch, msg.clock, msg.seq, int(msg.status), 0 if rng is None else 1,
+                             0 if rng is None else rng[0], 0 if rng is None else rng[1] - 1, n, len(tail)]
+        bad = (msg.sender < -1 or msg.ts < 0 or msg.table < -1 or msg.epoch < 0 or msg.seq < 0
+               or (rng is not None and rng[1] <= rng[0]))
+    except (TypeError, ValueError, IndexError):
+        bad = True
+    if bad:
+        _check_message(msg)
     frames: list[Any] = [b""]
     inline: list[np.ndarray] = []
     budget = INLINE_BYTES
@@ -164,7 +168,7 @@ def encode(msg: Message) -> list[Any]:
     try:
         head = _HEADS[n].pack(*values)
     except struct.error as exc:
-        _check_fields(tuple(values))
+        _check_message(msg)
         raise ProtocolError(f"cannot encode message header: {exc}") from None
     if not inline:
         frames[0] = head + tail if tail else head
@@ -178,6 +182,22 @@ def encode(msg: Message) -> list[Any]:
         pos += pad + a.nbytes
     frames[0] = b"".join(parts)
     return frames
+
+
+def _check_message(msg: Message) -> None:
+    """Raise a ProtocolError naming the first header field of ``msg`` that cannot be sent."""
+    rng = msg.key_range
+    if rng is not None and not (isinstance(rng, tuple) and len(rng) == 2):
+        raise ProtocolError(f"header field 'range' must be None or (lo, hi), got {rng!r}")
+    _check_int(int(msg.op) if isinstance(msg.op, Op) else msg.op, "op", 0, 256)
+    _check_int(int(msg.status) if isinstance(msg.status, Status) else msg.status, "status", 0, 256)
+    _check_fields((PROTOCOL_VERSION, msg.op, msg.sender, msg.ts, msg.response, msg.table, msg.epoch, msg.clock,
+                   msg.seq, msg.status, 0 if rng is None else 1, 0 if rng is None else rng[0],
+                   0 if rng is None else _minus_one(rng[1])))
+
+
+def _minus_one(value: Any) -> Any:
+    return value - 1 if type(value) is int else value
 
 
 def _check_fields(fields: tuple[Any, ...]) -> None:
