@@ -77,7 +77,7 @@ class KeyCache(Codec):
             while len(sent) > self.capacity:
                 sent.popitem(last=False)
         if not known:
-            return self._applied(msg, msg.arrays, {**msg.body, "ksig": sig})
+            return self._applied(msg, list(msg.arrays), {**msg.body, "ksig": sig})
         return self._applied(msg, [np.empty(0, dtype=KEY_DTYPE), *msg.arrays[1:]],
                              {**msg.body, "ksig": sig, "kn": len(keys)})
 
