@@ -18,7 +18,7 @@ import numpy as np
 
 from .._errors import InvalidArgument, ProtocolError
 from ..protocol import Codec, Message
-from ._values import _dtype, _shape, check_budget
+from ._values import check_budget, check_dtype, check_shape
 
 __all__ = ["Compress"]
 
@@ -86,12 +86,12 @@ class Compress(Codec):
         entries, body = self._entries(msg, 3)
         if len({e[0] for e in entries}) != len(entries):
             raise ProtocolError(f"{self.wire_name}: an array is named twice")
-        check_budget(self.wire_name, [int(np.prod(_shape(e[2], self.wire_name))) * _dtype(e[1], self.wire_name).itemsize
+        check_budget(self.wire_name, [int(np.prod(check_shape(e[2], self.wire_name))) * check_dtype(e[1], self.wire_name).itemsize
                                       for e in entries])
         arrays = list(msg.arrays)
         for entry in entries:
             i = entry[0]
-            dtype, shape = _dtype(entry[1], self.wire_name), _shape(entry[2], self.wire_name)
+            dtype, shape = check_dtype(entry[1], self.wire_name), check_shape(entry[2], self.wire_name)
             data = arrays[i]
             if data.dtype != np.uint8 or data.ndim != 1:
                 raise ProtocolError(f"{self.wire_name}: compressed data must be bytes")

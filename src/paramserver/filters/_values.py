@@ -20,13 +20,16 @@ import numpy as np
 from .._errors import InvalidArgument, ProtocolError
 from ..protocol import ALLOWED_DTYPES, Codec, Message
 
-__all__ = ["FixedPoint", "ZeroSuppress"]
+__all__ = ["MAX_DECODED_BYTES", "FixedPoint", "ZeroSuppress", "check_budget", "check_dtype", "check_shape"]
 
 #: A message's arrays never decode to more than this many bytes (no decompression bombs).
 MAX_DECODED_BYTES = 1 << 29
 
 
-def _shape(value: Any, name: str) -> tuple[int, ...]:
+def check_shape(value: Any, name: str) -> tuple[int, ...]:
+    """A shape from a filter's wire metadata: a list of at most two ints >= 0 whose size fits
+    :data:`MAX_DECODED_BYTES` at 8 bytes an element, else :class:`ProtocolError` naming the
+    filter ``name``. Pure."""
     if not isinstance(value, list) or len(value) > 2 or not all(type(d) is int and d >= 0 for d in value):
         raise ProtocolError(f"{name}: malformed shape {value!r}")
     size = 1
@@ -44,7 +47,9 @@ def check_budget(name: str, sizes: list[int]) -> None:
                             f"{MAX_DECODED_BYTES} allowed")
 
 
-def _dtype(value: Any, name: str) -> np.dtype[Any]:
+def check_dtype(value: Any, name: str) -> np.dtype[Any]:
+    """A dtype from a filter's wire metadata: one of the protocol's ``ALLOWED_DTYPES``, else
+    :class:`ProtocolError` naming the filter ``name``. Pure."""
     if not isinstance(value, str) or value not in ALLOWED_DTYPES:
         raise ProtocolError(f"{name}: dtype {value!r} is not allowed")
     return np.dtype(value)
@@ -77,12 +82,12 @@ class ZeroSuppress(Codec):
         used = [e[0] for e in entries] + [e[1] for e in entries]
         if len(set(used)) != len(used):
             raise ProtocolError("zeros: an array is named twice")
-        check_budget("zeros", [int(np.prod(_shape(e[2], "zeros"))) * arrays[e[0]].itemsize for e in entries])
+        check_budget("zeros", [int(np.prod(check_shape(e[2], "zeros"))) * arrays[e[0]].itemsize for e in entries])
         drop = []
         for entry in entries:
             if not (type(entry[1]) is int and 0 <= entry[1] < len(arrays)):
                 raise ProtocolError("zeros: malformed entry")
-            i, j, shape = entry[0], entry[1], _shape(entry[2], "zeros")
+            i, j, shape = entry[0], entry[1], check_shape(entry[2], "zeros")
             vals, pos = arrays[i], arrays[j]
             if pos.dtype.kind != "u" or pos.ndim != 1 or vals.ndim != 1 or len(pos) != len(vals):
                 raise ProtocolError("zeros: positions and values do not match")
@@ -150,7 +155,7 @@ class FixedPoint(Codec):
             q = arrays[i]
             if q.dtype != np.dtype(self._TYPES[self.bits]):
                 raise ProtocolError(f"{self.wire_name}: values must be uint{self.bits}")
-            out_dtype = _dtype(dt, self.wire_name)
+            out_dtype = check_dtype(dt, self.wire_name)
             if out_dtype.kind != "f":
                 raise ProtocolError(f"{self.wire_name}: can only restore floats")
             arrays[i] = (lo + q.astype(np.float64) * scale).astype(out_dtype)

@@ -47,12 +47,13 @@ from ._data_bodies import (
 )
 from ._fields import get
 from ._filters import CODECS, Codec, KeysMissing, codec, register_codec, value_indices
-from ._message import KEY_DTYPE, Message, Op, Status
+from ._message import KEY_DTYPE, KEY_SPACE, Message, Op, Status
 
 __all__ = [
     "ALLOWED_DTYPES",
     "CODECS",
     "KEY_DTYPE",
+    "KEY_SPACE",
     "PROTOCOL_VERSION",
     "Barrier",
     "Body",

@@ -39,7 +39,7 @@ from msgspec import Meta
 
 from .._errors import ProtocolError
 from ..transport import COPY_THRESHOLD
-from ._message import Message, Op, Status
+from ._message import KEY_SPACE, Message, Op, Status
 
 __all__ = ["ALLOWED_DTYPES", "DESCRIPTOR", "FIXED", "INLINE_BYTES", "MAX_ARRAYS", "PROTOCOL_VERSION",
            "WIRE_DTYPES", "decode", "decode_header", "encode"]
@@ -205,8 +205,8 @@ def _check_fields(fields: tuple[Any, ...]) -> None:
     for name, i, lo, hi in _BOUNDS:
         _check_int(fields[i], name, lo, hi)
     if fields[10]:
-        _check_int(fields[11], "range.lo", 0, 1 << 64)
-        _check_int(fields[12], "range.last", 0, 1 << 64)
+        _check_int(fields[11], "range.lo", 0, KEY_SPACE)
+        _check_int(fields[12], "range.last", 0, KEY_SPACE)
         if fields[12] < fields[11]:
             raise ProtocolError(f"header field 'range' is empty: lo={fields[11]} > last={fields[12]}")
 

@@ -3,8 +3,8 @@
 A message maps one-to-one onto ZeroMQ multipart frames: frame 0 is a small binary header
 (with small arrays packed into it), frames 1..n are the raw bytes of the large arrays (sent
 without copies). The header describes each array (dtype and shape), so the receiver
-rebuilds them with ``np.frombuffer``, again without copies. See docs/protocol.md for the
-wire layout.
+rebuilds them as read-only views of the received frames, again without copies. See
+docs/protocol.md for the wire layout.
 
 Fields carried by every message, so that later features need no new framing:
 
@@ -26,10 +26,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KEY_DTYPE", "Message", "Op", "Status"]
+__all__ = ["KEY_DTYPE", "KEY_SPACE", "Message", "Op", "Status"]
 
 #: dtype of keys on the wire and in every table: unsigned 64-bit, little-endian.
 KEY_DTYPE = np.dtype("<u8")
+
+#: One past the largest key, 2**64: keys are the integers of ``[0, KEY_SPACE)``, and a key range
+#: ``[lo, hi)`` has ``0 <= lo < hi <= KEY_SPACE``. The one name for 2**64 in the code base.
+KEY_SPACE = 1 << 64
 
 
 class Op(enum.IntEnum):
