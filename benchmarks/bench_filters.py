@@ -86,13 +86,12 @@ def wire_and_cost(batches: list[tuple[np.ndarray, np.ndarray]], make: Callable[[
             msg = Message(Op.PUSH, table=0, arrays=[k, v])
             msg.values_at = value_indices(msg)
             for c in codecs:
-                if c.encode(1, msg):
-                    msg.filters = (*msg.filters, c.wire_name)
+                msg = c.encode(1, msg)
             frames = encode(msg)
             total_bytes += sum(memoryview(f).nbytes for f in frames)
             out = decode([memoryview(f).tobytes() for f in frames])
             for name in reversed(out.filters):
-                decoders[name].decode(1, out)
+                out = decoders[name].decode(1, out)
             n += 1
     elapsed = time.perf_counter() - start
     return total_bytes / n, elapsed / (original / 1e6)

@@ -22,13 +22,12 @@ def roundtrip(msg: Message, codecs: list[Any], decoders: list[Any] | None = None
     """Encode through the codecs and frames, then decode, as two nodes would."""
     msg.values_at = value_indices(msg)
     for c in sorted(codecs, key=lambda c: c.rank):
-        if c.encode(7, msg):
-            msg.filters = (*msg.filters, c.wire_name)
+        msg = c.encode(7, msg)
     out = decode([memoryview(f).tobytes() for f in encode(msg)])
     by_name = {d.wire_name: d for d in (decoders or [])}
     for name in reversed(out.filters):
         dec = by_name.get(name) or ps.protocol.codec(name)
-        dec.decode(7, out)
+        out = dec.decode(7, out)
     return out
 
 
@@ -54,10 +53,47 @@ def test_zero_suppression_and_compression_shrink_sparse_values() -> None:
     vals[::50] = 1.5
     msg = Message(Op.PUSH, table=0, arrays=[np.arange(1000, dtype=KEY_DTYPE), vals])
     msg.values_at = value_indices(msg)
-    assert ZeroSuppress().encode(1, msg)
-    assert msg.nbytes() < 8000 + 16000 / 5
+    enc = ZeroSuppress().encode(1, msg)
+    assert enc is not msg and enc.filters == ("zeros",)
+    assert enc.nbytes() < 8000 + 16000 / 5
+    assert msg.nbytes() == 8000 + 16000 and "zeros" not in msg.body  # the input is left as it was
     msg2 = Message(Op.PUSH, table=0, arrays=[np.arange(1000, dtype=KEY_DTYPE), vals.copy()])
-    assert Compress("lz4").encode(1, msg2) and msg2.nbytes() < (8000 + 16000) / 4
+    enc2 = Compress("lz4").encode(1, msg2)
+    assert enc2 is not msg2 and enc2.nbytes() < (8000 + 16000) / 4
+
+
+@pytest.mark.parametrize("make", [KeyCache, ZeroSuppress, lambda: FixedPoint(8, seed=0), lambda: Compress("zstd", 0)])
+def test_codecs_return_new_messages_and_leave_their_input_alone(make: Any) -> None:
+    vals = np.zeros((50, 2), np.float32)
+    vals[::7] = 2.5
+    keys = np.arange(50, dtype=KEY_DTYPE) * np.uint64(3)
+    msg = Message(Op.PUSH, table=0, body={"rid": 4}, arrays=[keys, vals])
+    msg.values_at = value_indices(msg)
+    enc, dec = make(), make()
+    snapshot = (list(msg.arrays), dict(msg.body), msg.filters, keys.copy(), vals.copy())
+    for _ in range(2):  # the key cache sends the keys, then their signature
+        out = enc.encode(7, msg)
+        assert out is not msg and out.filters == (enc.wire_name,)
+        assert [a is b for a, b in zip(msg.arrays, snapshot[0], strict=True)] == [True, True]
+        assert (msg.body, msg.filters) == snapshot[1:3]
+        np.testing.assert_array_equal(keys, snapshot[3])
+        np.testing.assert_array_equal(vals, snapshot[4])
+        received = decode([memoryview(f).tobytes() for f in encode(out)])
+        kept = (list(received.arrays), dict(received.body))
+        back = dec.decode(7, received)
+        assert back is not received and (received.arrays, received.body) == kept
+        assert back.body == {"rid": 4}
+        np.testing.assert_array_equal(back.arrays[0], keys)
+        assert back.arrays[1].shape == vals.shape
+
+
+def test_a_codec_that_does_not_apply_returns_the_same_message() -> None:
+    msg = Message(Op.PUSH, table=0, arrays=[np.arange(2, dtype=KEY_DTYPE), np.ones((2, 1), np.float32)])
+    msg.values_at = value_indices(msg)
+    assert KeyCache().encode(1, msg) is msg  # fewer keys than min_keys
+    assert ZeroSuppress().encode(1, msg) is msg  # no zeros to drop
+    assert Compress("lz4").encode(1, msg) is msg  # below min_bytes
+    assert FixedPoint(32).encode(1, msg) is msg  # float32 is not wider than 32 bits
 
 
 @pytest.mark.parametrize("bits", [8, 16])

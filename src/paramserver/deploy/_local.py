@@ -20,6 +20,7 @@ from typing import Any
 from .._config import Config
 from .._errors import ConnectError, InvalidArgument, JobAborted, PSError
 from ..checkpoint import open_location, read_manifest
+from ..protocol import ClusterStatus
 from ..worker import open_workers
 from ._admin import AdminClient
 from ._procs import Proc, node_command, spawn, start_scheduler, stop_all, wait_all
@@ -126,8 +127,8 @@ class LocalCluster:
             try:
                 with AdminClient(self.address, timeout=5.0, config=Config.from_env(self._env)) as admin:
                     while time.monotonic() < deadline:
-                        status = admin.status()
-                        if len(status.get("servers", {})) >= self.servers and status.get("keymap"):
+                        status = admin.cluster_status()
+                        if len(status.servers) >= self.servers and status.keymap:
                             return
                         for p in self._procs:
                             if p.poll() is not None:
@@ -149,7 +150,7 @@ class LocalCluster:
     def server_id(self, i: int) -> int:
         """The node id of the ``i``-th server started (as ``paramserver status`` shows it)."""
         pid = self._servers[i].pid
-        for sid, s in self.status()["servers"].items():
+        for sid, s in self._cluster_status().servers.items():
             if s.get("pid") == pid:
                 return int(sid)
         raise InvalidArgument(f"server {i} (pid {pid}) is not a member of the cluster (drained or dead)")
@@ -171,10 +172,10 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ConnectError(f"LocalCluster: {proc} exited with code {proc.poll()} while joining")
-            status = self.status()
-            ids = [int(sid) for sid, s in status["servers"].items() if s.get("pid") == proc.pid]
-            masters = {entry[2] for entry in (status.get("keymap") or {}).get("ranges", [])}
-            if ids and ids[0] in masters and not status.get("migrating"):
+            status = self._cluster_status()
+            ids = [int(sid) for sid, s in status.servers.items() if s.get("pid") == proc.pid]
+            masters = {entry[2] for entry in (status.keymap or {}).get("ranges", [])}
+            if ids and ids[0] in masters and not status.migrating:
                 return len(self._servers) - 1
             time.sleep(0.05)
         raise ConnectError(f"LocalCluster: the new server did not take over its key ranges within {limit:g} s")
@@ -192,6 +193,10 @@ class LocalCluster:
         """The cluster's status as ``paramserver status --json`` prints it."""
         with AdminClient(self.address, config=Config.from_env(self._env)) as admin:
             return admin.status()
+
+    def _cluster_status(self) -> ClusterStatus:
+        with AdminClient(self.address, config=Config.from_env(self._env)) as admin:
+            return admin.cluster_status()
 
     def close(self, timeout: float = 10.0) -> None:
         """Shut the job down and reap every process. Idempotent."""

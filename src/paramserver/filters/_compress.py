@@ -10,6 +10,7 @@ Thread-safety: stateless.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import cramjam
@@ -67,9 +68,10 @@ class Compress(Codec):
         self.algorithm = self.wire_name = algorithm
         self.min_bytes, self.level = min_bytes, level
 
-    def encode(self, peer: int, msg: Message) -> bool:
+    def encode(self, peer: int, msg: Message) -> Message:
         meta = []
-        for i, arr in enumerate(msg.arrays):
+        arrays = list(msg.arrays)
+        for i, arr in enumerate(arrays):
             if arr.nbytes < max(self.min_bytes, 1):
                 continue
             raw: Any = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
@@ -77,22 +79,24 @@ class Compress(Codec):
             if packed.nbytes >= arr.nbytes:
                 continue
             meta.append([i, arr.dtype.str, list(arr.shape)])
-            msg.arrays[i] = packed
-        return self._finish(msg, meta)
+            arrays[i] = packed
+        return self._finish(msg, arrays, meta)
 
-    def decode(self, peer: int, msg: Message) -> None:
-        entries = list(self._entries(msg, 3))
+    def decode(self, peer: int, msg: Message) -> Message:
+        entries, body = self._entries(msg, 3)
         if len({e[0] for e in entries}) != len(entries):
             raise ProtocolError(f"{self.wire_name}: an array is named twice")
         check_budget(self.wire_name, [int(np.prod(check_shape(e[2], self.wire_name))) * check_dtype(e[1], self.wire_name).itemsize
                                       for e in entries])
+        arrays = list(msg.arrays)
         for entry in entries:
             i = entry[0]
             dtype, shape = check_dtype(entry[1], self.wire_name), check_shape(entry[2], self.wire_name)
-            data = msg.arrays[i]
+            data = arrays[i]
             if data.dtype != np.uint8 or data.ndim != 1:
                 raise ProtocolError(f"{self.wire_name}: compressed data must be bytes")
             out = np.empty(shape, dtype=dtype)
             if _decompress_into(self.algorithm, data, out.reshape(-1).view(np.uint8)) != out.nbytes:
                 raise ProtocolError(f"{self.wire_name}: data does not decompress to {out.nbytes} bytes")
-            msg.arrays[i] = out
+            arrays[i] = out
+        return dataclasses.replace(msg, arrays=arrays, body=body)

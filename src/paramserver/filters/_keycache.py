@@ -14,6 +14,7 @@ Thread-safety: both sides guard their caches with a lock.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -61,12 +62,12 @@ class KeyCache(Codec):
         self.hits = self.misses = 0
 
     # ------------------------------------------------------------------ sender
-    def encode(self, peer: int, msg: Message) -> bool:
+    def encode(self, peer: int, msg: Message) -> Message:
         if msg.op not in (Op.PUSH, Op.PULL) or msg.response or not msg.arrays:
-            return False
+            return msg
         keys = msg.arrays[0]
         if len(keys) < self.min_keys:
-            return False
+            return msg
         sig = signature(keys)
         with self._lock:
             sent = self._sent.setdefault(peer, OrderedDict())
@@ -75,11 +76,10 @@ class KeyCache(Codec):
             sent.move_to_end(sig)
             while len(sent) > self.capacity:
                 sent.popitem(last=False)
-        msg.body["ksig"] = sig
-        if known:
-            msg.body["kn"] = len(keys)
-            msg.arrays[0] = np.empty(0, dtype=KEY_DTYPE)
-        return True
+        if not known:
+            return self._applied(msg, list(msg.arrays), {**msg.body, "ksig": sig})
+        return self._applied(msg, [np.empty(0, dtype=KEY_DTYPE), *msg.arrays[1:]],
+                             {**msg.body, "ksig": sig, "kn": len(keys)})
 
     def forget(self, peer: int, sig: int | None = None) -> None:
         with self._lock:
@@ -91,9 +91,10 @@ class KeyCache(Codec):
             self._held_bytes.pop(peer, None)
 
     # ------------------------------------------------------------------ receiver
-    def decode(self, peer: int, msg: Message) -> None:
-        sig = msg.body.pop("ksig", None)
-        n = msg.body.pop("kn", None)
+    def decode(self, peer: int, msg: Message) -> Message:
+        body = dict(msg.body)
+        sig = body.pop("ksig", None)
+        n = body.pop("kn", None)
         if type(sig) is not int or not msg.arrays or msg.arrays[0].dtype != KEY_DTYPE:
             raise ProtocolError("a key-cached message needs a signature and a keys array")
         keys = msg.arrays[0]
@@ -108,8 +109,7 @@ class KeyCache(Codec):
                 self.misses += 1
                 raise KeysMissing(f"key list {sig:#x} from node {peer} is not cached here", sig)
             self.hits += 1
-            msg.arrays[0] = cached
-            return
+            return dataclasses.replace(msg, arrays=[cached, *msg.arrays[1:]], body=body)
         if signature(keys) != sig:
             raise ProtocolError("key list does not match its signature")
         copy = np.array(keys)  # the frame's memory is not ours to keep
@@ -122,3 +122,4 @@ class KeyCache(Codec):
             while held and (len(held) > self.capacity or self._held_bytes[peer] > self.max_bytes):
                 _, old = held.popitem(last=False)
                 self._held_bytes[peer] -= old.nbytes
+        return dataclasses.replace(msg, body=body)

@@ -11,6 +11,7 @@ Both are pure apart from the rounding generator (guarded by a lock).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -60,32 +61,34 @@ class ZeroSuppress(Codec):
     wire_name = "zeros"
     rank = 1
 
-    def encode(self, peer: int, msg: Message) -> bool:
+    def encode(self, peer: int, msg: Message) -> Message:
         meta = []
+        arrays = list(msg.arrays)
         for i in msg.values_at:
-            arr = msg.arrays[i]
+            arr = arrays[i]
             flat = arr.reshape(-1)
             pos = np.flatnonzero((flat != 0) | np.signbit(flat)) if flat.dtype.kind == "f" else np.flatnonzero(flat)
             ptype = np.uint32 if flat.size < 1 << 32 else np.uint64
             if pos.size * (arr.itemsize + np.dtype(ptype).itemsize) >= arr.nbytes:
                 continue  # would not save anything
-            msg.arrays[i] = flat[pos]
-            meta.append([i, len(msg.arrays), list(arr.shape)])
-            msg.arrays.append(pos.astype(ptype))
-        return self._finish(msg, meta)
+            arrays[i] = flat[pos]
+            meta.append([i, len(arrays), list(arr.shape)])
+            arrays.append(pos.astype(ptype))
+        return self._finish(msg, arrays, meta)
 
-    def decode(self, peer: int, msg: Message) -> None:
-        entries = list(self._entries(msg, 3))
+    def decode(self, peer: int, msg: Message) -> Message:
+        entries, body = self._entries(msg, 3)
+        arrays = list(msg.arrays)
         used = [e[0] for e in entries] + [e[1] for e in entries]
         if len(set(used)) != len(used):
             raise ProtocolError("zeros: an array is named twice")
-        check_budget("zeros", [int(np.prod(check_shape(e[2], "zeros"))) * msg.arrays[e[0]].itemsize for e in entries])
+        check_budget("zeros", [int(np.prod(check_shape(e[2], "zeros"))) * arrays[e[0]].itemsize for e in entries])
         drop = []
         for entry in entries:
-            if not (type(entry[1]) is int and 0 <= entry[1] < len(msg.arrays)):
+            if not (type(entry[1]) is int and 0 <= entry[1] < len(arrays)):
                 raise ProtocolError("zeros: malformed entry")
             i, j, shape = entry[0], entry[1], check_shape(entry[2], "zeros")
-            vals, pos = msg.arrays[i], msg.arrays[j]
+            vals, pos = arrays[i], arrays[j]
             if pos.dtype.kind != "u" or pos.ndim != 1 or vals.ndim != 1 or len(pos) != len(vals):
                 raise ProtocolError("zeros: positions and values do not match")
             size = int(np.prod(shape))
@@ -93,10 +96,11 @@ class ZeroSuppress(Codec):
                 raise ProtocolError("zeros: a position is out of range")
             out = np.zeros(size, dtype=vals.dtype)
             out[pos] = vals
-            msg.arrays[i] = out.reshape(shape)
+            arrays[i] = out.reshape(shape)
             drop.append(j)
         for j in sorted(drop, reverse=True):
-            del msg.arrays[j]
+            del arrays[j]
+        return dataclasses.replace(msg, arrays=arrays, body=body)
 
 
 class FixedPoint(Codec):
@@ -121,11 +125,12 @@ class FixedPoint(Codec):
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
 
-    def encode(self, peer: int, msg: Message) -> bool:
+    def encode(self, peer: int, msg: Message) -> Message:
         meta = []
+        arrays = list(msg.arrays)
         levels = float(2**self.bits - 1)
         for i in msg.values_at:
-            arr = msg.arrays[i]
+            arr = arrays[i]
             if arr.dtype.kind != "f" or arr.size == 0 or arr.itemsize <= self.bits // 8:
                 continue
             lo, hi = float(arr.min()), float(arr.max())
@@ -136,19 +141,22 @@ class FixedPoint(Codec):
                 noise = self._rng.random(arr.shape)
             q = np.floor((arr.astype(np.float64) - lo) / scale + noise)
             np.clip(q, 0, levels, out=q)
-            msg.arrays[i] = q.astype(self._TYPES[self.bits])
+            arrays[i] = q.astype(self._TYPES[self.bits])
             meta.append([i, lo, scale, arr.dtype.str])
-        return self._finish(msg, meta)
+        return self._finish(msg, arrays, meta)
 
-    def decode(self, peer: int, msg: Message) -> None:
-        for entry in self._entries(msg, 4):
+    def decode(self, peer: int, msg: Message) -> Message:
+        entries, body = self._entries(msg, 4)
+        arrays = list(msg.arrays)
+        for entry in entries:
             i, lo, scale, dt = entry
             if not all(isinstance(x, float) and np.isfinite(x) for x in (lo, scale)):
                 raise ProtocolError(f"{self.wire_name}: malformed range")
-            q = msg.arrays[i]
+            q = arrays[i]
             if q.dtype != np.dtype(self._TYPES[self.bits]):
                 raise ProtocolError(f"{self.wire_name}: values must be uint{self.bits}")
             out_dtype = check_dtype(dt, self.wire_name)
             if out_dtype.kind != "f":
                 raise ProtocolError(f"{self.wire_name}: can only restore floats")
-            msg.arrays[i] = (lo + q.astype(np.float64) * scale).astype(out_dtype)
+            arrays[i] = (lo + q.astype(np.float64) * scale).astype(out_dtype)
+        return dataclasses.replace(msg, arrays=arrays, body=body)

@@ -6,8 +6,8 @@ envelope is one leading frame, then the frames of every message in order::
 
     b"\\xc1PB" + uint16 count + count x uint16 (frames of each message), little-endian
 
-``0xc1`` is a byte that never begins a message header (msgpack never uses it), so a batch
-is told from a single message by its first byte. :func:`unpack` checks the envelope
+``0xc1`` never begins a message (frame 0 starts with the protocol version, a small number),
+so a batch is told from a single message by its first byte. :func:`unpack` checks the envelope
 strictly (count, frame numbers against the frames that follow) and raises
 :class:`ProtocolError`; the messages inside are decoded and checked one by one as usual.
 

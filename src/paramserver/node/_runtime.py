@@ -26,7 +26,6 @@ unless user threads touch it too.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -316,10 +315,10 @@ class Node:
             if not msg.values_at:
                 msg.values_at = value_indices(msg)
             for c in sorted(msg.codecs, key=lambda c: c.rank):
-                before = msg.nbytes()
-                if c.encode(peer, msg):
-                    msg.filters = (*msg.filters, c.wire_name)
-                    self._count_filter(msg.table, "sent", c.wire_name, before, msg.nbytes())
+                out = c.encode(peer, msg)
+                if out is not msg:
+                    self._count_filter(msg.table, "sent", c.wire_name, msg.nbytes(), out.nbytes())
+                    msg = out
         return encode(msg)
 
     def _count_filter(self, table: int, direction: str, name: str, before: int, after: int) -> None:
@@ -335,19 +334,20 @@ class Node:
             enc = self._encoders[name] = codec(name)
         return enc
 
-    def _decode_filters(self, msg: Message) -> None:
+    def _decode_filters(self, msg: Message) -> Message:
         for name in reversed(msg.filters):
             dec = self._decoders.get(name)
             if dec is None:
                 dec = self._decoders[name] = codec(name)
             before = msg.nbytes()
             try:
-                dec.decode(msg.sender, msg)
+                msg = dec.decode(msg.sender, msg)
             except ProtocolError:
                 raise
             except Exception as exc:  # hostile metadata must get an answer, not stop the thread
                 raise ProtocolError(f"{name}: cannot decode: {exc!r}") from None
             self._count_filter(msg.table, "received", name, msg.nbytes(), before)
+        return msg
 
     def _send_frames(self, node: int, frames: list[Any], table: int) -> int:
         """Send encoded ``frames`` to ``node`` and count them; return the bytes sent."""
@@ -455,10 +455,7 @@ class Node:
             codecs = msg.codecs
             repairable = bool(codecs) and any(getattr(c, "repairable", False) for c in codecs)
             keep = reroute is not None
-            # One snapshot as the part left, before filters rewrite it, shared by reroutes and
-            # repairs: neither mutates it (a repair encodes a copy of it).
-            snapshot = (dataclasses.replace(msg, arrays=list(msg.arrays), body=dict(msg.body))
-                        if codecs and (keep or repairable) else msg)
+            snapshot = msg  # filters return new messages: the part as it left stays as it is
             frames = self._frames(peer, msg)
             resend = resend and self._resend_after > 0
             delivery = None
@@ -882,7 +879,7 @@ class Node:
             log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
         if msg.filters:
             try:
-                self._decode_filters(msg)
+                msg = self._decode_filters(msg)
             except KeysMissing as exc:
                 if not msg.response:
                     self.reply(msg, status=Status.RESEND_KEYS, body={"message": str(exc), "ksig": exc.sig})
@@ -959,7 +956,7 @@ class Node:
             return
         for c in d.codecs:
             c.forget(peer, sig)
-        msg = dataclasses.replace(d.original, arrays=list(d.original.arrays), body=dict(d.original.body))
+        msg = d.original
         frames = self._frames(peer, msg)
         self.count("key_repairs")
         d.frames = frames

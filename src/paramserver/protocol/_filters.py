@@ -1,8 +1,10 @@
 """The interface of wire filters: encode a message's arrays on send, decode on receive.
 
-A :class:`Codec` rewrites a message's arrays (and adds what it needs to decode them to the
-body) just before the message is encoded into frames; the receiver runs the decoders of
-the names in ``Message.filters`` in reverse order right after decoding the frames. Codecs
+A :class:`Codec` returns a rewritten copy of a message (its arrays, what it needs to decode
+them in the body, its name appended to ``Message.filters``) just before the message is
+encoded into frames; the receiver runs the decoders of the names in ``Message.filters`` in
+reverse order right after decoding the frames, each returning a new message. Codecs never
+mutate the message they are given. Codecs
 are looked up by wire name in a registry that the filter implementations (the
 ``paramserver.filters`` package) fill when imported. Decoding is strict: anything that does
 not add up raises :class:`ProtocolError`, a key-cache miss raises :class:`KeysMissing`.
@@ -13,8 +15,11 @@ thread and from user threads, so stateful codecs guard their state with a lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from .._errors import ProtocolError
 from ._message import Message, Op
@@ -31,18 +36,24 @@ class KeysMissing(ProtocolError):
 
 
 class Codec:
-    """A wire filter. Subclasses set ``wire_name`` and implement encode and decode."""
+    """A wire filter. Subclasses set ``wire_name`` and implement encode and decode.
+
+    Both methods are pure with respect to the message: they never mutate the one they are
+    given (nor its body, its list of arrays or the arrays' contents), so a sender may keep
+    the message it passed to :meth:`encode` for reroutes and repairs without a snapshot.
+    """
 
     wire_name: str = ""
     #: Encoders run in this order, whatever order the user listed them in.
     rank: int = 0
 
-    def encode(self, peer: int, msg: Message) -> bool:
-        """Rewrite ``msg`` for ``peer``; return True if it applied (it is then named on the wire)."""
+    def encode(self, peer: int, msg: Message) -> Message:
+        """``msg`` rewritten for ``peer``, with :attr:`wire_name` appended to its filters; ``msg``
+        itself (the same object) when the filter does not apply to it."""
         raise NotImplementedError
 
-    def decode(self, peer: int, msg: Message) -> None:
-        """Undo :meth:`encode` on a message received from ``peer``."""
+    def decode(self, peer: int, msg: Message) -> Message:
+        """A message received from ``peer`` with :meth:`encode` undone (its filters unchanged)."""
         raise NotImplementedError
 
     def forget(self, peer: int, sig: int | None = None) -> None:
@@ -50,23 +61,29 @@ class Codec:
         everything when it leaves."""
 
     # helpers for codecs that keep one metadata entry per rewritten array in the body
-    def _finish(self, msg: Message, meta: list[Any]) -> bool:
-        """Store ``meta`` under the codec's name; True if any array was rewritten."""
+    def _finish(self, msg: Message, arrays: list[np.ndarray], meta: list[Any]) -> Message:
+        """``msg`` with ``arrays`` and ``meta`` stored under the codec's name; ``msg`` itself if
+        no array was rewritten."""
         if not meta:
-            return False
-        msg.body[self.wire_name] = meta
-        return True
+            return msg
+        return self._applied(msg, arrays, {**msg.body, self.wire_name: meta})
 
-    def _entries(self, msg: Message, fields: int) -> Iterator[list[Any]]:
-        """The codec's metadata entries, each checked to be ``[array index, ...]`` of ``fields`` items."""
-        meta = msg.body.pop(self.wire_name, None)
+    def _applied(self, msg: Message, arrays: list[np.ndarray], body: dict[str, Any]) -> Message:
+        """A copy of ``msg`` with new arrays and body, naming this filter on the wire."""
+        return dataclasses.replace(msg, arrays=arrays, body=body, filters=(*msg.filters, self.wire_name))
+
+    def _entries(self, msg: Message, fields: int) -> tuple[list[list[Any]], dict[str, Any]]:
+        """The codec's metadata entries, each checked to be ``[array index, ...]`` of ``fields``
+        items, and the body without them."""
+        body = dict(msg.body)
+        meta = body.pop(self.wire_name, None)
         if not isinstance(meta, list):
             raise ProtocolError(f"{self.wire_name}: missing metadata")
         for entry in meta:
             if not (isinstance(entry, list) and len(entry) == fields and type(entry[0]) is int
                     and 0 <= entry[0] < len(msg.arrays)):
                 raise ProtocolError(f"{self.wire_name}: malformed entry")
-            yield entry
+        return meta, body
 
 
 #: Decoder factories by wire name.

@@ -1,9 +1,10 @@
 """The Message: one header plus raw arrays, the unit every node sends and receives.
 
-A message maps one-to-one onto ZeroMQ multipart frames: frame 0 is a small msgpack header,
-frames 1..n are the raw bytes of numpy arrays (sent without copies). The header describes
-each array (dtype and shape), so the receiver rebuilds them with ``np.frombuffer``, again
-without copies. See docs/protocol.md for the wire layout.
+A message maps one-to-one onto ZeroMQ multipart frames: frame 0 is a small binary header
+(with small arrays packed into it), frames 1..n are the raw bytes of the large arrays (sent
+without copies). The header describes each array (dtype and shape), so the receiver
+rebuilds them as read-only views of the received frames, again without copies. See
+docs/protocol.md for the wire layout.
 
 Fields carried by every message, so that later features need no new framing:
 
@@ -14,7 +15,6 @@ Fields carried by every message, so that later features need no new framing:
 * ``seq``: the position of an ordered message (a push, a clock tick) in its channel (one
   sender, receiver and table); the receiver applies them in this order, each exactly once.
   On a pull it is the last ordered message the pull must see (read-your-writes).
-* ``deps``: timestamps this request depends on (execute-after-finished).
 * ``filters``: the names of the filters applied to the arrays, in order, for decoding.
 """
 
@@ -85,7 +85,6 @@ class Message:
     clock: int = 0
     seq: int = 0
     key_range: tuple[int, int] | None = None  # [lo, hi), hi may be 2**64
-    deps: tuple[int, ...] = ()
     status: Status = Status.OK
     filters: tuple[str, ...] = ()
     body: dict[str, Any] = field(default_factory=dict)

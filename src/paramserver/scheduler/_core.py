@@ -37,7 +37,27 @@ from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, Table
 from ..clock import Consistency
 from ..node import SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended, ranges_to_wire
-from ..protocol import Message, Op, Status, get
+from ..protocol import (
+    Barrier,
+    ClusterStatus,
+    Drain,
+    DrainReply,
+    ErrorReply,
+    Message,
+    MigrateCopy,
+    MigrateSwitch,
+    Nodes,
+    Op,
+    PolicyRequest,
+    PolicyUpdate,
+    RegisterReply,
+    RegisterRequest,
+    Shutdown,
+    Status,
+    TableCreate,
+    TableDeclare,
+    TableReply,
+)
 from ..table import TableSpec
 from ._shards import ShardManager
 
@@ -92,7 +112,7 @@ class _Gather:
 
     def failures(self) -> dict[int, str]:
         """``{node: why}`` for every node that answered with an error or did not answer."""
-        failed = {n: r.body.get("message", "") for n, r in self.replies.items() if r.status != Status.OK}
+        failed = {n: _reason(r) for n, r in self.replies.items() if r.status != Status.OK}
         failed.update(self.errors)
         return failed
 
@@ -112,6 +132,19 @@ class _Table:
 
 
 GROUPS = ("workers", "servers", "all")
+
+
+def _error_of(reply: Message) -> ErrorReply:
+    """The error a reply that is not OK carries (its fields at their defaults if mistyped)."""
+    try:
+        return ErrorReply.from_wire(reply.body)
+    except ProtocolError:
+        return ErrorReply(message=f"an unreadable error reply: {reply.body!r}")
+
+
+def _reason(reply: Message) -> str:
+    """Why a reply is not OK, in words."""
+    return _error_of(reply).message
 
 
 def _valid_address(address: str) -> bool:
@@ -184,14 +217,9 @@ class SchedulerCore:
         """Nodes of ``role`` whose registration was answered: they know their id and can reply."""
         return [n for n in self._members(role) if n in self._answered]
 
-    def _nodes_body(self, dead: list[int] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "nodes": [n.to_wire() for n in self.nodes.values() if n.role in ("scheduler", "server", "worker")],
-            "keymap": self.keymap.to_wire() if self.keymap else None,
-        }
-        if dead:
-            body["dead"] = dead
-        return body
+    def _nodes_body(self, dead: list[int] | None = None) -> Nodes:
+        return Nodes(nodes=[n.to_wire() for n in self.nodes.values() if n.role in ("scheduler", "server", "worker")],
+                     keymap=self.keymap.to_wire() if self.keymap else None, dead=dead or [])
 
     def _request(self, nodes: list[int], make: Callable[[int], Message], now: float,
                  on_done: Callable[[_Gather], list[Action]]) -> list[Action]:
@@ -206,6 +234,10 @@ class SchedulerCore:
             msg.ts = ts
             out.append(Send(nid, msg))
         return out
+
+    def _table_list(self) -> list[list[Any]]:
+        """The ready tables as they travel: ``[[id, spec, policy]...]``."""
+        return [[t.id, t.spec.to_wire(), t.policy.to_wire()] for t in self._tables.values() if t.ready]
 
     @staticmethod
     def _error(msg: Message, exc: PSError) -> Send:
@@ -276,7 +308,7 @@ class SchedulerCore:
         out: list[Action] = []
         for nid, info in self.nodes.items():
             if info.role in ("server", "worker"):
-                out.append(Send(nid, Message(Op.SHUTDOWN, body={"reason": reason, "code": code})))
+                out.append(Send(nid, Message(Op.SHUTDOWN, body=Shutdown(reason=reason, code=code).to_wire())))
         out.append(Finish(code, reason))
         return out
 
@@ -385,7 +417,7 @@ class SchedulerCore:
             self.keymap = new
             self._migrating = True
             holders = set(old.servers()) | set(new.servers())
-            body = {"phase": "switch", "keymap": new.to_wire()}
+            body = MigrateSwitch(keymap=new.to_wire()).to_wire()
             return self._request([s for s in self._joined("server") if s in holders],
                                  lambda nid: Message(Op.MIGRATE, body=body), g.ended, switched)
 
@@ -403,13 +435,13 @@ class SchedulerCore:
 
         def copy(nid: int) -> Message:
             entries = [[t, ranges_to_wire(ranges)] for t, ranges in sorted(plan[nid].items())]
-            return Message(Op.MIGRATE, body={"phase": "copy", "keymap": wire, "plan": entries})
+            return Message(Op.MIGRATE, body=MigrateCopy(keymap=wire, plan=entries).to_wire())
 
         return self._request(sorted(plan), copy, now, copied)
 
     def _on_drain(self, msg: Message, now: float) -> list[Action]:
         """Move every range off a server, then stop it; answered when it is done."""
-        node = get(msg.body, "node", int)
+        node = Drain.from_wire(msg.body).node
         info = self.nodes.get(node)
         if info is None or info.role != "server":
             raise InvalidArgument(f"node {node} is not a server of this cluster")
@@ -424,24 +456,24 @@ class SchedulerCore:
                 return [self._error(msg, InvalidArgument(f"draining server {node} failed: {why}"))]
             self._forget(node)
             log.info("server %d drained; it holds no keys and stops", node)
-            return [Send(node, Message(Op.SHUTDOWN, body={"reason": "this server was drained", "code": 0})),
-                    Send(msg.sender, msg.reply(body={"keymap": self.keymap.to_wire() if self.keymap else None})),
+            bye = Shutdown(reason="this server was drained", code=0)
+            reply = DrainReply(keymap=self.keymap.to_wire() if self.keymap else None)
+            return [Send(node, Message(Op.SHUTDOWN, body=bye.to_wire())),
+                    Send(msg.sender, msg.reply(body=reply.to_wire())),
                     *self._broadcast_nodes(now, dead=[node])]
 
         return self.migrate(f"drain server {node}", self._placed, then, now)
 
     # ================================================================= membership
     def _on_register(self, msg: Message, now: float) -> list[Action]:
-        body = msg.body
-        role = get(body, "role", str)
-        address = get(body, "address", str)
+        req = RegisterRequest.from_wire(msg.body)
+        role, address = req.role, req.address
         if role not in ("server", "worker", "client"):
             raise ProtocolError(f"cannot register a node of role {role!r}")
         if not _valid_address(address):
             raise ProtocolError(f"cannot register a node at {address!r}: not tcp://host:port")
         nid = next(self._ids)
-        rank = get(body, "rank", int, -1)
-        info = NodeInfo(nid, role, address, get(body, "host", str, ""), get(body, "pid", int, 0), rank)
+        info = NodeInfo(nid, role, address, req.host, req.pid, req.rank)
         out: list[Action] = [Connect(nid, address)]
         msg.sender = nid  # replies go to the new id
         try:
@@ -454,7 +486,8 @@ class SchedulerCore:
             return out
         self.nodes[nid] = info
         if role == "client":  # operators' tools: answered at once, never announced
-            out.append(Send(nid, msg.reply(body={"id": nid, **self._nodes_body()})))
+            nodes = self._nodes_body()
+            out.append(Send(nid, msg.reply(body=RegisterReply(id=nid, nodes=nodes.nodes, keymap=nodes.keymap).to_wire())))
             return out
         self.last_seen[nid] = now
         log.info("registered %s", info)
@@ -498,21 +531,21 @@ class SchedulerCore:
                 if info.id not in self.nodes:
                     continue  # died meanwhile
                 joined |= info.role == "server" and late
-                body = {"id": info.id, "rank": info.rank, "num_workers": self.num_workers,
-                        "tables": [[t.id, t.spec.to_wire(), t.policy.to_wire()] for t in self._tables.values() if t.ready],
-                        **self._nodes_body()}
-                out.append(Send(info.id, reg.reply(body=body)))
+                nodes = self._nodes_body()
+                body = RegisterReply(id=info.id, rank=info.rank, num_workers=self.num_workers, tables=self._table_list(),
+                                     nodes=nodes.nodes, keymap=nodes.keymap)
+                out.append(Send(info.id, reg.reply(body=body.to_wire())))
                 self._answered.add(info.id)
                 self.last_seen[info.id] = g.ended  # its heartbeats start now
             if joined:  # a server joined a running cluster: give it its share of the ranges
                 out += self.migrate("server joined", self._placed, lambda ok, why: [], now)
             return out + self._next_round(now) + self._check_barriers()
 
-        body = self._nodes_body()
+        body = self._nodes_body().to_wire()
         return self._request(old_servers, lambda nid: Message(Op.NODES, body=body), now, done)
 
     def _broadcast_nodes(self, now: float, dead: list[int] | None = None) -> list[Action]:
-        body = self._nodes_body(dead)
+        body = self._nodes_body(dead).to_wire()
         targets = [n for n in self.nodes if n in self._answered]
         return self._request(targets, lambda nid: Message(Op.NODES, body=body), now, lambda g: [])
 
@@ -550,13 +583,12 @@ class SchedulerCore:
         return [Send(msg.sender, msg.reply(body=self.shards.on_task(msg.sender, msg.body, now)))]
 
     def _on_shutdown(self, msg: Message, now: float) -> list[Action]:
-        reason = get(msg.body, "reason", str, "shutdown requested")
-        code = get(msg.body, "code", int, 0)
-        return [Send(msg.sender, msg.reply()), *self.shutdown(reason, code)]
+        req = Shutdown.from_wire(msg.body)
+        return [Send(msg.sender, msg.reply()), *self.shutdown(req.reason, req.code)]
 
     # ================================================================= barriers
     def _on_barrier(self, msg: Message, now: float) -> list[Action]:
-        group = get(msg.body, "group", str, "workers")
+        group = Barrier.from_wire(msg.body).group
         if group not in GROUPS:
             raise InvalidArgument(f"unknown barrier group {group!r}; use one of {list(GROUPS)}")
         role = self.nodes[msg.sender].role
@@ -576,19 +608,19 @@ class SchedulerCore:
 
     # ================================================================= tables
     def _on_table(self, msg: Message, now: float) -> list[Action]:
-        spec = TableSpec.from_wire(get(msg.body, "spec", dict))
+        req = TableDeclare.from_wire(msg.body)
+        spec = TableSpec.from_wire(req.spec)
         table = self._tables.get(spec.name)
         if table is not None:
             table.spec.check_compatible(spec)
             if table.ready:
-                return [Send(msg.sender, msg.reply(body={"id": table.id, "policy": table.policy.to_wire()}))]
+                return [Send(msg.sender, msg.reply(body=TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()))]
             table.waiters.append(msg)
             return []
-        wire = msg.body.get("policy")
-        policy = Consistency.from_wire(wire) if wire is not None else Consistency()
+        policy = Consistency.from_wire(req.policy) if req.policy is not None else Consistency()
         table = _Table(next(self._table_ids), spec, policy, waiters=[msg])
         self._tables[spec.name] = table
-        body = {"id": table.id, "spec": spec.to_wire(), "policy": policy.to_wire()}
+        body = TableCreate(id=table.id, spec=spec.to_wire(), policy=policy.to_wire()).to_wire()
 
         def done(g: _Gather) -> list[Action]:
             waiters, table.waiters = table.waiters, []
@@ -598,25 +630,27 @@ class SchedulerCore:
                 failed = [r for r in g.replies.values() if r.status != Status.OK]
                 if failed:
                     r = failed[0]
-                    why = f"server {r.sender}: {r.body.get('type')}: {r.body.get('message')}"
+                    err = _error_of(r)
+                    why = f"server {r.sender}: {err.type}: {err.message}"
                 exc = TableError(f"table {spec.name!r} could not be created: {why}")
                 return [self._error(w, exc) for w in waiters]
             table.ready = True
             log.info("table %d %r (%s, %s)", table.id, spec.name, spec.describe(), table.policy)
-            return [Send(w.sender, w.reply(body={"id": table.id, "policy": table.policy.to_wire()}))
-                    for w in waiters]
+            answer = TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()
+            return [Send(w.sender, w.reply(body=answer)) for w in waiters]
 
         return self._request(self._joined("server"), lambda nid: Message(Op.TABLE, body=body), now, done)
 
     def _on_policy(self, msg: Message, now: float) -> list[Action]:
         """Change a table's consistency while the job runs; answered once every node has it."""
-        name = get(msg.body, "name", str)
+        req = PolicyRequest.from_wire(msg.body)
+        name = req.name
         table = self._tables.get(name)
         if table is None or not table.ready:
             raise TableError(f"no table named {name!r}; declare it with Worker.table() first")
-        table.policy = Consistency.from_wire(get(msg.body, "policy", dict))
+        table.policy = Consistency.from_wire(req.policy)
         log.info("table %d %r is now %s", table.id, name, table.policy)
-        body = {"policy": table.policy.to_wire()}
+        body = PolicyUpdate(policy=table.policy.to_wire()).to_wire()
         targets = self._joined("server") + self._joined("worker")
 
         def done(g: _Gather) -> list[Action]:
@@ -633,23 +667,25 @@ class SchedulerCore:
         def done(g: _Gather) -> list[Action]:
             servers: dict[str, Any] = {}
             for nid, r in g.replies.items():
-                servers[str(nid)] = r.body if r.status == Status.OK else {"error": r.body.get("message", "")}
+                servers[str(nid)] = r.body if r.status == Status.OK else {"error": _reason(r)}
             for nid, e in g.errors.items():
                 servers[str(nid)] = {"error": e}
-            body = {
-                **self._nodes_body(),
-                "last_seen": {str(n): round(now - t, 3) for n, t in self.last_seen.items()},
-                "tables": [[t.id, t.spec.to_wire(), t.policy.to_wire()] for t in self._tables.values() if t.ready],
-                "servers": servers,
-                "num_servers": self.num_servers,
-                "num_workers": self.num_workers,
-                "uptime": round(now - self.started, 3),
-                "failovers": self.failovers,
-                "migrations": self.migrations,
-                "migrating": self._migrating or bool(self._migrations),
-                "shards": self.shards.status(now),
-            }
-            return [Send(msg.sender, msg.reply(body=body))]
+            nodes = self._nodes_body()
+            body = ClusterStatus(
+                nodes=nodes.nodes,
+                keymap=nodes.keymap,
+                last_seen={str(n): round(now - t, 3) for n, t in self.last_seen.items()},
+                tables=self._table_list(),
+                servers=servers,
+                num_servers=self.num_servers,
+                num_workers=self.num_workers,
+                uptime=round(now - self.started, 3),
+                failovers=self.failovers,
+                migrations=self.migrations,
+                migrating=self._migrating or bool(self._migrations),
+                shards=self.shards.status(now),
+            )
+            return [Send(msg.sender, msg.reply(body=body.to_wire()))]
 
         return self._request(self._joined("server"), lambda nid: Message(Op.STATUS), now, done)
 

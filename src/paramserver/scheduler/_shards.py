@@ -37,7 +37,7 @@ from typing import Any
 
 from .._config import WORKER_FAILURE_POLICIES
 from .._errors import InvalidArgument, ProtocolError
-from ..protocol import get
+from ..protocol import TaskReply, TaskRequest
 
 __all__ = ["WORKER_FAILURE_POLICIES", "ShardManager", "ShardSet"]
 
@@ -87,10 +87,10 @@ class ShardSet:
         return {"total": self.total, "done": self.n_done, "running": self.total - self.n_done - pending,
                 "pending": pending}
 
-    def task_body(self, task: int) -> dict[str, Any]:
+    def task_body(self, task: int) -> TaskReply:
         """The reply that hands ``task`` out: its number, shard index and epoch."""
         n = len(self.shards)
-        return {"state": "task", "task": task, "shard": task % n, "epoch": task // n, "progress": self.progress()}
+        return TaskReply(state="task", task=task, shard=task % n, epoch=task // n, progress=self.progress())
 
     def give_back(self, task: int) -> None:
         """Return a running task to the pending heap."""
@@ -130,12 +130,12 @@ class ShardManager:
     def on_task(self, worker: int, body: dict[str, Any], now: float) -> dict[str, Any]:
         """Handle one TASK request of ``worker``; return the reply body.
 
-        Request body: ``set`` (name); ``shards`` and ``epochs`` to declare the set (the
+        Request body (:class:`TaskRequest` on the wire): ``set`` (name); ``shards`` and ``epochs`` to declare the set (the
         first request of each iteration over it); ``done`` (a task number or None): the
         task this worker finished; ``release`` (bool): give ``done`` back unfinished
         instead, and ask for nothing.
 
-        Reply body: ``state`` is ``"task"`` (with ``task``, ``shard``, ``epoch``),
+        Reply body (:class:`TaskReply` on the wire): ``state`` is ``"task"`` (with ``task``, ``shard``, ``epoch``),
         ``"wait"``, ``"finished"`` or ``"released"``; ``progress`` counts the set's tasks.
 
         Raises
@@ -146,26 +146,24 @@ class ShardManager:
             Unknown set, a declaration that differs from the first one, a task number out
             of range, or a report about a task this worker does not hold.
         """
-        name = get(body, "set", str)
-        if "shards" in body:
-            sset = self._declare(name, get(body, "shards", list), get(body, "epochs", int, 1))
+        req = TaskRequest.from_wire(body)
+        name = req.set
+        if req.shards is not None:
+            sset = self._declare(name, req.shards, req.epochs)
         else:
             found = self.sets.get(name)
             if found is None:
                 raise InvalidArgument(f"no shard set named {name!r}: declare it first (Worker.shards(name, shards))")
             sset = found
-        done = body.get("done")
-        release = get(body, "release", bool, False)
+        done, release = req.done, req.release
         if done is not None:
-            if type(done) is not int:
-                raise ProtocolError(f"message body field 'done' must be int or None, got {type(done).__name__}")
             if release:
                 self._release(sset, worker, done)
-                return {"state": "released", "progress": sset.progress()}
+                return TaskReply(state="released", progress=sset.progress()).to_wire()
             self._complete(sset, worker, done)
         elif release:
             raise ProtocolError("a release names the task given back in 'done'")
-        return self._next(sset, worker, now)
+        return self._next(sset, worker, now).to_wire()
 
     def _declare(self, name: str, shards: list[Any], epochs: int) -> ShardSet:
         if not shards:
@@ -210,15 +208,15 @@ class ShardManager:
         if self._held(sset, worker, task) is not None:
             sset.give_back(task)
 
-    def _next(self, sset: ShardSet, worker: int, now: float) -> dict[str, Any]:
+    def _next(self, sset: ShardSet, worker: int, now: float) -> TaskReply:
         if sset.pending:
             task = heapq.heappop(sset.pending)
             t = sset.tasks[task]
             t.state, t.worker, t.since = RUNNING, worker, now
             return sset.task_body(task)
         if sset.finished:
-            return {"state": "finished", "progress": sset.progress()}
-        return {"state": "wait", "progress": sset.progress()}
+            return TaskReply(state="finished", progress=sset.progress())
+        return TaskReply(state="wait", progress=sset.progress())
 
     # ------------------------------------------------------------------ membership
     def worker_gone(self, worker: int, now: float) -> list[tuple[str, int]]:

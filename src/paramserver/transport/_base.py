@@ -16,10 +16,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Frames", "Transport"]
+__all__ = ["COPY_THRESHOLD", "Frames", "Transport"]
 
 #: One message: a sequence of buffers (bytes, memoryview, numpy arrays, zmq Frames).
 Frames = Sequence[Any]
+
+#: Frames smaller than this many bytes are copied by a transport (cheaper than tracking the
+#: buffer); larger ones are sent from the caller's memory. The codec packs arrays below it
+#: into the header frame.
+COPY_THRESHOLD = 1 << 16
 
 
 class Transport(ABC):

@@ -5,9 +5,10 @@ for that peer to the receiver's ROUTER, and a reply is a message the other way. 
 prepends the sending socket's identity, which :meth:`ZmqTransport.recv` drops: the sender
 is named inside the message header.
 
-Arrays are handed to ZeroMQ with ``copy=False``: frames above pyzmq's copy threshold
-(64 KiB) are sent from the caller's memory and received into buffers that numpy wraps
-without copying.
+Frames of at least :data:`COPY_THRESHOLD` (64 KiB) bytes are handed to ZeroMQ with
+``copy=False``: sent from the caller's memory and received into buffers that numpy wraps
+without copying. Smaller frames (a header frame with small arrays packed into it) are
+copied, which is cheaper than tracking their buffers.
 
 Thread-safety: each DEALER has its own lock, so :meth:`send` may be called from any
 thread; the ROUTER is used only by the thread that calls :meth:`recv`.
@@ -22,12 +23,11 @@ from typing import Any
 import zmq
 
 from .._errors import NodeUnavailable
-from ._base import Frames, Transport
+from ._base import COPY_THRESHOLD, Frames, Transport
 
 __all__ = ["ZmqTransport"]
 
 _SNDMORE = int(zmq.SNDMORE)
-_COPY_THRESHOLD = 1 << 16
 
 
 class _Link:
@@ -114,7 +114,7 @@ class ZmqTransport(Transport):
                 raise NodeUnavailable(f"the connection to node {peer} was closed")
             # Small frames are copied (cheaper than tracking a buffer); large ones are not.
             for i, f in enumerate(frames):
-                sock.send(f, _SNDMORE if i < last else 0, copy=sizes[i] < _COPY_THRESHOLD)
+                sock.send(f, _SNDMORE if i < last else 0, copy=sizes[i] < COPY_THRESHOLD)
         return sum(sizes)
 
     def recv(self, timeout: float | None) -> list[Any] | None:

@@ -1,0 +1,212 @@
+"""Typed bodies of the control operations (op < 32) and of the status-bearing replies.
+
+One slotted dataclass per op and direction; field names are the wire names (docs/protocol.md).
+Values that upper layers own travel in their wire form and are converted by their users: a
+node table entry is ``NodeInfo.to_wire()`` (a list), a key map ``KeyMap.to_wire()`` (a map), a
+table spec ``TableSpec.to_wire()``, a consistency policy ``Consistency.to_wire()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._body import OMIT, Body
+
+__all__ = [
+    "Barrier", "Bye", "ClusterStatus", "Drain", "DrainReply", "ErrorReply", "Heartbeat", "Moved", "Nodes", "Ping",
+    "PolicyRequest", "PolicyUpdate", "RegisterReply", "RegisterRequest", "ResendKeys", "Shutdown", "StatusRequest",
+    "TableCreate", "TableDeclare", "TableReply", "TaskReply", "TaskRequest",
+]
+
+
+@dataclass(slots=True, kw_only=True)
+class RegisterRequest(Body):
+    """REGISTER, node -> scheduler: who joins (``rank`` -1: any worker rank)."""
+
+    role: str
+    address: str
+    host: str = ""
+    pid: int = 0
+    rank: int = field(default=-1, metadata=OMIT)
+
+
+@dataclass(slots=True, kw_only=True)
+class Nodes(Body):
+    """NODES, scheduler -> every node: the node table (``NodeInfo`` wire lists), the key map
+    (None before the first server joined) and the nodes that died or left."""
+
+    nodes: list[list[Any]]
+    keymap: dict[str, Any] | None = None
+    dead: list[int] = field(default_factory=list, metadata=OMIT)
+
+
+@dataclass(slots=True, kw_only=True)
+class RegisterReply(Nodes):
+    """The answer to REGISTER: the new id and the node table; for servers and workers also the
+    worker rank, the number of workers and the tables made so far (``[[id, spec, policy]...]``)."""
+
+    id: int
+    rank: int | None = field(default=None, metadata=OMIT)
+    num_workers: int | None = field(default=None, metadata=OMIT)
+    tables: list[list[Any]] | None = field(default=None, metadata=OMIT)
+
+
+@dataclass(slots=True, kw_only=True)
+class Heartbeat(Body):
+    """HEARTBEAT, node -> scheduler: alive. Carries nothing (its reply neither)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Bye(Body):
+    """BYE, worker -> scheduler: this worker is finished. Carries nothing."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Ping(Body):
+    """PING: a liveness probe, answered at once. Carries nothing."""
+
+
+@dataclass(slots=True, kw_only=True)
+class StatusRequest(Body):
+    """STATUS request (client -> scheduler, scheduler -> servers). Carries nothing."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Barrier(Body):
+    """BARRIER, node -> scheduler: wait for ``group`` ("workers", "servers" or "all")."""
+
+    group: str = "workers"
+
+
+@dataclass(slots=True, kw_only=True)
+class TableDeclare(Body):
+    """TABLE, worker -> scheduler: declare a table (``policy`` None: the default model)."""
+
+    spec: dict[str, Any]
+    policy: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class TableReply(Body):
+    """The answer to a TABLE declaration: the table's id and consistency policy."""
+
+    id: int
+    policy: dict[str, Any]
+
+
+@dataclass(slots=True, kw_only=True)
+class TableCreate(Body):
+    """TABLE, scheduler -> server: add the table."""
+
+    id: int
+    spec: dict[str, Any]
+    policy: dict[str, Any]
+
+
+@dataclass(slots=True, kw_only=True)
+class Shutdown(Body):
+    """SHUTDOWN: anyone -> scheduler (end the job), scheduler -> node (exit now)."""
+
+    reason: str = "shutdown requested"
+    code: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class PolicyRequest(Body):
+    """POLICY, worker or client -> scheduler: change table ``name``'s consistency."""
+
+    name: str
+    policy: dict[str, Any]
+
+
+@dataclass(slots=True, kw_only=True)
+class PolicyUpdate(Body):
+    """POLICY, scheduler -> servers and workers (table id in the header), and the answer to a
+    :class:`PolicyRequest`: the table's new policy."""
+
+    policy: dict[str, Any]
+
+
+@dataclass(slots=True, kw_only=True)
+class TaskRequest(Body):
+    """TASK, worker -> scheduler: ``shards`` and ``epochs`` declare set ``set`` (the first
+    request of each pass over it); ``done`` names the task finished (or None); ``release``
+    gives ``done`` back unfinished instead."""
+
+    set: str
+    shards: list[Any] | None = field(default=None, metadata=OMIT)
+    epochs: int = field(default=1, metadata=OMIT)
+    done: int | None = None
+    release: bool = field(default=False, metadata=OMIT)
+
+
+@dataclass(slots=True, kw_only=True)
+class TaskReply(Body):
+    """The answer to TASK: ``state`` task (with ``task``, ``shard``, ``epoch``), wait,
+    finished or released; ``progress`` counts the set's tasks."""
+
+    state: str
+    progress: dict[str, Any]
+    task: int | None = field(default=None, metadata=OMIT)
+    shard: int | None = field(default=None, metadata=OMIT)
+    epoch: int | None = field(default=None, metadata=OMIT)
+
+
+@dataclass(slots=True, kw_only=True)
+class Drain(Body):
+    """DRAIN, client -> scheduler: move every range off server ``node``, then stop it."""
+
+    node: int
+
+
+@dataclass(slots=True, kw_only=True)
+class DrainReply(Body):
+    """The answer to DRAIN: the key map without the drained server."""
+
+    keymap: dict[str, Any] | None
+
+
+@dataclass(slots=True, kw_only=True)
+class ClusterStatus(Nodes):
+    """The scheduler's answer to STATUS: membership, tables, each server's own report (or
+    ``{"error": ...}``) by id, counters and the shard sets."""
+
+    last_seen: dict[str, Any]
+    tables: list[list[Any]]
+    servers: dict[str, Any]
+    num_servers: int
+    num_workers: int
+    uptime: float
+    failovers: int
+    migrations: int
+    migrating: bool
+    shards: dict[str, Any]
+
+
+@dataclass(slots=True, kw_only=True)
+class ErrorReply(Body):
+    """The body of a reply of status ERROR: the exception's type name, message and traceback."""
+
+    type: str = "Exception"
+    message: str = ""
+    traceback: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class Moved(Body):
+    """The body of a reply of status MOVED: the receiver's key map epoch and map, and the
+    node table entries of the map's servers (one may have joined after the sender's table)."""
+
+    message: str
+    epoch: int
+    keymap: dict[str, Any] | None
+    nodes: list[list[Any]]
+
+
+@dataclass(slots=True, kw_only=True)
+class ResendKeys(Body):
+    """The body of a reply of status RESEND_KEYS: the signature of the key list not cached."""
+
+    message: str
+    ksig: int
