@@ -111,16 +111,6 @@ def test_public_all_is_sorted_and_complete() -> None:
     assert public <= set(ps.__all__) | {"annotations"}, public - set(ps.__all__)
 
 
-# Private names still used across modules inside the packages being redesigned (file -> names;
-# a dotted name is a private module of another package). Each entry is a debt: the test fails
-# when an entry is no longer needed, so the list only shrinks, until it is empty.
-PRIVATE_USES_ALLOWED: dict[str, set[str]] = {
-    # The checkpoint writer reads the file layout's helpers.
-    "server/_checkpoint.py": {"checkpoint._format"},
-    # The runtime decodes headers alone (before the filters and handlers see a message).
-    "node/_runtime.py": {"protocol._codec"},
-}
-
 # Underscore names that are documented public API of Python itself: the NamedTuple methods and
 # fields, sys._getframe, os._exit.
 _PUBLIC_UNDERSCORE = {"_asdict", "_field_defaults", "_fields", "_make", "_replace", "_getframe", "_exit"}
@@ -217,10 +207,8 @@ class A:
 def test_no_private_name_crosses_a_module_boundary() -> None:
     """Only src/ is held to this (tests and benchmarks may reach into internals)."""
     found = {str(p.relative_to(SRC)): _private_uses_in(p.read_text(), p.relative_to(SRC)) for p in SRC.rglob("*.py")}
-    bad = {f: sorted(names - PRIVATE_USES_ALLOWED.get(f, set())) for f, names in found.items()}
-    assert not {f: n for f, n in bad.items() if n}, bad
-    stale = {f: sorted(names - found.get(f, set())) for f, names in PRIVATE_USES_ALLOWED.items()}
-    assert not {f: n for f, n in stale.items() if n}, f"no longer used, remove from PRIVATE_USES_ALLOWED: {stale}"
+    bad = {f: sorted(names) for f, names in found.items() if names}
+    assert not bad, bad
 
 
 def test_every_setting_is_documented_with_its_default() -> None:

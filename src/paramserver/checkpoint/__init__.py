@@ -7,7 +7,17 @@ files, readable with ``json`` and ``numpy.load`` alone; see docs/checkpoints.md.
 :func:`read_table` loads a whole table into memory.
 """
 
-from ._format import FORMAT, MANIFEST, VERSION, build_manifest, read_manifest, read_table, server_files, write_manifest
+from ._format import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    build_manifest,
+    load_file,
+    read_manifest,
+    read_table,
+    server_files,
+    write_manifest,
+)
 from ._location import Location, open_location
 
 __all__ = [
@@ -16,6 +26,7 @@ __all__ = [
     "VERSION",
     "Location",
     "build_manifest",
+    "load_file",
     "open_location",
     "read_manifest",
     "read_table",

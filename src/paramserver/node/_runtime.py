@@ -47,8 +47,19 @@ from .._errors import (
 )
 from ..clock import Request
 from ..placement import KeyMap
-from ..protocol import Codec, KeysMissing, Message, Op, Status, codec, decode, encode, get, value_indices
-from ..protocol._codec import decode_header
+from ..protocol import (
+    Codec,
+    KeysMissing,
+    Message,
+    Op,
+    Status,
+    codec,
+    decode,
+    decode_header,
+    encode,
+    get,
+    value_indices,
+)
 from ..transport import FaultyTransport, Transport, ZmqTransport
 from . import _batch as batch
 from ._errors_wire import error_body, error_from_body

@@ -2,7 +2,7 @@
 interface."""
 
 from ._body import Body
-from ._codec import ALLOWED_DTYPES, PROTOCOL_VERSION, decode, encode
+from ._codec import ALLOWED_DTYPES, PROTOCOL_VERSION, decode, decode_header, encode
 from ._control_bodies import (
     Barrier,
     Bye,
@@ -99,6 +99,7 @@ __all__ = [
     "TaskRequest",
     "codec",
     "decode",
+    "decode_header",
     "encode",
     "get",
     "migrate_from_wire",

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import CheckpointError
-from ..checkpoint import Location, open_location, read_manifest, server_files
-from ..checkpoint._format import load_file
+from ..checkpoint import Location, load_file, open_location, read_manifest, server_files
 from ..placement import ranges_to_wire
 from ..table import Store, TableSpec
 from ._actions import WriteCheckpoint
