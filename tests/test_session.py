@@ -18,7 +18,6 @@ from paramserver.protocol import Message, Op
 from paramserver.transport import MemoryHub, MemoryTransport
 from paramserver.worker._session import Session
 
-
 World = tuple[Session, Node, list[Message], threading.Event]
 
 
