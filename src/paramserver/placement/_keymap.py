@@ -23,8 +23,8 @@ from .._errors import InvalidArgument, ProtocolError
 from ..protocol import KEY_SPACE
 
 __all__ = [
-    "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges", "merge_adjacent",
-    "positions", "ranges_from_wire", "ranges_to_wire",
+    "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "Split", "copy_plan", "extended", "in_ranges",
+    "merge_adjacent", "positions", "ranges_from_wire", "ranges_to_wire",
 ]
 
 _NO_REPLICATED: dict[tuple[int, ...], tuple[KeyRange, ...]] = {}  # never mutated
@@ -58,6 +58,25 @@ class Assignment:
     range: KeyRange
     master: int
     replicas: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """The part of sorted keys (and of arrays aligned with them) that one server masters.
+
+    ``pos`` selects the part in the original keys: a ``slice`` when the part is one
+    contiguous run, then ``keys`` and ``arrays`` are views (no copy); otherwise a sorted
+    int64 array of positions, then they are one gather each. Either way
+    ``keys == original[pos]`` and ``arrays[i] == original_arrays[i][pos]``, ascending.
+    """
+
+    server: int
+    pos: slice | np.ndarray
+    keys: np.ndarray
+    arrays: tuple[np.ndarray, ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class KeyMap:
@@ -177,6 +196,68 @@ class KeyMap:
         out: dict[int, list[tuple[int, int]]] = {}
         for node, a, b in self._hits(keys, self._masters):
             out.setdefault(node, []).append((a, b))
+        return out
+
+    def split(self, keys: np.ndarray, *arrays: np.ndarray) -> dict[int, Split]:
+        """Split sorted keys, and ``arrays`` aligned with them (same first dimension), by master.
+
+        ``keys`` must be a sorted (ascending) 1-D uint64 array. Returns ``{server: Split}``
+        for each master with at least one key, in the order of its first key. A server's
+        keys that form one contiguous run (its ranges hit are next to each other among the
+        ranges that got keys) come as views with a ``slice``; otherwise as one gather with
+        an int64 position array. Cost: one ``np.searchsorted`` of the range bounds into the
+        keys, then per server a few array operations (no Python loop over keys or ranges).
+
+        Raises
+        ------
+        InvalidArgument
+            Keys that are not a 1-D uint64 array, or an array of another length.
+        """
+        n = len(keys)
+        if keys.dtype != np.uint64 or keys.ndim != 1:
+            raise InvalidArgument(f"keys to split must be a 1-D uint64 array, got {keys.ndim}-D {keys.dtype}")
+        for a in arrays:
+            if a.ndim < 1 or len(a) != n:
+                raise InvalidArgument(f"an array of shape {a.shape} does not match {n} keys")
+        if n == 0:
+            return {}
+        if len(self._entries) == 1:
+            master = self._entries[0].master
+            return {master: Split(master, slice(0, n), keys, arrays)}
+        cuts = np.searchsorted(keys, self._bounds, side="left")
+        starts = np.concatenate([[0], cuts])
+        hit = np.flatnonzero(np.concatenate([cuts, [n]]) > starts)  # the ranges that got keys, in key order
+        labels = self._masters[hit]
+        # Neighbouring hit ranges are contiguous in keys: join those of one master into runs.
+        first = np.empty(len(hit), dtype=bool)
+        first[0] = True
+        np.not_equal(labels[1:], labels[:-1], out=first[1:])
+        run_server = labels[first]
+        run_start = starts[hit[first]]
+        run_stop = np.append(run_start[1:], n)
+        if len(run_server) == 1:
+            server = int(run_server[0])
+            return {server: Split(server, slice(0, n), keys, arrays)}
+        # Group the runs by server (stable: each server's runs stay in key order), servers in
+        # the order of their first run.
+        order = np.argsort(run_server, kind="stable")
+        grouped = run_server[order]
+        bounds = np.flatnonzero(np.concatenate([[True], grouped[1:] != grouped[:-1], [True]]))
+        out: dict[int, Split] = {}
+        groups = sorted(zip(order[bounds[:-1]].tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+        for _, g0, g1 in groups:  # one pass per server
+            runs = order[g0:g1]
+            server = int(run_server[runs[0]])
+            if g1 - g0 == 1:
+                r = int(runs[0])
+                pos: slice | np.ndarray = slice(int(run_start[r]), int(run_stop[r]))
+                out[server] = Split(server, pos, keys[pos], tuple(a[pos] for a in arrays))
+            else:
+                lo, hi = run_start[runs], run_stop[runs]
+                lengths = hi - lo
+                offsets = np.cumsum(lengths) - lengths  # where each run begins in the gathered part
+                idx = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(lo - offsets, lengths)
+                out[server] = Split(server, idx, keys[idx], tuple(a[idx] for a in arrays))
         return out
 
     def masters(self, keys: np.ndarray) -> np.ndarray:
