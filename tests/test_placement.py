@@ -185,7 +185,7 @@ def _maps_and_keys(draw: st.DrawFn) -> tuple[KeyMap, np.ndarray]:
     elif kind == "ring":
         km = Ring(draw(st.sampled_from([1, 4, 64]))).assign(servers, epoch=1)
     else:
-        cuts = sorted(set(draw(st.lists(st.integers(1, KEY_SPACE - 1), max_size=30))))
+        cuts = sorted(set(draw(st.lists(st.integers(1, KEY_SPACE - 1), max_size=80))))
         los = [0, *cuts]
         his = [*cuts, KEY_SPACE]
         km = KeyMap(1, [Assignment(KeyRange(lo, hi), draw(st.sampled_from(servers)))

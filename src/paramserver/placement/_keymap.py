@@ -27,6 +27,7 @@ __all__ = [
     "merge_adjacent", "positions", "ranges_from_wire", "ranges_to_wire",
 ]
 
+_FEW_RANGES = 32  # KeyMap.split walks at most this many ranges in Python, else sorts per key
 _NO_REPLICATED: dict[tuple[int, ...], tuple[KeyRange, ...]] = {}  # never mutated
 
 
@@ -82,8 +83,8 @@ class Split:
 class KeyMap:
     """An immutable, versioned assignment of the whole key space to servers."""
 
-    __slots__ = ("_bounds", "_chain_ids", "_chains", "_entries", "_his", "_masters", "_ranges", "_replicated",
-                 "epoch")
+    __slots__ = ("_bounds", "_chain_ids", "_chains", "_dense", "_entries", "_his", "_master_list", "_masters",
+                 "_ranges", "_replicated", "_server_ids", "epoch")
 
     def __init__(self, epoch: int, entries: list[Assignment] | tuple[Assignment, ...]) -> None:
         entries = tuple(sorted(entries, key=lambda a: a.range.lo))
@@ -100,6 +101,12 @@ class KeyMap:
         self._entries = entries
         self._bounds = np.array([a.range.lo for a in entries[1:]], dtype=np.uint64)
         self._masters = np.array([a.master for a in entries], dtype=np.int64)
+        self._master_list = [a.master for a in entries]
+        # split(): each range's master as an index into _server_ids, small for a fast stable sort.
+        self._server_ids = sorted(set(self._master_list))
+        index = {node: i for i, node in enumerate(self._server_ids)}
+        self._dense = np.array([index[m] for m in self._master_list],
+                               dtype=np.int16 if len(index) < 2**15 else np.int64)
         self._ranges: dict[int, list[KeyRange]] = {}
         for a in entries:
             self._ranges.setdefault(a.master, []).append(a.range)
@@ -203,10 +210,13 @@ class KeyMap:
 
         ``keys`` must be a sorted (ascending) 1-D uint64 array. Returns ``{server: Split}``
         for each master with at least one key, in the order of its first key. A server's
-        keys that form one contiguous run (its ranges hit are next to each other among the
-        ranges that got keys) come as views with a ``slice``; otherwise as one gather with
-        an int64 position array. Cost: one ``np.searchsorted`` of the range bounds into the
-        keys, then per server a few array operations (no Python loop over keys or ranges).
+        keys that form one contiguous run come as views with a ``slice``; otherwise as one
+        gather with an int64 position array.
+
+        Cost: one ``np.searchsorted``. With few ranges (at most ``_FEW_RANGES``), of the
+        range bounds into the keys, then a Python pass over the ranges; with many (a ring),
+        of the keys into the bounds, then a stable sort of the keys' server indices and a
+        slice of it per server. No Python loop over keys.
 
         Raises
         ------
@@ -224,40 +234,38 @@ class KeyMap:
         if len(self._entries) == 1:
             master = self._entries[0].master
             return {master: Split(master, slice(0, n), keys, arrays)}
-        cuts = np.searchsorted(keys, self._bounds, side="left")
-        starts = np.concatenate([[0], cuts])
-        hit = np.flatnonzero(np.concatenate([cuts, [n]]) > starts)  # the ranges that got keys, in key order
-        labels = self._masters[hit]
-        # Neighbouring hit ranges are contiguous in keys: join those of one master into runs.
-        first = np.empty(len(hit), dtype=bool)
-        first[0] = True
-        np.not_equal(labels[1:], labels[:-1], out=first[1:])
-        run_server = labels[first]
-        run_start = starts[hit[first]]
-        run_stop = np.append(run_start[1:], n)
-        if len(run_server) == 1:
-            server = int(run_server[0])
-            return {server: Split(server, slice(0, n), keys, arrays)}
-        # Group the runs by server (stable: each server's runs stay in key order), servers in
-        # the order of their first run.
-        order = np.argsort(run_server, kind="stable")
-        grouped = run_server[order]
-        bounds = np.flatnonzero(np.concatenate([[True], grouped[1:] != grouped[:-1], [True]]))
         out: dict[int, Split] = {}
-        groups = sorted(zip(order[bounds[:-1]].tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-        for _, g0, g1 in groups:  # one pass per server
-            runs = order[g0:g1]
-            server = int(run_server[runs[0]])
-            if g1 - g0 == 1:
-                r = int(runs[0])
-                pos: slice | np.ndarray = slice(int(run_start[r]), int(run_stop[r]))
+        if len(self._entries) <= _FEW_RANGES:
+            stops = np.searchsorted(keys, self._bounds, side="left").tolist()
+            stops.append(n)
+            runs: dict[int, list[int]] = {}  # server -> [start, stop, start, stop, ...] of its runs
+            start, prev = 0, None
+            for master, stop in zip(self._master_list, stops, strict=True):
+                if stop > start:  # neighbouring ranges that got keys are contiguous in keys
+                    if master == prev:
+                        runs[master][-1] = stop
+                    else:
+                        runs.setdefault(master, []).extend((start, stop))
+                        prev = master
+                    start = stop
+            for server, r in runs.items():
+                if len(r) == 2:
+                    pos: slice | np.ndarray = slice(r[0], r[1])
+                else:  # a Python loop over this server's few runs
+                    pos = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(r[::2], r[1::2], strict=True)])
                 out[server] = Split(server, pos, keys[pos], tuple(a[pos] for a in arrays))
+            return out
+        label = self._dense[np.searchsorted(self._bounds, keys, side="right")]  # each key's server index
+        order = np.argsort(label, kind="stable")  # positions grouped by server, ascending in each
+        cut = (np.flatnonzero(label[order[1:]] != label[order[:-1]]) + 1).tolist()
+        groups = sorted(zip(order[[0, *cut]].tolist(), [0, *cut], [*cut, n], strict=True))
+        for first, g0, g1 in groups:  # servers in the order of their first key
+            server = self._server_ids[label[first]]
+            if int(order[g1 - 1]) - first == g1 - g0 - 1:
+                pos = slice(first, first + g1 - g0)
             else:
-                lo, hi = run_start[runs], run_stop[runs]
-                lengths = hi - lo
-                offsets = np.cumsum(lengths) - lengths  # where each run begins in the gathered part
-                idx = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(lo - offsets, lengths)
-                out[server] = Split(server, idx, keys[idx], tuple(a[idx] for a in arrays))
+                pos = order[g0:g1].astype(np.int64, copy=False)
+            out[server] = Split(server, pos, keys[pos], tuple(a[pos] for a in arrays))
         return out
 
     def masters(self, keys: np.ndarray) -> np.ndarray:
