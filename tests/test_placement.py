@@ -163,3 +163,87 @@ def test_failover_and_migration_maps_are_exact() -> None:
     with pytest.raises(InvalidArgument, match="no replica to promote"):
         EvenSplit().assign([1, 2], epoch=1).without(1, epoch=2)
     assert isinstance(restored, KeyMap)
+
+
+def _reference_split(km: KeyMap, keys: np.ndarray) -> dict[int, list[int]]:
+    """Brute force: each key's master by a walk over the ranges, positions in key order."""
+    out: dict[int, list[int]] = {}
+    for i, k in enumerate(keys.tolist()):
+        master = next(a.master for a in km if k in a.range)
+        out.setdefault(master, []).append(i)
+    return out
+
+
+@st.composite
+def _maps_and_keys(draw: st.DrawFn) -> tuple[KeyMap, np.ndarray]:
+    from paramserver.placement import Ring
+
+    kind = draw(st.sampled_from(["even", "ring", "random"]))
+    servers = draw(st.lists(st.integers(0, 20), min_size=1, max_size=5, unique=True))
+    if kind == "even":
+        km = EvenSplit().assign(servers, epoch=1)
+    elif kind == "ring":
+        km = Ring(draw(st.sampled_from([1, 4, 64]))).assign(servers, epoch=1)
+    else:
+        cuts = sorted(set(draw(st.lists(st.integers(1, KEY_SPACE - 1), max_size=80))))
+        los = [0, *cuts]
+        his = [*cuts, KEY_SPACE]
+        km = KeyMap(1, [Assignment(KeyRange(lo, hi), draw(st.sampled_from(servers)))
+                        for lo, hi in zip(los, his, strict=True)])
+    edges = [e for a in km for e in (a.range.lo, a.range.lo - 1, a.range.hi - 1) if 0 <= e < KEY_SPACE]
+    raw = draw(st.lists(st.one_of(st.integers(0, KEY_SPACE - 1), st.integers(2**63, KEY_SPACE - 1),
+                                  st.sampled_from(edges)), max_size=300))
+    return km, np.unique(np.array(raw, dtype=np.uint64))
+
+
+@given(_maps_and_keys(), st.integers(1, 3))
+def test_split_matches_a_brute_force_reference(case: tuple[KeyMap, np.ndarray], width: int) -> None:
+    km, keys = case
+    values = np.arange(len(keys) * width, dtype=np.float32).reshape(-1, width)
+    ids = np.arange(len(keys), dtype=np.int64)
+    parts = km.split(keys, values, ids)
+    expect = _reference_split(km, keys)
+    assert list(parts) == list(expect)  # servers in the order of their first key
+    for server, part in parts.items():
+        want = np.array(expect[server], dtype=np.int64)
+        assert part.server == server and len(part) == len(want)
+        got = np.arange(len(keys))[part.pos]
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(part.keys, keys[want])
+        np.testing.assert_array_equal(part.arrays[0], values[want])
+        np.testing.assert_array_equal(part.arrays[1], want)
+        contiguous = bool(np.all(np.diff(want) == 1))
+        assert isinstance(part.pos, slice) == contiguous
+        if contiguous:  # views of the callers' arrays, no copy
+            assert np.shares_memory(part.keys, keys) and np.shares_memory(part.arrays[0], values)
+        else:
+            assert part.pos.dtype == np.int64
+            assert not np.shares_memory(part.keys, keys)
+
+
+def test_split_views_and_gathers_exactly() -> None:
+    km = KeyMap(1, [Assignment(KeyRange(0, 10), 1), Assignment(KeyRange(10, 20), 2),
+                    Assignment(KeyRange(20, 30), 1), Assignment(KeyRange(30, 2**63), 3),
+                    Assignment(KeyRange(2**63, KEY_SPACE), 3)])
+    keys = np.array([1, 2, 11, 21, 25, 31, 2**63, KEY_SPACE - 1], dtype=np.uint64)
+    v = np.arange(16.0).reshape(8, 2)
+    parts = km.split(keys, v)
+    assert list(parts) == [1, 2, 3]
+    np.testing.assert_array_equal(parts[1].pos, [0, 1, 3, 4])
+    np.testing.assert_array_equal(parts[1].arrays[0], v[[0, 1, 3, 4]])
+    assert parts[2].pos == slice(2, 3) and parts[3].pos == slice(5, 8)  # two ranges of 3, one run
+    assert np.shares_memory(parts[3].keys, keys) and np.shares_memory(parts[3].arrays[0], v)
+    # keys of 2 absent: the runs of 1 join into one view
+    joined = km.split(np.array([1, 21, 40], dtype=np.uint64))
+    assert joined[1].pos == slice(0, 2) and joined[3].pos == slice(2, 3)
+    single = EvenSplit().assign([4], epoch=1).split(keys, v)
+    assert single[4].pos == slice(0, 8) and single[4].keys is keys and single[4].arrays[0] is v
+    assert km.split(np.empty(0, dtype=np.uint64), np.empty((0, 2))) == {}
+
+
+def test_split_rejects_malformed_input() -> None:
+    km = EvenSplit().assign([1, 2], epoch=1)
+    with pytest.raises(InvalidArgument, match="uint64"):
+        km.split(np.array([1, 2], dtype=np.int64))
+    with pytest.raises(InvalidArgument, match="does not match"):
+        km.split(np.array([1, 2], dtype=np.uint64), np.zeros(3))

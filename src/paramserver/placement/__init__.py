@@ -5,6 +5,7 @@ from ._keymap import (
     Assignment,
     KeyMap,
     KeyRange,
+    Split,
     copy_plan,
     extended,
     in_ranges,
@@ -16,4 +17,4 @@ from ._placement import EvenSplit, Placement
 from ._ring import DEFAULT_VNODES, Ring
 from ._spread import spread, unspread
 
-__all__ = ["DEFAULT_VNODES", "KEY_SPACE", "Assignment", "EvenSplit", "KeyMap", "KeyRange", "Placement", "Ring", "copy_plan", "extended", "in_ranges", "positions", "ranges_from_wire", "ranges_to_wire", "spread", "unspread"]
+__all__ = ["DEFAULT_VNODES", "KEY_SPACE", "Assignment", "EvenSplit", "KeyMap", "KeyRange", "Placement", "Ring", "Split", "copy_plan", "extended", "in_ranges", "positions", "ranges_from_wire", "ranges_to_wire", "spread", "unspread"]

@@ -23,10 +23,11 @@ from .._errors import InvalidArgument, ProtocolError
 from ..protocol import KEY_SPACE
 
 __all__ = [
-    "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "copy_plan", "extended", "in_ranges", "merge_adjacent",
-    "positions", "ranges_from_wire", "ranges_to_wire",
+    "KEY_SPACE", "Assignment", "KeyMap", "KeyRange", "Split", "copy_plan", "extended", "in_ranges",
+    "merge_adjacent", "positions", "ranges_from_wire", "ranges_to_wire",
 ]
 
+_FEW_RANGES = 32  # KeyMap.split walks at most this many ranges in Python, else sorts per key
 _NO_REPLICATED: dict[tuple[int, ...], tuple[KeyRange, ...]] = {}  # never mutated
 
 
@@ -60,11 +61,30 @@ class Assignment:
     replicas: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Split:
+    """The part of sorted keys (and of arrays aligned with them) that one server masters.
+
+    ``pos`` selects the part in the original keys: a ``slice`` when the part is one
+    contiguous run, then ``keys`` and ``arrays`` are views (no copy); otherwise a sorted
+    int64 array of positions, then they are one gather each. Either way
+    ``keys == original[pos]`` and ``arrays[i] == original_arrays[i][pos]``, ascending.
+    """
+
+    server: int
+    pos: slice | np.ndarray
+    keys: np.ndarray
+    arrays: tuple[np.ndarray, ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 class KeyMap:
     """An immutable, versioned assignment of the whole key space to servers."""
 
-    __slots__ = ("_bounds", "_chain_ids", "_chains", "_entries", "_his", "_masters", "_ranges", "_replicated",
-                 "epoch")
+    __slots__ = ("_bounds", "_chain_ids", "_chains", "_dense", "_entries", "_his", "_master_list", "_masters",
+                 "_ranges", "_replicated", "_server_ids", "epoch")
 
     def __init__(self, epoch: int, entries: list[Assignment] | tuple[Assignment, ...]) -> None:
         entries = tuple(sorted(entries, key=lambda a: a.range.lo))
@@ -81,6 +101,12 @@ class KeyMap:
         self._entries = entries
         self._bounds = np.array([a.range.lo for a in entries[1:]], dtype=np.uint64)
         self._masters = np.array([a.master for a in entries], dtype=np.int64)
+        self._master_list = [a.master for a in entries]
+        # split(): each range's master as an index into _server_ids, small for a fast stable sort.
+        self._server_ids = sorted(set(self._master_list))
+        index = {node: i for i, node in enumerate(self._server_ids)}
+        self._dense = np.array([index[m] for m in self._master_list],
+                               dtype=np.int16 if len(index) < 2**15 else np.int64)
         self._ranges: dict[int, list[KeyRange]] = {}
         for a in entries:
             self._ranges.setdefault(a.master, []).append(a.range)
@@ -177,6 +203,69 @@ class KeyMap:
         out: dict[int, list[tuple[int, int]]] = {}
         for node, a, b in self._hits(keys, self._masters):
             out.setdefault(node, []).append((a, b))
+        return out
+
+    def split(self, keys: np.ndarray, *arrays: np.ndarray) -> dict[int, Split]:
+        """Split sorted keys, and ``arrays`` aligned with them (same first dimension), by master.
+
+        ``keys`` must be a sorted (ascending) 1-D uint64 array. Returns ``{server: Split}``
+        for each master with at least one key, in the order of its first key. A server's
+        keys that form one contiguous run come as views with a ``slice``; otherwise as one
+        gather with an int64 position array.
+
+        Cost: one ``np.searchsorted``. With few ranges (at most ``_FEW_RANGES``), of the
+        range bounds into the keys, then a Python pass over the ranges; with many (a ring),
+        of the keys into the bounds, then a stable sort of the keys' server indices and a
+        slice of it per server. No Python loop over keys.
+
+        Raises
+        ------
+        InvalidArgument
+            Keys that are not a 1-D uint64 array, or an array of another length.
+        """
+        n = len(keys)
+        if keys.dtype != np.uint64 or keys.ndim != 1:
+            raise InvalidArgument(f"keys to split must be a 1-D uint64 array, got {keys.ndim}-D {keys.dtype}")
+        for a in arrays:
+            if a.ndim < 1 or len(a) != n:
+                raise InvalidArgument(f"an array of shape {a.shape} does not match {n} keys")
+        if n == 0:
+            return {}
+        if len(self._entries) == 1:
+            master = self._entries[0].master
+            return {master: Split(master, slice(0, n), keys, arrays)}
+        out: dict[int, Split] = {}
+        if len(self._entries) <= _FEW_RANGES:
+            stops = np.searchsorted(keys, self._bounds, side="left").tolist()
+            stops.append(n)
+            runs: dict[int, list[int]] = {}  # server -> [start, stop, start, stop, ...] of its runs
+            start, prev = 0, None
+            for master, stop in zip(self._master_list, stops, strict=True):
+                if stop > start:  # neighbouring ranges that got keys are contiguous in keys
+                    if master == prev:
+                        runs[master][-1] = stop
+                    else:
+                        runs.setdefault(master, []).extend((start, stop))
+                        prev = master
+                    start = stop
+            for server, r in runs.items():
+                if len(r) == 2:
+                    pos: slice | np.ndarray = slice(r[0], r[1])
+                else:  # a Python loop over this server's few runs
+                    pos = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(r[::2], r[1::2], strict=True)])
+                out[server] = Split(server, pos, keys[pos], tuple(a[pos] for a in arrays))
+            return out
+        label = self._dense[np.searchsorted(self._bounds, keys, side="right")]  # each key's server index
+        order = np.argsort(label, kind="stable")  # positions grouped by server, ascending in each
+        cut = (np.flatnonzero(label[order[1:]] != label[order[:-1]]) + 1).tolist()
+        groups = sorted(zip(order[[0, *cut]].tolist(), [0, *cut], [*cut, n], strict=True))
+        for first, g0, g1 in groups:  # servers in the order of their first key
+            server = self._server_ids[label[first]]
+            if int(order[g1 - 1]) - first == g1 - g0 - 1:
+                pos = slice(first, first + g1 - g0)
+            else:
+                pos = order[g0:g1].astype(np.int64, copy=False)
+            out[server] = Split(server, pos, keys[pos], tuple(a[pos] for a in arrays))
         return out
 
     def masters(self, keys: np.ndarray) -> np.ndarray:

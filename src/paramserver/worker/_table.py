@@ -27,7 +27,7 @@ import numpy as np
 
 from .._errors import DTypeError, InvalidArgument, ProtocolError
 from ..clock import Consistency, InFlight, Request
-from ..placement import KEY_SPACE, KeyMap, positions, ranges_from_wire, ranges_to_wire
+from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
 from ..protocol import KEY_DTYPE, Codec, Message, Op
 from ..table import PushFilter, TableSpec
 from ._session import Session, wait_result
@@ -185,11 +185,9 @@ class Table:
         keys, values = msg.arrays[0], msg.arrays[1]
         keymap = self._session.keymap()
         origins = self._origins(peer, msg)
-        parts = {}
-        for server, pieces in keymap.slice(keys).items():
-            idx = positions(pieces)
-            parts[server] = Message(Op.PUSH, table=self.id, arrays=[keys[idx], values[idx]],
-                                    body={"origins": origins} if origins else {})
+        parts = {server: Message(Op.PUSH, table=self.id, arrays=[part.keys, *part.arrays],
+                                 body={"origins": origins} if origins else {})
+                 for server, part in keymap.split(keys, values).items()}
         return self._child(Op.PUSH, parts, f"push to table {self.name!r}", keymap, msg, reroute=self._reroute_push)
 
     def _reroute_tick(self, peer: int, msg: Message) -> Request:
@@ -300,15 +298,8 @@ class Table:
         self.pushes += 1
         self.keys_pushed += len(k)
         keymap = self._session.keymap()
-        parts: dict[int, Message] = {}
-        for server, pieces in keymap.slice(k).items():
-            if len(pieces) == 1:
-                a, b = pieces[0]
-                ks, vs = k[a:b], v[a:b]
-            else:
-                idx = positions(pieces)
-                ks, vs = k[idx], v[idx]
-            parts[server] = Message(Op.PUSH, table=self.id, arrays=[ks, vs])
+        parts = {server: Message(Op.PUSH, table=self.id, arrays=[part.keys, *part.arrays])
+                 for server, part in keymap.split(k, v).items()}
         return self._submit(Op.PUSH, parts, f"push to table {self.name!r}", keymap, deps=deps,
                             consistency=consistency, tau=tau, clock=clock, timeout=timeout, codecs=codecs,
                             reroute=self._reroute_push)
@@ -368,26 +359,15 @@ class Table:
         self.pulls += 1
         self.keys_pulled += len(uniq)
         keymap = self._session.keymap()
-        parts: dict[int, Message] = {}
-        layout: dict[int, list[tuple[int, int]]] = keymap.slice(uniq)
-        for server, pieces in layout.items():
-            if len(pieces) == 1:
-                a, b = pieces[0]
-                ks = uniq[a:b]
-            else:
-                ks = np.concatenate([uniq[a:b] for a, b in pieces])
-            parts[server] = Message(Op.PULL, table=self.id, arrays=[ks])
+        layout = keymap.split(uniq)
+        parts = {server: Message(Op.PULL, table=self.id, arrays=[part.keys]) for server, part in layout.items()}
 
         def on_part(msg: Message) -> None:
-            pieces = layout[msg.sender]
-            count = sum(b - a for a, b in pieces)
+            part = layout[msg.sender]
+            count = len(part)
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (count, self.width) or msg.arrays[0].dtype != self.dtype:
                 raise ProtocolError(f"server {msg.sender} answered a pull of {count} keys with a malformed reply")
-            vals = msg.arrays[0]
-            pos = 0
-            for a, b in pieces:
-                buf[a:b] = vals[pos:pos + b - a]
-                pos += b - a
+            buf[part.pos] = msg.arrays[0]
 
         def combine() -> np.ndarray:
             if inverse is not None:
@@ -395,8 +375,9 @@ class Table:
             return target
 
         def reroute(peer: int, msg: Message) -> Request:
-            pos = positions(layout[peer])
-            return self._reroute_pull(uniq, buf, pos, peer, msg)
+            pos = layout[peer].pos
+            return self._reroute_pull(uniq, buf, np.arange(len(uniq))[pos] if isinstance(pos, slice) else pos,
+                                      peer, msg)
 
         req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
@@ -410,10 +391,9 @@ class Table:
         ks = uniq[pos]
         parts: dict[int, Message] = {}
         where: dict[int, np.ndarray] = {}
-        for server, pieces in keymap.slice(ks).items():
-            idx = positions(pieces)
-            parts[server] = Message(Op.PULL, table=self.id, arrays=[ks[idx]], body=dict(msg.body))
-            where[server] = pos[idx]
+        for server, part in keymap.split(ks, pos).items():
+            parts[server] = Message(Op.PULL, table=self.id, arrays=[part.keys], body=dict(msg.body))
+            where[server] = part.arrays[0]
 
         def on_part(m: Message) -> None:
             p = where[m.sender]
