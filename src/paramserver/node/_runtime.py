@@ -749,13 +749,18 @@ class Node:
     # ------------------------------------------------------------------ timers
     def call_every(self, interval: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the node's loop every ``interval`` seconds. Thread-safe."""
-        self.timers.add(time.monotonic(), interval, fn, interval)
-        self.transport.wake()
+        self._add_timer(interval, fn, interval)
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` once on the node's loop after ``delay`` seconds. Thread-safe."""
-        self.timers.add(time.monotonic(), delay, fn)
-        self.transport.wake()
+        self._add_timer(delay, fn, 0.0)
+
+    def _add_timer(self, delay: float, fn: Callable[[], None], interval: float) -> None:
+        first = self.timers.add(time.monotonic(), delay, fn, interval)
+        # The loop sleeps until its next timer: wake it only if this one comes first, and
+        # not from the loop itself (it reads the timers again before it sleeps).
+        if first and self._baton_owner != threading.get_ident():
+            self.transport.wake()
 
     # ------------------------------------------------------------------ receiving
     def _loop(self) -> None:

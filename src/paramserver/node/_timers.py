@@ -49,13 +49,19 @@ class Timers:
         self._seq = itertools.count()
         self._lock = threading.Lock()
 
-    def add(self, now: float, delay: float, fn: Callable[[], None], interval: float = 0.0) -> None:
-        """Run ``fn`` at ``now + delay``, then every ``interval`` seconds if it is positive."""
+    def add(self, now: float, delay: float, fn: Callable[[], None], interval: float = 0.0) -> bool:
+        """Run ``fn`` at ``now + delay``, then every ``interval`` seconds if it is positive.
+        True if it is now the first timer due (a sleeping loop must wake to honour it)."""
+        timer = _Timer(now + delay, next(self._seq), fn, interval)
         with self._lock:
-            heapq.heappush(self._heap, _Timer(now + delay, next(self._seq), fn, interval))
+            heapq.heappush(self._heap, timer)
+            return self._heap[0] is timer
 
     def due(self, now: float) -> list[Callable[[], None]]:
         """The callbacks due at ``now``, in time order; periodic ones are rescheduled."""
+        heap = self._heap
+        if not heap or heap[0].when > now:  # the usual case, read without the lock
+            return []
         out: list[Callable[[], None]] = []
         with self._lock:
             heap = self._heap
