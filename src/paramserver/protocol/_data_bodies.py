@@ -88,7 +88,7 @@ class ReplicatePush(_Replicate):
     TAG: ClassVar[tuple[str, str] | None] = ("kind", "push")
     rid: int = field(default=-1, metadata=OMIT)
     lw: int = field(default=0, metadata=OMIT)
-    again: bool = field(default=False, metadata=OMIT)
+    again: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
