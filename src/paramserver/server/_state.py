@@ -404,7 +404,7 @@ class ServerState:
                     ch.remember_error(msg.seq, Status.MOVED, moved.body)
                 out.append(moved)
                 return
-            origins = [(o[0], o[1]) for o in body.origins]
+            origins = [(o[0], o[1]) for o in body.origins] if body.origins else []
             aggregate = push and store.spec.aggregate
             if not push:  # a clock tick
                 if ch is not None:
