@@ -24,6 +24,7 @@ import numpy as np
 from .._errors import CheckpointError
 from ..checkpoint import Location, load_file, open_location, read_manifest, server_files
 from ..placement import ranges_to_wire
+from ..protocol import CheckpointReply
 from ..table import Store, TableSpec
 from ._actions import WriteCheckpoint
 from ._cut import owned_rows
@@ -34,8 +35,9 @@ __all__ = ["Restorer", "write_checkpoint"]
 log = logging.getLogger("paramserver.server")
 
 
-def write_checkpoint(action: WriteCheckpoint, node: int) -> dict[str, Any]:
-    """Write the rows of ``action`` as server ``node``'s files; return the manifest's part."""
+def write_checkpoint(action: WriteCheckpoint, node: int) -> CheckpointReply:
+    """Write the rows of ``action`` as server ``node``'s files; return the manifest's part
+    (the answer to the request)."""
     loc = open_location(action.path)
     tables: dict[str, Any] = {}
     for t in action.tables:
@@ -49,7 +51,7 @@ def write_checkpoint(action: WriteCheckpoint, node: int) -> dict[str, Any]:
         tables[t.spec.name] = {"id": t.id, "spec": t.spec.to_wire(), "count": len(t.keys), "files": files,
                                "clocks": t.clocks}
     log.info("server %d: checkpoint written to %s (%d tables)", node, loc.url, len(tables))
-    return {"ranges": ranges_to_wire(action.ranges), "tables": tables}
+    return CheckpointReply(ranges=ranges_to_wire(action.ranges), tables=tables)
 
 
 class Restorer:

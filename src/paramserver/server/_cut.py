@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._errors import ProtocolError, RequestTimeout
-from ..protocol import Message, get
+from ..protocol import CheckpointRequest, Message
 from ._actions import Action, Fail, Reply, TableRows, Wake, WriteCheckpoint
+from ._sync import Pull
 
 if TYPE_CHECKING:
     from ._state import ServerState
@@ -57,6 +58,7 @@ def owned_rows(keys: np.ndarray, mastered: np.ndarray | None) -> np.ndarray:
 @dataclasses.dataclass(slots=True)
 class _Held:
     msg: Message
+    path: str
     iteration: int
     seqs: list[list[int]]
     deadline: float
@@ -70,7 +72,7 @@ class CheckpointGate:
         self.held: list[_Held] = []  # waiting for their cut, in arrival order
         self.deferred: list[Message] = []  # pushes after the pending cut, in arrival order
         self._deferred_by: Counter[tuple[int, int]] = Counter()  # (sender, table) -> deferred pushes
-        self.pulls: list[Message] = []  # pulls waiting for their sender's deferred pushes
+        self.pulls: list[Pull] = []  # pulls waiting for their sender's deferred pushes
         self._answers: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()  # for resent requests
         self._busy = False
         self.written = 0
@@ -93,19 +95,15 @@ class CheckpointGate:
             return
         if any((h.msg.sender, h.msg.ts) == key for h in self.held):
             return  # a resend of a request still held
-        get(msg.body, "path", str)
-        iteration = get(msg.body, "iteration", int)
-        if iteration < -1:
+        body = CheckpointRequest.from_wire(msg.body)  # seqs: [[table, seq], ...]
+        if body.iteration < -1:
             raise ProtocolError("a checkpoint's iteration must be >= -1")
-        seqs = get(msg.body, "seqs", list, [])
-        if not all(isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p) for p in seqs):
-            raise ProtocolError("a checkpoint's seqs must be [[table, seq], ...]")
-        limit = msg.body.get("timeout")
-        if not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit <= 0:
+        limit = body.timeout
+        if limit is None or limit <= 0:
             raise ProtocolError("a checkpoint's timeout must be a number > 0")
         # The requester gives up after its timeout: stop holding (and deferring pushes) then too.
-        self.held.append(_Held(msg, iteration, seqs, now + float(limit)))
-        out.append(Wake(now + float(limit)))
+        self.held.append(_Held(msg, body.path, body.iteration, body.seqs, now + limit))
+        out.append(Wake(now + limit))
         self.poll(out)
 
     def tick(self, now: float, out: list[Action]) -> None:
@@ -131,11 +129,11 @@ class CheckpointGate:
         self._deferred_by[(msg.sender, msg.table)] += 1
         return True
 
-    def hold_pull(self, msg: Message) -> bool:
+    def hold_pull(self, pull: Pull) -> bool:
         """Hold a pull whose sender has deferred pushes on its table; True if held."""
-        if not self._deferred_by or not self._deferred_by.get((msg.sender, msg.table)):
+        if not self._deferred_by or not self._deferred_by.get((pull.msg.sender, pull.msg.table)):
             return False
-        self.pulls.append(msg)
+        self.pulls.append(pull)
         return True
 
     def _ready(self, h: _Held) -> bool:
@@ -165,7 +163,7 @@ class CheckpointGate:
                     break
                 for h in ready:
                     self.held.remove(h)
-                    out.append(self._snapshot(h.msg))
+                    out.append(self._snapshot(h))
                 self._replay(out)
         finally:
             self._busy = False
@@ -194,8 +192,8 @@ class CheckpointGate:
         for table in tables:
             state.release(table, out)
 
-    def _snapshot(self, msg: Message) -> WriteCheckpoint:
-        """The rows to write for ``msg``: per table the keys mastered here, with their values,
+    def _snapshot(self, h: _Held) -> WriteCheckpoint:
+        """The rows to write for held request ``h``: per table the keys mastered here, with their values,
         optimizer state and the workers' clocks (copies: later pushes do not change them)."""
         state = self.state
         own = state.own
@@ -207,7 +205,7 @@ class CheckpointGate:
                 tid, store.spec, store.keys[rows], store.values[rows],
                 {s: store.state[s][rows] for s in sorted(store.state)},
                 {str(w): ch.iters.min() for w, ch in sorted(state.sync[tid].channels.items())}))
-        return WriteCheckpoint(msg, get(msg.body, "path", str), tables, list(own.ranges))
+        return WriteCheckpoint(h.msg, h.path, tables, list(own.ranges))
 
     def written_as(self, msg: Message, body: dict[str, Any]) -> None:
         """The checkpoint of ``msg`` was written: answer its resends with ``body``."""
@@ -223,7 +221,7 @@ class CheckpointGate:
             self.held = [h for h in self.held if h.msg.sender not in gone]
             if len(self.held) != before:
                 self._replay(out)
-        self.pulls = [p for p in self.pulls if p.sender not in gone]
+        self.pulls = [p for p in self.pulls if p.msg.sender not in gone]
         self.poll(out)
 
     def status(self) -> dict[str, Any]:

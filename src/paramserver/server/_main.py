@@ -7,6 +7,7 @@ import logging
 from .._config import Config
 from .._errors import CheckpointError, ConnectError, JobAborted
 from ..node import Node, choose_host, process_info
+from ..protocol import RegisterReply, RegisterRequest
 from ..transport import Transport
 from ._server import Server
 
@@ -47,9 +48,9 @@ def start_server(config: Config, address: str, *, host: str = "", port: int = 0,
     try:
         server = Server(node, restore=restore)
         node.start(host or config.bind_host() or choose_host(address), port or config.port)
-        node.register(address, {"role": "server", "address": node.address, **process_info()},
+        node.register(address, RegisterRequest(role="server", address=node.address, **process_info()).to_wire(),
                       timeout=config.connect_timeout,
-                      on_reply=lambda reply: server.add_tables(reply.body.get("tables", [])))
+                      on_reply=lambda reply: server.add_tables(RegisterReply.from_wire(reply.body).tables or []))
     except BaseException:
         node.close(linger=0)
         raise

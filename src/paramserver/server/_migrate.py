@@ -31,14 +31,22 @@ and returns actions. Not thread-safe: driven on the server's receive thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._errors import ProtocolError
 from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
-from ..protocol import Message, Op, get
+from ..protocol import (
+    Message,
+    MigrateCopy,
+    MigrateCopyReply,
+    MigrateLoad,
+    MigrateSums,
+    MigrateSwitch,
+    Op,
+    migrate_from_wire,
+)
 from ..table import Store
 from ._actions import Action, Reply
 
@@ -60,39 +68,41 @@ class Migrations:
         self.loaded_keys = 0
         self._epoch = 0  # the key map epoch of the last hand-over check
         self._handing: set[int] = set()  # hand-overs of sums not acknowledged yet (tokens)
-        self._phases: dict[str, Callable[[Message, list[Action]], None]] = {
-            "copy": self._copy, "switch": self._switch, "load": self._load}
 
     def on_request(self, msg: Message, now: float, out: list[Action]) -> None:
-        """An ``Op.MIGRATE`` request, dispatched by its phase."""
-        phase = get(msg.body, "phase", str)
-        handler = self._phases.get(phase)
-        if handler is None:
-            raise ProtocolError(f"unknown migration phase {phase!r}")
-        handler(msg, out)
+        """An ``Op.MIGRATE`` request, dispatched by its phase (its body parsed once here)."""
+        body = migrate_from_wire(msg.body)
+        if isinstance(body, MigrateCopy):
+            self._copy(msg, body, out)
+        elif isinstance(body, MigrateSwitch):
+            self._switch(msg, body, out)
+        elif isinstance(body, MigrateSums):
+            self._load_sums(msg, body, out)
+        else:
+            self._load(msg, body, out)
 
     # ------------------------------------------------------------------ source side
-    def _copy(self, msg: Message, out: list[Action]) -> None:
+    def _copy(self, msg: Message, body: MigrateCopy, out: list[Action]) -> None:
         state = self.state
-        mid = KeyMap.from_wire(get(msg.body, "keymap", dict))
+        mid = KeyMap.from_wire(body.keymap)
         plan: list[tuple[int, list[tuple[int, int]]]] = []
-        for entry in get(msg.body, "plan", list):
-            if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int):
+        for entry in body.plan:
+            if type(entry[0]) is not int:
                 raise ProtocolError("a migration plan lists [target, ranges] pairs")
             plan.append((entry[0], ranges_from_wire(entry[1])))
         state.adopt_keymap(mid, out)  # from now on updates are forwarded to the new holders too
         tokens = [self._send_rows(target, tid, store, ranges, out)
                   for target, ranges in plan for tid, store in state.stores.items()]
-        state.when_all(tokens, [Reply(msg, body={"keys": self.sent_keys})], out)
+        state.when_all(tokens, [Reply(msg, body=MigrateCopyReply(keys=self.sent_keys).to_wire())], out)
 
-    def _switch(self, msg: Message, out: list[Action]) -> None:
+    def _switch(self, msg: Message, body: MigrateSwitch, out: list[Action]) -> None:
         """Adopt the final map, then answer once every update applied before has reached the
         end of its chain: after that no update of a range that left this server is in flight,
         and every push it applied was acknowledged to its worker (so none is sent again to the
         range's new master, which would apply it twice). Sums handed over must have arrived
         too: the pushes waiting on them are answered then, before this server may stop."""
         state = self.state
-        state.adopt_keymap(KeyMap.from_wire(get(msg.body, "keymap", dict)), out)
+        state.adopt_keymap(KeyMap.from_wire(body.keymap), out)
         state.refresh(set(), out)  # hand over unfinished sums, answer held pulls "moved"
         self._handing = {t for t in self._handing if state.pending(t)}
         state.when_all(state.replicating() + list(self._handing), [Reply(msg)], out)
@@ -108,10 +118,10 @@ class Migrations:
             if done >= 0:
                 iters.append([worker, done])
         self.sent_keys += len(rows["keys"])
-        body = {"phase": "load", "ranges": ranges_to_wire(ranges), "state": names, "iters": iters}
+        body = MigrateLoad(ranges=ranges_to_wire(ranges), state=names, iters=iters)
         # and which keys the pushes still in flight applied, so that none is applied twice there
         msg = Message(Op.MIGRATE, table=tid, arrays=[rows["keys"], rows["values"], *[rows[n] for n in names],
-                                                     *sync.applied_in(ranges)], body=body)
+                                                     *sync.applied_in(ranges)], body=body.to_wire())
         return self.state.call(target, msg, f"migration of table {tid} to server {target}", out)
 
     def hand_over_pending(self, out: list[Action]) -> None:
@@ -137,7 +147,7 @@ class Migrations:
                     pick = owners == owner
                     token = state.call(int(owner), Message(
                         Op.MIGRATE, table=tid, arrays=[keys[pick], values[pick]],
-                        body={"phase": "load", "pending": iteration}), f"hand-over of table {tid} sums", out)
+                        body=MigrateSums(pending=iteration).to_wire()), f"hand-over of table {tid} sums", out)
                     self._handing.add(token)
                     tokens.append(token)
                 kept = Store(buffer.spec)
@@ -154,18 +164,19 @@ class Migrations:
                 state.when_all(tokens, [Reply(m) for m in waiting], out)
 
     # ------------------------------------------------------------------ target side
-    def _load(self, msg: Message, out: list[Action]) -> None:
+    def _load_sums(self, msg: Message, body: MigrateSums, out: list[Action]) -> None:
+        state = self.state
+        store = state.store_of(msg)
+        if len(msg.arrays) != 2:
+            raise ProtocolError("a hand-over of sums names its iteration and carries keys and values")
+        state.sync[msg.table].buffer(body.pending, store).push(msg.arrays[0], msg.arrays[1])
+        out.append(Reply(msg))
+
+    def _load(self, msg: Message, body: MigrateLoad, out: list[Action]) -> None:
         state = self.state
         store = state.store_of(msg)
         sync = state.sync[msg.table]
-        pending = msg.body.get("pending")
-        if pending is not None:
-            if type(pending) is not int or len(msg.arrays) != 2:
-                raise ProtocolError("a hand-over of sums names its iteration and carries keys and values")
-            sync.buffer(pending, store).push(msg.arrays[0], msg.arrays[1])
-            out.append(Reply(msg))
-            return
-        names = get(msg.body, "state", list)
+        names = body.state
         if len(msg.arrays) != 2 + len(names) + 4:
             raise ProtocolError("a migration carries keys, values, one array per state and 4 of applied keys")
         keys, values = msg.arrays[0], msg.arrays[1]
@@ -173,9 +184,8 @@ class Migrations:
         store.load(np.ascontiguousarray(keys), np.ascontiguousarray(values),
                    {n: np.ascontiguousarray(a) for n, a in zip(names, arrays, strict=True)})
         sync.load_applied([np.ascontiguousarray(a) for a in msg.arrays[2 + len(names):]])
-        ranges = ranges_from_wire(get(msg.body, "ranges", list))
-        for entry in get(msg.body, "iters", list):
-            worker, done = int(entry[0]), int(entry[1])
+        ranges = ranges_from_wire(body.ranges)
+        for worker, done in body.iters:
             ch = sync.channel(worker)
             for lo, hi in ranges:
                 ch.iters.advance(lo, hi, done)

@@ -18,32 +18,19 @@ from typing import TYPE_CHECKING
 from .._errors import ProtocolError
 from ..clock import Consistency
 from ..placement import in_ranges, ranges_from_wire
-from ..protocol import Message, Op
+from ..protocol import Message, Op, PullBody, PullRangeBody
 from ._actions import Action, Fail, Reply
 from ._owned import check_keys
-from ._sync import TableSync
+from ._sync import Pull, TableSync
 
 if TYPE_CHECKING:
     from ._state import ServerState
 
-__all__ = ["Pulls", "pull_ranges"]
+__all__ = ["Pulls"]
 
 
-def pull_ranges(msg: Message) -> list[tuple[int, int]]:
-    """The ranges a range pull asks for: its ``ranges`` body field (``[lo, last]`` pairs,
-    last included, so that 2**64 - 1 fits msgpack), else its key range."""
-    raw = msg.body.get("ranges")
-    if raw is None:
-        assert msg.key_range is not None
-        return [msg.key_range]
-    ranges = ranges_from_wire(raw)
-    if not ranges:
-        raise ProtocolError("a range pull needs at least one range")
-    return ranges
-
-def _policy(msg: Message, sync: TableSync) -> Consistency:
-    override = msg.body.get("consistency")
-    return Consistency.from_wire(override) if override is not None else sync.policy
+def _policy(pull: Pull, sync: TableSync) -> Consistency:
+    return pull.policy if pull.policy is not None else sync.policy
 
 
 class Pulls:
@@ -55,71 +42,84 @@ class Pulls:
     def on_pull(self, msg: Message, now: float, out: list[Action]) -> None:
         state = self.state
         state.store_of(msg)
+        body = PullBody.from_wire(msg.body)
         if len(msg.arrays) != 1:
             raise ProtocolError(f"a pull carries 1 array (keys), got {len(msg.arrays)}")
         check_keys(msg.arrays[0])
-        self._pull(msg, out)
+        self._pull(Pull(msg, tuple(body.reply_filters), _override(body), []), out)
 
     def on_pull_range(self, msg: Message, now: float, out: list[Action]) -> None:
+        """A range pull: its ``ranges`` body field (``[lo, last]`` pairs, last included, so
+        that 2**64 - 1 fits msgpack), else its header's key range."""
         state = self.state
         state.store_of(msg)
+        body = PullRangeBody.from_wire(msg.body)
         if msg.key_range is None:
             raise ProtocolError("a range pull needs a key range")
-        pull_ranges(msg)  # checks the form
-        self._pull(msg, out)
+        if body.ranges is None:
+            ranges = [msg.key_range]
+        else:
+            ranges = ranges_from_wire(body.ranges)
+            if not ranges:
+                raise ProtocolError("a range pull needs at least one range")
+        self._pull(Pull(msg, tuple(body.reply_filters), _override(body), ranges), out)
 
-    def _pull(self, msg: Message, out: list[Action]) -> None:
+    def _pull(self, pull: Pull, out: list[Action]) -> None:
         state = self.state
-        if state.where(msg) is None:
+        msg = pull.msg
+        if state.where(msg, pull.ranges) is None:
             out.append(state.moved_answer(msg))
             return
         sync = state.sync[msg.table]
         lo, hi = state.span(msg)
-        if sync.ready(msg, lo, hi, state.workers, _policy(msg, sync)):
-            self.answer(msg, out)
+        if sync.ready(msg, lo, hi, state.workers, _policy(pull, sync)):
+            self.answer(pull, out)
         else:
-            sync.held.setdefault((msg.sender, msg.ts), msg)
+            sync.held.setdefault((msg.sender, msg.ts), pull)
 
-    def answer(self, msg: Message, out: list[Action]) -> None:
+    def answer(self, pull: Pull, out: list[Action]) -> None:
         """Answer a checked pull that may be answered now (unless the checkpoint gate holds
         it for its sender's deferred pushes)."""
         state = self.state
-        if state.gate.hold_pull(msg):  # it must see its sender's pushes deferred by a checkpoint
+        if state.gate.hold_pull(pull):  # it must see its sender's pushes deferred by a checkpoint
             return
+        msg = pull.msg
         store = state.stores[msg.table]
         try:
-            names = msg.body.get("reply_filters", ())
-            if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
-                raise ProtocolError("reply_filters must be a list of filter names")
             if msg.op == Op.PULL:
-                out.append(Reply(msg, arrays=[store.pull(msg.arrays[0])], filters=tuple(names)))
+                out.append(Reply(msg, arrays=[store.pull(msg.arrays[0])], filters=pull.filters))
             else:
                 assert msg.key_range is not None
                 keys, values = store.pull_range(*msg.key_range)
                 keep = state.own.mastered(keys)
-                ranges = pull_ranges(msg)
-                if len(ranges) > 1:  # the key range spans them all: keep the keys inside one of them
-                    keep &= in_ranges(keys, ranges)
+                if len(pull.ranges) > 1:  # the key range spans them all: keep the keys inside one of them
+                    keep &= in_ranges(keys, pull.ranges)
                 if not bool(keep.all()):
                     keys, values = keys[keep], values[keep]
-                out.append(Reply(msg, arrays=[keys, values], filters=tuple(names)))
+                out.append(Reply(msg, arrays=[keys, values], filters=pull.filters))
         except Exception as exc:
             out.append(Fail(msg, exc))
 
     def release(self, table: int, out: list[Action]) -> None:
-        state = self.state
         """Answer the held pulls of ``table`` that may now be answered."""
+        state = self.state
         state.gate.poll(out)  # held checkpoints whose cut is reached are taken first
         sync = state.sync.get(table)
         if sync is None or not sync.held:
             return
         epoch = state.own.epoch
         for key, pull in list(sync.held.items()):
-            if pull.epoch != epoch and state.where(pull) is None:  # its keys left this server while it waited
+            msg = pull.msg
+            if msg.epoch != epoch and state.where(msg, pull.ranges) is None:  # its keys left while it waited
                 del sync.held[key]
-                out.append(state.moved_answer(pull))  # (another epoch: never a KeyRangeError)
+                out.append(state.moved_answer(msg))  # (another epoch: never a KeyRangeError)
                 continue
-            lo, hi = state.span(pull)
-            if sync.ready(pull, lo, hi, state.workers, _policy(pull, sync)):
+            lo, hi = state.span(msg)
+            if sync.ready(msg, lo, hi, state.workers, _policy(pull, sync)):
                 del sync.held[key]
                 self.answer(pull, out)
+
+
+def _override(body: PullBody) -> Consistency | None:
+    """The per-call consistency a pull asks for (None: the table's)."""
+    return Consistency.from_wire(body.consistency) if body.consistency is not None else None

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._errors import ProtocolError
 from ..placement import ranges_from_wire
-from ..protocol import KEY_DTYPE, Message, Op, get
+from ..protocol import KEY_DTYPE, Message, ReplicateAgg, ReplicatePush, replicate_from_wire
 from ..table import Store
 from ._actions import Action, Reply
 
@@ -40,42 +40,32 @@ class Replica:
         state = self.state
         store = state.store_of(msg)
         sync = state.sync[msg.table]
-        body = msg.body
-        kind = get(body, "kind", str)
-        worker = get(body, "worker", int)
-        origins = state.origins(msg)
-        chain = get(body, "chain", list)
-        if not all(type(n) is int for n in chain):
-            raise ProtocolError("a replication's chain must list node ids")
-        if kind == "agg":
-            if not sync.agg_duplicate(origins, msg.clock):
+        body = replicate_from_wire(msg.body)  # its kind, worker, origins and chain, checked
+        if isinstance(body, ReplicateAgg):
+            if not sync.agg_duplicate(body.origins, msg.clock):
                 keys, values = _replica_arrays(msg, store)
                 store.push(keys, values)
-                for o, _ in origins:
+                for o, _ in body.origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
-        elif kind == "push":
+        elif isinstance(body, ReplicatePush):
             keys, values = _replica_arrays(msg, store)
-            rid = get(body, "rid", int, -1)  # -1: a push outside any channel, never sent again
-            again = get(body, "again", bool, False)
-            fresh = sync.fresh(worker, rid, keys, again) if rid >= 0 else None
+            rid = body.rid  # -1: a push outside any channel, never sent again
+            fresh = sync.fresh(body.worker, rid, keys, body.again) if rid >= 0 else None
             if fresh is None:
                 store.push(keys, values)
             elif fresh.any():
                 store.push(keys[fresh], values[fresh])
             if rid >= 0:
-                sync.note(worker, rid, keys, get(body, "lw", int, 0), again)
-        elif kind == "clock":  # advancing a clock is idempotent: a second copy changes nothing
-            ch = sync.channel(worker)
-            for lo, hi in ranges_from_wire(get(body, "ranges", list)):
+                sync.note(body.worker, rid, keys, body.lw, body.again)
+        else:  # a clock tick: advancing a clock is idempotent, a second copy changes nothing
+            ch = sync.channel(body.worker)
+            for lo, hi in ranges_from_wire(body.ranges):
                 ch.iters.advance(lo, hi, msg.clock)
-        else:
-            raise ProtocolError(f"unknown replication kind {kind!r}")
-        if not chain:
+        if not body.chain:
             out.append(Reply(msg))
             return
-        onward = Message(Op.REPLICATE, table=msg.table, clock=msg.clock, arrays=list(msg.arrays),
-                         body=dict(body))  # _send_replica sets its own "chain"
-        state.when_all([state.send_replica(chain, onward, out)], [Reply(msg)], out)
+        token = state.send_replica(body.chain, msg.table, msg.clock, list(msg.arrays), body, out)
+        state.when_all([token], [Reply(msg)], out)
 
 
 def _replica_arrays(msg: Message, store: Store) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from .._errors import CheckpointError, PSError
 from ..clock import Consistency, Request
 from ..node import Node
 from ..placement import ranges_to_wire
-from ..protocol import Message, Op, Status
+from ..protocol import Message, Op, Status, StatusRequest
 from ..table import Store, TableSpec
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply, Wake, WriteCheckpoint
 from ._checkpoint import Restorer, write_checkpoint
@@ -144,7 +144,7 @@ class Server:
 
     def _write(self, a: WriteCheckpoint) -> None:
         try:
-            body = write_checkpoint(a, self.node.id)
+            body = write_checkpoint(a, self.node.id).to_wire()
         except Exception as exc:
             err = exc if isinstance(exc, PSError) else CheckpointError(f"writing the checkpoint failed: {exc!r}")
             log.warning("server %d: checkpoint to %r failed: %s", self.node.id, a.path, err)
@@ -189,6 +189,11 @@ class Server:
         }
 
     def _on_status(self, msg: Message) -> None:
+        try:
+            StatusRequest.from_wire(msg.body)
+        except PSError as exc:
+            self.node.reply_error(msg, exc, with_traceback=False)
+            return
         self.node.reply(msg, body=self.status())
 
     def _on_abort(self, exc: PSError) -> None:

@@ -56,15 +56,27 @@ from .._errors import (
 from ..clock import Consistency
 from ..node import error_body
 from ..placement import KEY_SPACE, KeyMap, ranges_to_wire
-from ..protocol import Message, Op, Status, get
+from ..protocol import (
+    ClockBody,
+    Message,
+    Op,
+    PolicyUpdate,
+    PushBody,
+    ReplicateAgg,
+    ReplicateClock,
+    ReplicatePush,
+    Status,
+    TableCreate,
+)
+from ..protocol import Moved as MovedBody
 from ..table import Store, TableSpec
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply
 from ._cut import CheckpointGate
 from ._migrate import Migrations
 from ._owned import Ownership, check_keys
-from ._pulls import Pulls, pull_ranges
+from ._pulls import Pulls
 from ._replica import Replica
-from ._sync import Channel, TableSync
+from ._sync import Channel, Pull, TableSync
 
 __all__ = ["ServerState"]
 
@@ -73,6 +85,7 @@ log = logging.getLogger("paramserver.server")
 #: How a new table is filled from a checkpoint being restored: (table id, store, ownership).
 Restore = Callable[[int, Store, Ownership], None]
 Handler = Callable[[Message, float, list[Action]], None]
+Replicate = ReplicatePush | ReplicateAgg | ReplicateClock
 _QUIET = (NodeUnavailable, JobAborted, ClosedError)  # a replica that died: the chain shrank
 
 
@@ -178,7 +191,8 @@ class ServerState:
         return out
 
     def checkpoint_written(self, msg: Message, body: dict[str, Any]) -> None:
-        """The shell wrote the checkpoint asked by ``msg`` (its answer is ``body``)."""
+        """The shell wrote the checkpoint asked by ``msg`` (its answer is ``body``, a
+        ``CheckpointReply`` in wire form)."""
         self.gate.written_as(msg, body)
 
     def refresh(self, gone: set[int], out: list[Action]) -> None:
@@ -216,15 +230,17 @@ class ServerState:
         """The replication requests this server sent that are not answered yet (tokens)."""
         return list(self._replicating)
 
-    def send_replica(self, chain: tuple[int, ...] | list[int], msg: Message, out: list[Action]) -> int:
-        """Send ``msg`` to the head of ``chain``; it passes it on to the rest and answers
-        once the tail has it."""
-        msg.body["chain"] = list(chain[1:])
-        msg.epoch = self.own.epoch
-        kind = msg.body.get("kind")
-        if isinstance(kind, str) and kind in self.replicated:
-            self.replicated[kind] += 1
-        self.replicated_bytes += sum(a.nbytes for a in msg.arrays)
+    def send_replica(self, chain: tuple[int, ...] | list[int], table: int, clock: int, arrays: list[np.ndarray],
+                     body: Replicate, out: list[Action]) -> int:
+        """Send ``body`` (with ``arrays``) as a REPLICATE of ``table`` at ``clock`` to the head
+        of ``chain``; it passes it on to the rest and answers once the tail has it. Sets
+        ``body.chain`` to the rest of the chain (the body may be sent on again after)."""
+        body.chain = list(chain[1:])
+        msg = Message(Op.REPLICATE, table=table, clock=clock, epoch=self.own.epoch, arrays=arrays,
+                      body=body.to_wire())
+        assert body.TAG is not None
+        self.replicated[body.TAG[1]] += 1
+        self.replicated_bytes += sum(a.nbytes for a in arrays)
         token = self.call(chain[0], msg, f"replication to server {chain[0]}", out)
         self._replicating.add(token)
         return token
@@ -265,31 +281,32 @@ class ServerState:
         return sync is None or sync.caught_up(sender, seq)
 
     def _on_table(self, msg: Message, now: float, out: list[Action]) -> None:
-        self.add_table(get(msg.body, "id", int), TableSpec.from_wire(get(msg.body, "spec", dict)),
-                       Consistency.from_wire(get(msg.body, "policy", dict)))
+        body = TableCreate.from_wire(msg.body)
+        self.add_table(body.id, TableSpec.from_wire(body.spec), Consistency.from_wire(body.policy))
         out.append(Reply(msg))
 
     def _on_policy(self, msg: Message, now: float, out: list[Action]) -> None:
         self.store_of(msg)
+        policy = Consistency.from_wire(PolicyUpdate.from_wire(msg.body).policy)
         sync = self.sync[msg.table]
-        sync.policy = Consistency.from_wire(get(msg.body, "policy", dict))
+        sync.policy = policy
         log.info("server %d: table %d is now %s", self.id, msg.table, sync.policy)
         out.append(Reply(msg))
         self.aggregate(msg.table, out)
         self.release(msg.table, out)
 
     # ------------------------------------------------------------------ ownership
-    def where(self, msg: Message) -> int | None:
+    def where(self, msg: Message, ranges: list[tuple[int, int]] | None = None) -> int | None:
         """For a checked push or pull: the range of this server holding its keys (see
-        :meth:`Ownership.range_of`); for a tick or range pull, 0 if this server masters
-        its ranges, else None."""
+        :meth:`Ownership.range_of`); for a tick or range pull (its ``ranges``), 0 if this
+        server masters its ranges, else None."""
         own = self.own
         if own.keymap is None:
             return None
         if msg.op == Op.PUSH or msg.op == Op.PULL:
             return own.range_of(msg.arrays[0])
         if msg.op == Op.PULL_RANGE:
-            return 0 if all(own.owns(lo, hi) for lo, hi in pull_ranges(msg)) else None
+            return 0 if all(own.owns(lo, hi) for lo, hi in ranges or ()) else None
         lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
         return 0 if own.overlaps(lo, hi) else None
 
@@ -302,10 +319,10 @@ class ServerState:
             raise KeyRangeError(f"server {self.id} does not own the keys of this {msg.op.name.lower()} "
                                 f"(key map epoch {epoch})")
         self.moved += 1
-        return Moved(msg, {"message": f"server {self.id} does not own these keys in epoch {epoch} "
-                                      f"(the request was sliced in epoch {msg.epoch})",
-                           "epoch": epoch, "keymap": keymap.to_wire() if keymap is not None else None},
-                     frozenset(keymap.servers()) if keymap is not None else frozenset())
+        body = MovedBody(message=f"server {self.id} does not own these keys in epoch {epoch} "
+                                 f"(the request was sliced in epoch {msg.epoch})",
+                         epoch=epoch, keymap=keymap.to_wire() if keymap is not None else None, nodes=[])
+        return Moved(msg, body.to_wire(), frozenset(keymap.servers()) if keymap is not None else frozenset())
 
     def span(self, msg: Message) -> tuple[int, int]:
         """The key range a message covers: its header range, else all this server masters."""
@@ -317,16 +334,6 @@ class ServerState:
         if not self.own.overlaps(lo, hi):
             raise KeyRangeError(f"server {self.id} owns no key of [{lo:#x}, {hi:#x})")
         return lo, hi
-
-    @staticmethod
-    def origins(msg: Message) -> list[tuple[int, int]]:
-        raw = msg.body.get("origins")
-        if raw is None:
-            return []
-        if not (isinstance(raw, list) and all(isinstance(o, list) and len(o) == 2 and type(o[0]) is int
-                                              and type(o[1]) is int for o in raw)):
-            raise ProtocolError("origins must be a list of [server, seq] pairs")
-        return [(o[0], o[1]) for o in raw]
 
     # ------------------------------------------------------------------ ordered messages
     def _check_push(self, msg: Message, store: Store) -> tuple[np.ndarray, np.ndarray]:
@@ -384,8 +391,12 @@ class ServerState:
         In a channel, an error is remembered so that a resend gets the same answer."""
         try:
             push = msg.op == Op.PUSH
+            body: PushBody | ClockBody
             if push:
+                body = PushBody.from_wire(msg.body)
                 keys, values = self._check_push(msg, store)
+            else:
+                body = ClockBody.from_wire(msg.body)
             where = self.where(msg)
             if where is None:
                 moved = self.moved_answer(msg)
@@ -393,7 +404,7 @@ class ServerState:
                     ch.remember_error(msg.seq, Status.MOVED, moved.body)
                 out.append(moved)
                 return
-            origins = self.origins(msg)
+            origins = [(o[0], o[1]) for o in body.origins] if body.origins else []
             aggregate = push and store.spec.aggregate
             if not push:  # a clock tick
                 if ch is not None:
@@ -415,12 +426,10 @@ class ServerState:
                 return
             ident: tuple[int, int, bool] | None = None
             if ch is not None:
-                body = msg.body
-                rid = body.get("rid", msg.ts)
-                lw = body.get("lw", 0)
-                if type(rid) is not int or type(lw) is not int:
-                    raise ProtocolError("a push's request id (rid) and low-water mark (lw) must be integers")
-                again = "rid" in body
+                assert isinstance(body, PushBody)
+                again = body.rid is not None  # a part sent again names the request it belongs to
+                rid = body.rid if body.rid is not None else msg.ts
+                lw = body.lw
                 # a part sent again (to a new owner) applies only the keys not applied here yet
                 fresh = sync.fresh(msg.sender, rid, keys, again)
                 if fresh is not None:
@@ -440,9 +449,9 @@ class ServerState:
         except Exception as exc:
             if ch is None:
                 raise
-            body = error_body(exc, with_traceback=not isinstance(exc, PSError))
-            ch.remember_error(msg.seq, Status.ERROR, body)
-            out.append(Reply(msg, status=Status.ERROR, body=body))
+            error = error_body(exc, with_traceback=not isinstance(exc, PSError))
+            ch.remember_error(msg.seq, Status.ERROR, error)
+            out.append(Reply(msg, status=Status.ERROR, body=error))
         finally:
             if ch is not None:
                 ch.done = msg.seq
@@ -484,7 +493,7 @@ class ServerState:
                 keys, values = buffer.pull_range(0, KEY_SPACE)
                 if len(keys):
                     store.push(keys, values)
-                    body = {"kind": "agg", "worker": -1, "origins": [[self.id, iteration]]}
+                    body = ReplicateAgg(worker=-1, origins=[[self.id, iteration]], chain=[])
                     tokens = self._replicate_rows(table, iteration, keys, values, self.own.range_of(keys), body, out)
             self.when_all(tokens, [Reply(m) for m in waiting], out)
 
@@ -499,18 +508,20 @@ class ServerState:
         record its keys too; None for a push outside any channel."""
         if not self.own.replicated:
             return []
-        body: dict[str, Any] = {"kind": "push", "worker": msg.sender, "origins": [list(o) for o in origins]}
-        if ident is not None:
-            body["rid"], body["lw"], body["again"] = ident
+        wire_origins = [list(o) for o in origins]
+        if ident is None:
+            body = ReplicatePush(worker=msg.sender, origins=wire_origins, chain=[])
+        else:
+            body = ReplicatePush(worker=msg.sender, origins=wire_origins, chain=[], rid=ident[0], lw=ident[1],
+                                 again=ident[2])
         return self._replicate_rows(msg.table, msg.clock, keys, values, where, body, out)
 
     def _replicate_rows(self, table: int, clock: int, keys: np.ndarray, values: np.ndarray, where: int | None,
-                        body: dict[str, Any], out: list[Action]) -> list[int]:
+                        body: ReplicatePush | ReplicateAgg, out: list[Action]) -> list[int]:
         tokens = []
         for chain, idx in self.own.chain_plan(keys, -1 if where is None else where):
             arrays = [keys, values] if idx is None else [keys[idx], values[idx]]
-            tokens.append(self.send_replica(chain, Message(Op.REPLICATE, table=table, clock=clock,
-                                                            arrays=arrays, body=dict(body)), out))
+            tokens.append(self.send_replica(chain, table, clock, arrays, body, out))
         return tokens
 
     def _forward_tick(self, msg: Message, origins: list[tuple[int, int]], out: list[Action]) -> list[int]:
@@ -518,15 +529,15 @@ class ServerState:
         lo, hi = msg.key_range if msg.key_range is not None else (0, KEY_SPACE)
         tokens = []
         for chain, hit in self.own.tick_plan(lo, hi):
-            tokens.append(self.send_replica(chain, Message(Op.REPLICATE, table=msg.table, clock=msg.clock, body={
-                "kind": "clock", "ranges": ranges_to_wire(hit), "worker": msg.sender,
-                "origins": [list(o) for o in origins]}), out))
+            body = ReplicateClock(ranges=ranges_to_wire(hit), worker=msg.sender, origins=[list(o) for o in origins],
+                                  chain=[])
+            tokens.append(self.send_replica(chain, msg.table, msg.clock, [], body, out))
         return tokens
 
     # ------------------------------------------------------------------ pulls
-    def answer(self, msg: Message, out: list[Action]) -> None:
+    def answer(self, pull: Pull, out: list[Action]) -> None:
         """Answer a checked pull that may be answered now (see :meth:`Pulls.answer`)."""
-        self.pulls.answer(msg, out)
+        self.pulls.answer(pull, out)
 
     def release(self, table: int, out: list[Action]) -> None:
         """Answer the held pulls of ``table`` that may now be answered."""

@@ -25,14 +25,15 @@ record the last iteration replicated per origin server instead (``agg_seen``).
 
 A pull waits (held, without blocking the server) until the channel has applied what the
 same worker pushed before it (read-your-writes) and, under bounded delay, until every live
-worker has finished iteration ``t - tau - 1``.
+worker has finished iteration ``t - tau - 1``. It is held as a :class:`Pull`: the request
+and what its body asked for, parsed once when it was checked.
 
 Not thread-safe: used on the server's receive thread only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,9 +45,21 @@ from ..placement import in_ranges
 from ..protocol import Message
 from ..table import Store, TableSpec
 
-__all__ = ["Channel", "TableSync"]
+__all__ = ["Channel", "Pull", "TableSync"]
 
 MAX_ERRORS_KEPT = 4096
+
+
+@dataclass(slots=True)
+class Pull:
+    """A checked pull or range pull: ``msg``, the wire filters of its reply, its per-call
+    consistency (None: the table's, read when it is answered) and, for a range pull, the
+    ranges it asks for (``[lo, hi)`` pairs, none empty)."""
+
+    msg: Message
+    filters: tuple[str, ...]
+    policy: Consistency | None
+    ranges: list[tuple[int, int]]
 
 
 @dataclass
@@ -72,7 +85,7 @@ class TableSync:
 
     policy: Consistency = field(default_factory=Consistency)
     channels: dict[int, Channel] = field(default_factory=dict)
-    held: dict[tuple[int, int], Message] = field(default_factory=dict)  # (sender, ts) -> pull
+    held: dict[tuple[int, int], Pull] = field(default_factory=dict)  # (sender, ts) -> pull
     #: For tables that aggregate: iteration -> the sum of its pushes, not applied yet.
     pending: dict[int, Store] = field(default_factory=dict)
     #: For tables that aggregate with replicas: iteration -> pushes answered once it is replicated.
@@ -161,7 +174,7 @@ class TableSync:
                 f"{store.spec.name}@{iteration}", store.width, store.dtype, "sum"))
         return buffer
 
-    def agg_duplicate(self, origins: list[tuple[int, int]], iteration: int) -> bool:
+    def agg_duplicate(self, origins: Sequence[Sequence[int]], iteration: int) -> bool:
         """Was this iteration's sum already applied here under one of ``origins``?"""
         return any(self.agg_seen.get(o, -1) >= iteration for o, _ in origins)
 
