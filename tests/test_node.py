@@ -172,3 +172,23 @@ def test_coalescing_requests_wait_for_an_answer_keep_their_order_and_all_complet
     assert order == list(range(30))  # in the order they were issued, each once
     assert incoming["batches"] >= 1  # the held ones left together
     assert a.counters["messages_sent"] == 30 and b.counters["messages_received"] == 30
+
+
+def test_a_callback_that_waits_on_the_leading_thread_is_served_there(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    # b answers the pull in a later step of its loop than the ping, so the two answers
+    # never travel in one batch
+    b.on(Op.PULL, lambda m: b.call_later(0.2, lambda: b.reply(m, arrays=[m.arrays[0] + 1])))
+    outer = a.request({2: Message(Op.PING)}, "outer ping")
+    inner = a.request({2: Message(Op.PULL, arrays=[np.array([10], np.int64)])}, "inner pull")
+    seen: list[int] = []
+
+    def waits(r: ps.Request) -> None:  # runs on this thread, which leads the loop below
+        inner.wait(5)
+        seen.append(1)
+
+    outer.add_done_callback(waits)
+    outer.wait(5)
+    inner.wait(5)
+    assert seen == [1] and inner.exception(0) is None
+    assert a.call(2, Message(Op.PING), "ping").response  # the loop goes on

@@ -136,3 +136,13 @@ def test_a_closed_or_aborted_session_refuses_requests(world: World) -> None:
     s.node.abort(ps.JobAborted("the job ended: test", 0))
     with pytest.raises(ps.JobAborted, match="the job ended: test"):
         s.keymap()
+
+
+def test_a_part_that_cannot_be_encoded_gives_its_number_back(world: World) -> None:
+    s, _, seen, _ = world
+    bad = _push()
+    bad[2].clock = 2**63  # outside the header's range: encoding refuses it
+    with pytest.raises(ps.ProtocolError, match="clock"):
+        s.request(bad, "bad push", table=0, ordered=True).wait()
+    s.request(_push(), "good push", table=0, ordered=True).wait()
+    assert [m.seq for m in seen] == [1]  # no gap in the channel

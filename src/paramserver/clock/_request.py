@@ -5,8 +5,9 @@ part finished, and the request completes when every part has, or fails at the fi
 Waiting always has a limit: a wait that runs out raises :class:`RequestTimeout` naming the
 peers that did not answer.
 
-Thread-safety: every method may be called from any thread; replies are delivered by the
-node's receive thread, waits happen in user threads.
+Thread-safety: every method may be called from any thread. Replies are delivered by the
+thread that runs the node's loop: its receive thread, or a user thread that waits for one
+of its requests and meanwhile receives for the node (see ``node/_runtime.py``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Request:
         self._peer_names = peer_names
         self._combine = combine
         self._on_wait = on_wait
+        #: ``driver(request, limit)``: lets a waiting thread receive for the node (may be None).
         self._driver = driver
         self.started = time.monotonic()
         self.finished = 0.0
@@ -161,8 +163,10 @@ class Request:
     def add_done_callback(self, fn: Callable[[Request], None]) -> None:
         """Call ``fn(request)`` when it finishes (at once if it already has).
 
-        Callbacks run in the thread that completes the request (usually the node's
-        receive thread): keep them short and never block in them.
+        Callbacks run in the thread that completes the request: the one running the node's
+        loop, which is the receive thread or a user thread waiting for a request of its own.
+        Keep them short and never block in them (a callback waiting for a reply that arrived
+        in the same batch as its own waits until its timeout).
         """
         with self._lock:
             if not self._done:

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .._config import Config
 from .._errors import (
@@ -68,11 +68,21 @@ from ._membership import Membership, parse_nodes
 from ._outbox import MAX_REROUTES, Delivery, Flight, Outbox, PartCallback, Reroute, VerdictKind, is_ordered
 from ._timers import Timers
 
-__all__ = ["Node", "process_info"]
+__all__ = ["Node", "Stamp", "process_info"]
 
 log = logging.getLogger("paramserver.node")
 
 Handler = Callable[[Message], None]
+
+class Stamp(Protocol):
+    """Numbers a part in its channel as it leaves (see :meth:`Node.send_part`)."""
+
+    def take(self, peer: int, msg: Message) -> None:
+        """Stamp ``msg`` for ``peer`` (it is about to be encoded and sent)."""
+
+    def give_back(self, peer: int, msg: Message) -> None:
+        """``msg`` could not leave after all: return its number if no later one was taken."""
+
 
 #: How long the receive thread stays aside after a caller took the baton (seconds).
 YIELD_S = 0.002
@@ -80,6 +90,10 @@ YIELD_S = 0.002
 DRAIN = 64
 #: The longest a request waits to leave with others to the same peer (seconds).
 HOLD_S = 0.001
+#: The longest one step drains before the replies it made leave (seconds).
+DRAIN_S = 0.005
+#: A leading caller checks its request at least this often; a waiting one tries to lead.
+LEAD_SLICE_S = 0.001
 
 
 class Node:
@@ -129,10 +143,9 @@ class Node:
         # has unanswered ones, new ones are held and leave as one batch when it answers,
         # when a caller starts to wait, or after HOLD_S (Nagle's rule, with a short timer).
         self._held: dict[int, list[tuple[list[Any], int]]] = {}
-        self._unanswered: dict[int, int] = {}
-        self._hold_armed = False
+        self._unanswered: dict[int, set[int]] = {}  # peer -> ts of coalescing parts it owes an answer
+        self._hold_armed = False  # a release timer is pending
         self._led_at = 0.0  # when a caller last gave the baton back
-        self._aside = threading.Event()  # never set: the receive thread's pause
         if config.faults:
             self.transport = FaultyTransport(
                 self.transport, drop=config.drop_msg / 100, dup=config.dup_msg / 100,
@@ -243,12 +256,6 @@ class Node:
             self.peer_failed(nid, NodeUnavailable(f"{old.get(nid) or f'node {nid}'} left the cluster or died"))
         for fn in list(self.on_nodes_changed):
             fn(set(change.gone))
-
-    def learn_nodes(self, nodes: list[NodeInfo]) -> None:
-        """Add the servers of ``nodes`` that the node table lacks (a server's "moved" answer
-        may name a server that joined before the scheduler's broadcast reached this node)."""
-        with self._lock:
-            self.members.update(nodes, complete=False)
 
     def adopt_keymap(self, keymap: KeyMap) -> bool:
         """Use ``keymap`` if it is newer than the cached one; True if it was adopted."""
@@ -362,6 +369,9 @@ class Node:
 
     def _send_frames(self, node: int, frames: list[Any], table: int) -> int:
         """Send encoded ``frames`` to ``node`` and count them; return the bytes sent."""
+        corked = self._corked
+        if corked and node in corked and self._baton_owner == threading.get_ident():
+            self._flush_peer(node, corked.pop(node))  # replies made before it leave before it
         if node not in self._connected:
             self.ensure_link(node)
         nbytes = self.transport.send(node, frames)
@@ -397,12 +407,6 @@ class Node:
         """Answer ``request`` with an error reply describing ``exc``."""
         self.reply(request, status=Status.ERROR, body=error_body(exc, with_traceback=with_traceback))
 
-    def next_ts(self) -> int:
-        """A fresh request timestamp (increasing). Thread-safe."""
-        with self._lock:
-            self._ts += 1
-            return self._ts
-
     # ------------------------------------------------------------------ requests
     def open(self, peers: tuple[int, ...], what: str, *, on_part: PartCallback | None = None,
              combine: Callable[[], Any] | None = None, timeout: float | None = None,
@@ -436,12 +440,13 @@ class Node:
         return req
 
     def send_part(self, req: Request, peer: int, msg: Message, *, resend: bool = False,
-                  stamp: Callable[[int, Message], None] | None = None, coalesce: bool = False) -> bool:
+                  stamp: Stamp | None = None, coalesce: bool = False) -> bool:
         """Send the part of ``req`` for ``peer``; False if the request is over (failed
         meanwhile, or failed now because the part could not leave).
 
-        ``stamp(peer, msg)`` runs just before the part is encoded, only if it leaves (to
-        number it in its channel). With ``resend``, the part is sent again after
+        ``stamp.take(peer, msg)`` runs just before the part is encoded, only if it leaves (to
+        number it in its channel), and ``stamp.give_back(peer, msg)`` if it then cannot
+        leave (its link is gone or it cannot be encoded), so no number is lost. With ``resend``, the part is sent again after
         PS_RESEND_TIMEOUT until it is answered. A part sliced under an older key map than
         the cached one goes to the current owners of its keys instead, if the request
         reroutes. With ``coalesce``, the part may wait (at most HOLD_S, or until the peer
@@ -461,13 +466,20 @@ class Node:
             self._reroute(flight, peer, None)
             return not req.done()
         try:
+            if peer not in self._connected:
+                self.ensure_link(peer)  # an unknown peer fails the request before a number is taken
             if stamp is not None:
-                stamp(peer, msg)
+                stamp.take(peer, msg)
+            try:
+                frames = self._frames(peer, msg)
+            except PSError:
+                if stamp is not None:
+                    stamp.give_back(peer, msg)
+                raise
             codecs = msg.codecs
             repairable = bool(codecs) and any(getattr(c, "repairable", False) for c in codecs)
             keep = reroute is not None
             snapshot = msg  # filters return new messages: the part as it left stays as it is
-            frames = self._frames(peer, msg)
             resend = resend and self._resend_after > 0
             delivery = None
             if resend or repairable:  # only resends and repairs ever send a part's frames again
@@ -477,25 +489,31 @@ class Node:
             if keep or delivery is not None:
                 with self._lock:
                     self.outbox.sent(req.ts, peer, snapshot if keep else None, delivery)
-            if coalesce and self._batching:
-                if peer not in self._connected:
-                    self.ensure_link(peer)  # an unknown peer fails the request now, not later
-                if self._hold(peer, frames, msg.table):
-                    return True
+            if coalesce and self._batching and self._hold(req.ts, peer, frames, msg.table):
+                return True
             self._send_frames(peer, frames, msg.table)
         except PSError as exc:
             req.fail(exc)
             return False
         return True
 
-    def _hold(self, peer: int, frames: list[Any], table: int) -> bool:
-        """Count a coalescing part to ``peer`` as unanswered; True if it was held (the peer
-        has unanswered ones, or held ones that it must not overtake)."""
+    def _hold(self, ts: int, peer: int, frames: list[Any], table: int) -> bool:
+        """Count the coalescing part ``ts`` to ``peer`` as unanswered; True if it was held
+        (the peer owes answers, or has held parts that it must not overtake).
+
+        Raises
+        ------
+        NodeUnavailable
+            The link to ``peer`` was closed (it failed): the part must not wait for it.
+        """
         with self._lock:
-            n = self._unanswered.get(peer, 0)
-            self._unanswered[peer] = n + 1
+            if peer not in self._connected:
+                raise NodeUnavailable(f"the connection to node {peer} was closed")
+            owed = self._unanswered.setdefault(peer, set())
             q = self._held.get(peer)
-            if n == 0 and not q:
+            hold = bool(owed) or bool(q)
+            owed.add(ts)
+            if not hold:
                 return False
             if q is None:
                 q = self._held[peer] = []
@@ -503,7 +521,7 @@ class Node:
             arm = not self._hold_armed
             self._hold_armed = True
         if arm:
-            self.call_later(HOLD_S, self._release_all)
+            self.call_later(HOLD_S, self._release_timer)
         return True
 
     def _release(self, peer: int) -> None:
@@ -524,19 +542,23 @@ class Node:
 
     def _release_all(self) -> None:
         with self._lock:
-            self._hold_armed = False
             peers = list(self._held)
         for peer in peers:
             self._release(peer)
 
+    def _release_timer(self) -> None:
+        with self._lock:
+            self._hold_armed = False
+        self._release_all()
+
     def request(self, parts: dict[int, Message], what: str, *, on_part: PartCallback | None = None,
                 combine: Callable[[], Any] | None = None, timeout: float | None = None,
-                reroute: Reroute | None = None, resend: bool = False) -> Request:
+                reroute: Reroute | None = None) -> Request:
         """Send one message per peer as one request; return its handle at once (see
         :meth:`open` and :meth:`send_part`)."""
         req = self.open(tuple(parts), what, on_part=on_part, combine=combine, timeout=timeout, reroute=reroute)
         for peer, msg in parts.items():
-            if not self.send_part(req, peer, msg, resend=resend):
+            if not self.send_part(req, peer, msg):
                 break
         req.sent = True
         return req
@@ -655,6 +677,12 @@ class Node:
 
     def _forget(self, req: Request) -> None:
         with self._lock:
+            flight = self.outbox.flights.get(req.ts)
+            if flight is not None and self._unanswered:
+                for peer in flight.peers:  # an ended request owes nothing (a cancelled held pull)
+                    owed = self._unanswered.get(peer)
+                    if owed:
+                        owed.discard(req.ts)
             self.outbox.close(req.ts)
 
     def _fail_all(self, exc: PSError) -> None:
@@ -769,56 +797,70 @@ class Node:
             # A caller receives for now, or did a moment ago (a synchronous loop comes back at
             # once): stay aside rather than take the baton back between its calls.
             if self._leaders or time.monotonic() - self._led_at < YIELD_S:
-                self._aside.wait(YIELD_S)
+                time.sleep(YIELD_S)
                 continue
             with self._baton:
+                if not self._running:
+                    break
                 self._baton_owner = me
                 try:
                     self._step(None)
+                except Exception:  # nothing may stop this loop
+                    log.exception("%s %d: loop step failed", self.role, self.id)
                 finally:
                     self._baton_owner = None
 
     def drive(self, req: Request, limit: float) -> None:
         """Receive and dispatch on this thread until ``req`` is done or ``limit`` seconds
-        passed (the waiting caller takes the baton, see the module docstring). Returns at
-        once, leaving the wait to the request, when another caller already receives or this
-        is the receive thread."""
+        passed (the waiting caller takes the baton, see the module docstring). While another
+        caller holds the baton, this one waits for it in short slices, so it takes over as
+        soon as it is free and returns as soon as its request is done. Returns at once on the
+        receive thread (handlers and timers never wait on their own loop)."""
         if self._held:
             self._release_all()  # a waiting caller never waits for the hold timer
         me = threading.get_ident()
         deadline = time.monotonic() + limit
         thread = self._thread
         if not self._running or thread is None or thread.ident == me:
-            return  # handlers and timers of the receive thread never wait on it
+            return
         if self._baton_owner == me:  # a callback run by this leading caller waits: go on here
             while self._running and not req.done() and (left := deadline - time.monotonic()) > 0:
-                self._step(left)
+                self._step(min(left, LEAD_SLICE_S))
             return
-        owner = self._baton_owner
-        if owner is not None and owner != thread.ident:
-            return  # another caller leads; it (or the receive thread) completes this request
-        with self._lock:
-            self._leaders += 1
+        got = False
         try:
-            if not self._baton.acquire(blocking=False):
-                self.transport.wake()
-                if not self._baton.acquire(timeout=min(limit, 0.1)):
+            with self._lock:
+                self._leaders += 1
+            while not req.done() and self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     return
+                if self._baton.acquire(blocking=False):
+                    got = True
+                    break
+                if self._baton_owner == thread.ident:
+                    self.transport.wake()  # the receive thread steps aside at its next step
+                got = self._baton.acquire(timeout=min(left, LEAD_SLICE_S))
+                if got:
+                    break
+            if not got:
+                return
             self._baton_owner = me
-            try:
-                while self._running and not req.done() and (left := deadline - time.monotonic()) > 0:
-                    self._step(left)
-            finally:
+            while self._running and not req.done() and (left := deadline - time.monotonic()) > 0:
+                # in slices: a request completed by another thread (a cancel) is seen soon
+                self._step(min(left, LEAD_SLICE_S))
+        finally:
+            if got:
                 self._baton_owner = None
                 self._led_at = time.monotonic()
                 self._baton.release()
-        finally:
             with self._lock:
                 self._leaders -= 1
 
     def _step(self, limit: float | None) -> None:
-        """Run due timers, then receive and handle at most one message (waiting at most
-        until the next timer, or ``limit``). Called by the baton's holder only."""
+        """Run due timers, then receive what has arrived (waiting at most until the next
+        timer, or ``limit``) and handle it: up to DRAIN messages, whose replies leave as one
+        batch per peer at the end. Called by the baton's holder only."""
         now = time.monotonic()
         for fn in self.timers.due(now):
             try:
@@ -840,43 +882,54 @@ class Node:
         if not self._batching:
             self._handle(frames)
             return
+        outer = self._corked  # a callback of an outer step may wait and step again: re-entrant
         self._corked = {}
         try:
             self._handle(frames)
+            stop = time.monotonic() + DRAIN_S
             for _ in range(DRAIN - 1):  # what else has arrived is handled before replies leave
-                more = self.transport.recv(0)
+                if time.monotonic() > stop:
+                    break
+                try:
+                    more = self.transport.recv(0)
+                except Exception:
+                    break
                 if more is None:
                     break
                 self._handle(more)
         finally:
-            out, self._corked = self._corked, None
+            out, self._corked = self._corked, outer
             self._flush(out)
 
     def _handle(self, frames: list[Any]) -> None:
+        """Handle one transport message (a message, or a batch of them, each on its own)."""
         try:
-            if batch.is_batch(frames):
-                for part in batch.unpack(frames):
-                    self._on_frames(part)
-            else:
-                self._on_frames(frames)
+            parts = batch.unpack(frames) if batch.is_batch(frames) else [frames]
         except ProtocolError as exc:
             self.count("messages_malformed")
             log.warning("%s %d: dropped a malformed batch: %s", self.role, self.id, exc)
-        except Exception:  # nothing a peer sends may stop this loop
-            log.exception("%s %d: error while handling a message", self.role, self.id)
+            return
+        for part in parts:
+            try:
+                self._on_frames(part)
+            except Exception:  # nothing a peer sends may stop this loop, nor the rest of a batch
+                log.exception("%s %d: error while handling a message", self.role, self.id)
 
     def _flush(self, out: dict[int, list[list[Any]]]) -> None:
         """Send the replies a step made: one message, or one batch, per peer."""
-        for peer, msgs in out.items():
-            try:
-                for i in range(0, len(msgs), batch.MAX_BATCH):
-                    chunk = msgs[i:i + batch.MAX_BATCH]
-                    frames = chunk[0] if len(chunk) == 1 else batch.pack(chunk)
-                    if peer not in self._connected:
-                        self.ensure_link(peer)
-                    self.transport.send(peer, frames)  # counted as each reply was made
-            except PSError as exc:
-                log.warning("%s %d: cannot answer node %d: %s", self.role, self.id, peer, exc)
+        for peer in list(out):
+            self._flush_peer(peer, out.pop(peer))
+
+    def _flush_peer(self, peer: int, msgs: list[list[Any]]) -> None:
+        try:
+            for i in range(0, len(msgs), batch.MAX_BATCH):
+                chunk = msgs[i:i + batch.MAX_BATCH]
+                frames = chunk[0] if len(chunk) == 1 else batch.pack(chunk)
+                if peer not in self._connected:
+                    self.ensure_link(peer)
+                self.transport.send(peer, frames)  # counted as each reply was made
+        except Exception as exc:  # a reply that cannot be delivered is dropped, as a single one is
+            log.warning("%s %d: cannot answer node %d: %s", self.role, self.id, peer, exc)
 
     def _on_frames(self, frames: list[Any]) -> None:
         nbytes = sum(memoryview(f).nbytes for f in frames)
@@ -927,9 +980,9 @@ class Node:
         peer = msg.sender
         with self._lock:
             verdict = self.outbox.answer(msg)
-            n = self._unanswered.get(peer, 0)
-            if n:  # any answer counts: a late one answers a part whose request has ended
-                self._unanswered[peer] = n - 1
+            owed = self._unanswered.get(peer)
+            if owed:
+                owed.discard(msg.ts)
             held = peer in self._held
         if held:
             self._release(peer)  # the peer answered: what waited for it leaves now

@@ -113,7 +113,8 @@ class Session:
              reroute: Reroute | None = None) -> Request:
         """A request awaiting a part from each server of ``parts``; send it with :meth:`launch`."""
         self.check_open()
-        self.requests += 1
+        with self._seq_lock:
+            self.requests += 1
         return self.node.open(tuple(parts), what, on_part=on_part, combine=combine, timeout=timeout,
                               reroute=reroute)
 
@@ -155,23 +156,51 @@ class Session:
         return req
 
     def _send(self, req: Request, parts: dict[int, Message], table: int, ordered: bool) -> None:
-        low_water: list[int] = []  # read once per request: an earlier mark is still a true one
-
-        def stamp(server: int, msg: Message) -> None:
-            if msg.op == Op.PUSH:  # servers keep which keys of the pushes in flight they applied
-                if not low_water:
-                    low_water.append(self.node.low_water())
-                msg.body["lw"] = low_water[0]
-            if table < 0:
-                return
-            key = (table, server)
-            with self._seq_lock:
-                if ordered:
-                    self._seq[key] = msg.seq = self._seq.get(key, 0) + 1
-                else:
-                    msg.seq = self._seq.get(key, 0)
-
+        stamp = _ChannelStamp(self, table, ordered)
         for server, msg in parts.items():
             if not self.node.send_part(req, server, msg, resend=True, stamp=stamp, coalesce=table >= 0):
                 break
         req.sent = True
+
+    def take_seq(self, table: int, server: int, ordered: bool) -> int:
+        """The number a part to ``server`` of ``table`` carries: the next one of its channel if
+        ``ordered``, else the last one taken (what the part must see, read-your-writes)."""
+        key = (table, server)
+        with self._seq_lock:
+            if ordered:
+                seq = self._seq[key] = self._seq.get(key, 0) + 1
+                return seq
+            return self._seq.get(key, 0)
+
+    def give_back_seq(self, table: int, server: int, seq: int) -> None:
+        """Return ``seq`` of a part that could not leave, if it is still the channel's last."""
+        key = (table, server)
+        with self._seq_lock:
+            if self._seq.get(key) == seq:
+                self._seq[key] = seq - 1
+
+
+class _ChannelStamp:
+    """Stamps the parts of one request as they leave: channel numbers and, on pushes, the
+    low-water mark (read once per request: an earlier mark is still a true one)."""
+
+    __slots__ = ("low_water", "ordered", "session", "table")
+
+    def __init__(self, session: Session, table: int, ordered: bool) -> None:
+        self.session = session
+        self.table = table
+        self.ordered = ordered
+        self.low_water = -1
+
+    def take(self, peer: int, msg: Message) -> None:
+        if msg.op == Op.PUSH:  # servers keep which keys of the pushes in flight they applied
+            if self.low_water < 0:
+                self.low_water = self.session.node.low_water()
+            msg.body["lw"] = self.low_water
+        if self.table >= 0:
+            msg.seq = self.session.take_seq(self.table, peer, self.ordered)
+
+    def give_back(self, peer: int, msg: Message) -> None:
+        if self.table >= 0 and self.ordered:
+            self.session.give_back_seq(self.table, peer, msg.seq)
+            msg.seq = 0
