@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .._errors import ProtocolError
 from ..placement import KeyMap
-from ..protocol import get
+from ..protocol import Nodes
 from ._info import SCHEDULER_ID, NodeInfo
 
 __all__ = ["Change", "Membership", "parse_nodes"]
@@ -35,21 +34,17 @@ class Change:
     keymap_changed: bool
 
 
-def parse_nodes(body: dict[str, object]) -> tuple[list[NodeInfo], KeyMap | None, set[int]]:
+def parse_nodes(body: Nodes) -> tuple[list[NodeInfo], KeyMap | None, set[int]]:
     """The node table, key map and dead nodes of a registration answer or ``NODES`` body.
 
     Raises
     ------
     ProtocolError
-        A malformed field.
+        A malformed node entry or key map.
     """
-    nodes = [NodeInfo.from_wire(x) for x in get(body, "nodes", list)]  # type: ignore[arg-type]
-    km = body.get("keymap")
-    keymap = KeyMap.from_wire(km) if km is not None else None
-    dead = get(body, "dead", list, [])  # type: ignore[arg-type]
-    if not all(type(d) is int for d in dead):
-        raise ProtocolError("dead nodes must be node ids")
-    return nodes, keymap, set(dead)
+    nodes = [NodeInfo.from_wire(x) for x in body.nodes]
+    keymap = KeyMap.from_wire(body.keymap) if body.keymap is not None else None
+    return nodes, keymap, set(body.dead)
 
 
 class Membership:

@@ -51,13 +51,17 @@ from ..protocol import (
     Codec,
     KeysMissing,
     Message,
+    Moved,
+    Nodes,
     Op,
+    RegisterReply,
+    ResendKeys,
+    Shutdown,
     Status,
     codec,
     decode,
     decode_header,
     encode,
-    get,
     value_indices,
 )
 from ..transport import FaultyTransport, Transport, ZmqTransport
@@ -609,18 +613,17 @@ class Node:
     def _on_moved(self, msg: Message, f: Flight) -> None:
         """``msg.sender`` does not own the keys of a part: adopt its newer key map, if it
         sent one, and send the part on (after a pause if the receiver's map is the older)."""
-        if f.reroute is None:  # a raw request: the caller sliced it and gets the answer
-            f.req.fail(KeyRangeError(f"{f.req.what}: {msg.body.get('message', 'the keys moved')}"))
+        try:
+            moved = Moved.from_wire(msg.body)
+            theirs = KeyMap.from_wire(moved.keymap) if moved.keymap is not None else None
+            servers = [NodeInfo.from_wire(x) for x in moved.nodes]
+        except ProtocolError as exc:
+            f.req.fail(exc)
             return
-        km = msg.body.get("keymap")
-        theirs = None
-        if km is not None:
-            try:
-                theirs = KeyMap.from_wire(km)
-                servers = [NodeInfo.from_wire(x) for x in get(msg.body, "nodes", list, [])]
-            except ProtocolError as exc:
-                f.req.fail(exc)
-                return
+        if f.reroute is None:  # a raw request: the caller sliced it and gets the answer
+            f.req.fail(KeyRangeError(f"{f.req.what}: {moved.message}"))
+            return
+        if theirs is not None:
             with self._lock:
                 self.members.update(servers, theirs, complete=False)
         keymap = self.members.keymap
@@ -710,8 +713,9 @@ class Node:
         box: list[Message] = []
 
         def registered(reply: Message) -> None:
-            self.id = get(reply.body, "id", int)
-            self.set_nodes(*parse_nodes(reply.body))
+            answer = RegisterReply.from_wire(reply.body)
+            self.id = answer.id
+            self.set_nodes(*parse_nodes(answer))
             self._scheduler_seen = time.monotonic()
             if on_reply is not None:
                 on_reply(reply)
@@ -730,14 +734,13 @@ class Node:
         return box[0]
 
     def _on_nodes(self, msg: Message) -> None:
-        self.set_nodes(*parse_nodes(msg.body))
+        self.set_nodes(*parse_nodes(Nodes.from_wire(msg.body)))
         self.reply(msg)
 
     def _on_shutdown(self, msg: Message) -> None:
-        reason = get(msg.body, "reason", str, "the cluster was shut down")
-        code = get(msg.body, "code", int, 0)
+        order = Shutdown.from_wire(msg.body)
         self.reply(msg)
-        self.abort(JobAborted(f"the job ended: {reason}", code))
+        self.abort(JobAborted(f"the job ended: {order.reason}", order.code))
 
     def start_heartbeats(self) -> None:
         """Send a heartbeat every PS_HEARTBEAT_INTERVAL; abort if the scheduler is silent
@@ -951,7 +954,8 @@ class Node:
                 msg = self._decode_filters(msg)
             except KeysMissing as exc:
                 if not msg.response:
-                    self.reply(msg, status=Status.RESEND_KEYS, body={"message": str(exc), "ksig": exc.sig})
+                    self.reply(msg, status=Status.RESEND_KEYS,
+                               body=ResendKeys(message=str(exc), ksig=exc.sig).to_wire())
                 return
             except ProtocolError as exc:
                 log.warning("%s %d: cannot decode the filters of %s: %s", self.role, self.id, msg.describe(), exc)
@@ -997,7 +1001,7 @@ class Node:
                 return
             f.req.part_done(msg.sender)
         elif kind is VerdictKind.REPAIR:
-            sig = msg.body.get("ksig")
+            sig = msg.body.get("ksig")  # an unreadable signature only means: forget them all
             self._repair(msg.sender, f.req if f is not None else None, verdict.delivery,
                          sig if type(sig) is int else None)
         elif kind is VerdictKind.MOVED:

@@ -25,7 +25,7 @@ from .._config import Config
 from .._errors import InvalidArgument, PSError
 from ..checkpoint import MANIFEST, build_manifest, open_location, write_manifest
 from ..clock import Request
-from ..protocol import Message, Op
+from ..protocol import CheckpointReply, CheckpointRequest, Message, Op
 from ._session import Session
 
 __all__ = ["Periodic", "request_checkpoint"]
@@ -50,12 +50,13 @@ def request_checkpoint(session: Session, path: str | os.PathLike[str], iteration
     servers = [s for s in keymap.servers() if keymap.ranges_of(s)]
     limit = session.node.config.timeout if timeout is None else timeout
     # each server learns the last push this worker sent it per table (read-your-writes)
-    parts = {s: Message(Op.CHECKPOINT, body={"path": loc.url, "iteration": iteration, "timeout": limit,
-                                             "seqs": session.last_seqs(s)})
+    parts = {s: Message(Op.CHECKPOINT, body=CheckpointRequest(path=loc.url, iteration=iteration, timeout=limit,
+                                                              seqs=session.last_seqs(s)).to_wire())
              for s in servers}
     replies: dict[int, dict[str, Any]] = {}
 
     def on_part(msg: Message) -> None:
+        CheckpointReply.from_wire(msg.body)  # checked: a malformed answer fails the checkpoint
         replies[msg.sender] = msg.body
 
     def combine() -> dict[str, Any]:

@@ -22,10 +22,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._config import Config, parse_address
-from .._errors import InvalidArgument, PSError
+from .._errors import InvalidArgument, ProtocolError, PSError
 from ..clock import Consistency
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
-from ..protocol import Message, Op, get
+from ..protocol import Barrier, Message, Op, PolicyRequest, PolicyUpdate, RegisterReply, TableDeclare, TableReply
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
@@ -75,8 +75,11 @@ class Worker:
         self._node = node
         self.address = address
         self.id = node.id
-        self.rank = get(reply.body, "rank", int)
-        self.num_workers = get(reply.body, "num_workers", int)
+        answer = RegisterReply.from_wire(reply.body)
+        if answer.rank is None or answer.num_workers is None:
+            raise ProtocolError("the scheduler's registration answer names no rank for this worker")
+        self.rank = answer.rank
+        self.num_workers = answer.num_workers
         self._tables: dict[str, Table] = {}
         self._by_id: dict[int, Table] = {}
         self._lock = threading.Lock()
@@ -108,7 +111,7 @@ class Worker:
         self._session.check_open()
 
     def _on_policy(self, msg: Message) -> None:
-        policy = Consistency.from_wire(get(msg.body, "policy", dict))
+        policy = Consistency.from_wire(PolicyUpdate.from_wire(msg.body).policy)
         table = self._by_id.get(msg.table)
         if table is not None:
             table.policy = policy
@@ -183,10 +186,10 @@ class Worker:
         if existing is not None:
             existing.spec.check_compatible(spec)
             return existing
-        body = {"spec": spec.to_wire(), "policy": policy.to_wire()}
+        body = TableDeclare(spec=spec.to_wire(), policy=policy.to_wire()).to_wire()
         reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body=body), f"declaring table {name!r}", timeout)
-        table = Table(self._session, get(reply.body, "id", int), spec,
-                      Consistency.from_wire(get(reply.body, "policy", dict)), filters)
+        declared = TableReply.from_wire(reply.body)
+        table = Table(self._session, declared.id, spec, Consistency.from_wire(declared.policy), filters)
         with self._lock:
             if name in self._tables:
                 return self._tables[name]
@@ -208,7 +211,7 @@ class Worker:
             Seconds to wait at most (PS_TIMEOUT if None).
         """
         self._check_open()
-        self._node.call(SCHEDULER_ID, Message(Op.BARRIER, body={"group": group}),
+        self._node.call(SCHEDULER_ID, Message(Op.BARRIER, body=Barrier(group=group).to_wire()),
                         f"barrier of the {group}", timeout)
 
     def shards(self, name: str, shards: Sequence[Any], *, epochs: int = 1,
@@ -342,7 +345,7 @@ class Worker:
         if policy is None:
             raise InvalidArgument("give consistency= and/or tau=")
         self._check_open()
-        self._node.call(SCHEDULER_ID, Message(Op.POLICY, body={"name": table, "policy": policy.to_wire()}),
+        self._node.call(SCHEDULER_ID, Message(Op.POLICY, body=PolicyRequest(name=table, policy=policy.to_wire()).to_wire()),
                         f"changing the consistency of table {table!r}", timeout)
         t = self._tables.get(table)
         if t is not None:
