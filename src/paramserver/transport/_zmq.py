@@ -16,6 +16,7 @@ thread; the ROUTER is used only by the thread that calls :meth:`recv`.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Any
@@ -118,7 +119,8 @@ class ZmqTransport(Transport):
         return sum(sizes)
 
     def recv(self, timeout: float | None) -> list[Any] | None:
-        ms = None if timeout is None else max(0, int(timeout * 1000))
+        # a positive wait rounds up: below 1 ms it must not become a busy poll of 0 ms
+        ms = None if timeout is None else (0 if timeout <= 0 else math.ceil(timeout * 1000))
         ready = self._poller.poll(ms)
         if not ready:
             return None
