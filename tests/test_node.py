@@ -137,9 +137,9 @@ def test_requests_handled_in_one_step_are_answered_in_one_batch_each_exactly_onc
 def test_coalescing_requests_wait_for_an_answer_keep_their_order_and_all_complete(
         pair: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
     from paramserver.node import _batch as batch
-    from paramserver.node import _runtime
+    from paramserver.node import _links
 
-    monkeypatch.setattr(_runtime, "HOLD_S", 60.0)  # only the caller's wait releases them here
+    monkeypatch.setattr(_links, "HOLD_S", 60.0)  # only the caller's wait releases them here
     a, b = pair
     order: list[int] = []
     gate = threading.Event()

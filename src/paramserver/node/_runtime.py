@@ -1,10 +1,14 @@
 """The node runtime: one per node, shared by every role; the I/O shell around pure state.
 
-A :class:`Node` owns a transport and drives three pure parts:
+A :class:`Node` owns a transport and drives the pure parts of this layer:
 
 * :class:`~._membership.Membership`: the node table and the cached key map;
 * :class:`~._outbox.Outbox`: the requests in flight and what their replies mean;
-* :class:`~._timers.Timers`: heartbeats, resends and the roles' periodic work.
+* :class:`~._timers.Timers`: heartbeats, resends and the roles' periodic work;
+
+through two helpers with I/O: :class:`~._loop.Loop` (who receives: the receive thread, or a
+caller waiting for its own reply; draining and batched replies) and
+:class:`~._links.Links` (outgoing links, counters, requests held to leave together).
 
 It decodes each incoming message and either completes a pending request (a response) or
 calls the handler registered for the message's op (a request). A handler that raises is
@@ -12,15 +16,9 @@ answered with an error reply carrying the traceback, and the node keeps serving;
 malformed message is logged and, where its header names a known sender, answered with a
 ``ProtocolError`` reply.
 
-**Who receives.** Receiving and dispatching is done by whichever thread holds the node's
-*baton*: normally the receive thread, but a user thread that waits for one of its requests
-takes the baton over (:meth:`Node.drive`) and receives its own reply, which saves a thread
-hand-off on every synchronous call. The receive thread steps aside while a caller leads
-and takes the baton back a moment after the caller leaves.
-
 Thread-safety: :meth:`Node.send`, :meth:`Node.request`, :meth:`Node.call` and the
 accessors may be used from any thread. Handlers, response callbacks and timers run one at
-a time on the thread holding the baton, so role code they touch needs no lock of its own
+a time on the thread running the loop, so role code they touch needs no lock of its own
 unless user threads touch it too.
 """
 
@@ -30,20 +28,17 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._config import Config
 from .._errors import (
     ClosedError,
-    ConnectError,
     JobAborted,
     KeyRangeError,
     NodeUnavailable,
     ProtocolError,
     PSError,
-    RequestTimeout,
 )
 from ..clock import Request
 from ..placement import KeyMap
@@ -54,23 +49,22 @@ from ..protocol import (
     Moved,
     Nodes,
     Op,
-    RegisterReply,
     ResendKeys,
     Shutdown,
     Status,
-    codec,
     decode,
     decode_header,
-    encode,
-    value_indices,
 )
 from ..transport import FaultyTransport, Transport, ZmqTransport
-from . import _batch as batch
 from ._errors_wire import error_body, error_from_body
 from ._info import SCHEDULER_ID, NodeInfo
+from ._links import Links
+from ._liveness import Heartbeats, register
+from ._loop import Loop
 from ._membership import Membership, parse_nodes
 from ._outbox import MAX_REROUTES, Delivery, Flight, Outbox, PartCallback, Reroute, VerdictKind, is_ordered
 from ._timers import Timers
+from ._wirefilters import WireFilters
 
 __all__ = ["Node", "Stamp", "process_info"]
 
@@ -86,18 +80,6 @@ class Stamp(Protocol):
 
     def give_back(self, peer: int, msg: Message) -> None:
         """``msg`` could not leave after all: return its number if no later one was taken."""
-
-
-#: How long the receive thread stays aside after a caller took the baton (seconds).
-YIELD_S = 0.002
-#: The most messages one step of the loop handles before it sends the replies they made.
-DRAIN = 64
-#: The longest a request waits to leave with others to the same peer (seconds).
-HOLD_S = 0.001
-#: The longest one step drains before the replies it made leave (seconds).
-DRAIN_S = 0.005
-#: A leading caller checks its request at least this often; a waiting one tries to lead.
-LEAD_SLICE_S = 0.001
 
 
 class Node:
@@ -126,43 +108,31 @@ class Node:
             Op.NODES: self._on_nodes,
             Op.SHUTDOWN: self._on_shutdown,
         }
-        self._connected: set[int] = set()
         self._lock = threading.RLock()
-        self._count_lock = threading.Lock()
         self._ts = 0
-        self._thread: threading.Thread | None = None
         self._running = False
         self._aborted: PSError | None = None
-        self._scheduler_seen = time.monotonic()
-        # the baton: whoever holds it receives and dispatches (see the module docstring)
-        self._baton = threading.Lock()
-        self._baton_owner: int | None = None
-        self._leaders = 0
-        # While the baton's holder handles what has arrived, its replies wait here, per peer,
-        # and leave as one batch per peer at the end of the step (not under fault injection,
-        # which judges each message by its header).
-        self._corked: dict[int, list[list[Any]]] | None = None
-        self._batching = not config.faults
-        # Requests that may wait to leave together (send_part(coalesce=True)): while a peer
-        # has unanswered ones, new ones are held and leave as one batch when it answers,
-        # when a caller starts to wait, or after HOLD_S (Nagle's rule, with a short timer).
-        self._held: dict[int, list[tuple[list[Any], int]]] = {}
-        self._unanswered: dict[int, set[int]] = {}  # peer -> ts of coalescing parts it owes an answer
-        self._hold_armed = False  # a release timer is pending
-        self._led_at = 0.0  # when a caller last gave the baton back
+        self.heartbeats = Heartbeats(self)
         if config.faults:
             self.transport = FaultyTransport(
                 self.transport, drop=config.drop_msg / 100, dup=config.dup_msg / 100,
                 delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000, affects=_is_data,
                 seed=None if config.fault_seed < 0 else config.fault_seed)
+        self.links = Links(self.transport, self.call_later)
+        #: Batches (corked replies, held requests) are off under fault injection, which
+        #: judges each message by its header.
+        self._batching = not config.faults
+        self.loop = Loop(f"paramserver-{role}-recv", self.transport, self.timers, handle=self._on_frames,
+                         send=self._send_raw, before_wait=self.links.release_all, batching=self._batching,
+                         malformed=lambda: self.links.count("messages_malformed"))
         self._resend_after = config.resend_after()
-        self._decoders: dict[str, Codec] = {}
-        self._encoders: dict[str, Codec] = {}
+        self.filters = WireFilters(self.links.count_filter)
+        self._decoders = self.filters.decoders  # the same dict (tests reach into it)
 
-        #: (table, "sent"|"received", filter) -> [bytes before, bytes after] the filter.
-        self.filter_bytes: defaultdict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        self.counters: defaultdict[str, int] = defaultdict(int)
-        self.table_bytes: defaultdict[tuple[int, str], int] = defaultdict(int)
+        #: Counters: messages and bytes sent and received, resends, reroutes, repairs...
+        self.counters = self.links.counters
+        self.table_bytes = self.links.table_bytes
+        self.filter_bytes = self.links.filter_bytes
         #: Called with the nodes that are gone after the node table or key map changed.
         self.on_nodes_changed: list[Callable[[set[int]], None]] = []
         #: Called when the job ends (scheduler lost or shutdown).
@@ -195,24 +165,20 @@ class Node:
         self._running = True
         if self._resend_after:
             self.call_every(min(self._resend_after / 4, 0.25), self._resend_due)
-        self._thread = threading.Thread(target=self._loop, name=f"paramserver-{self.role}-recv", daemon=True)
-        self._thread.start()
+        self.loop.start()
         return address
 
     def close(self, linger: float = 1.0) -> None:
-        """Stop the receive thread, fail what is pending with :class:`ClosedError`, close."""
+        """Stop the loop, fail what is pending with :class:`ClosedError`, close."""
         self._running = False
-        self.transport.wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-        # a caller may still hold the baton; it stops at its next step (not running)
-        got = self._baton.acquire(timeout=10) if self._baton_owner != threading.get_ident() else False
+        self.loop.stop()
+        got = self.loop.exclusive(timeout=10)  # a leading caller stops at its next step
         try:
             self._fail_all(ClosedError(f"{self.role} {self.id} was closed"))
             self.transport.close(linger)
         finally:
             if got:
-                self._baton.release()
+                self.loop.release()
 
     @property
     def aborted(self) -> PSError | None:
@@ -253,9 +219,7 @@ class Node:
         with self._lock:
             old = dict(self.members.nodes)
             change = self.members.update(nodes, keymap, dead)
-            for nid, address in change.moved_links:
-                if nid in self._connected:
-                    self.transport.connect(nid, address)
+        self.links.repoint(change.moved_links)
         for nid in sorted(change.gone):
             self.peer_failed(nid, NodeUnavailable(f"{old.get(nid) or f'node {nid}'} left the cluster or died"))
         for fn in list(self.on_nodes_changed):
@@ -269,15 +233,10 @@ class Node:
     def peer_failed(self, node: int, exc: PSError) -> None:
         """Fail every pending request that awaits a part from ``node`` (or send the part on
         to the new owners of its keys, for requests that reroute); drop the link."""
+        self.links.drop(node, close=node != SCHEDULER_ID)
         with self._lock:
             waiting = self.outbox.peer_gone(node)
-            self._held.pop(node, None)
-            self._unanswered.pop(node, None)
-            for dec in self._decoders.values():
-                dec.forget(node)
-            if node in self._connected and node != SCHEDULER_ID:
-                self._connected.discard(node)
-                self.transport.disconnect(node)
+            self.filters.forget(node)
             gone = self.members.gone_from_map(node)  # rerouting below never changes the key map
         for f in waiting:  # in issue order: pushes keep their order
             if f.reroute is not None and gone:
@@ -292,9 +251,7 @@ class Node:
     # ------------------------------------------------------------------ sending
     def connect(self, node: int, address: str) -> None:
         """Open the link to ``node`` at ``address`` (used before the node table knows it)."""
-        with self._lock:
-            self.transport.connect(node, address)
-            self._connected.add(node)
+        self.links.connect(node, address)
 
     def ensure_link(self, node: int) -> None:
         """Open the link to ``node`` from the node table if it is not open yet.
@@ -304,16 +261,7 @@ class Node:
         NodeUnavailable
             ``node`` is not in the node table.
         """
-        if node in self._connected:
-            return
-        with self._lock:
-            if node in self._connected:
-                return
-            info = self.members.nodes.get(node)
-            if info is None:
-                raise NodeUnavailable(f"node {node} is not in the node table (dead or never joined)")
-            self.transport.connect(node, info.address)
-            self._connected.add(node)
+        self.links.ensure(node, self.members.nodes.get(node))
 
     def send(self, node: int, msg: Message) -> int:
         """Send ``msg`` to ``node`` (stamping the sender); return the bytes sent.
@@ -332,63 +280,23 @@ class Node:
         return nbytes
 
     def _frames(self, peer: int, msg: Message) -> list[Any]:
-        """Apply the message's filters (counting bytes before and after each), then encode."""
-        if msg.codecs:
-            if not msg.values_at:
-                msg.values_at = value_indices(msg)
-            for c in sorted(msg.codecs, key=lambda c: c.rank):
-                out = c.encode(peer, msg)
-                if out is not msg:
-                    self._count_filter(msg.table, "sent", c.wire_name, msg.nbytes(), out.nbytes())
-                    msg = out
-        return encode(msg)
-
-    def _count_filter(self, table: int, direction: str, name: str, before: int, after: int) -> None:
-        with self._count_lock:
-            entry = self.filter_bytes[(table, direction, name)]
-            entry[0] += before
-            entry[1] += after
+        return self.filters.frames(peer, msg)
 
     def encoder(self, name: str) -> Codec:
         """A filter with default settings, to encode replies as a request asked."""
-        enc = self._encoders.get(name)
-        if enc is None:
-            enc = self._encoders[name] = codec(name)
-        return enc
-
-    def _decode_filters(self, msg: Message) -> Message:
-        for name in reversed(msg.filters):
-            dec = self._decoders.get(name)
-            if dec is None:
-                dec = self._decoders[name] = codec(name)
-            before = msg.nbytes()
-            try:
-                msg = dec.decode(msg.sender, msg)
-            except ProtocolError:
-                raise
-            except Exception as exc:  # hostile metadata must get an answer, not stop the thread
-                raise ProtocolError(f"{name}: cannot decode: {exc!r}") from None
-            self._count_filter(msg.table, "received", name, msg.nbytes(), before)
-        return msg
+        return self.filters.encoder(name)
 
     def _send_frames(self, node: int, frames: list[Any], table: int) -> int:
-        """Send encoded ``frames`` to ``node`` and count them; return the bytes sent."""
-        corked = self._corked
-        if corked and node in corked and self._baton_owner == threading.get_ident():
-            self._flush_peer(node, corked.pop(node))  # replies made before it leave before it
-        if node not in self._connected:
-            self.ensure_link(node)
-        nbytes = self.transport.send(node, frames)
-        self._count_sent(nbytes, table)
-        return nbytes
+        """Send encoded ``frames`` to ``node`` and count them; return the bytes sent. Replies
+        the loop corked for ``node`` leave first (answers and requests keep their order)."""
+        self.loop.uncork(node)
+        self.ensure_link(node)
+        return self.links.send(node, frames, table)
 
-    def _count_sent(self, nbytes: int, table: int) -> None:
-        with self._count_lock:
-            counters = self.counters
-            counters["messages_sent"] += 1
-            counters["bytes_sent"] += nbytes
-            if table >= 0:
-                self.table_bytes[(table, "sent")] += nbytes
+    def _send_raw(self, node: int, frames: list[Any]) -> None:
+        """The loop's way out for corked replies (counted as they were made)."""
+        self.ensure_link(node)
+        self.transport.send(node, frames)
 
     def reply(self, request: Message, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[Any] | None = None, codecs: tuple[Codec, ...] = ()) -> None:
@@ -396,12 +304,13 @@ class Node:
         try:
             msg = request.reply(status=status, body=body, arrays=arrays)
             msg.codecs = codecs
-            corked = self._corked
-            if corked is not None and self._baton_owner == threading.get_ident():
+            if self._batching and self.loop.holds():
                 msg.sender = self.id
                 frames = self._frames(request.sender, msg)
-                corked.setdefault(request.sender, []).append(frames)
-                self._count_sent(sum(memoryview(f).nbytes for f in frames), msg.table)
+                if self.loop.cork(request.sender, frames):  # leaves with the step's other replies
+                    self.links.count_sent(sum(memoryview(f).nbytes for f in frames), msg.table)
+                    return
+                self._send_frames(request.sender, frames, msg.table)
             else:
                 self.send(request.sender, msg)
         except PSError as exc:
@@ -430,7 +339,7 @@ class Node:
             ts = self._ts
         req = Request(ts, what, peers, default_timeout=self.config.timeout if timeout is None else timeout,
                       peer_names=self.describe_peer, combine=combine, on_wait=self._record_wait,
-                      driver=self.drive)
+                      driver=self.loop.drive)
         with self._lock:
             aborted = self._aborted
             if aborted is None and self._running:
@@ -470,8 +379,7 @@ class Node:
             self._reroute(flight, peer, None)
             return not req.done()
         try:
-            if peer not in self._connected:
-                self.ensure_link(peer)  # an unknown peer fails the request before a number is taken
+            self.ensure_link(peer)  # an unknown peer fails the request before a number is taken
             if stamp is not None:
                 stamp.take(peer, msg)
             try:
@@ -493,67 +401,13 @@ class Node:
             if keep or delivery is not None:
                 with self._lock:
                     self.outbox.sent(req.ts, peer, snapshot if keep else None, delivery)
-            if coalesce and self._batching and self._hold(req.ts, peer, frames, msg.table):
+            if coalesce and self._batching and self.links.hold(req.ts, peer, frames, msg.table):
                 return True
             self._send_frames(peer, frames, msg.table)
         except PSError as exc:
             req.fail(exc)
             return False
         return True
-
-    def _hold(self, ts: int, peer: int, frames: list[Any], table: int) -> bool:
-        """Count the coalescing part ``ts`` to ``peer`` as unanswered; True if it was held
-        (the peer owes answers, or has held parts that it must not overtake).
-
-        Raises
-        ------
-        NodeUnavailable
-            The link to ``peer`` was closed (it failed): the part must not wait for it.
-        """
-        with self._lock:
-            if peer not in self._connected:
-                raise NodeUnavailable(f"the connection to node {peer} was closed")
-            owed = self._unanswered.setdefault(peer, set())
-            q = self._held.get(peer)
-            hold = bool(owed) or bool(q)
-            owed.add(ts)
-            if not hold:
-                return False
-            if q is None:
-                q = self._held[peer] = []
-            q.append((frames, table))
-            arm = not self._hold_armed
-            self._hold_armed = True
-        if arm:
-            self.call_later(HOLD_S, self._release_timer)
-        return True
-
-    def _release(self, peer: int) -> None:
-        """Send what is held for ``peer``, as one message or one batch."""
-        with self._lock:
-            q = self._held.pop(peer, None)
-        if not q:
-            return
-        try:
-            for i in range(0, len(q), batch.MAX_BATCH):
-                chunk = q[i:i + batch.MAX_BATCH]
-                frames = chunk[0][0] if len(chunk) == 1 else batch.pack([f for f, _ in chunk])
-                self.transport.send(peer, frames)
-                for f, table in chunk:
-                    self._count_sent(sum(memoryview(x).nbytes for x in f), table)
-        except PSError as exc:  # the peer is gone: its death fails or reroutes the requests
-            log.debug("%s %d: held requests to node %d not sent: %s", self.role, self.id, peer, exc)
-
-    def _release_all(self) -> None:
-        with self._lock:
-            peers = list(self._held)
-        for peer in peers:
-            self._release(peer)
-
-    def _release_timer(self) -> None:
-        with self._lock:
-            self._hold_armed = False
-        self._release_all()
 
     def request(self, parts: dict[int, Message], what: str, *, on_part: PartCallback | None = None,
                 combine: Callable[[], Any] | None = None, timeout: float | None = None,
@@ -648,18 +502,15 @@ class Node:
                 pass  # the peer is gone; its death fails the request
 
     def _record_wait(self, seconds: float) -> None:
-        self.count("wait_ns", int(seconds * 1e9))
+        self.links.count("wait_ns", int(seconds * 1e9))
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name``. Thread-safe."""
-        with self._count_lock:
-            self.counters[name] += n
+        self.links.count(name, n)
 
     def snapshot_counters(self) -> tuple[dict[str, int], dict[tuple[int, str], int], dict[tuple[int, str, str], list[int]]]:
         """Copies of the counters, per-table bytes and per-filter bytes, read together."""
-        with self._count_lock:
-            return (dict(self.counters), dict(self.table_bytes),
-                    {k: list(v) for k, v in self.filter_bytes.items()})
+        return self.links.snapshot()
 
     def pending_request(self, ts: int) -> Request | None:
         """The unfinished request with timestamp ``ts``, if any."""
@@ -681,12 +532,9 @@ class Node:
     def _forget(self, req: Request) -> None:
         with self._lock:
             flight = self.outbox.flights.get(req.ts)
-            if flight is not None and self._unanswered:
-                for peer in flight.peers:  # an ended request owes nothing (a cancelled held pull)
-                    owed = self._unanswered.get(peer)
-                    if owed:
-                        owed.discard(req.ts)
             self.outbox.close(req.ts)
+        if flight is not None:
+            self.links.settled(req.ts, flight.peers)  # an ended request owes nothing (a cancelled pull)
 
     def _fail_all(self, exc: PSError) -> None:
         with self._lock:
@@ -697,41 +545,15 @@ class Node:
     # ------------------------------------------------------------------ registration
     def register(self, scheduler: str, body: dict[str, Any], timeout: float,
                  on_reply: Callable[[Message], None] | None = None) -> Message:
-        """Join the cluster through the scheduler at ``scheduler``; return its reply.
-
-        The node id, node table and key map are taken from the reply as it is received,
-        and ``on_reply`` runs then too, before any later message is handled: requests that
-        follow the reply (a table to create, a push) find the node ready.
+        """Join the cluster through the scheduler at ``scheduler``; return its reply (see
+        :func:`~._liveness.register`).
 
         Raises
         ------
         ConnectError
             No scheduler answered within ``timeout`` seconds.
         """
-        self.members.scheduler_address = scheduler
-        self.connect(SCHEDULER_ID, scheduler)
-        box: list[Message] = []
-
-        def registered(reply: Message) -> None:
-            answer = RegisterReply.from_wire(reply.body)
-            self.id = answer.id
-            self.set_nodes(*parse_nodes(answer))
-            self._scheduler_seen = time.monotonic()
-            if on_reply is not None:
-                on_reply(reply)
-            box.append(reply)
-
-        req = self.request({SCHEDULER_ID: Message(Op.REGISTER, body=body)},
-                           f"registration with the scheduler at {scheduler}", on_part=registered, timeout=timeout)
-        try:
-            req.wait()
-        except RequestTimeout:
-            raise ConnectError(
-                f"no scheduler answered at {scheduler} within {timeout:g} s "
-                f"(PS_CONNECT_TIMEOUT); check the address, or start one with "
-                f"`paramserver scheduler`"
-            ) from None
-        return box[0]
+        return register(self, scheduler, body, timeout, on_reply)
 
     def _on_nodes(self, msg: Message) -> None:
         self.set_nodes(*parse_nodes(Nodes.from_wire(msg.body)))
@@ -745,37 +567,7 @@ class Node:
     def start_heartbeats(self) -> None:
         """Send a heartbeat every PS_HEARTBEAT_INTERVAL; abort if the scheduler is silent
         for PS_HEARTBEAT_TIMEOUT."""
-        self._scheduler_seen = time.monotonic()
-        self.call_every(self.config.heartbeat_interval, self._heartbeat)
-
-    def heartbeat_body(self) -> dict[str, Any]:
-        """What a heartbeat reports (roles may extend it)."""
-        return {}
-
-    def _heartbeat(self) -> None:
-        if self._aborted is not None:
-            return
-        now = time.monotonic()
-        silent = now - self._scheduler_seen
-        if silent > self.config.heartbeat_timeout:
-            self.abort(NodeUnavailable(
-                f"the scheduler at {self.scheduler_address} is unreachable since "
-                f"{time.strftime('%H:%M:%S', time.localtime(time.time() - silent))} "
-                f"(no answer for {silent:.1f} s)"
-            ))
-            return
-
-        def seen(_: Message) -> None:
-            self._scheduler_seen = time.monotonic()
-
-        def check(req: Request) -> None:
-            exc = req.exception(timeout=0)
-            if isinstance(exc, JobAborted):
-                self.abort(exc)
-
-        req = self.request({SCHEDULER_ID: Message(Op.HEARTBEAT, body=self.heartbeat_body())},
-                           "heartbeat", on_part=seen, timeout=self.config.heartbeat_timeout)
-        req.add_done_callback(check)
+        self.heartbeats.start()
 
     # ------------------------------------------------------------------ timers
     def call_every(self, interval: float, fn: Callable[[], None]) -> None:
@@ -790,150 +582,10 @@ class Node:
         first = self.timers.add(time.monotonic(), delay, fn, interval)
         # The loop sleeps until its next timer: wake it only if this one comes first, and
         # not from the loop itself (it reads the timers again before it sleeps).
-        if first and self._baton_owner != threading.get_ident():
+        if first and not self.loop.holds():
             self.transport.wake()
 
     # ------------------------------------------------------------------ receiving
-    def _loop(self) -> None:
-        me = threading.get_ident()
-        while self._running:
-            # A caller receives for now, or did a moment ago (a synchronous loop comes back at
-            # once): stay aside rather than take the baton back between its calls.
-            if self._leaders or time.monotonic() - self._led_at < YIELD_S:
-                time.sleep(YIELD_S)
-                continue
-            with self._baton:
-                if not self._running:
-                    break
-                self._baton_owner = me
-                try:
-                    self._step(None)
-                except Exception:  # nothing may stop this loop
-                    log.exception("%s %d: loop step failed", self.role, self.id)
-                finally:
-                    self._baton_owner = None
-
-    def drive(self, req: Request, limit: float) -> None:
-        """Receive and dispatch on this thread until ``req`` is done or ``limit`` seconds
-        passed (the waiting caller takes the baton, see the module docstring). While another
-        caller holds the baton, this one waits for it in short slices, so it takes over as
-        soon as it is free and returns as soon as its request is done. Returns at once on the
-        receive thread (handlers and timers never wait on their own loop)."""
-        if self._held:
-            self._release_all()  # a waiting caller never waits for the hold timer
-        me = threading.get_ident()
-        deadline = time.monotonic() + limit
-        thread = self._thread
-        if not self._running or thread is None or thread.ident == me:
-            return
-        if self._baton_owner == me:  # a callback run by this leading caller waits: go on here
-            while self._running and not req.done() and (left := deadline - time.monotonic()) > 0:
-                self._step(min(left, LEAD_SLICE_S))
-            return
-        got = False
-        try:
-            with self._lock:
-                self._leaders += 1
-            while not req.done() and self._running:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                if self._baton.acquire(blocking=False):
-                    got = True
-                    break
-                if self._baton_owner == thread.ident:
-                    self.transport.wake()  # the receive thread steps aside at its next step
-                got = self._baton.acquire(timeout=min(left, LEAD_SLICE_S))
-                if got:
-                    break
-            if not got:
-                return
-            self._baton_owner = me
-            while self._running and not req.done() and (left := deadline - time.monotonic()) > 0:
-                # in slices: a request completed by another thread (a cancel) is seen soon
-                self._step(min(left, LEAD_SLICE_S))
-        finally:
-            if got:
-                self._baton_owner = None
-                self._led_at = time.monotonic()
-                self._baton.release()
-            with self._lock:
-                self._leaders -= 1
-
-    def _step(self, limit: float | None) -> None:
-        """Run due timers, then receive what has arrived (waiting at most until the next
-        timer, or ``limit``) and handle it: up to DRAIN messages, whose replies leave as one
-        batch per peer at the end. Called by the baton's holder only."""
-        now = time.monotonic()
-        for fn in self.timers.due(now):
-            try:
-                fn()
-            except Exception:
-                log.exception("%s %d: timer %r failed", self.role, self.id, fn)
-        wait = self.timers.wait(time.monotonic())
-        if limit is not None and limit < wait:
-            wait = limit
-        try:
-            frames = self.transport.recv(wait)
-        except Exception:
-            if self._running:
-                log.exception("%s %d: receive failed", self.role, self.id)
-                time.sleep(0.05)
-            return
-        if frames is None:
-            return
-        if not self._batching:
-            self._handle(frames)
-            return
-        outer = self._corked  # a callback of an outer step may wait and step again: re-entrant
-        self._corked = {}
-        try:
-            self._handle(frames)
-            stop = time.monotonic() + DRAIN_S
-            for _ in range(DRAIN - 1):  # what else has arrived is handled before replies leave
-                if time.monotonic() > stop:
-                    break
-                try:
-                    more = self.transport.recv(0)
-                except Exception:
-                    break
-                if more is None:
-                    break
-                self._handle(more)
-        finally:
-            out, self._corked = self._corked, outer
-            self._flush(out)
-
-    def _handle(self, frames: list[Any]) -> None:
-        """Handle one transport message (a message, or a batch of them, each on its own)."""
-        try:
-            parts = batch.unpack(frames) if batch.is_batch(frames) else [frames]
-        except ProtocolError as exc:
-            self.count("messages_malformed")
-            log.warning("%s %d: dropped a malformed batch: %s", self.role, self.id, exc)
-            return
-        for part in parts:
-            try:
-                self._on_frames(part)
-            except Exception:  # nothing a peer sends may stop this loop, nor the rest of a batch
-                log.exception("%s %d: error while handling a message", self.role, self.id)
-
-    def _flush(self, out: dict[int, list[list[Any]]]) -> None:
-        """Send the replies a step made: one message, or one batch, per peer."""
-        for peer in list(out):
-            self._flush_peer(peer, out.pop(peer))
-
-    def _flush_peer(self, peer: int, msgs: list[list[Any]]) -> None:
-        try:
-            for i in range(0, len(msgs), batch.MAX_BATCH):
-                chunk = msgs[i:i + batch.MAX_BATCH]
-                frames = chunk[0] if len(chunk) == 1 else batch.pack(chunk)
-                if peer not in self._connected:
-                    self.ensure_link(peer)
-                self.transport.send(peer, frames)  # counted as each reply was made
-        except Exception as exc:  # a reply that cannot be delivered is dropped, as a single one is
-            log.warning("%s %d: cannot answer node %d: %s", self.role, self.id, peer, exc)
-
     def _on_frames(self, frames: list[Any]) -> None:
         nbytes = sum(memoryview(f).nbytes for f in frames)
         try:
@@ -941,17 +593,12 @@ class Node:
         except ProtocolError as exc:
             self._on_malformed(frames, exc)
             return
-        with self._count_lock:
-            counters = self.counters
-            counters["messages_received"] += 1
-            counters["bytes_received"] += nbytes
-            if msg.table >= 0:
-                self.table_bytes[(msg.table, "received")] += nbytes
+        self.links.count_received(nbytes, msg.table)
         if self.config.verbose:
             log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
         if msg.filters:
             try:
-                msg = self._decode_filters(msg)
+                msg = self.filters.decode(msg)
             except KeysMissing as exc:
                 if not msg.response:
                     self.reply(msg, status=Status.RESEND_KEYS,
@@ -981,15 +628,10 @@ class Node:
             pass
 
     def _on_response(self, msg: Message) -> None:
-        peer = msg.sender
         with self._lock:
             verdict = self.outbox.answer(msg)
-            owed = self._unanswered.get(peer)
-            if owed:
-                owed.discard(msg.ts)
-            held = peer in self._held
-        if held:
-            self._release(peer)  # the peer answered: what waited for it leaves now
+        if self.links.answered(msg.sender, msg.ts):
+            self.links.release(msg.sender)  # the peer answered: what waited for it leaves now
         kind, f = verdict.kind, verdict.flight
         if kind is VerdictKind.COMPLETE:
             assert f is not None
