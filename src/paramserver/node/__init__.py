@@ -1,14 +1,18 @@
-"""Layer 5, the node runtime: transport + handlers + timers + node table + key map cache."""
+"""Layer 5, the node runtime: a shell over pure parts (Outbox, Membership, Timers, batches)."""
 
 from ._errors_wire import error_body, error_from_body
 from ._host import choose_host, split_address
 from ._info import SCHEDULER_ID, NodeInfo
-from ._runtime import Node, process_info
+from ._outbox import PartCallback, Reroute
+from ._runtime import Node, Stamp, process_info
 
 __all__ = [
     "SCHEDULER_ID",
     "Node",
     "NodeInfo",
+    "PartCallback",
+    "Reroute",
+    "Stamp",
     "choose_host",
     "error_body",
     "error_from_body",

@@ -105,7 +105,7 @@ class Links:
     def send(self, node: int, frames: Frames, table: int) -> int:
         """Send ``frames`` to ``node`` (its link open) and count them; return the bytes sent."""
         nbytes = self.transport.send(node, frames)
-        self.count_sent(nbytes, table)
+        self.count_message("sent", nbytes, table)
         return nbytes
 
     # ------------------------------------------------------------------ coalescing
@@ -166,7 +166,7 @@ class Links:
                 frames = chunk[0][0] if len(chunk) == 1 else batch.pack([f for f, _ in chunk])
                 self.transport.send(peer, frames)
                 for f, table in chunk:
-                    self.count_sent(sum(memoryview(x).nbytes for x in f), table)
+                    self.count_message("sent", sum(memoryview(x).nbytes for x in f), table)
         except PSError as exc:  # the peer is gone: its death fails or reroutes the requests
             log.debug("held requests to node %d not sent: %s", peer, exc)
 
@@ -189,21 +189,14 @@ class Links:
         with self._count_lock:
             self.counters[name] += n
 
-    def count_sent(self, nbytes: int, table: int) -> None:
+    def count_message(self, direction: str, nbytes: int, table: int) -> None:
+        """One message of ``nbytes`` ``direction`` ("sent" or "received"), of ``table`` if >= 0."""
         with self._count_lock:
             counters = self.counters
-            counters["messages_sent"] += 1
-            counters["bytes_sent"] += nbytes
+            counters["messages_" + direction] += 1
+            counters["bytes_" + direction] += nbytes
             if table >= 0:
-                self.table_bytes[(table, "sent")] += nbytes
-
-    def count_received(self, nbytes: int, table: int) -> None:
-        with self._count_lock:
-            counters = self.counters
-            counters["messages_received"] += 1
-            counters["bytes_received"] += nbytes
-            if table >= 0:
-                self.table_bytes[(table, "received")] += nbytes
+                self.table_bytes[(table, direction)] += nbytes
 
     def count_filter(self, table: int, direction: str, name: str, before: int, after: int) -> None:
         with self._count_lock:

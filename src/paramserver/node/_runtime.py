@@ -119,11 +119,10 @@ class Node:
                 delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000, affects=_is_data,
                 seed=None if config.fault_seed < 0 else config.fault_seed)
         self.links = Links(self.transport, self.call_later)
-        #: Batches (corked replies, held requests) are off under fault injection, which
-        #: judges each message by its header.
-        self._batching = not config.faults
+        # Batches (corked replies, held requests) are off under fault injection, which judges
+        # each message by its header.
         self.loop = Loop(f"paramserver-{role}-recv", self.transport, self.timers, handle=self._on_frames,
-                         send=self._send_raw, before_wait=self.links.release_all, batching=self._batching,
+                         send=self._send_raw, before_wait=self.links.release_all, batching=not config.faults,
                          malformed=lambda: self.links.count("messages_malformed"))
         self._resend_after = config.resend_after()
         self.filters = WireFilters(self.links.count_filter)
@@ -304,11 +303,11 @@ class Node:
         try:
             msg = request.reply(status=status, body=body, arrays=arrays)
             msg.codecs = codecs
-            if self._batching and self.loop.holds():
+            if self.loop.batching and self.loop.holds():
                 msg.sender = self.id
                 frames = self._frames(request.sender, msg)
                 if self.loop.cork(request.sender, frames):  # leaves with the step's other replies
-                    self.links.count_sent(sum(memoryview(f).nbytes for f in frames), msg.table)
+                    self.links.count_message("sent", sum(memoryview(f).nbytes for f in frames), msg.table)
                     return
                 self._send_frames(request.sender, frames, msg.table)
             else:
@@ -401,9 +400,10 @@ class Node:
             if keep or delivery is not None:
                 with self._lock:
                     self.outbox.sent(req.ts, peer, snapshot if keep else None, delivery)
-            if coalesce and self._batching and self.links.hold(req.ts, peer, frames, msg.table):
+            if coalesce and self.loop.batching and self.links.hold(req.ts, peer, frames, msg.table):
                 return True
-            self._send_frames(peer, frames, msg.table)
+            self.loop.uncork(peer)  # (the link was opened above, before the part took a number)
+            self.links.send(peer, frames, msg.table)
         except PSError as exc:
             req.fail(exc)
             return False
@@ -593,7 +593,7 @@ class Node:
         except ProtocolError as exc:
             self._on_malformed(frames, exc)
             return
-        self.links.count_received(nbytes, msg.table)
+        self.links.count_message("received", nbytes, msg.table)
         if self.config.verbose:
             log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
         if msg.filters:

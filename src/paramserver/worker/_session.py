@@ -30,14 +30,11 @@ from typing import Any
 
 from .._errors import ClosedError, InvalidArgument, RequestTimeout
 from ..clock import Request
-from ..node import Node
+from ..node import Node, PartCallback, Reroute
 from ..placement import KeyMap
 from ..protocol import Message, Op
 
 __all__ = ["Session", "wait_result"]
-
-PartCallback = Callable[[Message], None]
-Reroute = Callable[[int, Message], Request]
 
 
 def wait_result(req: Request, timeout: float | None) -> Any:
