@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 ## bench: benchmarks against a raw pyzmq baseline measured in the same run
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+## sysdeps: Debian packages some tests need (.ci/packages.txt); as root only, elsewhere those tests skip
+sysdeps:
+	bash .ci/sysdeps
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
