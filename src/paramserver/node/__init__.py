@@ -1,7 +1,7 @@
 """Layer 5, the node runtime: a shell over pure parts (Outbox, Membership, Timers, batches)."""
 
 from ._errors_wire import error_body, error_from_body
-from ._host import choose_host, split_address
+from ._host import choose_host, probe, split_address
 from ._info import SCHEDULER_ID, NodeInfo
 from ._outbox import PartCallback, Reroute
 from ._runtime import Node, Stamp, process_info
@@ -16,6 +16,7 @@ __all__ = [
     "choose_host",
     "error_body",
     "error_from_body",
+    "probe",
     "process_info",
     "split_address",
 ]

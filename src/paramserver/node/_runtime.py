@@ -544,16 +544,18 @@ class Node:
 
     # ------------------------------------------------------------------ registration
     def register(self, scheduler: str, body: dict[str, Any], timeout: float,
-                 on_reply: Callable[[Message], None] | None = None) -> Message:
+                 on_reply: Callable[[Message], None] | None = None, *, limit: str = "PS_CONNECT_TIMEOUT",
+                 quiet: bool = False) -> Message:
         """Join the cluster through the scheduler at ``scheduler``; return its reply (see
-        :func:`~._liveness.register`).
+        :func:`~._liveness.register`: ``limit`` names the timeout in messages, ``quiet``
+        leaves out the early warning that it waits).
 
         Raises
         ------
         ConnectError
-            No scheduler answered within ``timeout`` seconds.
+            No scheduler answered, or the job did not start, within ``timeout`` seconds.
         """
-        return register(self, scheduler, body, timeout, on_reply)
+        return register(self, scheduler, body, timeout, on_reply, limit=limit, quiet=quiet)
 
     def _on_nodes(self, msg: Message) -> None:
         self.set_nodes(*parse_nodes(Nodes.from_wire(msg.body)))

@@ -16,6 +16,7 @@ thread; the ROUTER is used only by the thread that calls :meth:`recv`.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from .._errors import NodeUnavailable
+from .._errors import ConnectError, NodeUnavailable
 from ._base import COPY_THRESHOLD, Frames, Transport
 
 __all__ = ["ZmqTransport"]
@@ -68,10 +69,15 @@ class ZmqTransport(Transport):
         return self._address
 
     def bind(self, host: str, port: int = 0) -> str:
-        if port:
-            self._router.bind(f"tcp://{host}:{port}")
-        else:
-            port = self._router.bind_to_random_port(f"tcp://{host}")
+        try:
+            if port:
+                self._router.bind(f"tcp://{host}:{port}")
+            else:
+                port = self._router.bind_to_random_port(f"tcp://{host}")
+        except zmq.ZMQError as exc:
+            why = ("the port is already in use (another node or program listens there); choose another "
+                   "port, or 0 for a free one" if exc.errno == errno.EADDRINUSE else exc.strerror)
+            raise ConnectError(f"cannot listen at tcp://{host}:{port}: {why}") from None
         self._address = f"tcp://{host}:{port}"
         return self._address
 

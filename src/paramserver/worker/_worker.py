@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -25,7 +26,7 @@ from .._config import Config, parse_address
 from .._errors import InvalidArgument, ProtocolError, PSError
 from ..clock import Consistency
 from ..node import SCHEDULER_ID, Node, choose_host, process_info
-from ..protocol import Barrier, Message, Op, PolicyRequest, PolicyUpdate, RegisterReply, TableDeclare, TableReply
+from ..protocol import Barrier, Bye, Message, Op, PolicyRequest, PolicyUpdate, RegisterReply, TableDeclare, TableReply
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
@@ -45,13 +46,25 @@ def open_workers() -> list[Worker]:
     return [w for w in list(_open) if not w.closed]
 
 
+def _crash() -> Bye:
+    """The goodbye of a program that is ending: a crash if an exception ended it (the
+    interpreter keeps the uncaught exception in ``sys.last_value`` before exit handlers run)."""
+    exc = getattr(sys, "last_value", None)
+    if isinstance(exc, BaseException) and not isinstance(exc, SystemExit):
+        return Bye(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                   code=130 if isinstance(exc, KeyboardInterrupt) else 1)
+    return Bye()
+
+
 @atexit.register
 def _close_at_exit() -> None:
     """A program that ends without ``close()`` still says goodbye (and flushes held-back
-    updates), so that its job ends cleanly instead of waiting for a missing heartbeat."""
+    updates), so that its job ends cleanly instead of waiting for a missing heartbeat; a
+    program that an exception ended says that it crashed, and with what."""
+    bye = _crash()
     for w in open_workers():
         try:
-            w.close(timeout=2.0)
+            w._close(2.0, bye)
         except Exception:  # the interpreter is going away; nothing else to do
             pass
 
@@ -405,6 +418,10 @@ class Worker:
         Requests still in flight fail with :class:`ClosedError`; call :meth:`wait_all`
         first to let them finish.
         """
+        self._close(timeout, Bye())
+
+    def _close(self, timeout: float, bye: Bye) -> None:
+        """:meth:`close`, with the goodbye ``bye`` (which may report a crash)."""
         if self.closed:
             return
         if self._node.aborted is None:
@@ -423,7 +440,7 @@ class Worker:
         node = self._node
         if node.aborted is None:
             try:
-                node.call(SCHEDULER_ID, Message(Op.BYE), "goodbye", timeout)
+                node.call(SCHEDULER_ID, Message(Op.BYE, body=bye.to_wire()), "goodbye", timeout)
             except PSError as exc:
                 log.debug("worker %d: goodbye not acknowledged: %s", self.id, exc)
         node.close(linger=1.0)
@@ -453,12 +470,15 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         ``host:port`` or ``tcp://host:port``; if None, read from the environment
         (PS_SCHEDULER, or DMLC_PS_ROOT_URI and DMLC_PS_ROOT_PORT, as set by the launcher).
     timeout:
-        Seconds to wait for the scheduler (PS_CONNECT_TIMEOUT if None).
+        Seconds to wait for the scheduler (PS_CONNECT_TIMEOUT if None). A registration that
+        waits (no scheduler yet, or a job still waiting for its servers) logs one warning
+        after a few seconds that says what it waits for.
 
     Raises
     ------
     ConnectError
-        No scheduler answered in time; the message names the address.
+        No scheduler answered in time, or the job did not start in time; the message names
+        the address and, if the scheduler answered, what the job waits for.
     ConfigError
         No address given and none in the environment.
     """
@@ -471,6 +491,7 @@ def connect(address: str | None = None, *, timeout: float | None = None,
             addr,
             {"role": "worker", "address": node.address, "rank": cfg.worker_rank, **process_info()},
             timeout=cfg.connect_timeout if timeout is None else timeout,
+            limit="PS_CONNECT_TIMEOUT" if timeout is None else "the timeout argument",
         )
     except BaseException:
         node.close(linger=0)
