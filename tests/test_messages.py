@@ -318,3 +318,28 @@ def test_launch_names_servers_by_their_node_id(marked_env: dict[str, str], tmp_p
     nid, pid = res.stdout.split()[2], res.stdout.split()[4]
     assert f"paramserver launch: server {nid} (pid {pid}) exited with code -9 while workers were running" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.cluster
+def test_a_bounded_pull_timeout_names_the_worker_that_holds_the_clock_back(cluster2: ps.LocalCluster) -> None:
+    import numpy as np
+
+    keys = np.array([1, 2**63 + 1], dtype=np.uint64)  # on both servers
+    with ps.connect(cluster2.address) as fast, ps.connect(cluster2.address) as slow:
+        tf = fast.table("b", consistency="bounded", tau=0)
+        ts = slow.table("b", consistency="bounded", tau=0)
+        ts.push(keys, np.ones(2, np.float32)).wait()  # the slow worker pushes and never advances
+        for _ in range(2):
+            tf.push(keys, np.ones(2, np.float32)).wait()
+            fast.advance()
+        with pytest.raises(ps.RequestTimeout) as info:
+            tf.pull(keys, timeout=2.0)
+        text = str(info.value)
+        assert text.startswith("pull from table 'b' at iteration 2 under bounded(tau=0) timed out after 2 s: it waits "
+                               f"until every worker has finished iteration 1, and worker {slow.id} ")
+        assert text.endswith("has finished only iteration -1. A worker holds the clock back when it stops calling "
+                             "advance() (or `with w.iteration():`) while the others go on")
+        assert f"worker {fast.id} " not in text
+        slow.advance()
+        slow.advance()
+        assert tf.pull(keys, timeout=30).ravel().tolist() == [3.0, 3.0]
