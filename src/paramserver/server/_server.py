@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from .._errors import CheckpointError, PSError
-from ..clock import Consistency, Request
+from ..clock import Consistency, RangeClock, Request
 from ..node import Node
 from ..placement import ranges_to_wire
 from ..protocol import Message, Op, Status, StatusRequest
@@ -202,7 +202,7 @@ class Server:
         self.done.set()
 
 
-def _finished(iters: Any, ranges: list[tuple[int, int]]) -> int:
+def _finished(iters: RangeClock, ranges: list[tuple[int, int]]) -> int:
     """The iteration a worker has finished on every range this server masters (its clock
     elsewhere in the key space is not kept here)."""
     return min((iters.min(lo, hi) for lo, hi in ranges), default=iters.min())
