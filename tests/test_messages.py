@@ -343,3 +343,36 @@ def test_a_bounded_pull_timeout_names_the_worker_that_holds_the_clock_back(clust
         slow.advance()
         slow.advance()
         assert tf.pull(keys, timeout=30).ravel().tolist() == [3.0, 3.0]
+
+
+# ---------------------------------------------------------------- sharding helper (docs)
+@pytest.mark.cluster
+def test_rows_splits_a_fixed_job_by_rank(fast_env: dict[str, str]) -> None:
+    with ps.LocalCluster(servers=1, workers=2, env=fast_env) as cluster:
+        a, b = ps.connect(cluster.address), ps.connect(cluster.address)
+        assert (a.num_workers, sorted([a.rank, b.rank])) == (2, [0, 1])
+        first, second = (a, b) if a.rank == 0 else (b, a)
+        assert list(first.rows(11, epochs=2)) == [slice(0, 6), slice(0, 6)]
+        assert list(second.rows(11)) == [slice(6, 11)]
+        a.close()
+        b.close()
+
+
+@pytest.mark.cluster
+def test_rows_hands_out_every_row_once_in_a_dynamic_job(cluster2: ps.LocalCluster) -> None:
+    with ps.connect(cluster2.address) as a, ps.connect(cluster2.address) as b:
+        assert a.num_workers == 0  # X[a.rank::a.num_workers] would raise
+        import threading
+
+        got_a: list[slice] = []
+        got_b: list[slice] = []
+        mine = a.rows(1000, shards=10)
+        got_a.append(next(mine))  # a holds one range while b takes the others
+        other = threading.Thread(target=lambda: got_b.extend(b.rows(1000, shards=10)))
+        other.start()
+        got_a += list(mine)  # b's loop ends once a's range is done too
+        other.join(60)
+        assert not other.is_alive()
+        covered = sorted((s.start, s.stop) for s in got_a + got_b)
+        assert covered == [(i * 100, i * 100 + 100) for i in range(10)]
+        assert len(got_a) >= 1 and len(got_b) >= 1

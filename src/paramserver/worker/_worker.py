@@ -31,7 +31,7 @@ from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
 from ._session import Session, wait_result
-from ._shards import Shard, iterate_shards
+from ._shards import Shard, iterate_shards, row_shards
 from ._table import Table
 
 __all__ = ["Worker", "connect", "open_workers"]
@@ -77,9 +77,13 @@ class Worker:
     id:
         The node id the scheduler gave it.
     rank:
-        Its rank among the workers, 0-based (from the launcher, or in order of joining).
+        Its rank among the workers, 0-based: in a fixed job the launcher's PS_WORKER_RANK
+        (``0 <= rank < num_workers``, unique); in a dynamic job the lowest rank free when it
+        joined (a rank of a worker that left is given again), so ranks need not be dense.
     num_workers:
-        Workers in the job, or 0 if the job has no fixed number.
+        Workers in the job (DMLC_NUM_WORKER, ``paramserver launch -w``), or 0 if the job has
+        no fixed number (``LocalCluster()`` without ``workers``, a scheduler started with
+        ``--workers 0``). Split data with :meth:`rows` or :meth:`shards`, which work in both.
     address:
         The scheduler's address.
     """
@@ -254,6 +258,30 @@ class Worker:
                 self._shards_done[shard.set] += 1
 
         return iterate_shards(call, self.wait_all, name, shards, epochs=epochs, on_done=done)
+
+    def rows(self, n_rows: int, *, name: str = "rows", shards: int = 0, epochs: int = 1,
+             timeout: float | None = None) -> Iterator[slice]:
+        """This worker's share of rows ``0..n_rows``, as slices: ``for s in w.rows(len(y)):
+        train(X[s], y[s])``. Works in fixed and in dynamic jobs.
+
+        * Fixed job (:attr:`num_workers` > 0: ``paramserver launch``, DMLC_NUM_WORKER): the
+          contiguous block ``row_shards(n_rows, num_workers)[rank]``, once per epoch, with no
+          message to the scheduler. The blocks of all ranks cover every row exactly once.
+        * Dynamic job (:attr:`num_workers` == 0, where ``X[rank::num_workers]`` would fail):
+          the ranges of ``row_shards(n_rows, shards or 16)`` handed out by the scheduler
+          (:meth:`shards` with set ``name``), so every row is processed exactly once per
+          epoch however many workers come, go or die.
+
+        Every worker must call it with the same ``n_rows``, ``name``, ``shards`` and ``epochs``.
+        """
+        if self.num_workers > 0:
+            start, stop = row_shards(n_rows, self.num_workers)[self.rank]
+            for _ in range(epochs):
+                yield slice(start, stop)
+            return
+        for shard in self.shards(name, row_shards(n_rows, shards or 16), epochs=epochs, timeout=timeout):
+            start, stop = shard.data
+            yield slice(int(start), int(stop))
 
     def wait(self, ts: int, timeout: float | None = None) -> None:
         """Wait for this worker's request with timestamp ``ts``; return at once if it is done."""
