@@ -51,6 +51,7 @@ from .._errors import (
     NodeUnavailable,
     ProtocolError,
     PSError,
+    ReadOnlyError,
     TableError,
 )
 from ..clock import Consistency
@@ -262,11 +263,20 @@ class ServerState:
                  self.sync[table_id].policy)
 
     def add_tables(self, tables: list[Any]) -> None:
-        """Create tables from ``[[id, spec, policy], ...]`` (a registration reply)."""
+        """Create tables from ``[[id, spec, policy(, readers)], ...]`` (a registration reply)."""
         for entry in tables:
-            if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int):
-                raise ProtocolError("a table entry must be [id, spec, policy]")
+            if not (isinstance(entry, list) and len(entry) in (3, 4) and type(entry[0]) is int):
+                raise ProtocolError("a table entry must be [id, spec, policy] or [id, spec, policy, readers]")
             self.add_table(entry[0], TableSpec.from_wire(entry[1]), Consistency.from_wire(entry[2]))
+            if len(entry) == 4:
+                self.add_readers(entry[0], entry[3])
+
+    def add_readers(self, table_id: int, readers: Any) -> None:
+        """Workers ``readers`` attached to table ``table_id`` read-only: their pushes and
+        clock ticks are refused from now on (they never count in its clocks)."""
+        if not (isinstance(readers, list) and all(type(r) is int for r in readers)):
+            raise ProtocolError("a table's readers must be a list of node ids")
+        self.sync[table_id].readers.update(readers)
 
     def store_of(self, msg: Message) -> Store:
         """The store of ``msg``'s table; :class:`TableError` if the table is unknown here."""
@@ -283,6 +293,7 @@ class ServerState:
     def _on_table(self, msg: Message, now: float, out: list[Action]) -> None:
         body = TableCreate.from_wire(msg.body)
         self.add_table(body.id, TableSpec.from_wire(body.spec), Consistency.from_wire(body.policy))
+        self.add_readers(body.id, body.readers)
         out.append(Reply(msg))
 
     def _on_policy(self, msg: Message, now: float, out: list[Action]) -> None:
@@ -357,6 +368,10 @@ class ServerState:
         """A push or clock tick: apply it once, in its channel's order."""
         store = self.store_of(msg)
         sync = self.sync[msg.table]
+        if msg.sender in sync.readers:  # refused before it opens a channel: a reader never counts
+            what = "push to" if msg.op == Op.PUSH else "clock tick of"
+            raise ReadOnlyError(f"worker {msg.sender} attached to table {store.spec.name!r} read-only; "
+                                f"its {what} the table is refused")
         if msg.seq == 0:  # not part of a channel: apply at once (errors answered by handle)
             self._apply(msg, store, sync, None, out)
             return

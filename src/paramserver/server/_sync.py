@@ -99,6 +99,9 @@ class TableSync:
     low_water: dict[int, int] = field(default_factory=dict)
     #: origin server -> last aggregated iteration of that origin applied here.
     agg_seen: dict[int, int] = field(default_factory=dict)
+    #: Workers attached read-only: their pushes and ticks are refused, so they never have a
+    #: channel and never count in ``slowest`` (aggregation, bounded delay, checkpoint cuts).
+    readers: set[int] = field(default_factory=set)
 
     def fresh(self, worker: int, rid: int, keys: np.ndarray, again: bool) -> np.ndarray | None:
         """Which of ``keys`` of request ``rid`` of ``worker`` are not applied here yet: a
