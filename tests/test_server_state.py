@@ -218,3 +218,29 @@ def test_a_checkpoint_waits_for_its_cut_and_defers_later_pushes() -> None:
     assert state.tick(20.5) == []
     (fail,) = state.tick(21.0)
     assert isinstance(fail, Fail) and type(fail.exc).__name__ == "RequestTimeout"
+
+
+def test_a_readers_pushes_and_ticks_are_refused_and_it_never_counts_in_aggregation() -> None:
+    """A worker the scheduler announced as a reader (a TABLE round with ``readers``) opens no
+    channel: its push and tick are refused, and an aggregating table's iteration is applied
+    once the writers (not the reader) finished it."""
+    state = make(aggregate=True, policy=Consistency("bounded", 0))
+    spec = state.stores[0].spec.to_wire()
+    create = Message(Op.TABLE, sender=0, ts=9, body={"id": 0, "spec": spec, "policy": {"kind": "bounded", "tau": 0},
+                                                    "readers": [W2]})
+    assert replies(state.handle(create, 0.0)) == [(9, Status.OK)]
+    for msg in (push(1, keys(5), sender=W2), tick(1, 0, sender=W2)):
+        out = state.handle(msg, 0.0)
+        assert len(out) == 1 and isinstance(out[0], Fail) and type(out[0].exc).__name__ == "ReadOnlyError"
+        assert "read-only" in str(out[0].exc)
+    assert W2 not in state.sync[0].channels
+    state.handle(tick(1, -1), 0.0)
+    state.handle(push(2, keys(5), 2.0), 0.0)
+    assert values(state, keys(5)) == [0.0]  # iteration 0 not finished by the writer yet
+    state.handle(tick(3, 0), 0.0)
+    assert values(state, keys(5)) == [2.0]  # applied: the reader is not waited for
+    out = state.handle(pull(keys(5), sender=W2, clock=7), 0.0)  # a reader's bounded pull is not its business
+    assert replies(state.handle(pull(keys(5), sender=W2, clock=0), 0.0)) == [(500, Status.OK)]
+    assert out == []  # held: clock 7 under tau 0 waits for iteration 6 (readers send eventual pulls)
+    state.add_tables([[1, spec, {"kind": "eventual", "tau": 0}, [W1]]])  # a registration's table list
+    assert state.sync[1].readers == {W1}

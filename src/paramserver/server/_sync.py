@@ -197,8 +197,9 @@ class TableSync:
 
     def caught_up(self, sender: int, seq: int) -> bool:
         """Read-your-writes: has the channel of ``sender`` handled its messages up to ``seq``
-        (always true for ``seq`` 0, a request that follows no ordered message)?"""
-        if not seq:
+        (always true for ``seq`` 0, a request that follows no ordered message, and for a
+        reader, whose ordered messages are all refused)?"""
+        if not seq or sender in self.readers:
             return True
         ch = self.channels.get(sender)
         return ch is not None and ch.done >= seq
