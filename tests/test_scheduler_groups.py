@@ -56,8 +56,8 @@ def test_ranks_sizes_and_node_entries_are_per_group() -> None:
     core, _ = cluster(num_workers=2)
     w0, b0 = joined(core)
     r0, c0 = joined(core, "serve", size=3)
-    r1, c1 = joined(core, "serve")  # size 0: takes the group's
-    w1, b1 = joined(core)
+    _r1, c1 = joined(core, "serve")  # size 0: takes the group's
+    _w1, b1 = joined(core)
     assert [b0["rank"], b1["rank"], c0["rank"], c1["rank"]] == [0, 1, 0, 1]
     assert b0["num_workers"] == 2 and c0["num_workers"] == 3 and c1["num_workers"] == 3
     assert "group" not in b0 and c0["group"] == "serve"
@@ -180,7 +180,7 @@ def test_namespace_writers_refuse_other_groups_writable_declarations() -> None:
 
 
 def test_status_shows_groups_and_namespaces() -> None:
-    core, s = cluster(num_workers=1)
+    core, _s = cluster(num_workers=1)
     w, _ = joined(core)
     r, _ = joined(core, "serve", size=2)
     ack_all(core, declare(core, r, "ns/t", 2, writers=["serve"]), Op.TABLE)
@@ -194,7 +194,7 @@ def test_status_shows_groups_and_namespaces() -> None:
 
 
 def test_only_workers_declare_tables() -> None:
-    core, s = cluster()
+    core, _s = cluster()
     c, _ = register(core, "client")
     assert sends(declare(core, c, "t", 2), Op.TABLE)[0].msg.body["type"] == "InvalidArgument"
 
@@ -211,7 +211,7 @@ def test_the_default_group_by_either_name(name: str) -> None:
 def test_paramserver_status_prints_groups_and_namespaces() -> None:
     from paramserver.cli._status import format_status
 
-    core, s = cluster(num_workers=1)
+    core, _s = cluster(num_workers=1)
     w, _ = joined(core)
     r, _ = joined(core, "serve", size=2)
     ack_all(core, declare(core, r, "ns/t", 2, writers=["serve"]), Op.TABLE)
