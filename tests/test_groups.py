@@ -55,7 +55,8 @@ def test_readers_pull_continuously_while_a_bounded_aggregating_group_trains_exac
         tmp_path: Path, fast_env: dict[str, str]) -> None:
     """Two trainers (the default group, tau=0 with aggregation: exact synchronous SGD) and a
     reader group of two pulling the same tables all the time: the trainers' result is exact,
-    every count a reader saw is a whole number of iterations, the readers' pushes are refused
+    every count a reader saw is a whole number of iterations, each snapshot read is the table
+    exactly after its iteration on every server, the readers' pushes are refused
     (by the worker and by the servers), and the job goes on after the training group ended
     until the reader group is done too."""
     iters = 30
@@ -77,6 +78,7 @@ def test_readers_pull_continuously_while_a_bounded_aggregating_group_trains_exac
         highs = [hi for _, hi in rd["seen"]]
         assert lows == sorted(lows) and highs == sorted(highs)  # a server's table never goes back
         assert all(v % 2 == 0 and 0 <= v <= 2 * iters for v in lows + highs)  # whole aggregated iterations
+        assert rd["snaps"] == [[2 * (t + 1)] for t in range(iters)]  # one cut on every server, after each t
         assert rd["last"] == [2 * iters] * 64 and rd["after"] == [2 * iters] * 64  # the refused pushes changed nothing
         assert "read-only" in rd["client"] and "read-only" in rd["server"] and "refused" in rd["server"]
 

@@ -11,7 +11,8 @@ MODE "train": least squares by synchronous SGD on NS + "x" (bounded tau=0, aggre
     writes OUTDIR/NAME.x.json (the weights) and, after closing, OUTDIR/NAME.done; every
     rank writes OUTDIR/NAME.RANK.json (its stats).
 MODE "read": attaches to both tables read-only and pulls them continuously until the
-    trainers' done file appears; each pull of the count table is recorded as (min, max);
+    trainers' done file appears; each pull of the count table is recorded as (min, max),
+    and the snapshot after each iteration t in turn (the distinct counts in it);
     then one last pull (the job goes on after the training group ended), a push that must
     be refused (client side), and a push past the client check that the servers refuse.
     Writes OUTDIR/read.RANK.json.
@@ -42,6 +43,7 @@ w = ps.connect()
 rank, n = w.rank, w.num_workers
 tau = {"tau": 0} if consistency == "bounded" else {"consistency": "eventual"}
 aggregate = consistency == "bounded"  # eventual: each push applied on arrival
+snapshots = {"snapshots": 64} if aggregate else {}  # the servers keep every iteration of these runs
 writers = {"writers": [w.group]} if ns and mode == "train" else {}
 
 if mode == "train":
@@ -49,7 +51,7 @@ if mode == "train":
     A, b = A[rank::n], b[rank::n]
     x_t = w.table(ns + "x", dtype="float64", updater="sgd", updater_args={"lr": lr}, tau=0, aggregate=True,
                   **writers)
-    c_t = w.table(ns + "count", dtype="int64", aggregate=aggregate, **tau, **writers)
+    c_t = w.table(ns + "count", dtype="int64", aggregate=aggregate, **snapshots, **tau, **writers)
     refused = ""
     other = os.environ.get("OTHER_NS")
     if other:  # another group's namespace: a writable declaration is refused
@@ -58,7 +60,7 @@ if mode == "train":
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
-            w.table(other + "count", dtype="int64", aggregate=True)
+            w.table(other + "count", dtype="int64", aggregate=True, snapshots=64)  # its spec (group a's)
         except ps.ReadOnlyError as exc:
             refused = str(exc)
     w.barrier()
@@ -88,14 +90,19 @@ elif mode == "read":
     trainers = int(os.environ["TRAINERS"])
     x_t = w.table(ns + "x", dtype="float64", updater="sgd", updater_args={"lr": lr}, tau=0, aggregate=True,
                   readonly=True)
-    c_t = w.table(ns + "count", dtype="int64", aggregate=aggregate, **tau, readonly=True)
+    c_t = w.table(ns + "count", dtype="int64", aggregate=aggregate, **snapshots, **tau, readonly=True)
     seen: list[list[int]] = []
+    snaps: list[list[int]] = []  # per iteration t: the distinct counts of the snapshot after t
     done = outdir / f"{name}.done"
     while not done.exists():
         c = c_t.pull(keys).ravel()
         x_t.pull(np.arange(8, dtype=np.uint64))
         seen.append([int(c.min()), int(c.max())])
+        if snapshots and len(snaps) < iterations:  # waits until iteration len(snaps) is finished
+            snaps.append(sorted(set(c_t.pull(keys, snapshot=len(snaps), timeout=120).ravel().tolist())))
     last = c_t.pull(keys).ravel().tolist()  # the training group ended; this group goes on
+    while snapshots and len(snaps) < iterations:  # the iterations finished before the trainers left
+        snaps.append(sorted(set(c_t.pull(keys, snapshot=len(snaps), timeout=120).ravel().tolist())))
     client = server = ""
     try:
         c_t.push(keys, np.ones(len(keys), dtype=np.int64))
@@ -109,6 +116,6 @@ elif mode == "read":
     c_t.readonly = True
     after = c_t.pull(keys).ravel().tolist()
     (outdir / f"read.{rank}.json").write_text(json.dumps(
-        {"rank": rank, "group": w.group, "seen": seen, "last": last, "after": after, "client": client,
+        {"rank": rank, "group": w.group, "seen": seen, "snaps": snaps, "last": last, "after": after, "client": client,
          "server": server, "trainers": trainers}))
     w.close()

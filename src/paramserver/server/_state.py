@@ -76,6 +76,7 @@ from ._cut import CheckpointGate
 from ._migrate import Migrations
 from ._owned import Ownership, check_keys
 from ._pulls import Pulls
+from ._snapshots import Snapshots
 from ._replica import Replica
 from ._sync import Channel, Pull, TableSync
 
@@ -167,9 +168,13 @@ class ServerState:
         """Use ``keymap`` (the node's key map changed), and ``node`` as this server's id if
         given (the id is known once the server registered)."""
         if keymap is not self.keymap or (node is not None and node != self.id):
+            moved = (keymap.epoch if keymap else 0) != (self.keymap.epoch if self.keymap else 0)
             self.id = self.id if node is None else node
             self.keymap = keymap
             self.own = Ownership(keymap, self.id)
+            if moved:  # ranges may come whose history is not logged here
+                for sync in self.sync.values():
+                    sync.snapshots.reset(sync.agg_done)
 
     def adopt_keymap(self, keymap: KeyMap, out: list[Action]) -> None:
         """Use ``keymap`` if it is newer than the current one, and make it the node's."""
@@ -258,7 +263,7 @@ class ServerState:
         if self._restore is not None:
             self._restore(table_id, store, self.own)  # a server started with --restore loads its ranges
         self.stores[table_id] = store
-        self.sync[table_id] = TableSync(policy or Consistency())
+        self.sync[table_id] = TableSync(policy or Consistency(), snapshots=Snapshots(spec.snapshots))
         log.info("server %d: table %d %r (%s, %s)", self.id, table_id, spec.name, spec.describe(),
                  self.sync[table_id].policy)
 
@@ -507,6 +512,8 @@ class ServerState:
             if buffer is not None:
                 keys, values = buffer.pull_range(0, KEY_SPACE)
                 if len(keys):
+                    if sync.snapshots.keep:  # the rows as they were after the previous iteration
+                        sync.snapshots.record(iteration, keys, store.pull(keys))
                     store.push(keys, values)
                     body = ReplicateAgg(worker=-1, origins=[[self.id, iteration]], chain=[])
                     tokens = self._replicate_rows(table, iteration, keys, values, self.own.range_of(keys), body, out)

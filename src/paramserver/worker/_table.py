@@ -341,7 +341,7 @@ class Table:
     # ------------------------------------------------------------------ pull
     def pull(self, keys: Any, *, block: bool = True, out: np.ndarray | None = None, deps: Any = None,
              consistency: str | Consistency | None = None, tau: int | None = None, clock: int | None = None,
-             filters: list[Any] | None = None, timeout: float | None = None) -> Any:
+             filters: list[Any] | None = None, snapshot: int | None = None, timeout: float | None = None) -> Any:
         """Read the values of ``keys`` (absent keys read as the table's initial values).
 
         Parameters
@@ -357,6 +357,11 @@ class Table:
         deps, consistency, tau, clock, filters:
             As for :meth:`push` (value filters then apply to the servers' replies). Under bounded delay a pull of iteration ``t`` is answered
             once every live worker has finished iteration ``t - tau - 1``.
+        snapshot:
+            For a table declared with ``snapshots=N``: read the values as they were after
+            iteration ``snapshot`` (-1: before any), the same cut on every server; waits
+            until every writer finished that iteration. :class:`TableError` if the
+            servers no longer keep it (they keep the last N).
         timeout:
             Limit in seconds (PS_TIMEOUT if None).
 
@@ -367,6 +372,12 @@ class Table:
         """
         k = as_keys(keys)
         n = len(k)
+        if snapshot is not None:
+            if isinstance(snapshot, bool) or not isinstance(snapshot, (int, np.integer)) or snapshot < -1:
+                raise InvalidArgument(f"snapshot must be an iteration (an int >= -1), got {snapshot!r}")
+            if not self.spec.snapshots:
+                raise InvalidArgument(f"table {self.name!r} keeps no snapshots; declare it with aggregate=True, "
+                                      f"snapshots=N to read it at a finished iteration")
         if out is not None:
             if out.shape != (n, self.width) or out.dtype != self.dtype:
                 raise InvalidArgument(
@@ -383,7 +394,9 @@ class Table:
         self.keys_pulled += len(uniq)
         keymap = self._session.keymap()
         layout = keymap.split(uniq)
-        parts = {server: Message(Op.PULL, table=self.id, arrays=[part.keys]) for server, part in layout.items()}
+        body = {} if snapshot is None else {"snapshot": int(snapshot)}
+        parts = {server: Message(Op.PULL, table=self.id, arrays=[part.keys], body=dict(body))
+                 for server, part in layout.items()}
 
         def on_part(msg: Message) -> None:
             part = layout[msg.sender]

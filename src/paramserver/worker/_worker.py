@@ -136,6 +136,7 @@ class Worker:
         consistency: str | Consistency | None = None,
         tau: int | None = None,
         aggregate: bool = False,
+        snapshots: int = 0,
         filters: list[Any] | None = None,
         readonly: bool = False,
         writers: Sequence[str] | None = None,
@@ -172,6 +173,11 @@ class Worker:
             paper's server-side aggregation): with ``tau=0`` this is exact bulk synchronous
             training. Without it, each push is applied on arrival and a bounded-delay pull
             may already see pushes newer than it waited for.
+        snapshots:
+            With ``aggregate=True``: the servers keep the table as it was after each of the
+            last ``snapshots`` finished iterations, and ``pull(keys, snapshot=t)`` reads it
+            after iteration ``t`` (the same cut on every server), e.g. for a reader that
+            serves a model consistent across keys while training goes on.
         filters:
             This worker's filters for the table (``paramserver.filters``): push filters
             (significantly-modified, random skip, KKT) and wire filters (key caching, zero
@@ -196,7 +202,7 @@ class Worker:
         DTypeError, InvalidArgument, ConfigError
             The spec is invalid (checked before anything is sent).
         """
-        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate)
+        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots)
         policy = Consistency.of(consistency, tau) or Consistency()
         self._check_open()
         with self._lock:
