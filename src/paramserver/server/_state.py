@@ -76,8 +76,8 @@ from ._cut import CheckpointGate
 from ._migrate import Migrations
 from ._owned import Ownership, check_keys
 from ._pulls import Pulls
-from ._snapshots import Snapshots
 from ._replica import Replica
+from ._snapshots import Snapshots
 from ._sync import Channel, Pull, TableSync
 
 __all__ = ["ServerState"]
