@@ -16,8 +16,8 @@ def main() -> int:
     failed = []
     for name in BENCHES:
         print(f"\n=== {name} ===", flush=True)
-        args = extra if name in ("bench_codec.py", "bench_pushpull.py", "bench_filters.py", "bench_replication.py",
-                                      "bench_groups.py") else []
+        quick = ("bench_codec.py", "bench_pushpull.py", "bench_filters.py", "bench_replication.py", "bench_groups.py")
+        args = extra if name in quick else []
         if subprocess.call([sys.executable, str(HERE / name), *args]) != 0:
             failed.append(name)
     if failed:
