@@ -221,3 +221,19 @@ def test_paramserver_status_prints_groups_and_namespaces() -> None:
     assert f"group 'serve': 2 workers; node {r} r0; 0 finished" in text
     assert f"group 'default': 1 workers; node {w} r0; 0 finished" in text
     assert "worker r0 serve" in text and "namespace 'ns': written by groups serve" in text
+
+
+def test_prometheus_metrics_per_group() -> None:
+    from paramserver.cli._metrics import render
+
+    core, _s = cluster(num_workers=1)
+    joined(core)
+    r, _ = joined(core, "serve", size=2)
+    core.handle(Message(Op.BYE, sender=r, ts=1), 0)
+    c, _ = register(core, "client")
+    asks = sends(core.handle(Message(Op.STATUS, sender=c, ts=2), 0), Op.STATUS)
+    text = render(sends(ack_all(core, asks, Op.STATUS), Op.STATUS)[0].msg.body)
+    for line in ('paramserver_group_workers{group="default"} 1', 'paramserver_group_size{group="default"} 1',
+                 'paramserver_group_workers{group="serve"} 0', 'paramserver_group_finished_workers{group="serve"} 1',
+                 'paramserver_group_ended{group="serve"} 0'):
+        assert line in text.splitlines(), line
