@@ -179,14 +179,19 @@ def test_namespace_writers_refuse_other_groups_writable_declarations() -> None:
     assert "would exclude itself" in selfish.body["message"]
 
 
-def test_status_shows_groups_and_namespaces() -> None:
+def status_of_two_groups() -> tuple[int, int, dict]:
+    """A default group of one and a 'serve' group owning namespace 'ns': (default worker, serve worker, STATUS body)."""
     core, _s = cluster(num_workers=1)
     w, _ = joined(core)
     r, _ = joined(core, "serve", size=2)
     ack_all(core, declare(core, r, "ns/t", 2, writers=["serve"]), Op.TABLE)
     c, _ = register(core, "client")
     asks = sends(core.handle(Message(Op.STATUS, sender=c, ts=2), 0), Op.STATUS)
-    reply = sends(ack_all(core, asks, Op.STATUS), Op.STATUS)[0].msg.body
+    return w, r, sends(ack_all(core, asks, Op.STATUS), Op.STATUS)[0].msg.body
+
+
+def test_status_shows_groups_and_namespaces() -> None:
+    w, r, reply = status_of_two_groups()
     assert reply["groups"]["default"]["workers"] == {str(w): 0} and reply["groups"]["default"]["size"] == 1
     assert reply["groups"]["serve"] == {"size": 2, "workers": {str(r): 0}, "finished": 0, "ended": False,
                                         "shards": {}}
@@ -211,13 +216,8 @@ def test_the_default_group_by_either_name(name: str) -> None:
 def test_paramserver_status_prints_groups_and_namespaces() -> None:
     from paramserver.cli._status import format_status
 
-    core, _s = cluster(num_workers=1)
-    w, _ = joined(core)
-    r, _ = joined(core, "serve", size=2)
-    ack_all(core, declare(core, r, "ns/t", 2, writers=["serve"]), Op.TABLE)
-    c, _ = register(core, "client")
-    asks = sends(core.handle(Message(Op.STATUS, sender=c, ts=2), 0), Op.STATUS)
-    text = format_status(sends(ack_all(core, asks, Op.STATUS), Op.STATUS)[0].msg.body)
+    w, r, reply = status_of_two_groups()
+    text = format_status(reply)
     assert f"group 'serve': 2 workers; node {r} r0; 0 finished" in text
     assert f"group 'default': 1 workers; node {w} r0; 0 finished" in text
     assert "worker r0 serve" in text and "namespace 'ns': written by groups serve" in text
