@@ -55,7 +55,8 @@ from ..protocol import (
     decode,
     decode_header,
 )
-from ..transport import FaultyTransport, Transport, ZmqTransport
+from ..transport import FaultyTransport, Transport, ZmqTransport, load_keys
+from ._auth import Gate, Member
 from ._errors_wire import error_body, error_from_body
 from ._info import SCHEDULER_ID, NodeInfo
 from ._links import Links
@@ -98,7 +99,12 @@ class Node:
     def __init__(self, role: str, config: Config, transport: Transport | None = None) -> None:
         self.role = role
         self.config = config
-        self.transport = transport if transport is not None else ZmqTransport()
+        self.transport = transport if transport is not None else ZmqTransport(
+            keys=load_keys(config.keys, role) if config.keys else None, insecure=config.insecure,
+            max_message_bytes=config.max_message_bytes, rcvhwm=config.rcvhwm)
+        #: Sender binding and the authorisation table (node/_auth.py).
+        self.gate = Gate(role, getattr(self.transport, "keys", None) is not None, self._member,
+                         lambda ts: self.outbox.get(ts) is not None)
         self.id = SCHEDULER_ID if role == "scheduler" else -1
         self.members = Membership()
         self.outbox = Outbox()
@@ -248,9 +254,14 @@ class Node:
                 f.req.fail(exc)
 
     # ------------------------------------------------------------------ sending
-    def connect(self, node: int, address: str) -> None:
-        """Open the link to ``node`` at ``address`` (used before the node table knows it)."""
-        self.links.connect(node, address)
+    def connect(self, node: int, address: str, role: str = "") -> None:
+        """Open the link to ``node`` at ``address`` (used before the node table knows it);
+        ``role`` names the key it listens with (default: the scheduler's for node 0)."""
+        self.links.connect(node, address, role or ("scheduler" if node == SCHEDULER_ID else ""))
+
+    def _member(self, node: int) -> Member | None:
+        info = self.members.nodes.get(node)
+        return Member(info.role, info.identity) if info is not None else None
 
     def ensure_link(self, node: int) -> None:
         """Open the link to ``node`` from the node table if it is not open yet.
@@ -594,6 +605,11 @@ class Node:
             self._on_malformed(frames, exc)
             return
         self.links.count_message("received", nbytes, msg.table)
+        origin = self.transport.origin
+        msg.peer, msg.auth = origin.peer, origin.role
+        if not self.gate.admit(msg, msg.response or msg.op in self._handlers):
+            self.links.count("messages_refused")
+            return
         if self.config.verbose:
             log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
         if msg.filters:
@@ -622,7 +638,9 @@ class Node:
         try:  # answer if the header at least names a known sender of a request
             header, _ = decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
             sender, ts, flags = header[2], header[3], header[4]
-            if type(sender) is int and type(ts) is int and ts >= 0 and flags == 0 and sender in self.members.nodes:
+            member = self.gate.member(sender) if type(sender) is int else None
+            if (type(ts) is int and ts >= 0 and flags == 0 and member is not None
+                    and member.identity in (b"", self.transport.origin.peer)):
                 self.reply_error(Message(Op.PING, sender=sender, ts=ts), exc, with_traceback=False)
         except Exception:
             pass

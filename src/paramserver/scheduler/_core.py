@@ -27,6 +27,7 @@ Not thread-safe: the shell calls it from one thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -65,6 +66,9 @@ __all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "Send"]
 
 log = logging.getLogger("paramserver.scheduler")
 
+#: The keys a node of each role may register with (CURVE): operators use the admin or scheduler key.
+_KEYS_OF: dict[str, tuple[str, ...]] = {"server": ("server",), "worker": ("worker",), "client": ("admin", "scheduler")}
+
 
 @dataclass
 class Send:
@@ -76,6 +80,7 @@ class Send:
 class Connect:
     node: int
     address: str
+    role: str = ""  # the role of the key the node listens with (CURVE)
 
 
 @dataclass
@@ -472,9 +477,11 @@ class SchedulerCore:
             raise ProtocolError(f"cannot register a node of role {role!r}")
         if not _valid_address(address):
             raise ProtocolError(f"cannot register a node at {address!r}: not tcp://host:port")
+        if msg.auth and msg.auth not in _KEYS_OF.get(role, ()):
+            raise ProtocolError(f"a node with the {msg.auth} key cannot register as a {role}")
         nid = next(self._ids)
-        info = NodeInfo(nid, role, address, req.host, req.pid, req.rank)
-        out: list[Action] = [Connect(nid, address)]
+        info = NodeInfo(nid, role, address, req.host, req.pid, req.rank, msg.peer)
+        out: list[Action] = [Connect(nid, address, msg.auth or role)]
         msg.sender = nid  # replies go to the new id
         try:
             if self.finished:
@@ -505,7 +512,7 @@ class SchedulerCore:
         if rank < 0 or rank in taken or (self.num_workers and rank >= self.num_workers):
             rank = next(r for r in itertools.count() if r not in taken)
         self._ranks[info.id] = rank
-        return NodeInfo(info.id, info.role, info.address, info.host, info.pid, rank)
+        return dataclasses.replace(info, rank=rank)
 
     def _next_round(self, now: float) -> list[Action]:
         """Answer waiting registrations once servers know of the new nodes."""
@@ -672,7 +679,7 @@ class SchedulerCore:
                 servers[str(nid)] = {"error": e}
             nodes = self._nodes_body()
             body = ClusterStatus(
-                nodes=nodes.nodes,
+                nodes=[n[:6] for n in nodes.nodes],  # connection identities stay inside the cluster
                 keymap=nodes.keymap,
                 last_seen={str(n): round(now - t, 3) for n, t in self.last_seen.items()},
                 tables=self._table_list(),

@@ -17,7 +17,7 @@ import time
 
 from .._config import Config
 from .._errors import PSError
-from ..node import Node
+from ..node import Member, Node
 from ..placement import EvenSplit, Ring
 from ..protocol import Message, Op
 from ..transport import Transport
@@ -58,6 +58,7 @@ class SchedulerProcess:
             now=time.monotonic(),
             worker_failure=self.config.worker_failure,
         )
+        self.node.gate.lookup = self._member
         for op in Op:
             self.node.on(op, self._dispatch)
         self.node.on_unmatched_response = self._dispatch
@@ -78,6 +79,11 @@ class SchedulerProcess:
     def request_shutdown(self, reason: str, code: int = 0) -> None:
         """End the job from another thread (signal handlers)."""
         self.node.call_later(0, lambda: self._perform(self._core().shutdown(reason, code)))
+
+    def _member(self, node: int) -> Member | None:
+        """The gate's view of the membership: the core's node table."""
+        info = self._core().nodes.get(node)
+        return Member(info.role, info.identity) if info is not None else None
 
     def _core(self) -> SchedulerCore:
         assert self.core is not None
@@ -111,7 +117,7 @@ class SchedulerProcess:
             except PSError as exc:
                 log.warning("could not send %s to node %d: %s", action.msg.op.name, action.node, exc)
         elif isinstance(action, Connect):
-            self.node.connect(action.node, action.address)
+            self.node.connect(action.node, action.address, action.role)
         elif isinstance(action, Disconnect):
             self.node.peer_failed(action.node, PSError(f"node {action.node} left"))
         elif isinstance(action, Finish):
