@@ -8,19 +8,26 @@ job runs, and the job's sums must stay exact.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 import zmq
+import zmq.auth
 
 import paramserver as ps
+import workloads
+from paramserver.deploy import AdminClient
 from paramserver.protocol import Drain, Message, Nodes, Op, PolicyRequest, Shutdown, encode
-from paramserver.transport import ZmqTransport
+from paramserver.transport import ZmqTransport, write_keys
 
 pytestmark = pytest.mark.cluster
 
@@ -155,3 +162,118 @@ def test_the_scheduler_command_refuses_a_public_address_without_keys() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "paramserver keygen" in proc.stderr and "PS_KEYS" in proc.stderr and "PS_INSECURE=1" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------- keys
+@pytest.fixture(scope="module")
+def keydir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    d = tmp_path_factory.mktemp("keys")
+    out = subprocess.run([sys.executable, "-m", "paramserver", "keygen", str(d)], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert "worker.key_secret" in out.stdout
+    return str(d)
+
+
+@pytest.fixture
+def keyed(keydir: str, fast_env: dict[str, str]) -> Iterator[ps.LocalCluster]:
+    with ps.LocalCluster(servers=2, env=fast_env, keys=keydir) as cluster:
+        yield cluster
+
+
+def test_keygen_writes_a_pair_per_role_with_private_secrets(keydir: str) -> None:
+    for role in ("scheduler", "server", "worker", "admin"):
+        public, secret = zmq.auth.load_certificate(os.path.join(keydir, f"{role}.key_secret"))
+        assert secret is not None and zmq.auth.load_certificate(os.path.join(keydir, f"{role}.key"))[0] == public
+        assert stat.S_IMODE(os.stat(os.path.join(keydir, f"{role}.key_secret")).st_mode) == 0o600
+    again = subprocess.run([sys.executable, "-m", "paramserver", "keygen", keydir], capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 1 and "--force" in again.stderr  # keys are never replaced by accident
+
+
+def test_a_cluster_with_keys_runs_worker_processes_that_hold_only_the_worker_secret(
+        keyed: ps.LocalCluster, keydir: str, tmp_path: Path) -> None:
+    worker_host = tmp_path / "worker-keys"  # what a worker machine gets: public keys + worker.key_secret
+    worker_host.mkdir(mode=0o700)
+    for f in os.listdir(keydir):
+        if f.endswith(".key") or f == "worker.key_secret":
+            shutil.copy2(os.path.join(keydir, f), worker_host / f)
+    procs = workloads.start_workers(keyed.address, 2, 20, env={"PS_KEYS": str(worker_host)})
+    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    keys, sums, counts = workloads.expected(2, 20)
+    with ps.connect(keyed.address, keys=worker_host) as w:
+        np.testing.assert_array_equal(w.table("sums", width=workloads.WIDTH, dtype="float32").pull(keys),
+                                      sums.astype(np.float32))
+        np.testing.assert_array_equal(w.table("counts", width=1, dtype="int64").pull(keys).ravel(), counts)
+    for s in keyed.status()["servers"].values():
+        assert s["counters"].get("messages_refused", 0) == 0  # the job's own traffic is never refused
+
+
+def test_plaintext_and_foreign_key_clients_get_no_answer_from_any_port(keyed: ps.LocalCluster, keydir: str) -> None:
+    with ps.connect(keyed.address, keys=keydir) as w:
+        t = w.table("s", dtype="int64")
+        keys = np.array([1, 2**63 + 1], dtype=np.uint64)
+        t.push(keys, np.ones(2, dtype=np.int64)).wait()
+        members = _members(keyed)
+        ports = {role_addr[1]: role_addr[0] for role_addr in members.values()}
+        ports[w._node.address] = "worker"  # the worker's own port too
+        register = Message(Op.REGISTER, ts=1, body={"role": "client", "address": "tcp://127.0.0.1:1"})
+        ping = Message(Op.PING, sender=0, ts=2)
+        foreign_public, foreign_secret = zmq.curve_keypair()
+        for address, role in ports.items():
+            server_key = zmq.auth.load_certificate(os.path.join(keydir, f"{role}.key"))[0]
+            for curve in (None, (server_key, foreign_public, foreign_secret)):
+                outsider = Outsider([address], curve)
+                try:
+                    for _ in range(50):
+                        outsider.send(address, register)
+                        outsider.send(address, ping)
+                    assert outsider.answers(500) == 0, (address, role, curve is not None)
+                finally:
+                    outsider.close()
+        foreign = Path(keydir).parent / "foreign-keys"
+        if not foreign.exists():
+            write_keys(str(foreign))
+        with pytest.raises(ps.ConnectError):  # an operator tool with the wrong keys is not let in either
+            AdminClient(keyed.address, timeout=2.0, config=ps.Config.from_env(keys=str(foreign)))
+        t.push(keys, np.ones(2, dtype=np.int64)).wait()
+        np.testing.assert_array_equal(t.pull(keys).ravel(), [2, 2])
+        status = keyed.status()
+        assert len(status["servers"]) == 2
+        for s in status["servers"].values():  # nothing got as far as the node: ZAP closed the connections
+            assert s["counters"].get("messages_refused", 0) == 0 and s["counters"].get("messages_malformed", 0) == 0
+
+
+def test_a_worker_key_cannot_send_server_or_scheduler_operations(keyed: ps.LocalCluster, keydir: str) -> None:
+    with ps.connect(keyed.address, keys=keydir) as w:
+        t = w.table("s", dtype="int64")
+        keys = np.array([1, 2**63 + 1], dtype=np.uint64)
+        members = _members(keyed)
+        servers = sorted(n for n, (r, _) in members.items() if r == "server")
+        node = w._node  # the worker's own, registered connection: only its key's role limits it
+        stop = Shutdown(reason="a worker may not", code=0).to_wire()
+        for sid in servers:
+            node.send(sid, Message(Op.SHUTDOWN, ts=10**6, body=stop))
+            node.send(sid, Message(Op.NODES, ts=10**6 + 1, body=Nodes(nodes=[], keymap=None, dead=servers).to_wire()))
+            node.send(sid, Message(Op.REPLICATE, ts=10**6 + 2, table=t.id, arrays=[keys, np.ones(2, np.int64)]))
+            node.send(sid, Message(Op.MIGRATE, ts=10**6 + 3, body={}))
+        node.send(0, Message(Op.DRAIN, ts=10**6 + 4, body=Drain(node=servers[0]).to_wire()))
+        node.send(0, Message(Op.SHUTDOWN, ts=10**6 + 5, body=stop))
+        t.push(keys, np.ones(2, dtype=np.int64)).wait()
+        status = _refusals_settled(keyed, set(servers), 4)
+        for sid in servers:
+            assert status["servers"][str(sid)]["counters"]["messages_refused"] == 4
+        assert status["migrations"] == 0 and status["failovers"] == 0
+        assert sorted(int(s) for s in status["servers"]) == servers
+        np.testing.assert_array_equal(t.pull(keys).ravel(), [1, 1])
+        # the worker key cannot register a server either
+        server_key = zmq.auth.load_certificate(os.path.join(keydir, "scheduler.key"))[0]
+        public, secret = zmq.auth.load_certificate(os.path.join(keydir, "worker.key_secret"))
+        assert secret is not None
+        outsider = Outsider([keyed.address], (server_key, public, secret))
+        try:
+            outsider.send(keyed.address, Message(Op.REGISTER, ts=1, body={"role": "server",
+                                                                         "address": "tcp://127.0.0.1:9"}))
+            outsider.answers(300)
+        finally:
+            outsider.close()
+        assert len(_members(keyed)) == len(members)

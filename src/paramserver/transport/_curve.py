@@ -164,7 +164,7 @@ class RoleAuthenticator(ThreadAuthenticator):
 
     def start(self) -> None:
         super().start()
-        self.configure_curve_callback(domain="*", credentials_provider=_RoleKeys(self.roles))
+        self.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=_RoleKeys(self.roles))
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         return self.roles.get(zmq.utils.z85.encode(client_public_key), "")

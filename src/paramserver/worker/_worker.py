@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -444,7 +445,8 @@ class Worker:
 
 
 def connect(address: str | None = None, *, timeout: float | None = None,
-            config: Config | None = None, transport: Transport | None = None) -> Worker:
+            config: Config | None = None, transport: Transport | None = None,
+            keys: str | os.PathLike[str] | None = None) -> Worker:
     """Join the cluster whose scheduler is at ``address`` as a worker.
 
     Parameters
@@ -454,6 +456,9 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         (PS_SCHEDULER, or DMLC_PS_ROOT_URI and DMLC_PS_ROOT_PORT, as set by the launcher).
     timeout:
         Seconds to wait for the scheduler (PS_CONNECT_TIMEOUT if None).
+    keys:
+        The cluster's key directory (PS_KEYS if None; see ``paramserver keygen``); this
+        host needs its ``*.key`` files and ``worker.key_secret``.
 
     Raises
     ------
@@ -463,6 +468,8 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         No address given and none in the environment.
     """
     cfg = config or Config.from_env()
+    if keys is not None:
+        cfg = dataclasses.replace(cfg, keys=os.fspath(keys))
     addr = parse_address(address) if address else cfg.scheduler_address()
     node = Node("worker", cfg, transport)
     node.start(cfg.bind_host() or choose_host(addr), cfg.port)
