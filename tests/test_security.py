@@ -277,3 +277,38 @@ def test_a_worker_key_cannot_send_server_or_scheduler_operations(keyed: ps.Local
         finally:
             outsider.close()
         assert len(_members(keyed)) == len(members)
+
+
+# ---------------------------------------------------------------------- code and files
+def test_updater_modules_outside_the_allowlist_are_never_imported(fast_env: dict[str, str], tmp_path: Path) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "ps_side_effect.py").write_text(
+        f"open({str(marker)!r}, 'w').write('the module ran')\n"
+        "from paramserver.table import Sum as Nope\n")
+    env = {**fast_env, "PYTHONPATH": os.pathsep.join([str(tmp_path), fast_env["PYTHONPATH"]])}
+    with ps.LocalCluster(servers=2, env=env) as cluster, ps.connect(cluster.address) as w:
+        with pytest.raises(ps.TableError, match=r"module 'ps_side_effect' is not allowed.*PS_UPDATER_MODULES"):
+            w.table("evil", updater="ps_side_effect:Nope")
+        with pytest.raises(ps.TableError, match=r"module 'this' is not allowed"):
+            w.table("zen", updater="this:Nope")
+        assert not marker.exists()  # refused before the import: its code never ran
+        t = w.table("fine", dtype="float64", updater="user_updaters:Fussy")  # listed in PS_UPDATER_MODULES
+        t.push([3], np.array([2.0])).wait()
+        np.testing.assert_array_equal(t.pull([3]).ravel(), [2.0])
+
+
+def test_the_updater_allowlist_matches_names_and_prefixes() -> None:
+    from paramserver.table import check_user_code, parse_modules
+
+    allowed = parse_modules(" mylib , corp.models. ")
+    assert allowed == ("mylib", "corp.models.")
+    for ok in ("sum", "paramserver.table:Sum", "mylib:U", "mylib.sub:U", "corp.models.ctr:U"):
+        check_user_code(ok, allowed)
+    for bad in ("mylibx:U", "corp.models:U", "corp:U", "os:system", "this:Nope"):
+        with pytest.raises(ps.ConfigError, match="PS_UPDATER_MODULES"):
+            check_user_code(bad, allowed)
+    with pytest.raises(ps.ConfigError, match="PS_UPDATER_MODULES"):
+        check_user_code("mylib:U", parse_modules(""))  # the default: paramserver's own modules only
+    check_user_code("anything.at:All", parse_modules("*"))
+    with pytest.raises(ps.ConfigError, match="not a module name"):
+        parse_modules("ok, ../evil")

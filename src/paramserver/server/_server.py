@@ -27,7 +27,7 @@ from ..clock import Consistency, Request
 from ..node import Node
 from ..placement import ranges_to_wire
 from ..protocol import Message, Op, Status, StatusRequest
-from ..table import Store, TableSpec
+from ..table import Store, TableSpec, parse_modules
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply, Wake, WriteCheckpoint
 from ._checkpoint import Restorer, write_checkpoint
 from ._state import ServerState
@@ -47,7 +47,8 @@ class Server:
         self.node = node
         #: The checkpoint tables are restored from (read now: a bad path fails at start-up).
         self.restorer = Restorer(restore) if restore else None
-        self.state = ServerState(node.id, restore=self.restorer.restore if self.restorer else None)
+        self.state = ServerState(node.id, restore=self.restorer.restore if self.restorer else None,
+                                 user_modules=parse_modules(node.config.updater_modules))
         self.done = threading.Event()
         self.exit_reason = ""
         self._sync_node()
