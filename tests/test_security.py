@@ -26,7 +26,7 @@ import zmq.auth
 import paramserver as ps
 import workloads
 from paramserver.deploy import AdminClient
-from paramserver.protocol import Drain, Message, Nodes, Op, PolicyRequest, Shutdown, encode
+from paramserver.protocol import CheckpointRequest, Drain, Message, Nodes, Op, PolicyRequest, Shutdown, encode
 from paramserver.transport import ZmqTransport, write_keys
 
 pytestmark = pytest.mark.cluster
@@ -312,3 +312,40 @@ def test_the_updater_allowlist_matches_names_and_prefixes() -> None:
     check_user_code("anything.at:All", parse_modules("*"))
     with pytest.raises(ps.ConfigError, match="not a module name"):
         parse_modules("ok, ../evil")
+
+
+def test_servers_write_checkpoints_only_under_the_checkpoint_root(fast_env: dict[str, str], tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    env = {**fast_env, "PS_CHECKPOINT_ROOT": str(root)}
+    with ps.LocalCluster(servers=2, env=env) as cluster, ps.connect(cluster.address) as w:
+        t = w.table("c", dtype="int64")
+        t.push([1, 2**63 + 1], np.array([5, 7], dtype=np.int64)).wait()
+        w.checkpoint(root / "ok")
+        assert len(list((root / "ok").rglob("server-*.keys.npy"))) == 2
+        for bad in (outside / "a", root / "link" / "b", f"{root}/../outside/c"):
+            with pytest.raises(ps.PSError, match="outside PS_CHECKPOINT_ROOT"):
+                w.checkpoint(bad)
+        # a request that names the path itself, as a hostile member could, gets the same answer
+        servers = sorted(n for n, (r, _) in _members(cluster).items() if r == "server")
+        body = CheckpointRequest(path=f"{root}/../outside/d", iteration=-1, timeout=10.0, seqs=[]).to_wire()
+        with pytest.raises(ps.PSError, match="outside PS_CHECKPOINT_ROOT"):
+            w._node.request({servers[0]: Message(Op.CHECKPOINT, body=body)}, "raw checkpoint").wait(30)
+        assert not list(outside.rglob("*.npy"))  # nothing was written outside the root
+        np.testing.assert_array_equal(t.pull([1, 2**63 + 1]).ravel(), [5, 7])
+
+
+def test_the_checkpoint_root_check_resolves_dot_dot_and_urls() -> None:
+    from paramserver.checkpoint import confined
+
+    assert confined("/data/ckpt/run1", "/data/ckpt") == "/data/ckpt/run1"
+    assert confined("anything", "") == "anything"
+    for bad in ("/data/ckpt/../etc", "/data/ckptx", "/etc", "s3://bucket/ckpt/run", "memory://x"):
+        with pytest.raises(ps.CheckpointError, match="outside PS_CHECKPOINT_ROOT"):
+            confined(bad, "/data/ckpt")
+    assert confined("s3://bucket/ckpt/run", "s3://bucket/ckpt")
+    for bad in ("s3://bucket/ckpt/../other", "s3://bucket/ckpt2/x", "gcs://bucket/ckpt/x", "/bucket/ckpt/x"):
+        with pytest.raises(ps.CheckpointError, match="outside PS_CHECKPOINT_ROOT"):
+            confined(bad, "s3://bucket/ckpt")

@@ -46,7 +46,7 @@ class Server:
     def __init__(self, node: Node, restore: str | None = None) -> None:
         self.node = node
         #: The checkpoint tables are restored from (read now: a bad path fails at start-up).
-        self.restorer = Restorer(restore) if restore else None
+        self.restorer = Restorer(restore, node.config.checkpoint_root) if restore else None
         self.state = ServerState(node.id, restore=self.restorer.restore if self.restorer else None,
                                  user_modules=parse_modules(node.config.updater_modules))
         self.done = threading.Event()
@@ -145,7 +145,7 @@ class Server:
 
     def _write(self, a: WriteCheckpoint) -> None:
         try:
-            body = write_checkpoint(a, self.node.id).to_wire()
+            body = write_checkpoint(a, self.node.id, self.node.config.checkpoint_root).to_wire()
         except Exception as exc:
             err = exc if isinstance(exc, PSError) else CheckpointError(f"writing the checkpoint failed: {exc!r}")
             log.warning("server %d: checkpoint to %r failed: %s", self.node.id, a.path, err)
