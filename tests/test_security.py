@@ -349,3 +349,35 @@ def test_the_checkpoint_root_check_resolves_dot_dot_and_urls() -> None:
     for bad in ("s3://bucket/ckpt/../other", "s3://bucket/ckpt2/x", "gcs://bucket/ckpt/x", "/bucket/ckpt/x"):
         with pytest.raises(ps.CheckpointError, match="outside PS_CHECKPOINT_ROOT"):
             confined(bad, "s3://bucket/ckpt")
+
+
+# ------------------------------------------------------------------------------ limits
+def test_limits_on_message_bytes_keys_and_tables(fast_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"PS_MAX_MESSAGE_BYTES": str(1 << 20), "PS_MAX_KEYS": "1000", "PS_MAX_TABLES": "3"}
+    for k, v in limits.items():
+        monkeypatch.setenv(k, v)
+    with ps.LocalCluster(servers=2, env={**fast_env, **limits}) as cluster, ps.connect(cluster.address) as w:
+        t = w.table("v", width=4, dtype="float64")
+        keys = np.arange(10, dtype=np.uint64)
+        with pytest.raises(ps.InvalidArgument, match="PS_MAX_MESSAGE_BYTES"):  # refused before it leaves
+            t.push(np.arange(60_000, dtype=np.uint64), np.ones((60_000, 4))).wait(30)
+        servers = sorted(n for n, (r, _) in _members(cluster).items() if r == "server")
+        addresses = [_members(cluster)[s][1] for s in servers]
+        many = np.arange(1001, dtype=np.uint64)
+        with pytest.raises(ps.InvalidArgument, match="PS_MAX_KEYS"):  # a hostile member's request is refused unread
+            w._node.request({servers[0]: Message(Op.PULL, table=t.id, arrays=[many])}, "too many keys").wait(30)
+        outsider = Outsider(addresses)
+        try:
+            for a in addresses:  # a frame over the limit cuts the connection; frames under it that add up
+                outsider.socks[a].send(b"\x02" * (2 << 20))  # to more are dropped before decoding
+                outsider.socks[a].send_multipart([b"\x02" * (600 << 10)] * 3)
+            assert outsider.answers(300) == 0
+        finally:
+            outsider.close()
+        w.table("a")
+        w.table("b")
+        with pytest.raises(ps.TableError, match="PS_MAX_TABLES"):
+            w.table("c")
+        t.push(keys, np.ones((10, 4))).wait()
+        np.testing.assert_array_equal(t.pull(keys), np.ones((10, 4)))
+        assert len(cluster.status()["servers"]) == 2

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from .._config import Config
 from .._errors import (
     ClosedError,
+    InvalidArgument,
     JobAborted,
     KeyRangeError,
     NodeUnavailable,
@@ -290,7 +291,14 @@ class Node:
         return nbytes
 
     def _frames(self, peer: int, msg: Message) -> list[Any]:
-        return self.filters.frames(peer, msg)
+        frames = self.filters.frames(peer, msg)
+        limit = self.config.max_message_bytes
+        if limit:
+            nbytes = sum(memoryview(f).nbytes for f in frames)
+            if nbytes > limit:
+                raise InvalidArgument(f"{msg.describe()}: {nbytes:,} bytes exceed PS_MAX_MESSAGE_BYTES={limit:,}; "
+                                      f"send fewer keys per request (or raise the limit on every node)")
+        return frames
 
     def encoder(self, name: str) -> Codec:
         """A filter with default settings, to encode replies as a request asked."""

@@ -176,6 +176,7 @@ class SchedulerCore:
         placement: Placement | None = None,
         now: float = 0.0,
         worker_failure: str = "auto",
+        max_tables: int = 1024,
     ) -> None:
         if num_servers < 1:
             raise InvalidArgument("a cluster needs at least one server (DMLC_NUM_SERVER >= 1)")
@@ -186,6 +187,8 @@ class SchedulerCore:
         self.heartbeat_timeout = heartbeat_timeout
         self.request_timeout = request_timeout
         self.placement = placement or EvenSplit()
+        #: The most tables the cluster may declare (PS_MAX_TABLES).
+        self.max_tables = max_tables
         self.started = now
         self.nodes: dict[int, NodeInfo] = {SCHEDULER_ID: NodeInfo(SCHEDULER_ID, "scheduler", address)}
         self.last_seen: dict[int, float] = {}
@@ -624,6 +627,9 @@ class SchedulerCore:
                 return [Send(msg.sender, msg.reply(body=TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()))]
             table.waiters.append(msg)
             return []
+        if len(self._tables) >= self.max_tables:
+            raise TableError(f"cannot declare table {spec.name!r}: the cluster has its {self.max_tables} tables "
+                             f"(PS_MAX_TABLES)")
         policy = Consistency.from_wire(req.policy) if req.policy is not None else Consistency()
         table = _Table(next(self._table_ids), spec, policy, waiters=[msg])
         self._tables[spec.name] = table

@@ -57,6 +57,7 @@ class SchedulerProcess:
             placement=Ring(self.config.vnodes) if self.config.placement == "ring" else EvenSplit(),
             now=time.monotonic(),
             worker_failure=self.config.worker_failure,
+            max_tables=self.config.max_tables,
         )
         self.node.gate.lookup = self._member
         for op in Op:

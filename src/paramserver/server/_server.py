@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from .._errors import CheckpointError, PSError
+from .._errors import CheckpointError, InvalidArgument, PSError
 from ..clock import Consistency, Request
 from ..node import Node
 from ..placement import ranges_to_wire
@@ -36,6 +36,9 @@ from ._sync import TableSync
 __all__ = ["Server"]
 
 log = logging.getLogger("paramserver.server")
+
+#: Requests whose first array is a key list (PS_MAX_KEYS bounds it before any work is done).
+_KEYED = frozenset({Op.PUSH, Op.PULL, Op.REPLICATE, Op.MIGRATE})
 
 _OPS = (Op.TABLE, Op.PUSH, Op.PULL, Op.PULL_RANGE, Op.CLOCK, Op.POLICY, Op.REPLICATE, Op.CHECKPOINT, Op.MIGRATE)
 
@@ -91,6 +94,9 @@ class Server:
 
     def _on_request(self, msg: Message) -> None:
         node, state = self.node, self.state
+        if msg.op in _KEYED and msg.arrays and len(msg.arrays[0]) > node.config.max_keys:
+            raise InvalidArgument(f"{msg.op.name} of {len(msg.arrays[0]):,} keys: a message carries at most "
+                                  f"{node.config.max_keys:,} (PS_MAX_KEYS); send fewer keys per request")
         if node.keymap is not state.keymap or node.id != state.id:
             state.set_keymap(node.keymap, node.id)
         self._run(state.handle(msg, time.monotonic()))
