@@ -381,3 +381,21 @@ def test_limits_on_message_bytes_keys_and_tables(fast_env: dict[str, str], monke
         t.push(keys, np.ones((10, 4))).wait()
         np.testing.assert_array_equal(t.pull(keys), np.ones((10, 4)))
         assert len(cluster.status()["servers"]) == 2
+
+
+def test_a_forged_registration_answer_cannot_take_the_schedulers_place() -> None:
+    """Outside its own registration a node never learns a new scheduler identity, even from a
+    REGISTER answer that matches a pending request's timestamp (the fuzz test found this)."""
+    from paramserver.node import Gate
+
+    pending = {7}
+    gate = Gate("worker", False, lambda n: None, lambda ts: ts in pending)
+    forged = Message(Op.REGISTER, sender=0, ts=7, response=True, peer=b"outsider")
+    assert not gate.admit(forged) and gate.scheduler_identity == b""
+    gate.registering = True
+    assert gate.admit(Message(Op.REGISTER, sender=0, ts=7, response=True, peer=b"scheduler"))
+    assert gate.scheduler_identity == b"scheduler" and not gate.registering
+    assert not gate.admit(Message(Op.SHUTDOWN, sender=0, ts=8, peer=b"outsider"))
+    assert not gate.admit(forged)  # registration is over: the answer is not taken twice
+    assert gate.admit(Message(Op.SHUTDOWN, sender=0, ts=9, peer=b"scheduler"))
+    assert gate.refused == 3

@@ -8,8 +8,8 @@ Every received message passes :class:`Gate` before it is handled. Two rules:
    CURVE keys also the role of the key that authenticated the connection. A message whose
    sender is not a member is refused, except a REGISTER to the scheduler (and, at the
    scheduler, a HEARTBEAT or PING: a node it has forgotten learns so from the answer) and
-   the scheduler's answer to this node's own pending registration, which also records the
-   scheduler's identity.
+   the scheduler's answer to this node's own pending registration (while it registers),
+   which also records the scheduler's identity.
 2. **Authorisation.** :data:`ALLOWED` says which role may send which request to which
    role. The sender's role is that of its CURVE key when keys are in use, else the role it
    registered with. Requests outside the table are refused. Responses need only rule 1
@@ -95,7 +95,12 @@ class Gate:
         self.pending = pending
         #: The scheduler's connection identity, recorded from its answer to our registration.
         self.scheduler_identity = b""
+        #: True while this node's registration is unanswered (the only time the scheduler's
+        #: identity may be learnt; node.register sets it).
+        self.registering = False
         self.refused = 0
+        #: The connection identity of the message being handled (set by the node).
+        self.current_peer = b""
         self._logged: set[bytes] = set()
 
     def member(self, node: int) -> Member | None:
@@ -128,6 +133,7 @@ class Gate:
             return "its connection has no authenticated key"
         if self._registration_answer(msg):
             self.scheduler_identity = msg.peer  # the scheduler that answered our own registration
+            self.registering = False
             return None
         member = self.member(msg.sender)
         if member is None:
@@ -145,8 +151,8 @@ class Gate:
 
     def _registration_answer(self, msg: Message) -> bool:
         """True for the scheduler's answer to this node's own pending registration."""
-        return (msg.response and msg.op == Op.REGISTER and msg.sender == SCHEDULER_ID and self.role != "scheduler"
-                and self.pending(msg.ts) and (not self.curve or msg.auth == "scheduler"))
+        return (self.registering and msg.response and msg.op == Op.REGISTER and msg.sender == SCHEDULER_ID
+                and self.role != "scheduler" and self.pending(msg.ts) and (not self.curve or msg.auth == "scheduler"))
 
     def _stranger(self, msg: Message) -> str | None:
         """The rule for a sender that is not a member."""
@@ -157,6 +163,16 @@ class Gate:
                 return "an unknown key"
             return None
         return f"node {msg.sender} is not a member"
+
+    def warn_once(self, what: str, fmt: str, *args: object) -> None:
+        """Log a warning about the peer of the message being handled, once per peer and kind
+        ``what`` (a hostile peer must not fill the log); later ones go to the debug log."""
+        key = what.encode() + b"/" + self.current_peer
+        if key in self._logged or len(self._logged) >= 4096:
+            log.debug(fmt, *args)
+            return
+        self._logged.add(key)
+        log.warning(fmt + " (logged once per peer)", *args)
 
     def forget_scheduler(self) -> None:
         """Drop the recorded scheduler identity (a registration with a new scheduler follows)."""

@@ -130,7 +130,7 @@ class Node:
         # each message by its header.
         self.loop = Loop(f"paramserver-{role}-recv", self.transport, self.timers, handle=self._on_frames,
                          send=self._send_raw, before_wait=self.links.release_all, batching=not config.faults,
-                         malformed=lambda: self.links.count("messages_malformed"))
+                         malformed=self._on_malformed_batch)
         self._resend_after = config.resend_after()
         self.filters = WireFilters(self.links.count_filter)
         self._decoders = self.filters.decoders  # the same dict (tests reach into it)
@@ -572,7 +572,11 @@ class Node:
         ConnectError
             No scheduler answered within ``timeout`` seconds.
         """
-        return register(self, scheduler, body, timeout, on_reply)
+        self.gate.registering = True  # the answer, and only it, tells whose connection is the scheduler's
+        try:
+            return register(self, scheduler, body, timeout, on_reply)
+        finally:
+            self.gate.registering = False
 
     def _on_nodes(self, msg: Message) -> None:
         self.set_nodes(*parse_nodes(Nodes.from_wire(msg.body)))
@@ -615,6 +619,7 @@ class Node:
         self.links.count_message("received", nbytes, msg.table)
         origin = self.transport.origin
         msg.peer, msg.auth = origin.peer, origin.role
+        self.gate.current_peer = origin.peer
         if not self.gate.admit(msg, msg.response or msg.op in self._handlers):
             self.links.count("messages_refused")
             return
@@ -629,7 +634,8 @@ class Node:
                                body=ResendKeys(message=str(exc), ksig=exc.sig).to_wire())
                 return
             except ProtocolError as exc:
-                log.warning("%s %d: cannot decode the filters of %s: %s", self.role, self.id, msg.describe(), exc)
+                self.gate.warn_once("filters", "%s %d: cannot decode the filters of %s: %s", self.role, self.id,
+                                    msg.describe(), exc)
                 if not msg.response:
                     self.reply_error(msg, exc, with_traceback=False)
                 else:
@@ -640,9 +646,15 @@ class Node:
         else:
             self._on_request(msg)
 
+    def _on_malformed_batch(self) -> None:
+        self.count("messages_malformed")
+        self.gate.current_peer = self.transport.origin.peer
+        self.gate.warn_once("batch", "%s %d: dropped a malformed batch", self.role, self.id)
+
     def _on_malformed(self, frames: list[Any], exc: ProtocolError) -> None:
         self.count("messages_malformed")
-        log.warning("%s %d: dropped a malformed message: %s", self.role, self.id, exc)
+        self.gate.current_peer = self.transport.origin.peer
+        self.gate.warn_once("malformed", "%s %d: dropped a malformed message: %s", self.role, self.id, exc)
         try:  # answer if the header at least names a known sender of a request
             header, _ = decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
             sender, ts, flags = header[2], header[3], header[4]

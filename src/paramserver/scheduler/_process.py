@@ -94,7 +94,7 @@ class SchedulerProcess:
         try:
             actions = self._core().handle(msg, time.monotonic())
         except PSError as exc:
-            log.warning("ignored a request from an unknown sender: %s", exc)
+            self.node.gate.warn_once("unknown", "ignored a request from an unknown sender: %s", exc)
             return
         self._perform(actions)
 
@@ -116,7 +116,8 @@ class SchedulerProcess:
             try:
                 self.node.send(action.node, action.msg)
             except PSError as exc:
-                log.warning("could not send %s to node %d: %s", action.msg.op.name, action.node, exc)
+                self.node.gate.warn_once(f"send{action.node}", "could not send %s to node %d: %s", action.msg.op.name,
+                                         action.node, exc)
         elif isinstance(action, Connect):
             self.node.connect(action.node, action.address, action.role)
         elif isinstance(action, Disconnect):
