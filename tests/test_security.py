@@ -7,6 +7,7 @@ job runs, and the job's sums must stay exact.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -399,3 +400,29 @@ def test_a_forged_registration_answer_cannot_take_the_schedulers_place() -> None
     assert not gate.admit(forged)  # registration is over: the answer is not taken twice
     assert gate.admit(Message(Op.SHUTDOWN, sender=0, ts=9, peer=b"scheduler"))
     assert gate.refused == 3
+
+
+def test_operator_commands_take_keys_and_need_the_admin_key(keyed: ps.LocalCluster, keydir: str,
+                                                            tmp_path: Path) -> None:
+    admin = tmp_path / "admin-keys"  # an operator's laptop: public keys + admin.key_secret
+    admin.mkdir(mode=0o700)
+    for f in os.listdir(keydir):
+        if f.endswith(".key") or f == "admin.key_secret":
+            shutil.copy2(os.path.join(keydir, f), admin / f)
+    env = {k: v for k, v in os.environ.items() if k != "PS_KEYS"}
+    ok = subprocess.run([sys.executable, "-m", "paramserver", "status", keyed.address, "--json", "--keys", str(admin)],
+                        env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert len(json.loads(ok.stdout)["servers"]) == 2
+    worker_only = tmp_path / "worker-keys"
+    worker_only.mkdir(mode=0o700)
+    for f in os.listdir(keydir):
+        if f.endswith(".key") or f == "worker.key_secret":
+            shutil.copy2(os.path.join(keydir, f), worker_only / f)
+    no = subprocess.run([sys.executable, "-m", "paramserver", "shutdown", keyed.address, "--timeout", "3",
+                         "--keys", str(worker_only)], env=env, capture_output=True, text=True, timeout=60)
+    assert no.returncode == 1 and "admin.key_secret" in no.stderr  # a worker host cannot run operator tools
+    plain = subprocess.run([sys.executable, "-m", "paramserver", "shutdown", keyed.address, "--timeout", "3"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 1 and "no scheduler answered" in plain.stderr
+    assert len(keyed.status()["servers"]) == 2  # still running

@@ -119,6 +119,9 @@ def load_keys(directory: str, node_role: str) -> CurveKeys:
         raise ConfigError(f"PS_KEYS={directory!r} is not a directory; create one with `paramserver keygen {directory}`")
     secret_file = os.path.join(directory, f"{role}.key_secret")
     if role == "admin" and not os.path.exists(secret_file):
+        if not os.path.exists(os.path.join(directory, "scheduler.key_secret")):
+            raise ConfigError(f"{secret_file} is missing: operator commands need admin.key_secret (or "
+                              f"scheduler.key_secret) from the directory `paramserver keygen` wrote")
         role = "scheduler"  # the scheduler's key may run operator commands too
         secret_file = os.path.join(directory, "scheduler.key_secret")
     if not os.path.exists(secret_file):
