@@ -1,6 +1,6 @@
 """Layer 5, the node runtime: a shell over pure parts (Outbox, Membership, Timers, batches)."""
 
-from ._auth import ALLOWED, Gate, Member
+from ._auth import ALLOWED, Gate, Known, Member
 from ._errors_wire import error_body, error_from_body
 from ._host import choose_host, split_address
 from ._info import SCHEDULER_ID, NodeInfo
@@ -11,6 +11,7 @@ __all__ = [
     "ALLOWED",
     "SCHEDULER_ID",
     "Gate",
+    "Known",
     "Member",
     "Node",
     "NodeInfo",

@@ -26,11 +26,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..protocol import Message, Op
 from ._info import SCHEDULER_ID
 
-__all__ = ["ALLOWED", "Gate", "Member"]
+__all__ = ["ALLOWED", "Gate", "Known", "Member"]
 
 log = logging.getLogger("paramserver.node")
 
@@ -63,6 +64,16 @@ _KEYS_OF: dict[str, frozenset[str]] = {"scheduler": frozenset({"scheduler"}), "s
 _FROM_STRANGERS = frozenset({Op.REGISTER, Op.HEARTBEAT, Op.PING})
 
 
+class Known(Protocol):
+    """What the gate needs to know of a member (a :class:`~._info.NodeInfo` will do)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def identity(self) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     """What the gate knows of a member: its registered role and connection identity
@@ -87,14 +98,13 @@ class Gate:
         True if this node awaits the response with this timestamp.
     """
 
-    def __init__(self, role: str, curve: bool, lookup: Callable[[int], Member | None],
+    def __init__(self, role: str, curve: bool, lookup: Callable[[int], Known | None],
                  pending: Callable[[int], bool]) -> None:
         self.role = role
         self.curve = curve
         self.lookup = lookup
         self.pending = pending
-        #: The scheduler's connection identity, recorded from its answer to our registration.
-        self.scheduler_identity = b""
+        self._scheduler: Member | None = None
         #: True while this node's registration is unanswered (the only time the scheduler's
         #: identity may be learnt; node.register sets it).
         self.registering = False
@@ -103,10 +113,19 @@ class Gate:
         self.current_peer = b""
         self._logged: set[bytes] = set()
 
-    def member(self, node: int) -> Member | None:
+    @property
+    def scheduler_identity(self) -> bytes:
+        """The scheduler's connection identity, recorded from its answer to our registration."""
+        return self._scheduler.identity if self._scheduler is not None else b""
+
+    @scheduler_identity.setter
+    def scheduler_identity(self, identity: bytes) -> None:
+        self._scheduler = Member("scheduler", identity) if identity else None
+
+    def member(self, node: int) -> Known | None:
         """The member ``node`` as this node knows it (the scheduler by its recorded identity)."""
         if node == SCHEDULER_ID and self.role != "scheduler":
-            return Member("scheduler", self.scheduler_identity) if self.scheduler_identity else None
+            return self._scheduler
         return self.lookup(node)
 
     def admit(self, msg: Message, handled: bool = True) -> bool:

@@ -57,7 +57,7 @@ from ..protocol import (
     decode_header,
 )
 from ..transport import FaultyTransport, Transport, ZmqTransport, load_keys
-from ._auth import Gate, Member
+from ._auth import Gate, Known
 from ._errors_wire import error_body, error_from_body
 from ._info import SCHEDULER_ID, NodeInfo
 from ._links import Links
@@ -260,9 +260,8 @@ class Node:
         ``role`` names the key it listens with (default: the scheduler's for node 0)."""
         self.links.connect(node, address, role or ("scheduler" if node == SCHEDULER_ID else ""))
 
-    def _member(self, node: int) -> Member | None:
-        info = self.members.nodes.get(node)
-        return Member(info.role, info.identity) if info is not None else None
+    def _member(self, node: int) -> Known | None:
+        return self.members.nodes.get(node)
 
     def ensure_link(self, node: int) -> None:
         """Open the link to ``node`` from the node table if it is not open yet.

@@ -17,7 +17,7 @@ import time
 
 from .._config import Config
 from .._errors import PSError
-from ..node import Member, Node
+from ..node import Node, NodeInfo
 from ..placement import EvenSplit, Ring
 from ..protocol import Message, Op
 from ..transport import Transport
@@ -81,10 +81,9 @@ class SchedulerProcess:
         """End the job from another thread (signal handlers)."""
         self.node.call_later(0, lambda: self._perform(self._core().shutdown(reason, code)))
 
-    def _member(self, node: int) -> Member | None:
+    def _member(self, node: int) -> NodeInfo | None:
         """The gate's view of the membership: the core's node table."""
-        info = self._core().nodes.get(node)
-        return Member(info.role, info.identity) if info is not None else None
+        return self._core().nodes.get(node)
 
     def _core(self) -> SchedulerCore:
         assert self.core is not None

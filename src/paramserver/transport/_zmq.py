@@ -36,7 +36,7 @@ from typing import Any
 
 import zmq
 
-from .._errors import NodeUnavailable
+from .._errors import ConfigError, NodeUnavailable
 from ._base import COPY_THRESHOLD, NO_ORIGIN, Frames, Origin, Transport
 from ._curve import ZAP_DOMAIN, CurveKeys, RoleAuthenticator, check_bind
 
@@ -129,7 +129,9 @@ class ZmqTransport(Transport):
 
     def connect(self, peer: int, address: str, role: str = "") -> None:
         keys = self.keys
-        server_key = keys.public_of(role or "worker") if keys is not None else b""
+        if keys is not None and not role:
+            raise ConfigError(f"a CURVE link to node {peer} at {address} needs the role of its key")
+        server_key = keys.public_of(role) if keys is not None else b""
         with self._links_lock:
             link = self._links.get(peer)
             if link is not None:
