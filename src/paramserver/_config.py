@@ -98,6 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 1.0, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
     Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 10.0, "Seconds without a heartbeat after which the scheduler declares a node dead.", _positive_float),
     Setting("PS_WORKER_RANK", "worker_rank", -1, "Rank of this worker, set by the launcher (-1: the scheduler assigns ranks in order of registration).", int),
+    Setting("PS_GROUP", "group", "", "Worker group this worker joins (empty: the default group); ranks, barriers, data shards and the end of a group are per group (docs/groups.md).", str),
+    Setting("PS_GROUP_WORKERS", "group_workers", 0, "Workers in this worker's named group (0: any number, they may come and go); the group's first worker fixes it. The default group's size is DMLC_NUM_WORKER.", _nonneg_int),
     Setting("PS_LOG_LEVEL", "log_level", "INFO", "Log level of scheduler and server processes (DEBUG, INFO, WARNING, ERROR).", str),
     Setting("PS_DROP_MSG", "drop_msg", 0.0, "Percentage of received data messages (push, pull, clock and their replies) to drop on purpose (fault injection, as in ps-lite).", _percent),
     Setting("PS_DUP_MSG", "dup_msg", 0.0, "Percentage of received data messages to deliver twice (fault injection).", _percent),
@@ -142,6 +144,8 @@ class Config:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     worker_rank: int = -1
+    group: str = ""
+    group_workers: int = 0
     log_level: str = "INFO"
     drop_msg: float = 0.0
     dup_msg: float = 0.0

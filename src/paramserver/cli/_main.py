@@ -65,6 +65,10 @@ def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
         print("paramserver worker: give the command to run after --", file=sys.stderr)
         return 2
     env = {**os.environ, "DMLC_ROLE": "worker", "PS_SCHEDULER": address}
+    if args.group is not None:  # the command's workers join that group (docs/groups.md)
+        env["PS_GROUP"] = args.group
+    if args.group_workers is not None:
+        env["PS_GROUP_WORKERS"] = str(args.group_workers)
     return subprocess.call(args.command, env=env)
 
 
@@ -211,6 +215,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run a command as a worker of a cluster")
     s.add_argument("--scheduler", help="scheduler address host:port")
+    s.add_argument("--group", help="worker group to join (PS_GROUP; default: the default group)")
+    s.add_argument("--group-workers", type=int, help="workers of that group, 0 for any (PS_GROUP_WORKERS)")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
     s.set_defaults(fn=_cmd_worker)
 

@@ -51,6 +51,7 @@ from .._errors import (
     NodeUnavailable,
     ProtocolError,
     PSError,
+    ReadOnlyError,
     TableError,
 )
 from ..clock import Consistency
@@ -76,6 +77,7 @@ from ._migrate import Migrations
 from ._owned import Ownership, check_keys
 from ._pulls import Pulls
 from ._replica import Replica
+from ._snapshots import Snapshots
 from ._sync import Channel, Pull, TableSync
 
 __all__ = ["ServerState"]
@@ -169,9 +171,13 @@ class ServerState:
         """Use ``keymap`` (the node's key map changed), and ``node`` as this server's id if
         given (the id is known once the server registered)."""
         if keymap is not self.keymap or (node is not None and node != self.id):
+            moved = (keymap.epoch if keymap else 0) != (self.keymap.epoch if self.keymap else 0)
             self.id = self.id if node is None else node
             self.keymap = keymap
             self.own = Ownership(keymap, self.id)
+            if moved:  # ranges may come whose history is not logged here
+                for sync in self.sync.values():
+                    sync.snapshots.reset(sync.agg_done)
 
     def adopt_keymap(self, keymap: KeyMap, out: list[Action]) -> None:
         """Use ``keymap`` if it is newer than the current one, and make it the node's."""
@@ -262,16 +268,25 @@ class ServerState:
         if self._restore is not None:
             self._restore(table_id, store, self.own)  # a server started with --restore loads its ranges
         self.stores[table_id] = store
-        self.sync[table_id] = TableSync(policy or Consistency())
+        self.sync[table_id] = TableSync(policy or Consistency(), snapshots=Snapshots(spec.snapshots))
         log.info("server %d: table %d %r (%s, %s)", self.id, table_id, spec.name, spec.describe(),
                  self.sync[table_id].policy)
 
     def add_tables(self, tables: list[Any]) -> None:
-        """Create tables from ``[[id, spec, policy], ...]`` (a registration reply)."""
+        """Create tables from ``[[id, spec, policy(, readers)], ...]`` (a registration reply)."""
         for entry in tables:
-            if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int):
-                raise ProtocolError("a table entry must be [id, spec, policy]")
+            if not (isinstance(entry, list) and len(entry) in (3, 4) and type(entry[0]) is int):
+                raise ProtocolError("a table entry must be [id, spec, policy] or [id, spec, policy, readers]")
             self.add_table(entry[0], TableSpec.from_wire(entry[1]), Consistency.from_wire(entry[2]))
+            if len(entry) == 4:
+                self.add_readers(entry[0], entry[3])
+
+    def add_readers(self, table_id: int, readers: Any) -> None:
+        """Workers ``readers`` attached to table ``table_id`` read-only: their pushes and
+        clock ticks are refused from now on (they never count in its clocks)."""
+        if not (isinstance(readers, list) and all(type(r) is int for r in readers)):
+            raise ProtocolError("a table's readers must be a list of node ids")
+        self.sync[table_id].readers.update(readers)
 
     def store_of(self, msg: Message) -> Store:
         """The store of ``msg``'s table; :class:`TableError` if the table is unknown here."""
@@ -288,6 +303,7 @@ class ServerState:
     def _on_table(self, msg: Message, now: float, out: list[Action]) -> None:
         body = TableCreate.from_wire(msg.body)
         self.add_table(body.id, TableSpec.from_wire(body.spec), Consistency.from_wire(body.policy))
+        self.add_readers(body.id, body.readers)
         out.append(Reply(msg))
 
     def _on_policy(self, msg: Message, now: float, out: list[Action]) -> None:
@@ -362,6 +378,10 @@ class ServerState:
         """A push or clock tick: apply it once, in its channel's order."""
         store = self.store_of(msg)
         sync = self.sync[msg.table]
+        if msg.sender in sync.readers:  # refused before it opens a channel: a reader never counts
+            what = "push to" if msg.op == Op.PUSH else "clock tick of"
+            raise ReadOnlyError(f"worker {msg.sender} attached to table {store.spec.name!r} read-only; "
+                                f"its {what} the table is refused")
         if msg.seq == 0:  # not part of a channel: apply at once (errors answered by handle)
             self._apply(msg, store, sync, None, out)
             return
@@ -497,6 +517,8 @@ class ServerState:
             if buffer is not None:
                 keys, values = buffer.pull_range(0, KEY_SPACE)
                 if len(keys):
+                    if sync.snapshots.keep:  # the rows as they were after the previous iteration
+                        sync.snapshots.record(iteration, keys, store.pull(keys))
                     store.push(keys, values)
                     body = ReplicateAgg(worker=-1, origins=[[self.id, iteration]], chain=[])
                     tokens = self._replicate_rows(table, iteration, keys, values, self.own.range_of(keys), body, out)
