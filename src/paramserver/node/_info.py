@@ -1,5 +1,5 @@
-"""What the cluster knows of each node: id, role, address, host, process id, worker rank and
-worker group."""
+"""What the cluster knows of each node: id, role, address, host, process id, worker rank,
+worker group and connection identity."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ DEFAULT_GROUP = "default"
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """One member of the cluster. Immutable."""
+    """One member of the cluster. Immutable.
+
+    ``identity`` is the routing identity of the connections the node opens, as the
+    scheduler saw it on the node's REGISTER (``b""``: not recorded); receivers accept
+    messages claiming this node's id only from it (node/_auth.py).
+    """
 
     id: int
     role: str
@@ -31,6 +36,7 @@ class NodeInfo:
     rank: int = -1
     #: The worker group (ranks are per group); DEFAULT_GROUP for every other role.
     group: str = DEFAULT_GROUP
+    identity: bytes = b""
 
     def __str__(self) -> str:
         rank = f" rank {self.rank}" if self.role == "worker" and self.rank >= 0 else ""
@@ -39,10 +45,13 @@ class NodeInfo:
 
     def to_wire(self) -> list[Any]:
         """``[id, role, address, host, pid, rank]``, with the group appended when it is not
-        the default one (so that a job without groups sends what it always sent)."""
+        the default one (so that a job without groups sends what it always sent) and the
+        connection identity (bytes) when it is recorded."""
         wire: list[Any] = [self.id, self.role, self.address, self.host, self.pid, self.rank]
         if self.group != DEFAULT_GROUP:
             wire.append(self.group)
+        if self.identity:
+            wire.append(self.identity)
         return wire
 
     @classmethod
@@ -50,11 +59,19 @@ class NodeInfo:
         try:
             nid, role, address, host, pid, rank, *rest = data
         except (TypeError, ValueError):
-            raise ProtocolError("a node entry must be [id, role, address, host, pid, rank(, group)]") from None
+            raise ProtocolError("a node entry must be [id, role, address, host, pid, rank(, group)(, identity)]") from None
         if not (type(nid) is int and type(pid) is int and type(rank) is int):
             raise ProtocolError("node id, pid and rank must be integers")
         if role not in ROLES or not isinstance(address, str) or not isinstance(host, str):
             raise ProtocolError(f"malformed node entry {data!r}")
-        if len(rest) > 1 or (rest and (not isinstance(rest[0], str) or not rest[0])):
-            raise ProtocolError(f"malformed node entry {data!r}: the group must be one non-empty string")
-        return cls(nid, role, address, host, pid, rank, rest[0] if rest else DEFAULT_GROUP)
+        group, identity = DEFAULT_GROUP, b""
+        if rest and isinstance(rest[0], str):
+            group, rest = rest[0], rest[1:]
+            if not group:
+                raise ProtocolError(f"malformed node entry {data!r}: the group must be one non-empty string")
+        if rest:
+            identity, rest = rest[0], rest[1:]
+            if not isinstance(identity, bytes) or not 0 < len(identity) <= 255 or rest:
+                raise ProtocolError(f"malformed node entry {data!r}: the group must be one non-empty string, "
+                                    f"the identity at most 255 bytes")
+        return cls(nid, role, address, host, pid, rank, group, identity)

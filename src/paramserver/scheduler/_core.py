@@ -33,6 +33,7 @@ Not thread-safe: the shell calls it from one thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -72,6 +73,9 @@ __all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "Send"]
 
 log = logging.getLogger("paramserver.scheduler")
 
+#: The keys a node of each role may register with (CURVE): operators use the admin or scheduler key.
+_KEYS_OF: dict[str, tuple[str, ...]] = {"server": ("server",), "worker": ("worker",), "client": ("admin", "scheduler")}
+
 
 @dataclass
 class Send:
@@ -83,6 +87,7 @@ class Send:
 class Connect:
     node: int
     address: str
+    role: str = ""  # the role of the key the node listens with (CURVE)
 
 
 @dataclass
@@ -191,6 +196,7 @@ class SchedulerCore:
         placement: Placement | None = None,
         now: float = 0.0,
         worker_failure: str = "auto",
+        max_tables: int = 1024,
     ) -> None:
         if num_servers < 1:
             raise InvalidArgument("a cluster needs at least one server (DMLC_NUM_SERVER >= 1)")
@@ -201,6 +207,8 @@ class SchedulerCore:
         self.heartbeat_timeout = heartbeat_timeout
         self.request_timeout = request_timeout
         self.placement = placement or EvenSplit()
+        #: The most tables the cluster may declare (PS_MAX_TABLES).
+        self.max_tables = max_tables
         self.started = now
         self.nodes: dict[int, NodeInfo] = {SCHEDULER_ID: NodeInfo(SCHEDULER_ID, "scheduler", address)}
         self.last_seen: dict[int, float] = {}
@@ -513,9 +521,11 @@ class SchedulerCore:
             raise ProtocolError(f"cannot register a node of role {role!r}")
         if not _valid_address(address):
             raise ProtocolError(f"cannot register a node at {address!r}: not tcp://host:port")
+        if msg.auth and msg.auth not in _KEYS_OF.get(role, ()):
+            raise ProtocolError(f"a node with the {msg.auth} key cannot register as a {role}")
         nid = next(self._ids)
-        info = NodeInfo(nid, role, address, req.host, req.pid, req.rank)
-        out: list[Action] = [Connect(nid, address)]
+        info = NodeInfo(nid, role, address, req.host, req.pid, req.rank, identity=msg.peer)
+        out: list[Action] = [Connect(nid, address, msg.auth or role)]
         msg.sender = nid  # replies go to the new id
         try:
             if self.finished:
@@ -546,7 +556,7 @@ class SchedulerCore:
             raise InvalidArgument(f"worker group {name!r} has {group.size or 'any number of'} workers; this worker "
                                   f"says {req.group_workers} (PS_GROUP_WORKERS)")
         rank = group.assign_rank(info.id, info.rank)
-        return NodeInfo(info.id, info.role, info.address, info.host, info.pid, rank, name)
+        return dataclasses.replace(info, rank=rank, group=name)
 
     def _next_round(self, now: float) -> list[Action]:
         """Answer waiting registrations once servers know of the new nodes."""
@@ -674,6 +684,9 @@ class SchedulerCore:
             if req.readonly and msg.sender not in table.readers:
                 return self._add_readers(table, [msg], now)
             return [Send(msg.sender, msg.reply(body=TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()))]
+        if len(self._tables) >= self.max_tables:
+            raise TableError(f"cannot declare table {spec.name!r}: the cluster has its {self.max_tables} tables "
+                             f"(PS_MAX_TABLES)")
         policy = Consistency.from_wire(req.policy) if req.policy is not None else Consistency()
         table = _Table(next(self._table_ids), spec, policy, waiters=[msg])
         if req.readonly:
@@ -754,7 +767,7 @@ class SchedulerCore:
                 servers[str(nid)] = {"error": e}
             nodes = self._nodes_body()
             body = ClusterStatus(
-                nodes=nodes.nodes,
+                nodes=[[x for x in n if not isinstance(x, bytes)] for n in nodes.nodes],  # identities stay inside
                 keymap=nodes.keymap,
                 last_seen={str(n): round(now - t, 3) for n, t in self.last_seen.items()},
                 tables=self._table_list(),

@@ -70,7 +70,7 @@ from ..protocol import (
     TableCreate,
 )
 from ..protocol import Moved as MovedBody
-from ..table import Store, TableSpec
+from ..table import Store, TableSpec, check_user_code
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply
 from ._cut import CheckpointGate
 from ._migrate import Migrations
@@ -102,8 +102,11 @@ class _Wait:
 class ServerState:
     """See the module docstring. ``restore`` fills each new table from a checkpoint."""
 
-    def __init__(self, node: int, *, restore: Restore | None = None) -> None:
+    def __init__(self, node: int, *, restore: Restore | None = None,
+                 user_modules: tuple[str, ...] | None = None) -> None:
         self.id = node
+        #: The modules user updaters and initialisers may be imported from (None: any; table/_allow.py).
+        self.user_modules = user_modules
         self.keymap: KeyMap | None = None
         #: The ranges this server masters under :attr:`keymap`.
         self.own = Ownership(None, node)
@@ -258,6 +261,8 @@ class ServerState:
         if store is not None:
             store.spec.check_compatible(spec)
             return
+        check_user_code(spec.updater, self.user_modules, "updater")  # before anything is imported
+        check_user_code(spec.init, self.user_modules, "initialiser")
         spec.validate(import_user_code=True)
         store = Store(spec)
         if self._restore is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -480,7 +481,8 @@ class Worker:
 
 def connect(address: str | None = None, *, timeout: float | None = None,
             config: Config | None = None, transport: Transport | None = None,
-            group: str | None = None, group_workers: int | None = None) -> Worker:
+            group: str | None = None, group_workers: int | None = None,
+            keys: str | os.PathLike[str] | None = None) -> Worker:
     """Join the cluster whose scheduler is at ``address`` as a worker.
 
     Parameters
@@ -495,6 +497,9 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         ``barrier()``, data shards and the end are per group (docs/groups.md).
     group_workers:
         The size of a named group (PS_GROUP_WORKERS if None; 0: any number of workers).
+    keys:
+        The cluster's key directory (PS_KEYS if None; see ``paramserver keygen``); this
+        host needs its ``*.key`` files and ``worker.key_secret``.
 
     Raises
     ------
@@ -504,6 +509,8 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         No address given and none in the environment.
     """
     cfg = config or Config.from_env()
+    if keys is not None:
+        cfg = dataclasses.replace(cfg, keys=os.fspath(keys))
     addr = parse_address(address) if address else cfg.scheduler_address()
     name = cfg.group if group is None else group
     size = cfg.group_workers if group_workers is None else group_workers
