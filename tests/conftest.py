@@ -16,7 +16,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 # Child processes of tests detect dead peers quickly; the defaults are for production.
-FAST_ENV = {"PS_HEARTBEAT_INTERVAL": "0.2", "PS_HEARTBEAT_TIMEOUT": "3", "PS_CONNECT_TIMEOUT": "20"}
+FAST_ENV = {"PS_HEARTBEAT_INTERVAL": "0.2", "PS_HEARTBEAT_TIMEOUT": "3", "PS_CONNECT_TIMEOUT": "20",
+            "PS_UPDATER_MODULES": "user_updaters"}  # the tests' own user code
 
 
 def _threads() -> set[threading.Thread]:

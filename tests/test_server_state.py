@@ -218,3 +218,89 @@ def test_a_checkpoint_waits_for_its_cut_and_defers_later_pushes() -> None:
     assert state.tick(20.5) == []
     (fail,) = state.tick(21.0)
     assert isinstance(fail, Fail) and type(fail.exc).__name__ == "RequestTimeout"
+
+
+def test_a_readers_pushes_and_ticks_are_refused_and_it_never_counts_in_aggregation() -> None:
+    """A worker the scheduler announced as a reader (a TABLE round with ``readers``) opens no
+    channel: its push and tick are refused, and an aggregating table's iteration is applied
+    once the writers (not the reader) finished it."""
+    state = make(aggregate=True, policy=Consistency("bounded", 0))
+    spec = state.stores[0].spec.to_wire()
+    create = Message(Op.TABLE, sender=0, ts=9, body={"id": 0, "spec": spec, "policy": {"kind": "bounded", "tau": 0},
+                                                    "readers": [W2]})
+    assert replies(state.handle(create, 0.0)) == [(9, Status.OK)]
+    for msg in (push(1, keys(5), sender=W2), tick(1, 0, sender=W2)):
+        out = state.handle(msg, 0.0)
+        assert len(out) == 1 and isinstance(out[0], Fail) and type(out[0].exc).__name__ == "ReadOnlyError"
+        assert "read-only" in str(out[0].exc)
+    assert W2 not in state.sync[0].channels
+    state.handle(tick(1, -1), 0.0)
+    state.handle(push(2, keys(5), 2.0), 0.0)
+    assert values(state, keys(5)) == [0.0]  # iteration 0 not finished by the writer yet
+    state.handle(tick(3, 0), 0.0)
+    assert values(state, keys(5)) == [2.0]  # applied: the reader is not waited for
+    out = state.handle(pull(keys(5), sender=W2, clock=7), 0.0)  # a reader's bounded pull is not its business
+    assert replies(state.handle(pull(keys(5), sender=W2, clock=0), 0.0)) == [(500, Status.OK)]
+    assert out == []  # held: clock 7 under tau 0 waits for iteration 6 (readers send eventual pulls)
+    state.add_tables([[1, spec, {"kind": "eventual", "tau": 0}, [W1]]])  # a registration's table list
+    assert state.sync[1].readers == {W1}
+
+
+def test_snapshot_reads_answer_the_table_after_a_finished_iteration() -> None:
+    """A table with ``snapshots=2`` keeps the rows each of its last two applied iterations
+    changed: a pull at iteration t reads the table as it was right after t, waits while t is
+    unfinished, and is refused once t is no longer kept."""
+    state = make()
+    state.add_table(1, TableSpec.create("s", 1, "float32", "sum", aggregate=True, snapshots=2))
+    seq = {W1: 0, W2: 0}
+
+    def ordered(op: Op, sender: int, clock: int, ks: np.ndarray | None = None, v: float = 0.0) -> None:
+        seq[sender] += 1
+        arrays = [] if ks is None else [ks, ones(len(ks), v)]
+        msg = Message(op, sender=sender, ts=1000 + seq[sender], table=1, epoch=1, clock=clock, seq=seq[sender],
+                      body={"lw": 0} if op == Op.PUSH else {}, arrays=arrays,
+                      key_range=(0, HALF) if op == Op.CLOCK else None)
+        assert all(a.status == Status.OK for a in state.handle(msg, 0.0) if isinstance(a, Reply))
+
+    def snap(t: int, ts: int = 700) -> list[Any]:
+        body = {"snapshot": t, "consistency": {"kind": "eventual", "tau": 0}}
+        return state.handle(Message(Op.PULL, sender=99, ts=ts, table=1, epoch=1, body=body, arrays=[keys(1, 2, 3)]),
+                            0.0)
+
+    def answer(out: list[Any]) -> list[float]:
+        assert len(out) == 1 and isinstance(out[0], Reply) and out[0].status == Status.OK, out
+        return [float(x) for x in out[0].arrays[0].ravel()]
+
+    for w in (W1, W2):
+        ordered(Op.CLOCK, w, -1)  # the writers join the table's channels
+    ordered(Op.PUSH, W1, 0, keys(1, 2), 1.0)
+    ordered(Op.PUSH, W2, 0, keys(2), 1.0)
+    assert snap(0) == []  # held: iteration 0 is not finished
+    ordered(Op.CLOCK, W1, 0)
+    ordered(Op.CLOCK, W2, 0)
+    ordered(Op.PUSH, W1, 1, keys(1), 10.0)
+    for w in (W1, W2):
+        ordered(Op.CLOCK, w, 1)
+    ordered(Op.PUSH, W2, 2, keys(2, 3), 100.0)
+    for w in (W1, W2):
+        ordered(Op.CLOCK, w, 2)
+    assert [float(x) for x in state.stores[1].pull(keys(1, 2, 3)).ravel()] == [11.0, 102.0, 100.0]
+    assert answer(snap(0)) == [1.0, 2.0, 0.0]
+    assert answer(snap(1)) == [11.0, 2.0, 0.0]
+    assert answer(snap(2)) == [11.0, 102.0, 100.0]
+    (old,) = snap(-1)
+    assert isinstance(old, Fail) and "no longer kept" in str(old.exc)
+    assert snap(3, ts=701) == []  # held until iteration 3 is applied
+    ordered(Op.PUSH, W1, 3, keys(3), 1.0)
+    ordered(Op.CLOCK, W1, 3)
+    seq[W2] += 1
+    out = state.handle(Message(Op.CLOCK, sender=W2, ts=5000, table=1, epoch=1, clock=3, seq=seq[W2],
+                               key_range=(0, HALF)), 0.0)
+    released = [a for a in out if isinstance(a, Reply) and a.msg.ts == 701]
+    assert answer(released) == [11.0, 102.0, 101.0]
+    assert answer(snap(1)) == [11.0, 2.0, 0.0]  # iterations 2 and 3 are logged: 1 is still kept
+    assert isinstance(snap(0)[0], Fail)
+    range_pull = Message(Op.PULL_RANGE, sender=99, ts=9, table=1, epoch=1, key_range=(0, HALF), body={"snapshot": 1})
+    assert "not to range pulls" in str(state.handle(range_pull, 0.0)[0].exc)
+    plain = Message(Op.PULL, sender=99, ts=9, table=0, epoch=1, body={"snapshot": 1}, arrays=[keys(1)])
+    assert "keeps no snapshots" in str(state.handle(plain, 0.0)[0].exc)

@@ -98,6 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 1.0, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
     Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 10.0, "Seconds without a heartbeat after which the scheduler declares a node dead.", _positive_float),
     Setting("PS_WORKER_RANK", "worker_rank", -1, "Rank of this worker, set by the launcher (-1: the scheduler assigns ranks in order of registration).", int),
+    Setting("PS_GROUP", "group", "", "Worker group this worker joins (empty: the default group); ranks, barriers, data shards and the end of a group are per group (docs/groups.md).", str),
+    Setting("PS_GROUP_WORKERS", "group_workers", 0, "Workers in this worker's named group (0: any number, they may come and go); the group's first worker fixes it. The default group's size is DMLC_NUM_WORKER.", _nonneg_int),
     Setting("PS_LOG_LEVEL", "log_level", "INFO", "Log level of scheduler and server processes (DEBUG, INFO, WARNING, ERROR).", str),
     Setting("PS_DROP_MSG", "drop_msg", 0.0, "Percentage of received data messages (push, pull, clock and their replies) to drop on purpose (fault injection, as in ps-lite).", _percent),
     Setting("PS_DUP_MSG", "dup_msg", 0.0, "Percentage of received data messages to deliver twice (fault injection).", _percent),
@@ -113,6 +115,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_CHECKPOINT_DIR", "checkpoint_dir", "", "Directory or fsspec URL under which periodic checkpoints are written, one iter-NNNNNN folder each (needed by the two settings below).", str),
     Setting("PS_CHECKPOINT_EVERY_ITERS", "checkpoint_every_iters", 0, "The worker of rank 0 checkpoints after every N finished iterations (0: off).", _nonneg_int),
     Setting("PS_CHECKPOINT_EVERY_SECONDS", "checkpoint_every_seconds", 0.0, "The worker of rank 0 checkpoints at the first iteration end after this many seconds since the last one (0: off).", _nonneg_float),
+    Setting("PS_KEYS", "keys", "", "Directory of the cluster's CURVE keys (written by `paramserver keygen DIR`): every socket is then authenticated and encrypted, and only the cluster's role keys are admitted. A node needs its role's ROLE.key_secret and the *.key public files.", str),
+    Setting("PS_INSECURE", "insecure", False, "1 to let a node without keys listen on an address other than loopback (anyone who reaches it can control the cluster).", _bool),
+    Setting("PS_MAX_MESSAGE_BYTES", "max_message_bytes", 1 << 30, "Largest message (all frames) a node accepts; larger ones are dropped unread, a larger frame cuts the connection (ZeroMQ MAXMSGSIZE). 0: no limit.", _nonneg_int),
+    Setting("PS_RCVHWM", "rcvhwm", 1000, "Messages a node queues per incoming connection before the sender has to wait (backpressure). 0: no limit.", _nonneg_int),
+    Setting("PS_MAX_KEYS", "max_keys", 1 << 27, "Most keys one push, pull or migration message may carry; a server refuses larger ones.", _positive_int),
+    Setting("PS_MAX_TABLES", "max_tables", 1024, "Most tables a cluster may declare.", _positive_int),
+    Setting("PS_UPDATER_MODULES", "updater_modules", "", "Comma-separated module names or prefixes (a prefix ends with '.') that servers may import user updaters (\"module:Name\") from; checked before any import. Empty: only modules of paramserver itself.", str),
+    Setting("PS_CHECKPOINT_ROOT", "checkpoint_root", "", "If set, every checkpoint path a server writes or reads must lie under this directory (or fsspec URL prefix); '..' cannot escape it.", str),
 )
 
 
@@ -134,6 +144,8 @@ class Config:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     worker_rank: int = -1
+    group: str = ""
+    group_workers: int = 0
     log_level: str = "INFO"
     drop_msg: float = 0.0
     dup_msg: float = 0.0
@@ -149,6 +161,14 @@ class Config:
     checkpoint_dir: str = ""
     checkpoint_every_iters: int = 0
     checkpoint_every_seconds: float = 0.0
+    keys: str = ""
+    insecure: bool = False
+    max_message_bytes: int = 1 << 30
+    rcvhwm: int = 1000
+    max_keys: int = 1 << 27
+    max_tables: int = 1024
+    updater_modules: str = ""
+    checkpoint_root: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :class:`PSError`::
     ├── InvalidArgument        a call's arguments are wrong (also a ValueError)
     │   └── DTypeError         an array has the wrong dtype (also a TypeError)
     ├── TableError             a table is unknown, or declared again with another spec
+    │   └── ReadOnlyError      a write to a table this worker or its group may only read
     ├── KeyRangeError          keys sent to a server that does not own them
     ├── CheckpointError        a checkpoint cannot be written, read or restored
     ├── RemoteError            an exception raised on another node, re-raised here
@@ -36,6 +37,7 @@ __all__ = [
     "NodeUnavailable",
     "PSError",
     "ProtocolError",
+    "ReadOnlyError",
     "RemoteError",
     "RequestTimeout",
     "TableError",
@@ -68,6 +70,12 @@ class DTypeError(InvalidArgument, TypeError):
 
 class TableError(PSError):
     """A table is unknown, or is declared again with a spec that conflicts with the first."""
+
+
+class ReadOnlyError(TableError):
+    """A push (or clock tick) to a table that this worker attached to read-only
+    (``Worker.table(name, readonly=True)``), or a writable declaration of a table in a
+    namespace whose writer groups exclude this worker's group (docs/groups.md)."""
 
 
 class KeyRangeError(PSError):

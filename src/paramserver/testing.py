@@ -46,6 +46,8 @@ class InProcessCluster:
 
     def __init__(self, servers: int = 1, workers: int = 0, replicas: int = 1, **settings: Any) -> None:
         self.hub = MemoryHub()
+        # The servers run in this very process: importing user code is no step up (any module).
+        settings.setdefault("updater_modules", "*")
         self.config = Config.from_env(num_servers=servers, num_workers=workers, **settings)
         self._scheduler = SchedulerProcess(self.config, host="", replicas=replicas,
                                            transport=MemoryTransport(self.hub))

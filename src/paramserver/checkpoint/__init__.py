@@ -18,7 +18,7 @@ from ._format import (
     server_files,
     write_manifest,
 )
-from ._location import Location, open_location
+from ._location import Location, confined, open_location
 
 __all__ = [
     "FORMAT",
@@ -26,6 +26,7 @@ __all__ = [
     "VERSION",
     "Location",
     "build_manifest",
+    "confined",
     "load_file",
     "open_location",
     "read_manifest",

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._errors import CheckpointError
 
-__all__ = ["Location", "open_location"]
+__all__ = ["Location", "confined", "open_location"]
 
 
 class Location:
@@ -139,15 +139,48 @@ class Location:
             raise CheckpointError(f"checkpoint file {path!r} is not a readable .npy file: {exc}") from None
 
 
-def open_location(path: str | os.PathLike[str]) -> Location:
-    """The checkpoint root at ``path``: a local path (made absolute), ``file://...``, or an
-    fsspec URL.
+def confined(path: str | os.PathLike[str], root: str) -> str:
+    """``path`` if it lies under ``root`` (PS_CHECKPOINT_ROOT; "" allows any path).
+
+    Local paths are compared after resolving symbolic links and ``..``; URLs must have the
+    root's scheme and lie under its path once ``..`` segments are resolved.
 
     Raises
     ------
     CheckpointError
-        An fsspec URL while fsspec is not installed, or an empty path.
+        ``path`` is outside ``root``.
     """
+    text = os.fspath(path)
+    if not root:
+        return text
+
+    def split(p: str) -> tuple[str, str]:
+        p = p[len("file://"):] if p.startswith("file://") else p
+        if "://" not in p:
+            return "", os.path.realpath(os.path.expanduser(p))
+        scheme, rest = p.split("://", 1)
+        return scheme, posixpath.normpath("/" + rest)
+
+    (scheme, where), (root_scheme, base) = split(text), split(root)
+    sep = "/" if scheme else os.sep
+    inside = scheme == root_scheme and (where == base or where.startswith(base.rstrip(sep) + sep))
+    if not inside:
+        raise CheckpointError(f"checkpoint path {text!r} is outside PS_CHECKPOINT_ROOT={root!r}; "
+                              f"servers write and read checkpoints only below it")
+    return text
+
+
+def open_location(path: str | os.PathLike[str], root: str = "") -> Location:
+    """The checkpoint root at ``path``: a local path (made absolute), ``file://...``, or an
+    fsspec URL; with ``root``, ``path`` must lie under it (:func:`confined`).
+
+    Raises
+    ------
+    CheckpointError
+        An fsspec URL while fsspec is not installed, an empty path, or a path outside ``root``.
+    """
+    if root:
+        confined(path, root)
     text = os.fspath(path)
     if not isinstance(text, str) or not text:
         raise CheckpointError("a checkpoint path must be a non-empty string")

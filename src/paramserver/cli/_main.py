@@ -66,6 +66,10 @@ def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
         print("paramserver worker: give the command to run after --", file=sys.stderr)
         return 2
     env = {**os.environ, "DMLC_ROLE": "worker", "PS_SCHEDULER": address}
+    if args.group is not None:  # the command's workers join that group (docs/groups.md)
+        env["PS_GROUP"] = args.group
+    if args.group_workers is not None:
+        env["PS_GROUP_WORKERS"] = str(args.group_workers)
     return subprocess.call(args.command, env=env)
 
 
@@ -170,6 +174,18 @@ def _cmd_consistency(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace, config: Config) -> int:
+    from ..transport import write_keys
+
+    files = write_keys(args.directory, force=args.force)
+    print(f"wrote {len(files)} key files to {args.directory}:")
+    for f in files:
+        print(f"  {f}")
+    print("give every node the directory with --keys DIR or PS_KEYS=DIR; a worker host needs only the "
+          "*.key files and worker.key_secret (docs/security.md)")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
     for s in SETTINGS:
         value = getattr(config, s.field)
@@ -207,6 +223,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run a command as a worker of a cluster")
     s.add_argument("--scheduler", help="scheduler address host:port")
+    s.add_argument("--group", help="worker group to join (PS_GROUP; default: the default group)")
+    s.add_argument("--group-workers", type=int, help="workers of that group, 0 for any (PS_GROUP_WORKERS)")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
     s.set_defaults(fn=_cmd_worker)
 
@@ -256,8 +274,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run an application as a local job: paramserver run APP --help", add_help=False)
 
+    s = sub.add_parser("keygen", help="write the cluster's CURVE keys (one pair per role) into a directory")
+    s.add_argument("directory", help="directory to write scheduler, server, worker and admin keys into")
+    s.add_argument("--force", action="store_true", help="replace keys that are there already")
+    s.set_defaults(fn=_cmd_keygen)
+
     s = sub.add_parser("config", help="print every setting and its value here")
     s.set_defaults(fn=_cmd_config)
+    for name, command in sub.choices.items():
+        if name not in ("run", "keygen"):
+            command.add_argument("--keys", metavar="DIR",
+                                 help="the cluster's CURVE keys (PS_KEYS; written by `paramserver keygen DIR`)")
     return p
 
 
@@ -277,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
+    if getattr(args, "keys", None):
+        os.environ["PS_KEYS"] = os.path.abspath(args.keys)  # read by Config.from_env, passed on to children
     try:
         config = Config.from_env()
         _setup_logging(config)

@@ -25,6 +25,12 @@ def render(status: dict[str, Any]) -> str:
         *(_line("nodes", sum(1 for n in status.get("nodes", []) if n[1] == role), role=role)
           for role in ("server", "worker")),
         _line("uptime_seconds", status.get("uptime", 0)),
+        "# TYPE paramserver_group_workers gauge",
+        *(line for name, g in sorted(status.get("groups", {}).items()) for line in (
+            _line("group_workers", len(g.get("workers", {})), group=name),
+            _line("group_size", g.get("size", 0), group=name),
+            _line("group_finished_workers", g.get("finished", 0), group=name),
+            _line("group_ended", int(bool(g.get("ended"))), group=name))),
         _line("keymap_epoch", (status.get("keymap") or {}).get("epoch", 0)),
     ]
     names = {str(t[0]): t[1]["name"] for t in status.get("tables", [])}

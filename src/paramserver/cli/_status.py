@@ -30,8 +30,10 @@ def format_status(status: dict[str, Any], *, as_json: bool = False) -> str:
              f"workers: {status.get('num_workers') or 'dynamic'}"]
     seen = status.get("last_seen", {})
     lines.append(f"{'id':>4} {'role':<9} {'address':<24} {'pid':>7}  {'host':<16} heartbeat")
-    for nid, role, address, host, pid, rank in status.get("nodes", []):
+    for nid, role, address, host, pid, rank, *group in status.get("nodes", []):
         tag = f"{role} r{rank}" if role == "worker" else role
+        if group:
+            tag += f" {group[0]}"
         age = seen.get(str(nid))
         lines.append(f"{nid:>4} {tag:<9} {address:<24} {pid:>7}  {host:<16} "
                      f"{'-' if age is None else f'{age:.1f} s ago'}")
@@ -62,9 +64,24 @@ def format_status(status: dict[str, Any], *, as_json: bool = False) -> str:
         else:
             lines.append(f"server {sid}: pid {rep.get('pid')}, memory {_size(rep.get('rss', 0))}, "
                          f"{rep.get('counters', {}).get('messages_received', 0)} messages received")
-    for name, sh in sorted(status.get("shards", {}).items()):
-        by = ", ".join(f"node {w}: {n}" for w, n in sh.get("done_by", {}).items())
-        lines.append(f"shard set {name!r}: {sh['shards']} shards x {sh['epochs']} epochs; {sh['done']}/{sh['total']} "
-                     f"done, {sh['running']} running, {sh['pending']} pending, {sh['reassigned']} reassigned"
-                     + (f" (done by {by})" if by else ""))
+    _shard_lines(lines, status.get("shards", {}), "")
+    groups = status.get("groups", {})
+    if len(groups) > 1:  # a job without named groups prints what it always printed
+        for name, g in sorted(groups.items()):
+            members = ", ".join(f"node {n} r{r}" for n, r in g.get("workers", {}).items()) or "no worker"
+            size = f"{g['size']} workers" if g.get("size") else "any number of workers"
+            state = "ended" if g.get("ended") else f"{g.get('finished', 0)} finished"
+            lines.append(f"group {name!r}: {size}; {members}; {state}")
+            if name != "default":
+                _shard_lines(lines, g.get("shards", {}), "  ")
+    for ns, info in sorted(status.get("namespaces", {}).items()):
+        lines.append(f"namespace {ns!r}: written by groups {', '.join(info.get('writers', []))}")
     return "\n".join(lines)
+
+
+def _shard_lines(lines: list[str], shards: dict[str, Any], indent: str) -> None:
+    for name, sh in sorted(shards.items()):
+        by = ", ".join(f"node {w}: {n}" for w, n in sh.get("done_by", {}).items())
+        lines.append(f"{indent}shard set {name!r}: {sh['shards']} shards x {sh['epochs']} epochs; {sh['done']}/"
+                     f"{sh['total']} done, {sh['running']} running, {sh['pending']} pending, {sh['reassigned']} "
+                     f"reassigned" + (f" (done by {by})" if by else ""))

@@ -55,6 +55,10 @@ class LocalCluster:
         ``--restore`` and fills each table, when it is declared, with the checkpoint's keys
         it masters (the number of servers may differ from the checkpoint's). The manifest
         is checked before any process starts (:class:`CheckpointError` if unreadable).
+    keys:
+        A directory written by ``paramserver keygen`` (PS_KEYS): every node then talks
+        CURVE and admits only the cluster's role keys; connect workers with
+        ``paramserver.connect(cluster.address, keys=...)`` (docs/security.md).
 
     Attributes
     ----------
@@ -68,7 +72,7 @@ class LocalCluster:
 
     def __init__(self, servers: int = 1, replicas: int = 1, *, workers: int = 0, host: str = "127.0.0.1",
                  env: dict[str, str] | None = None, log_level: str = "WARNING", timeout: float = 60.0,
-                 restore: str | os.PathLike[str] | None = None) -> None:
+                 restore: str | os.PathLike[str] | None = None, keys: str | os.PathLike[str] | None = None) -> None:
         if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
             raise InvalidArgument(f"servers must be an int >= 1, got {servers!r}")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= servers:
@@ -81,6 +85,8 @@ class LocalCluster:
         self.host = host
         self.timeout = timeout
         self._env = {**os.environ, "PS_LOG_LEVEL": log_level, **(env or {})}
+        if keys is not None:
+            self._env["PS_KEYS"] = os.path.abspath(keys)
         Config.from_env(self._env)  # fail early on a bad setting
         self.restore = open_location(restore).url if restore is not None else None
         if self.restore is not None:

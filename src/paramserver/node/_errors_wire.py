@@ -17,6 +17,7 @@ _PASS_THROUGH = {
         _errors.InvalidArgument,
         _errors.DTypeError,
         _errors.TableError,
+        _errors.ReadOnlyError,
         _errors.KeyRangeError,
         _errors.ProtocolError,
         _errors.ConfigError,

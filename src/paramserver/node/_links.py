@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._errors import NodeUnavailable, PSError
-from ..transport import Transport
+from ..transport import Transport, key_role
 from . import _batch as batch
 from ._info import NodeInfo
 
@@ -51,6 +51,7 @@ class Links:
         self._arm = arm
         self._lock = threading.Lock()
         self._connected: set[int] = set()
+        self._roles: dict[int, str] = {}  # peer -> the role of the key it listens with
         self._held: dict[int, list[tuple[Frames, int]]] = {}
         self._owed: dict[int, set[int]] = {}  # peer -> ts of coalescing parts it owes an answer
         self._armed = False  # a release timer is pending
@@ -62,18 +63,20 @@ class Links:
         self.filter_bytes: defaultdict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
 
     # ------------------------------------------------------------------ links
-    def connect(self, node: int, address: str) -> None:
-        """Open (or re-point) the link to ``node``."""
+    def connect(self, node: int, address: str, role: str = "") -> None:
+        """Open (or re-point) the link to ``node``, whose key (with CURVE) is ``role``'s."""
         with self._lock:
-            self.transport.connect(node, address)
+            role = role or self._roles.get(node, "")
+            self.transport.connect(node, address, role)
             self._connected.add(node)
+            self._roles[node] = role
 
     def repoint(self, moved: Iterable[tuple[int, str]]) -> None:
         """Re-point the open links of nodes whose address changed."""
         with self._lock:
             for node, address in moved:
                 if node in self._connected:
-                    self.transport.connect(node, address)
+                    self.transport.connect(node, address, self._roles.get(node, ""))
 
     def ensure(self, node: int, info: NodeInfo | None) -> None:
         """Open the link to ``node`` (from its node-table entry ``info``) unless it is open.
@@ -90,8 +93,10 @@ class Links:
                 return
             if info is None:
                 raise NodeUnavailable(f"node {node} is not in the node table (dead or never joined)")
-            self.transport.connect(node, info.address)
+            role = key_role(info.role)
+            self.transport.connect(node, info.address, role)
             self._connected.add(node)
+            self._roles[node] = role
 
     def drop(self, node: int, *, close: bool) -> None:
         """``node`` failed: forget what is held for it and what it owes; close its link if ``close``."""

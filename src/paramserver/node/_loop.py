@@ -248,7 +248,7 @@ class Loop:
             parts = batch.unpack(frames) if batch.is_batch(frames) else [frames]
         except ProtocolError as exc:
             self._malformed()
-            log.warning("%s: dropped a malformed batch: %s", self.name, exc)
+            log.debug("%s: dropped a malformed batch: %s", self.name, exc)  # (the node logs it once per peer)
             return
         for part in parts:
             try:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from .._config import Config
 from .._errors import (
     ClosedError,
+    InvalidArgument,
     JobAborted,
     KeyRangeError,
     NodeUnavailable,
@@ -55,7 +56,8 @@ from ..protocol import (
     decode,
     decode_header,
 )
-from ..transport import FaultyTransport, Transport, ZmqTransport
+from ..transport import FaultyTransport, Transport, ZmqTransport, load_keys
+from ._auth import Gate, Known
 from ._errors_wire import error_body, error_from_body
 from ._info import SCHEDULER_ID, NodeInfo
 from ._links import Links
@@ -98,7 +100,12 @@ class Node:
     def __init__(self, role: str, config: Config, transport: Transport | None = None) -> None:
         self.role = role
         self.config = config
-        self.transport = transport if transport is not None else ZmqTransport()
+        self.transport = transport if transport is not None else ZmqTransport(
+            keys=load_keys(config.keys, role) if config.keys else None, insecure=config.insecure,
+            max_message_bytes=config.max_message_bytes, rcvhwm=config.rcvhwm)
+        #: Sender binding and the authorisation table (node/_auth.py).
+        self.gate = Gate(role, getattr(self.transport, "keys", None) is not None, self._member,
+                         lambda ts: self.outbox.get(ts) is not None)
         self.id = SCHEDULER_ID if role == "scheduler" else -1
         self.members = Membership()
         self.outbox = Outbox()
@@ -123,7 +130,7 @@ class Node:
         # each message by its header.
         self.loop = Loop(f"paramserver-{role}-recv", self.transport, self.timers, handle=self._on_frames,
                          send=self._send_raw, before_wait=self.links.release_all, batching=not config.faults,
-                         malformed=lambda: self.links.count("messages_malformed"))
+                         malformed=self._on_malformed_batch)
         self._resend_after = config.resend_after()
         self.filters = WireFilters(self.links.count_filter)
         self._decoders = self.filters.decoders  # the same dict (tests reach into it)
@@ -248,9 +255,13 @@ class Node:
                 f.req.fail(exc)
 
     # ------------------------------------------------------------------ sending
-    def connect(self, node: int, address: str) -> None:
-        """Open the link to ``node`` at ``address`` (used before the node table knows it)."""
-        self.links.connect(node, address)
+    def connect(self, node: int, address: str, role: str = "") -> None:
+        """Open the link to ``node`` at ``address`` (used before the node table knows it);
+        ``role`` names the key it listens with (default: the scheduler's for node 0)."""
+        self.links.connect(node, address, role or ("scheduler" if node == SCHEDULER_ID else ""))
+
+    def _member(self, node: int) -> Known | None:
+        return self.members.nodes.get(node)
 
     def ensure_link(self, node: int) -> None:
         """Open the link to ``node`` from the node table if it is not open yet.
@@ -279,7 +290,14 @@ class Node:
         return nbytes
 
     def _frames(self, peer: int, msg: Message) -> list[Any]:
-        return self.filters.frames(peer, msg)
+        frames = self.filters.frames(peer, msg)
+        limit = self.config.max_message_bytes
+        if limit:
+            nbytes = sum(memoryview(f).nbytes for f in frames)
+            if nbytes > limit:
+                raise InvalidArgument(f"{msg.describe()}: {nbytes:,} bytes exceed PS_MAX_MESSAGE_BYTES={limit:,}; "
+                                      f"send fewer keys per request (or raise the limit on every node)")
+        return frames
 
     def encoder(self, name: str) -> Codec:
         """A filter with default settings, to encode replies as a request asked."""
@@ -555,7 +573,11 @@ class Node:
         ConnectError
             No scheduler answered, or the job did not start, within ``timeout`` seconds.
         """
-        return register(self, scheduler, body, timeout, on_reply, limit=limit, quiet=quiet)
+        self.gate.registering = True  # the answer, and only it, tells whose connection is the scheduler's
+        try:
+            return register(self, scheduler, body, timeout, on_reply, limit=limit, quiet=quiet)
+        finally:
+            self.gate.registering = False
 
     def _on_nodes(self, msg: Message) -> None:
         self.set_nodes(*parse_nodes(Nodes.from_wire(msg.body)))
@@ -596,6 +618,12 @@ class Node:
             self._on_malformed(frames, exc)
             return
         self.links.count_message("received", nbytes, msg.table)
+        origin = self.transport.origin
+        msg.peer, msg.auth = origin.peer, origin.role
+        self.gate.current_peer = origin.peer
+        if not self.gate.admit(msg, msg.response or msg.op in self._handlers):
+            self.links.count("messages_refused")
+            return
         if self.config.verbose:
             log.debug("%s %d <- %d: %s", self.role, self.id, msg.sender, msg.describe())
         if msg.filters:
@@ -607,7 +635,8 @@ class Node:
                                body=ResendKeys(message=str(exc), ksig=exc.sig).to_wire())
                 return
             except ProtocolError as exc:
-                log.warning("%s %d: cannot decode the filters of %s: %s", self.role, self.id, msg.describe(), exc)
+                self.gate.warn_once("filters", "%s %d: cannot decode the filters of %s: %s", self.role, self.id,
+                                    msg.describe(), exc)
                 if not msg.response:
                     self.reply_error(msg, exc, with_traceback=False)
                 else:
@@ -618,13 +647,21 @@ class Node:
         else:
             self._on_request(msg)
 
+    def _on_malformed_batch(self) -> None:
+        self.count("messages_malformed")
+        self.gate.current_peer = self.transport.origin.peer
+        self.gate.warn_once("batch", "%s %d: dropped a malformed batch", self.role, self.id)
+
     def _on_malformed(self, frames: list[Any], exc: ProtocolError) -> None:
         self.count("messages_malformed")
-        log.warning("%s %d: dropped a malformed message: %s", self.role, self.id, exc)
+        self.gate.current_peer = self.transport.origin.peer
+        self.gate.warn_once("malformed", "%s %d: dropped a malformed message: %s", self.role, self.id, exc)
         try:  # answer if the header at least names a known sender of a request
             header, _ = decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
             sender, ts, flags = header[2], header[3], header[4]
-            if type(sender) is int and type(ts) is int and ts >= 0 and flags == 0 and sender in self.members.nodes:
+            member = self.gate.member(sender) if type(sender) is int else None
+            if (type(ts) is int and ts >= 0 and flags == 0 and member is not None
+                    and member.identity in (b"", self.transport.origin.peer)):
                 self.reply_error(Message(Op.PING, sender=sender, ts=ts), exc, with_traceback=False)
         except Exception:
             pass

@@ -22,13 +22,17 @@ __all__ = [
 
 @dataclass(slots=True, kw_only=True)
 class RegisterRequest(Body):
-    """REGISTER, node -> scheduler: who joins (``rank`` -1: any worker rank)."""
+    """REGISTER, node -> scheduler: who joins (``rank`` -1: any worker rank); a worker names
+    its ``group`` ("": the default group) and, for a named group, the group's size
+    (``group_workers``, 0: any number; the first member of a group fixes it)."""
 
     role: str
     address: str
     host: str = ""
     pid: int = 0
     rank: int = field(default=-1, metadata=OMIT)
+    group: str = field(default="", metadata=OMIT)
+    group_workers: int = field(default=0, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -50,6 +54,7 @@ class RegisterReply(Nodes):
     rank: int | None = field(default=None, metadata=OMIT)
     num_workers: int | None = field(default=None, metadata=OMIT)
     tables: list[list[Any]] | None = field(default=None, metadata=OMIT)
+    group: str = field(default="", metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -90,10 +95,15 @@ class Barrier(Body):
 
 @dataclass(slots=True, kw_only=True)
 class TableDeclare(Body):
-    """TABLE, worker -> scheduler: declare a table (``policy`` None: the default model)."""
+    """TABLE, worker -> scheduler: declare a table (``policy`` None: the default model);
+    ``readonly``: the worker only reads it (it never counts in the table's clocks, and the
+    servers refuse its pushes); ``writers``: the worker groups that may write the table's
+    namespace (given by the namespace's first declaration that names them; None: unchanged)."""
 
     spec: dict[str, Any]
     policy: dict[str, Any] | None = None
+    readonly: bool = field(default=False, metadata=OMIT)
+    writers: list[str] | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,11 +116,13 @@ class TableReply(Body):
 
 @dataclass(slots=True, kw_only=True)
 class TableCreate(Body):
-    """TABLE, scheduler -> server: add the table."""
+    """TABLE, scheduler -> server: add the table (or, when it exists, add ``readers``: the
+    workers that attached to it read-only, whose pushes and clock ticks it refuses)."""
 
     id: int
     spec: dict[str, Any]
     policy: dict[str, Any]
+    readers: list[int] = field(default_factory=list, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -191,6 +203,8 @@ class ClusterStatus(Nodes):
     migrations: int
     migrating: bool
     shards: dict[str, Any]
+    groups: dict[str, Any] = field(default_factory=dict, metadata=OMIT)
+    namespaces: dict[str, Any] = field(default_factory=dict, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

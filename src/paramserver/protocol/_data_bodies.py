@@ -55,11 +55,13 @@ class PushBody(Body):
 
 @dataclass(slots=True, kw_only=True)
 class PullBody(Body):
-    """PULL, worker -> server: wire filters for the reply's values, and a per-call
-    consistency model (``Consistency.to_wire()``; None: the table's)."""
+    """PULL, worker -> server: wire filters for the reply's values, a per-call consistency
+    model (``Consistency.to_wire()``; None: the table's) and, for a table that keeps
+    snapshots, the finished iteration to read the values at (None: the current values)."""
 
     reply_filters: list[str] = field(default_factory=list, metadata=OMIT)
     consistency: dict[str, Any] | None = field(default=None, metadata=OMIT)
+    snapshot: int | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -93,6 +93,10 @@ class Message:
     codecs: tuple[Any, ...] = ()
     #: Not on the wire: indices of the arrays that hold values (for value filters).
     values_at: tuple[int, ...] = ()
+    #: Not on the wire: the identity of the connection it arrived on (set by the receiver).
+    peer: bytes = b""
+    #: Not on the wire: the role of the CURVE key that authenticated that connection ("" without keys).
+    auth: str = ""
 
     def reply(self, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[np.ndarray] | None = None, sender: int = -1) -> Message:

@@ -15,12 +15,19 @@ Rules it enforces:
   server not counted). A node joining later is announced to the servers first (an
   ``Op.NODES`` round, acknowledged), so a server always knows a worker before the worker
   can send it a request.
+* Workers belong to worker groups (``_groups.py``; one default group unless they name
+  one): ranks, ``"workers"`` barriers, data shards and the end are per group.
 * With a fixed number of workers (DMLC_NUM_WORKER > 0) the job ends when every worker has
-  said goodbye. A goodbye that reports a crash (its program raised) counts as the death of
-  the worker, with the worker's exit code. The death of a worker ends it with an error naming the worker, unless the
-  job hands out data shards (PS_WORKER_FAILURE, ``_shards.py``): then the dead worker's
-  shards go to the others. With a dynamic number (0), workers come and go and the job
-  ends on a shutdown request.
+  said goodbye (every group of fixed size ended and no worker of any group is left). A
+  goodbye that reports a crash (its program raised) counts as the death of the worker,
+  with the worker's exit code. The
+  death of a worker of a fixed-size group ends it with an error naming the worker, unless
+  the group hands out data shards (PS_WORKER_FAILURE, ``_shards.py``): then the dead
+  worker's shards go to the others. With a dynamic number (0), workers come and go and the
+  job ends on a shutdown request.
+* A worker that attaches to a table read-only is a *reader* of it: the servers learn so
+  (a TABLE round) before it is answered, and refuse its pushes and clock ticks; a group
+  not among a namespace's writers attaches to its tables read-only only.
 * The death of a server promotes the next replica of each range it held (a new key map,
   epoch + 1, broadcast to every node); without a copy of some range the job ends.
 * Every outstanding exchange (a broadcast, a table creation, a status gather) has a
@@ -31,6 +38,7 @@ Not thread-safe: the shell calls it from one thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -39,7 +47,7 @@ from typing import Any
 
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
 from ..clock import Consistency
-from ..node import SCHEDULER_ID, NodeInfo, error_body
+from ..node import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended, ranges_to_wire
 from ..protocol import (
     Barrier,
@@ -65,11 +73,15 @@ from ..protocol import (
     TableReply,
 )
 from ..table import TableSpec
+from ._groups import Group, Namespaces, check_group_name
 from ._shards import ShardManager
 
 __all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "Send"]
 
 log = logging.getLogger("paramserver.scheduler")
+
+#: The keys a node of each role may register with (CURVE): operators use the admin or scheduler key.
+_KEYS_OF: dict[str, tuple[str, ...]] = {"server": ("server",), "worker": ("worker",), "client": ("admin", "scheduler")}
 
 
 @dataclass
@@ -82,6 +94,7 @@ class Send:
 class Connect:
     node: int
     address: str
+    role: str = ""  # the role of the key the node listens with (CURVE)
 
 
 @dataclass
@@ -140,6 +153,14 @@ class _Table:
     policy: Consistency = field(default_factory=Consistency)
     ready: bool = False
     waiters: list[Message] = field(default_factory=list)
+    readers: set[int] = field(default_factory=set)  # workers attached read-only (the servers know them)
+
+    def to_wire(self) -> list[Any]:
+        """``[id, spec, policy]``, and the readers if any (the table list of a registration)."""
+        wire = [self.id, self.spec.to_wire(), self.policy.to_wire()]
+        if self.readers:
+            wire.append(sorted(self.readers))
+        return wire
 
 
 GROUPS = ("workers", "servers", "all")
@@ -156,6 +177,11 @@ def _error_of(reply: Message) -> ErrorReply:
 def _reason(reply: Message) -> str:
     """Why a reply is not OK, in words."""
     return _error_of(reply).message
+
+
+def _declares_readonly(msg: Message) -> bool:
+    """Does the TABLE declaration ``msg`` (checked when it came) attach read-only?"""
+    return TableDeclare.from_wire(msg.body).readonly
 
 
 def _valid_address(address: str) -> bool:
@@ -182,6 +208,7 @@ class SchedulerCore:
         placement: Placement | None = None,
         now: float = 0.0,
         worker_failure: str = "auto",
+        max_tables: int = 1024,
     ) -> None:
         if num_servers < 1:
             raise InvalidArgument("a cluster needs at least one server (DMLC_NUM_SERVER >= 1)")
@@ -192,6 +219,8 @@ class SchedulerCore:
         self.heartbeat_timeout = heartbeat_timeout
         self.request_timeout = request_timeout
         self.placement = placement or EvenSplit()
+        #: The most tables the cluster may declare (PS_MAX_TABLES).
+        self.max_tables = max_tables
         self.started = now
         self.nodes: dict[int, NodeInfo] = {SCHEDULER_ID: NodeInfo(SCHEDULER_ID, "scheduler", address)}
         self.last_seen: dict[int, float] = {}
@@ -202,18 +231,20 @@ class SchedulerCore:
         self._waiting_regs: list[tuple[NodeInfo, Message]] = []
         self._round_busy = False
         self._gathers: dict[int, _Gather] = {}
-        self._barriers: dict[str, dict[int, Message]] = {g: {} for g in GROUPS}
+        self._barriers: dict[str, dict[int, Message]] = {"servers": {}, "all": {}}  # "workers": per group
         self._tables: dict[str, _Table] = {}
         self._table_ids = itertools.count(0)
-        self._byes: set[int] = set()
-        self._ranks: dict[int, int] = {}
         self._answered: set[int] = set()
         self._draining: set[int] = set()
         #: Completed key-map migrations (joins, drains, restored replicas).
         self.migrations = 0
         #: Servers lost and replaced by their replicas so far.
         self.failovers = 0
-        self.shards = ShardManager(worker_failure)  # data shards of the workers (_shards.py)
+        self._worker_failure = worker_failure
+        #: Worker groups by name (``_groups.py``); the default group's size is DMLC_NUM_WORKER.
+        self.groups: dict[str, Group] = {DEFAULT_GROUP: Group(DEFAULT_GROUP, num_workers, ShardManager(worker_failure))}
+        self.shards = self.groups[DEFAULT_GROUP].shards  # data shards of the default group (_shards.py)
+        self.namespaces = Namespaces()  # who may write each namespace
         #: Key-map changes run one at a time: (name, build the target map, then) queued here.
         self._migrating = False
         self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]]]] = []
@@ -250,16 +281,33 @@ class SchedulerCore:
 
     def _table_list(self) -> list[list[Any]]:
         """The ready tables as they travel: ``[[id, spec, policy]...]``."""
-        return [[t.id, t.spec.to_wire(), t.policy.to_wire()] for t in self._tables.values() if t.ready]
+        return [t.to_wire() for t in self._tables.values() if t.ready]
 
     @staticmethod
     def _error(msg: Message, exc: PSError) -> Send:
         return Send(msg.sender, msg.reply(status=Status.ERROR, body=error_body(exc, with_traceback=False)))
 
     def _expected(self, group: str) -> int:
+        """Nodes the barrier ``"servers"`` or ``"all"`` waits for (``"workers"`` is per group)."""
         servers = len(self._members("server"))
-        workers = self.num_workers - len(self._byes) if self.num_workers else len(self._members("worker"))
-        return {"workers": workers, "servers": servers, "all": workers + servers}[group]
+        return servers if group == "servers" else servers + sum(g.expected() for g in self.groups.values())
+
+    def _group_of(self, nid: int) -> Group:
+        """The group of worker ``nid`` (a member)."""
+        return self.groups[self.nodes[nid].group]
+
+    def _job_done(self) -> bool:
+        """A fixed-size job is over: every group of fixed size ended and no worker is left."""
+        return bool(self.num_workers) and all(g.ended for g in self.groups.values() if g.size) \
+            and not any(g.ranks for g in self.groups.values())
+
+    def _finished_message(self) -> str:
+        named = [g for g in self.groups.values() if g.name != DEFAULT_GROUP]
+        if not named:
+            done = "the worker is" if self.num_workers == 1 else f"all {self.num_workers} workers are"
+            return f"the job finished: {done} done"
+        return "the job finished: every worker group is done (" + ", ".join(
+            f"{g.name}: {len(g.byes)} workers" for g in self.groups.values()) + ")"
 
     def waiting_for(self) -> str:
         """What the job waits for before it starts, in words ("" once it has started)."""
@@ -291,7 +339,8 @@ class SchedulerCore:
         info = self._forget(nid)
         self._waiting_regs = [(i, m) for i, m in self._waiting_regs if i.id != nid]
         self._pinged.pop(nid, None)
-        self._ranks.pop(nid, None)
+        if info is not None and info.role == "worker" and info.group in self.groups:
+            self.groups[info.group].ranks.pop(nid, None)  # its rank is free again; it never left
         if info is not None:
             log.warning("%s; it was waiting for the job to start and is forgotten; %s", reason,
                         self.waiting_for() or "the job can start")
@@ -385,19 +434,22 @@ class SchedulerCore:
                 if not g.awaiting:
                     del self._gathers[ts]
                     out += g.finish(now)
-        for group in GROUPS:
-            self._barriers[group].pop(nid, None)
+        for waiting in self._barriers.values():
+            waiting.pop(nid, None)
         if info.role == "server":
             return out + self._server_failed(nid, reason, now)
         if info.role == "worker":
-            self.shards.worker_gone(nid, now)  # the shards it held go to the next worker that asks
-            if self.num_workers and nid not in self._byes:
-                if not self.shards.job_survives_worker_death():
-                    return out + self.shutdown(f"{reason}; the job needs all {self.num_workers} workers", code=1)
-                self._byes.add(nid)  # PS_WORKER_FAILURE: the job goes on without it, counted as gone
-                if len(self._byes) >= self.num_workers:
-                    return out + self.shutdown(f"{reason}; no worker is left", code=1)
-            self._ranks.pop(nid, None)
+            group = self.groups[info.group]
+            # the shards it held go to the next worker of its group that asks
+            if group.size and not group.shards.job_survives_worker_death():
+                group.shards.worker_gone(nid, now)
+                needs = f"all {group.size} workers" + ("" if group.name == DEFAULT_GROUP else f" of group {group.name!r}")
+                return out + self.shutdown(f"{reason}; the job needs {needs}", code=1)
+            group.gone(nid, now)  # PS_WORKER_FAILURE: the group goes on without it, counted as gone
+            if self._job_done():
+                return out + self.shutdown(f"{reason}; no worker is left", code=1)
+            if group.ended:
+                log.warning("worker group %r ended: no worker of it is left", group.name)
             out += self._broadcast_nodes(now, dead=[nid])
             out += self._check_barriers()
         return out
@@ -531,15 +583,17 @@ class SchedulerCore:
             raise ProtocolError(f"cannot register a node of role {role!r}")
         if not _valid_address(address):
             raise ProtocolError(f"cannot register a node at {address!r}: not tcp://host:port")
+        if msg.auth and msg.auth not in _KEYS_OF.get(role, ()):
+            raise ProtocolError(f"a node with the {msg.auth} key cannot register as a {role}")
         nid = next(self._ids)
-        info = NodeInfo(nid, role, address, req.host, req.pid, req.rank)
-        out: list[Action] = [Connect(nid, address)]
+        info = NodeInfo(nid, role, address, req.host, req.pid, req.rank, identity=msg.peer)
+        out: list[Action] = [Connect(nid, address, msg.auth or role)]
         msg.sender = nid  # replies go to the new id
         try:
             if self.finished:
                 raise JobAborted("the job is shutting down")
             if role == "worker":
-                info = self._assign_rank(info)
+                info = self._assign_rank(info, req)
         except PSError as exc:
             out += [self._error(msg, exc), Disconnect(nid)]
             return out
@@ -555,18 +609,18 @@ class SchedulerCore:
         log.info("registered %s%s", info, f"; {waiting}" if waiting else "")
         return out + self._ping_waiting(now, [nid])
 
-    def _assign_rank(self, info: NodeInfo) -> NodeInfo:
-        taken = set(self._ranks.values())
-        live = len(self._members("worker"))
-        if self.num_workers and live + len(self._byes) >= self.num_workers:
-            raise InvalidArgument(
-                f"the job already has its {self.num_workers} workers (DMLC_NUM_WORKER); "
-                f"this worker cannot join")
-        rank = info.rank
-        if rank < 0 or rank in taken or (self.num_workers and rank >= self.num_workers):
-            rank = next(r for r in itertools.count() if r not in taken)
-        self._ranks[info.id] = rank
-        return NodeInfo(info.id, info.role, info.address, info.host, info.pid, rank)
+    def _assign_rank(self, info: NodeInfo, req: RegisterRequest) -> NodeInfo:
+        """The worker's group (created by its first worker, with the size it names) and rank."""
+        name = check_group_name(req.group)
+        group = self.groups.get(name)
+        if group is None:
+            group = self.groups[name] = Group(name, req.group_workers, ShardManager(self._worker_failure))
+            log.info("worker group %r (%s)", name, f"{group.size} workers" if group.size else "any number of workers")
+        elif name != DEFAULT_GROUP and req.group_workers and req.group_workers != group.size:
+            raise InvalidArgument(f"worker group {name!r} has {group.size or 'any number of'} workers; this worker "
+                                  f"says {req.group_workers} (PS_GROUP_WORKERS)")
+        rank = group.assign_rank(info.id, info.rank)
+        return dataclasses.replace(info, rank=rank, group=name)
 
     def _next_round(self, now: float) -> list[Action]:
         """Answer waiting registrations once servers know of the new nodes."""
@@ -595,8 +649,10 @@ class SchedulerCore:
                     continue  # died meanwhile
                 joined |= info.role == "server" and late
                 nodes = self._nodes_body()
-                body = RegisterReply(id=info.id, rank=info.rank, num_workers=self.num_workers, tables=self._table_list(),
-                                     nodes=nodes.nodes, keymap=nodes.keymap)
+                size = self.groups[info.group].size if info.role == "worker" else self.num_workers
+                body = RegisterReply(id=info.id, rank=info.rank, num_workers=size, tables=self._table_list(),
+                                     nodes=nodes.nodes, keymap=nodes.keymap,
+                                     group=info.group if info.group != DEFAULT_GROUP else "")
                 out.append(Send(info.id, reg.reply(body=body.to_wire())))
                 self._answered.add(info.id)
                 self.last_seen[info.id] = g.ended  # its heartbeats start now
@@ -633,32 +689,36 @@ class SchedulerCore:
         out: list[Action] = [Send(msg.sender, msg.reply()), Disconnect(msg.sender)]
         if info.role != "worker":
             return out
-        self._byes.add(msg.sender)
-        self._ranks.pop(msg.sender, None)
-        self.shards.worker_gone(msg.sender, now)  # shards it held unfinished go to the others
-        for group in GROUPS:
-            self._barriers[group].pop(msg.sender, None)
-        code = bye.code or 1
+        group = self.groups[info.group]
+        for waiting in self._barriers.values():
+            waiting.pop(msg.sender, None)
         if bye.error:
+            code = bye.code or 1
             crash = f"{info} crashed: {bye.error} (exit code {code})"
             log.error("%s", crash)
-            if self.num_workers and not self.shards.job_survives_worker_death():
-                return out + self.shutdown(f"{crash}; the job needs all {plural(self.num_workers, 'worker')}",
-                                           code=code)
-            if self.num_workers and len(self._byes) >= self.num_workers:
+            if group.size and not group.shards.job_survives_worker_death():
+                group.shards.worker_gone(msg.sender, now)
+                needs = f"all {plural(group.size, 'worker')}" + (
+                    "" if group.name == DEFAULT_GROUP else f" of group {group.name!r}")
+                return out + self.shutdown(f"{crash}; the job needs {needs}", code=code)
+            group.gone(msg.sender, now)  # PS_WORKER_FAILURE: the group goes on without it
+            if self._job_done():
                 return out + self.shutdown(f"{crash}; no worker is left", code=code)
             return out + self._broadcast_nodes(now, dead=[msg.sender]) + self._check_barriers()
+        group.gone(msg.sender, now)  # shards it held unfinished go to the others of its group
         log.info("%s finished", info)
-        if self.num_workers and len(self._byes) >= self.num_workers:
-            done = "the worker is" if self.num_workers == 1 else f"all {self.num_workers} workers are"
-            return out + self.shutdown(f"the job finished: {done} done")
+        if self._job_done():
+            return out + self.shutdown(self._finished_message())
+        if group.ended:
+            log.info("worker group %r finished: all its %d workers are done", group.name, group.size)
         return out + self._broadcast_nodes(now, dead=[msg.sender]) + self._check_barriers()
 
     def _on_task(self, msg: Message, now: float) -> list[Action]:
         """A worker reports a finished data shard and asks for the next (``_shards.py``)."""
         if self.nodes[msg.sender].role != "worker":
             raise InvalidArgument("only workers process data shards")
-        return [Send(msg.sender, msg.reply(body=self.shards.on_task(msg.sender, msg.body, now)))]
+        shards = self._group_of(msg.sender).shards  # each group has its own shard sets
+        return [Send(msg.sender, msg.reply(body=shards.on_task(msg.sender, msg.body, now)))]
 
     def _on_shutdown(self, msg: Message, now: float) -> list[Action]:
         req = Shutdown.from_wire(msg.body)
@@ -672,13 +732,18 @@ class SchedulerCore:
         role = self.nodes[msg.sender].role
         if group != "all" and group != role + "s":
             raise InvalidArgument(f"a {role} cannot enter a barrier of the {group}")
-        self._barriers[group][msg.sender] = msg
+        if group == "workers":  # the workers of the caller's group
+            self._group_of(msg.sender).barrier[msg.sender] = msg
+        else:
+            self._barriers[group][msg.sender] = msg
         return self._check_barriers()
 
     def _check_barriers(self) -> list[Action]:
         out: list[Action] = []
-        for group, waiting in self._barriers.items():
-            if waiting and len(waiting) >= self._expected(group):
+        rounds = [(w, self._expected(name)) for name, w in self._barriers.items()]
+        rounds += [(g.barrier, g.expected()) for g in self.groups.values()]
+        for waiting, expected in rounds:
+            if waiting and len(waiting) >= expected:
                 for nid, m in waiting.items():
                     out.append(Send(nid, m.reply()))
                 waiting.clear()
@@ -688,17 +753,30 @@ class SchedulerCore:
     def _on_table(self, msg: Message, now: float) -> list[Action]:
         req = TableDeclare.from_wire(msg.body)
         spec = TableSpec.from_wire(req.spec)
+        info = self.nodes[msg.sender]
+        if info.role != "worker":
+            raise InvalidArgument("only workers declare tables")
         table = self._tables.get(spec.name)
         if table is not None:
             table.spec.check_compatible(spec)
-            if table.ready:
-                return [Send(msg.sender, msg.reply(body=TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()))]
-            table.waiters.append(msg)
-            return []
+        self.namespaces.declare(spec.name, info.group, req.readonly, req.writers)
+        if table is not None:
+            if not table.ready:
+                table.waiters.append(msg)
+                return []
+            if req.readonly and msg.sender not in table.readers:
+                return self._add_readers(table, [msg], now)
+            return [Send(msg.sender, msg.reply(body=TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()))]
+        if len(self._tables) >= self.max_tables:
+            raise TableError(f"cannot declare table {spec.name!r}: the cluster has its {self.max_tables} tables "
+                             f"(PS_MAX_TABLES)")
         policy = Consistency.from_wire(req.policy) if req.policy is not None else Consistency()
         table = _Table(next(self._table_ids), spec, policy, waiters=[msg])
+        if req.readonly:
+            table.readers.add(msg.sender)
         self._tables[spec.name] = table
-        body = TableCreate(id=table.id, spec=spec.to_wire(), policy=policy.to_wire()).to_wire()
+        body = TableCreate(id=table.id, spec=spec.to_wire(), policy=policy.to_wire(),
+                           readers=sorted(table.readers)).to_wire()
 
         def done(g: _Gather) -> list[Action]:
             waiters, table.waiters = table.waiters, []
@@ -715,7 +793,29 @@ class SchedulerCore:
             table.ready = True
             log.info("table %d %r (%s, %s)", table.id, spec.name, spec.describe(), table.policy)
             answer = TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()
-            return [Send(w.sender, w.reply(body=answer)) for w in waiters]
+            # readers that came while it was being created: the servers learn them first
+            late = [w for w in waiters if w.sender not in table.readers and _declares_readonly(w)]
+            out = [Send(w.sender, w.reply(body=answer)) for w in waiters if w not in late]
+            return out + (self._add_readers(table, late, g.ended) if late else [])
+
+        return self._request(self._joined("server"), lambda nid: Message(Op.TABLE, body=body), now, done)
+
+    def _add_readers(self, table: _Table, declarations: list[Message], now: float) -> list[Action]:
+        """Tell every server that the senders of ``declarations`` read ``table`` only (a
+        TABLE round with its readers), then answer them: a reader's push can never reach a
+        server that would count it."""
+        table.readers.update(m.sender for m in declarations if m.sender in self.nodes)
+        body = TableCreate(id=table.id, spec=table.spec.to_wire(), policy=table.policy.to_wire(),
+                           readers=sorted(table.readers)).to_wire()
+
+        def done(g: _Gather) -> list[Action]:
+            failed = g.failures()
+            if failed:
+                why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items()))
+                exc = TableError(f"table {table.spec.name!r}: not every server took the new reader: {why}")
+                return [self._error(m, exc) for m in declarations]
+            answer = TableReply(id=table.id, policy=table.policy.to_wire()).to_wire()
+            return [Send(m.sender, m.reply(body=answer)) for m in declarations]
 
         return self._request(self._joined("server"), lambda nid: Message(Op.TABLE, body=body), now, done)
 
@@ -750,7 +850,7 @@ class SchedulerCore:
                 servers[str(nid)] = {"error": e}
             nodes = self._nodes_body()
             body = ClusterStatus(
-                nodes=nodes.nodes,
+                nodes=[[x for x in n if not isinstance(x, bytes)] for n in nodes.nodes],  # identities stay inside
                 keymap=nodes.keymap,
                 last_seen={str(n): round(now - t, 3) for n, t in self.last_seen.items()},
                 tables=self._table_list(),
@@ -762,6 +862,8 @@ class SchedulerCore:
                 migrations=self.migrations,
                 migrating=self._migrating or bool(self._migrations),
                 shards=self.shards.status(now),
+                groups={name: g.status(now) for name, g in sorted(self.groups.items())},
+                namespaces=self.namespaces.status(),
             )
             return [Send(msg.sender, msg.reply(body=body.to_wire()))]
 

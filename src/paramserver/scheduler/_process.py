@@ -17,7 +17,7 @@ import time
 
 from .._config import Config
 from .._errors import PSError
-from ..node import Node
+from ..node import Node, NodeInfo
 from ..placement import EvenSplit, Ring
 from ..protocol import Message, Op
 from ..transport import Transport
@@ -57,7 +57,9 @@ class SchedulerProcess:
             placement=Ring(self.config.vnodes) if self.config.placement == "ring" else EvenSplit(),
             now=time.monotonic(),
             worker_failure=self.config.worker_failure,
+            max_tables=self.config.max_tables,
         )
+        self.node.gate.lookup = self._member
         for op in Op:
             self.node.on(op, self._dispatch)
         self.node.on_unmatched_response = self._dispatch
@@ -79,6 +81,10 @@ class SchedulerProcess:
         """End the job from another thread (signal handlers)."""
         self.node.call_later(0, lambda: self._perform(self._core().shutdown(reason, code)))
 
+    def _member(self, node: int) -> NodeInfo | None:
+        """The gate's view of the membership: the core's node table."""
+        return self._core().nodes.get(node)
+
     def _core(self) -> SchedulerCore:
         assert self.core is not None
         return self.core
@@ -87,7 +93,7 @@ class SchedulerProcess:
         try:
             actions = self._core().handle(msg, time.monotonic())
         except PSError as exc:
-            log.warning("ignored a request from an unknown sender: %s", exc)
+            self.node.gate.warn_once("unknown", "ignored a request from an unknown sender: %s", exc)
             return
         self._perform(actions)
 
@@ -109,9 +115,10 @@ class SchedulerProcess:
             try:
                 self.node.send(action.node, action.msg)
             except PSError as exc:
-                log.warning("could not send %s to node %d: %s", action.msg.op.name, action.node, exc)
+                self.node.gate.warn_once(f"send{action.node}", "could not send %s to node %d: %s", action.msg.op.name,
+                                         action.node, exc)
         elif isinstance(action, Connect):
-            self.node.connect(action.node, action.address)
+            self.node.connect(action.node, action.address, action.role)
         elif isinstance(action, Disconnect):
             self.node.peer_failed(action.node, PSError(f"node {action.node} left"))
         elif isinstance(action, Finish):

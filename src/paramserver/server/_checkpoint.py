@@ -35,10 +35,10 @@ __all__ = ["Restorer", "write_checkpoint"]
 log = logging.getLogger("paramserver.server")
 
 
-def write_checkpoint(action: WriteCheckpoint, node: int) -> CheckpointReply:
+def write_checkpoint(action: WriteCheckpoint, node: int, root: str = "") -> CheckpointReply:
     """Write the rows of ``action`` as server ``node``'s files; return the manifest's part
-    (the answer to the request)."""
-    loc = open_location(action.path)
+    (the answer to the request). With ``root`` (PS_CHECKPOINT_ROOT) the path must lie under it."""
+    loc = open_location(action.path, root)
     tables: dict[str, Any] = {}
     for t in action.tables:
         names = sorted(t.state)
@@ -57,9 +57,9 @@ def write_checkpoint(action: WriteCheckpoint, node: int) -> CheckpointReply:
 class Restorer:
     """The checkpoint a server restores its tables from (its manifest read at start-up)."""
 
-    def __init__(self, restore: str) -> None:
+    def __init__(self, restore: str, root: str = "") -> None:
         #: Where tables are restored from, and its manifest (checked now: fail at start-up).
-        self.source: Location = open_location(restore)
+        self.source: Location = open_location(restore, root)
         self.manifest: dict[str, Any] = read_manifest(self.source)
 
     def restore(self, table_id: int, store: Store, own: Ownership) -> None:

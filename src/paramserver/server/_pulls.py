@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._errors import ProtocolError
+from .._errors import InvalidArgument, ProtocolError, TableError
 from ..clock import Consistency
 from ..placement import in_ranges, ranges_from_wire
 from ..protocol import Message, Op, PullBody, PullRangeBody
@@ -46,7 +46,15 @@ class Pulls:
         if len(msg.arrays) != 1:
             raise ProtocolError(f"a pull carries 1 array (keys), got {len(msg.arrays)}")
         check_keys(msg.arrays[0])
-        self._pull(Pull(msg, tuple(body.reply_filters), _override(body), []), out)
+        snapshot = body.snapshot
+        if snapshot is not None:
+            store = state.stores[msg.table]
+            if not store.spec.snapshots:
+                raise InvalidArgument(f"table {store.spec.name!r} keeps no snapshots; declare it with "
+                                      f"aggregate=True, snapshots=N to read it at a finished iteration")
+            if snapshot < -1:
+                raise InvalidArgument(f"snapshot must be an iteration >= -1, got {snapshot}")
+        self._pull(Pull(msg, tuple(body.reply_filters), _override(body), [], snapshot), out)
 
     def on_pull_range(self, msg: Message, now: float, out: list[Action]) -> None:
         """A range pull: its ``ranges`` body field (``[lo, last]`` pairs, last included, so
@@ -56,6 +64,8 @@ class Pulls:
         body = PullRangeBody.from_wire(msg.body)
         if msg.key_range is None:
             raise ProtocolError("a range pull needs a key range")
+        if body.snapshot is not None:
+            raise InvalidArgument("snapshot= applies to pull(keys), not to range pulls")
         if body.ranges is None:
             ranges = [msg.key_range]
         else:
@@ -71,11 +81,19 @@ class Pulls:
             out.append(state.moved_answer(msg))
             return
         sync = state.sync[msg.table]
-        lo, hi = state.span(msg)
-        if sync.ready(msg, lo, hi, state.workers, _policy(pull, sync)):
+        if self._ready(pull, sync):
             self.answer(pull, out)
         else:
             sync.held.setdefault((msg.sender, msg.ts), pull)
+
+    def _ready(self, pull: Pull, sync: TableSync) -> bool:
+        """Read-your-writes and the consistency model allow ``pull``; for a snapshot read,
+        its iteration is applied here."""
+        state = self.state
+        lo, hi = state.span(pull.msg)
+        if not sync.ready(pull.msg, lo, hi, state.workers, _policy(pull, sync)):
+            return False
+        return pull.snapshot is None or sync.finished(pull.snapshot, *state.own.span, state.workers)
 
     def answer(self, pull: Pull, out: list[Action]) -> None:
         """Answer a checked pull that may be answered now (unless the checkpoint gate holds
@@ -86,7 +104,15 @@ class Pulls:
         msg = pull.msg
         store = state.stores[msg.table]
         try:
-            if msg.op == Op.PULL:
+            if msg.op == Op.PULL and pull.snapshot is not None:
+                snaps = state.sync[msg.table].snapshots
+                if not snaps.kept(pull.snapshot):
+                    raise TableError(f"table {store.spec.name!r}: iteration {pull.snapshot} is no longer kept on "
+                                     f"server {state.id} (it keeps iterations from {snaps.floor} on; the table keeps "
+                                     f"the last {store.spec.snapshots}); read a later one")
+                values = snaps.read(msg.arrays[0], store.pull(msg.arrays[0]), pull.snapshot)
+                out.append(Reply(msg, arrays=[values], filters=pull.filters))
+            elif msg.op == Op.PULL:
                 out.append(Reply(msg, arrays=[store.pull(msg.arrays[0])], filters=pull.filters))
             else:
                 assert msg.key_range is not None
@@ -114,8 +140,7 @@ class Pulls:
                 del sync.held[key]
                 out.append(state.moved_answer(msg))  # (another epoch: never a KeyRangeError)
                 continue
-            lo, hi = state.span(msg)
-            if sync.ready(msg, lo, hi, state.workers, _policy(pull, sync)):
+            if self._ready(pull, sync):
                 del sync.held[key]
                 self.answer(pull, out)
 

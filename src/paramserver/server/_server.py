@@ -22,12 +22,12 @@ import threading
 import time
 from typing import Any
 
-from .._errors import CheckpointError, PSError
+from .._errors import CheckpointError, InvalidArgument, PSError
 from ..clock import Consistency, RangeClock, Request
 from ..node import Node
 from ..placement import ranges_to_wire
 from ..protocol import Message, Op, Status, StatusRequest
-from ..table import Store, TableSpec
+from ..table import Store, TableSpec, parse_modules
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply, Wake, WriteCheckpoint
 from ._checkpoint import Restorer, write_checkpoint
 from ._state import ServerState
@@ -36,6 +36,9 @@ from ._sync import TableSync
 __all__ = ["Server"]
 
 log = logging.getLogger("paramserver.server")
+
+#: Requests whose first array is a key list (PS_MAX_KEYS bounds it before any work is done).
+_KEYED = frozenset({Op.PUSH, Op.PULL, Op.REPLICATE, Op.MIGRATE})
 
 _OPS = (Op.TABLE, Op.PUSH, Op.PULL, Op.PULL_RANGE, Op.CLOCK, Op.POLICY, Op.REPLICATE, Op.CHECKPOINT, Op.MIGRATE)
 
@@ -46,8 +49,9 @@ class Server:
     def __init__(self, node: Node, restore: str | None = None) -> None:
         self.node = node
         #: The checkpoint tables are restored from (read now: a bad path fails at start-up).
-        self.restorer = Restorer(restore) if restore else None
-        self.state = ServerState(node.id, restore=self.restorer.restore if self.restorer else None)
+        self.restorer = Restorer(restore, node.config.checkpoint_root) if restore else None
+        self.state = ServerState(node.id, restore=self.restorer.restore if self.restorer else None,
+                                 user_modules=parse_modules(node.config.updater_modules))
         self.done = threading.Event()
         self.exit_reason = ""
         self._sync_node()
@@ -90,6 +94,9 @@ class Server:
 
     def _on_request(self, msg: Message) -> None:
         node, state = self.node, self.state
+        if msg.op in _KEYED and msg.arrays and len(msg.arrays[0]) > node.config.max_keys:
+            raise InvalidArgument(f"{msg.op.name} of {len(msg.arrays[0]):,} keys: a message carries at most "
+                                  f"{node.config.max_keys:,} (PS_MAX_KEYS); send fewer keys per request")
         if node.keymap is not state.keymap or node.id != state.id:
             state.set_keymap(node.keymap, node.id)
         self._run(state.handle(msg, time.monotonic()))
@@ -144,7 +151,7 @@ class Server:
 
     def _write(self, a: WriteCheckpoint) -> None:
         try:
-            body = write_checkpoint(a, self.node.id).to_wire()
+            body = write_checkpoint(a, self.node.id, self.node.config.checkpoint_root).to_wire()
         except Exception as exc:
             err = exc if isinstance(exc, PSError) else CheckpointError(f"writing the checkpoint failed: {exc!r}")
             log.warning("server %d: checkpoint to %r failed: %s", self.node.id, a.path, err)

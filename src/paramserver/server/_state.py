@@ -51,6 +51,7 @@ from .._errors import (
     NodeUnavailable,
     ProtocolError,
     PSError,
+    ReadOnlyError,
     TableError,
 )
 from ..clock import Consistency
@@ -69,13 +70,14 @@ from ..protocol import (
     TableCreate,
 )
 from ..protocol import Moved as MovedBody
-from ..table import Store, TableSpec
+from ..table import Store, TableSpec, check_user_code
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply
 from ._cut import CheckpointGate
 from ._migrate import Migrations
 from ._owned import Ownership, check_keys
 from ._pulls import Pulls
 from ._replica import Replica
+from ._snapshots import Snapshots
 from ._sync import Channel, Pull, TableSync
 
 __all__ = ["ServerState"]
@@ -100,8 +102,11 @@ class _Wait:
 class ServerState:
     """See the module docstring. ``restore`` fills each new table from a checkpoint."""
 
-    def __init__(self, node: int, *, restore: Restore | None = None) -> None:
+    def __init__(self, node: int, *, restore: Restore | None = None,
+                 user_modules: tuple[str, ...] | None = None) -> None:
         self.id = node
+        #: The modules user updaters and initialisers may be imported from (None: any; table/_allow.py).
+        self.user_modules = user_modules
         self.keymap: KeyMap | None = None
         #: The ranges this server masters under :attr:`keymap`.
         self.own = Ownership(None, node)
@@ -166,9 +171,13 @@ class ServerState:
         """Use ``keymap`` (the node's key map changed), and ``node`` as this server's id if
         given (the id is known once the server registered)."""
         if keymap is not self.keymap or (node is not None and node != self.id):
+            moved = (keymap.epoch if keymap else 0) != (self.keymap.epoch if self.keymap else 0)
             self.id = self.id if node is None else node
             self.keymap = keymap
             self.own = Ownership(keymap, self.id)
+            if moved:  # ranges may come whose history is not logged here
+                for sync in self.sync.values():
+                    sync.snapshots.reset(sync.agg_done)
 
     def adopt_keymap(self, keymap: KeyMap, out: list[Action]) -> None:
         """Use ``keymap`` if it is newer than the current one, and make it the node's."""
@@ -252,21 +261,32 @@ class ServerState:
         if store is not None:
             store.spec.check_compatible(spec)
             return
+        check_user_code(spec.updater, self.user_modules, "updater")  # before anything is imported
+        check_user_code(spec.init, self.user_modules, "initialiser")
         spec.validate(import_user_code=True)
         store = Store(spec)
         if self._restore is not None:
             self._restore(table_id, store, self.own)  # a server started with --restore loads its ranges
         self.stores[table_id] = store
-        self.sync[table_id] = TableSync(policy or Consistency())
+        self.sync[table_id] = TableSync(policy or Consistency(), snapshots=Snapshots(spec.snapshots))
         log.info("server %d: table %d %r (%s, %s)", self.id, table_id, spec.name, spec.describe(),
                  self.sync[table_id].policy)
 
     def add_tables(self, tables: list[Any]) -> None:
-        """Create tables from ``[[id, spec, policy], ...]`` (a registration reply)."""
+        """Create tables from ``[[id, spec, policy(, readers)], ...]`` (a registration reply)."""
         for entry in tables:
-            if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int):
-                raise ProtocolError("a table entry must be [id, spec, policy]")
+            if not (isinstance(entry, list) and len(entry) in (3, 4) and type(entry[0]) is int):
+                raise ProtocolError("a table entry must be [id, spec, policy] or [id, spec, policy, readers]")
             self.add_table(entry[0], TableSpec.from_wire(entry[1]), Consistency.from_wire(entry[2]))
+            if len(entry) == 4:
+                self.add_readers(entry[0], entry[3])
+
+    def add_readers(self, table_id: int, readers: Any) -> None:
+        """Workers ``readers`` attached to table ``table_id`` read-only: their pushes and
+        clock ticks are refused from now on (they never count in its clocks)."""
+        if not (isinstance(readers, list) and all(type(r) is int for r in readers)):
+            raise ProtocolError("a table's readers must be a list of node ids")
+        self.sync[table_id].readers.update(readers)
 
     def store_of(self, msg: Message) -> Store:
         """The store of ``msg``'s table; :class:`TableError` if the table is unknown here."""
@@ -283,6 +303,7 @@ class ServerState:
     def _on_table(self, msg: Message, now: float, out: list[Action]) -> None:
         body = TableCreate.from_wire(msg.body)
         self.add_table(body.id, TableSpec.from_wire(body.spec), Consistency.from_wire(body.policy))
+        self.add_readers(body.id, body.readers)
         out.append(Reply(msg))
 
     def _on_policy(self, msg: Message, now: float, out: list[Action]) -> None:
@@ -357,6 +378,10 @@ class ServerState:
         """A push or clock tick: apply it once, in its channel's order."""
         store = self.store_of(msg)
         sync = self.sync[msg.table]
+        if msg.sender in sync.readers:  # refused before it opens a channel: a reader never counts
+            what = "push to" if msg.op == Op.PUSH else "clock tick of"
+            raise ReadOnlyError(f"worker {msg.sender} attached to table {store.spec.name!r} read-only; "
+                                f"its {what} the table is refused")
         if msg.seq == 0:  # not part of a channel: apply at once (errors answered by handle)
             self._apply(msg, store, sync, None, out)
             return
@@ -492,6 +517,8 @@ class ServerState:
             if buffer is not None:
                 keys, values = buffer.pull_range(0, KEY_SPACE)
                 if len(keys):
+                    if sync.snapshots.keep:  # the rows as they were after the previous iteration
+                        sync.snapshots.record(iteration, keys, store.pull(keys))
                     store.push(keys, values)
                     body = ReplicateAgg(worker=-1, origins=[[self.id, iteration]], chain=[])
                     tokens = self._replicate_rows(table, iteration, keys, values, self.own.range_of(keys), body, out)

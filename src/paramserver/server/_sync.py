@@ -44,6 +44,7 @@ from ..clock import Consistency, RangeClock
 from ..placement import in_ranges
 from ..protocol import Message
 from ..table import Store, TableSpec
+from ._snapshots import Snapshots
 
 __all__ = ["Channel", "Pull", "TableSync"]
 
@@ -53,13 +54,15 @@ MAX_ERRORS_KEPT = 4096
 @dataclass(slots=True)
 class Pull:
     """A checked pull or range pull: ``msg``, the wire filters of its reply, its per-call
-    consistency (None: the table's, read when it is answered) and, for a range pull, the
-    ranges it asks for (``[lo, hi)`` pairs, none empty)."""
+    consistency (None: the table's, read when it is answered), for a range pull the ranges
+    it asks for (``[lo, hi)`` pairs, none empty), and for a snapshot read the iteration
+    (None: the current values)."""
 
     msg: Message
     filters: tuple[str, ...]
     policy: Consistency | None
     ranges: list[tuple[int, int]]
+    snapshot: int | None = None
 
 
 @dataclass
@@ -99,6 +102,11 @@ class TableSync:
     low_water: dict[int, int] = field(default_factory=dict)
     #: origin server -> last aggregated iteration of that origin applied here.
     agg_seen: dict[int, int] = field(default_factory=dict)
+    #: Workers attached read-only: their pushes and ticks are refused, so they never have a
+    #: channel and never count in ``slowest`` (aggregation, bounded delay, checkpoint cuts).
+    readers: set[int] = field(default_factory=set)
+    #: The undo log behind snapshot reads of a table that aggregates (``_snapshots.py``).
+    snapshots: Snapshots = field(default_factory=lambda: Snapshots(0))
 
     def fresh(self, worker: int, rid: int, keys: np.ndarray, again: bool) -> np.ndarray | None:
         """Which of ``keys`` of request ``rid`` of ``worker`` are not applied here yet: a
@@ -194,11 +202,20 @@ class TableSync:
 
     def caught_up(self, sender: int, seq: int) -> bool:
         """Read-your-writes: has the channel of ``sender`` handled its messages up to ``seq``
-        (always true for ``seq`` 0, a request that follows no ordered message)?"""
-        if not seq:
+        (always true for ``seq`` 0, a request that follows no ordered message, and for a
+        reader, whose ordered messages are all refused)?"""
+        if not seq or sender in self.readers:
             return True
         ch = self.channels.get(sender)
         return ch is not None and ch.done >= seq
+
+    def finished(self, iteration: int, lo: int, hi: int, live: Set[int]) -> bool:
+        """Is the aggregating table's ``iteration`` applied here on ``[lo, hi)``: no sum of
+        it or before it pending, and every live writer finished it (or, once none is left,
+        it is not after the last iteration applied)?"""
+        if any(i <= iteration for i in self.pending):
+            return False
+        return iteration <= self.agg_done or self.slowest(lo, hi, live) >= iteration
 
     def ready(self, pull: Message, lo: int, hi: int, live: Set[int], policy: Consistency) -> bool:
         """May ``pull`` be answered now (read-your-writes and bounded delay)?"""

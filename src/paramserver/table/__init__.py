@@ -1,6 +1,7 @@
 """The model of a table shared by every role: spec, updaters, initial values, and the
 keyed row store (``Store`` over a ``HashIndex``) that servers and worker-side filters keep."""
 
+from ._allow import ANY_MODULE, check_user_code, parse_modules
 from ._index import HashIndex
 from ._init import BUILTIN_INITS, Constant, Initializer, Normal, Uniform, Zeros, resolve_init
 from ._push_filter import PushFilter
@@ -24,6 +25,7 @@ from ._updaters import (
 )
 
 __all__ = [
+    "ANY_MODULE",
     "BUILTIN_INITS",
     "BUILTIN_UPDATERS",
     "FTRL",
@@ -47,6 +49,8 @@ __all__ = [
     "Uniform",
     "Updater",
     "Zeros",
+    "check_user_code",
+    "parse_modules",
     "resolve_init",
     "resolve_updater",
     "updater_name",

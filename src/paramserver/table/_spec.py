@@ -26,6 +26,8 @@ TABLE_DTYPES = frozenset(
     ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 )
 MAX_WIDTH = 1 << 20
+#: The most finished iterations a table may keep for snapshot reads (each holds the rows it changed).
+MAX_SNAPSHOTS = 1024
 
 
 def _params(obj: Any) -> tuple[tuple[str, Any], ...]:
@@ -48,6 +50,9 @@ class TableSpec:
     init: str = "zeros"
     init_params: tuple[tuple[str, Any], ...] = ()
     aggregate: bool = False
+    #: For a table that aggregates: how many of the last finished iterations its servers
+    #: keep, so that a pull may read the table as it was after one of them (0: none).
+    snapshots: int = 0
 
     @classmethod
     def create(
@@ -60,6 +65,7 @@ class TableSpec:
         updater_args: dict[str, Any] | None = None,
         init_args: dict[str, Any] | None = None,
         aggregate: bool = False,
+        snapshots: int = 0,
     ) -> TableSpec:
         """Validate user arguments into a spec.
 
@@ -100,7 +106,12 @@ class TableSpec:
             init_name, init_params = init, _params(resolve_init(init, init_args))
         if not isinstance(aggregate, bool):
             raise InvalidArgument(f"table {name!r}: aggregate must be True or False, got {aggregate!r}")
-        spec = cls(name, int(width), dt.name, up_name, up_params, init_name, init_params, aggregate)
+        if isinstance(snapshots, bool) or not isinstance(snapshots, int) or not 0 <= snapshots <= MAX_SNAPSHOTS:
+            raise InvalidArgument(f"table {name!r}: snapshots must be an int in [0, {MAX_SNAPSHOTS}], got {snapshots!r}")
+        if snapshots and not aggregate:
+            raise InvalidArgument(f"table {name!r}: snapshots= needs aggregate=True (only a table that applies whole "
+                                  f"iterations has a state at each finished iteration)")
+        spec = cls(name, int(width), dt.name, up_name, up_params, init_name, init_params, aggregate, snapshots)
         spec.validate(import_user_code=False)
         return spec
 
@@ -132,6 +143,7 @@ class TableSpec:
         up = self.updater + (str(dict(self.updater_params)) if self.updater_params else "")
         init = self.init + (str(dict(self.init_params)) if self.init_params else "")
         agg = ", aggregate=True" if self.aggregate else ""
+        agg += f", snapshots={self.snapshots}" if self.snapshots else ""
         return f"width={self.width}, dtype={self.dtype}, updater={up}, init={init}{agg}"
 
     def check_compatible(self, other: TableSpec) -> None:
@@ -152,6 +164,7 @@ class TableSpec:
             "init": self.init,
             "init_params": dict(self.init_params),
             "aggregate": self.aggregate,
+            **({"snapshots": self.snapshots} if self.snapshots else {}),
         }
 
     @classmethod
@@ -175,4 +188,7 @@ class TableSpec:
         aggregate = data.get("aggregate", False)
         if not isinstance(aggregate, bool):
             raise ProtocolError("malformed table spec: aggregate must be a bool")
-        return cls.create(name, width, dtype, up, init, up_p, init_p, aggregate)
+        snapshots = data.get("snapshots", 0)
+        if type(snapshots) is not int:
+            raise ProtocolError("malformed table spec: snapshots must be an int")
+        return cls.create(name, width, dtype, up, init, up_p, init_p, aggregate, snapshots)

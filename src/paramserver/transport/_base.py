@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COPY_THRESHOLD", "Frames", "Transport"]
+__all__ = ["COPY_THRESHOLD", "NO_ORIGIN", "Frames", "Origin", "Transport"]
 
 #: One message: a sequence of buffers (bytes, memoryview, numpy arrays, zmq Frames).
 Frames = Sequence[Any]
@@ -27,8 +28,32 @@ Frames = Sequence[Any]
 COPY_THRESHOLD = 1 << 16
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a received message came from, as the transport (not the message) says.
+
+    ``peer`` is the sending connection's identity (its ZeroMQ routing id: random per
+    process, the same on every link the process opens); ``role`` is the role of the CURVE
+    key that authenticated the connection ("" when the transport runs without keys).
+    Neither can be set by what a peer writes into a message header.
+    """
+
+    peer: bytes = b""
+    role: str = ""
+
+
+#: The origin of a message whose sender the transport cannot tell.
+NO_ORIGIN = Origin()
+
+
 class Transport(ABC):
     """Abstract transport; see the module docstring for the thread-safety contract."""
+
+    #: The :class:`Origin` of the message the last :meth:`recv` returned (read it on the
+    #: receiving thread, before the next :meth:`recv`).
+    origin: Origin = NO_ORIGIN
+    #: This transport's own connection identity (what receivers see as ``Origin.peer``).
+    identity: bytes = b""
 
     @property
     @abstractmethod
@@ -40,8 +65,13 @@ class Transport(ABC):
         """Bind the receiving endpoint (port 0 picks a free port); return its address."""
 
     @abstractmethod
-    def connect(self, peer: int, address: str) -> None:
-        """Open (or re-point) the outgoing link to ``peer``. Idempotent."""
+    def connect(self, peer: int, address: str, role: str = "") -> None:
+        """Open (or re-point) the outgoing link to ``peer``. Idempotent.
+
+        ``role`` names the key ``peer`` listens with (``scheduler``, ``server``, ``worker``,
+        ``admin``); a transport with CURVE keys needs it to authenticate the peer, others
+        ignore it.
+        """
 
     @abstractmethod
     def disconnect(self, peer: int) -> None:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._base import Frames, Transport
+from ._base import NO_ORIGIN, Frames, Origin, Transport
 
 __all__ = ["FaultyTransport"]
 
@@ -35,8 +35,11 @@ class FaultyTransport(Transport):
         self.drop, self.dup, self.delay, self.delay_s = drop, dup, delay, delay_s
         self.affects = affects or (lambda frames: True)
         self._rng = random.Random(seed)
-        self._ready: deque[list[Any]] = deque()
-        self._held: list[tuple[float, int, list[Any]]] = []
+        self._ready: deque[tuple[Origin, list[Any]]] = deque()
+        self._held: list[tuple[float, int, tuple[Origin, list[Any]]]] = []
+        self.origin = NO_ORIGIN
+        self.identity = inner.identity
+        self.keys = getattr(inner, "keys", None)
         self._seq = itertools.count()
         self.dropped = self.duplicated = self.delayed = 0
 
@@ -44,11 +47,12 @@ class FaultyTransport(Transport):
     def address(self) -> str:
         return self.inner.address
 
+
     def bind(self, host: str, port: int = 0) -> str:
         return self.inner.bind(host, port)
 
-    def connect(self, peer: int, address: str) -> None:
-        self.inner.connect(peer, address)
+    def connect(self, peer: int, address: str, role: str = "") -> None:
+        self.inner.connect(peer, address, role)
 
     def disconnect(self, peer: int) -> None:
         self.inner.disconnect(peer)
@@ -69,7 +73,8 @@ class FaultyTransport(Transport):
             if self._held and self._held[0][0] <= now:
                 self._ready.append(heapq.heappop(self._held)[2])
             if self._ready:
-                return self._ready.popleft()
+                self.origin, ready = self._ready.popleft()
+                return ready
             wait = None if deadline is None else max(0.0, deadline - now)
             if self._held:
                 due = self._held[0][0] - now
@@ -80,7 +85,9 @@ class FaultyTransport(Transport):
                         self._held and self._held[0][0] <= time.monotonic()):
                     return None
                 continue
+            origin = self.inner.origin
             if not self.affects(frames):
+                self.origin = origin
                 return frames
             roll = self._rng.random()
             if roll < self.drop:
@@ -89,9 +96,10 @@ class FaultyTransport(Transport):
             frames = [memoryview(f).tobytes() for f in frames]  # own copies: held or handed twice
             if roll < self.drop + self.dup:
                 self.duplicated += 1
-                self._ready.append(list(frames))
+                self._ready.append((origin, list(frames)))
             elif roll < self.drop + self.dup + self.delay:
                 self.delayed += 1
-                heapq.heappush(self._held, (now + self._rng.uniform(0, self.delay_s), next(self._seq), frames))
+                heapq.heappush(self._held, (now + self._rng.uniform(0, self.delay_s), next(self._seq), (origin, frames)))
                 continue
+            self.origin = origin
             return frames

@@ -2,7 +2,8 @@
 
 Addresses look like ``mem://N``; a :class:`MemoryHub` maps them to queues. Frames are
 copied on send, as they would be by a real network, so a receiver never shares memory
-with its sender.
+with its sender. Each transport has a random identity that travels beside the frames, as
+a ZeroMQ routing id does, and becomes the receiver's :attr:`Transport.origin`.
 
 Thread-safety: as for every :class:`Transport`; the hub is guarded by a lock.
 """
@@ -10,14 +11,18 @@ Thread-safety: as for every :class:`Transport`; the hub is guarded by a lock.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 from typing import Any
 
 from .._errors import NodeUnavailable
-from ._base import Frames, Transport
+from ._base import NO_ORIGIN, Frames, Origin, Transport
 
 __all__ = ["MemoryHub", "MemoryTransport"]
+
+#: What travels through a hub queue: the sender's identity and the frames (empty: a wake-up).
+_Item = tuple[bytes, list[bytes]]
 
 
 class MemoryHub:
@@ -25,17 +30,17 @@ class MemoryHub:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queues: dict[str, queue.SimpleQueue[list[bytes]]] = {}
+        self._queues: dict[str, queue.SimpleQueue[_Item]] = {}
         self._ports = itertools.count(1)
 
-    def bind(self) -> tuple[str, queue.SimpleQueue[list[bytes]]]:
+    def bind(self) -> tuple[str, queue.SimpleQueue[_Item]]:
         with self._lock:
             address = f"mem://{next(self._ports)}"
-            q: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
+            q: queue.SimpleQueue[_Item] = queue.SimpleQueue()
             self._queues[address] = q
             return address, q
 
-    def lookup(self, address: str) -> queue.SimpleQueue[list[bytes]] | None:
+    def lookup(self, address: str) -> queue.SimpleQueue[_Item] | None:
         with self._lock:
             return self._queues.get(address)
 
@@ -50,9 +55,11 @@ class MemoryTransport(Transport):
     def __init__(self, hub: MemoryHub) -> None:
         self._hub = hub
         self._address = ""
-        self._inbox: queue.SimpleQueue[list[bytes]] | None = None
+        self._inbox: queue.SimpleQueue[_Item] | None = None
         self._links: dict[int, str] = {}
         self._lock = threading.Lock()
+        self.identity = os.urandom(8)
+        self.origin = NO_ORIGIN
 
     @property
     def address(self) -> str:
@@ -62,7 +69,7 @@ class MemoryTransport(Transport):
         self._address, self._inbox = self._hub.bind()
         return self._address
 
-    def connect(self, peer: int, address: str) -> None:
+    def connect(self, peer: int, address: str, role: str = "") -> None:
         with self._lock:
             self._links[peer] = address
 
@@ -78,20 +85,23 @@ class MemoryTransport(Transport):
         copies = [memoryview(f).tobytes() for f in frames]
         q = self._hub.lookup(address)
         if q is not None:  # a closed peer drops messages silently, like a dead host
-            q.put(copies)
+            q.put((self.identity, copies))
         return sum(len(c) for c in copies)
 
     def recv(self, timeout: float | None) -> list[Any] | None:
         assert self._inbox is not None, "bind() first"
         try:
-            frames = self._inbox.get(timeout=timeout)
+            peer, frames = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
-        return frames or None  # an empty list is a wake-up
+        if not frames:
+            return None  # a wake-up
+        self.origin = Origin(peer)
+        return list(frames)
 
     def wake(self) -> None:
         if self._inbox is not None:
-            self._inbox.put([])
+            self._inbox.put((b"", []))
 
     def close(self, linger: float = 1.0) -> None:
         if self._address:

@@ -10,6 +10,18 @@ Frames of at least :data:`COPY_THRESHOLD` (64 KiB) bytes are handed to ZeroMQ wi
 without copying. Smaller frames (a header frame with small arrays packed into it) are
 copied, which is cheaper than tracking their buffers.
 
+With :class:`~._curve.CurveKeys` every socket runs CURVE: the ROUTER is a CURVE server
+with the node's role key, and a :class:`~._curve.RoleAuthenticator` on the context admits
+only the cluster's role keys; each DEALER authenticates the peer by the public key of the
+role it was connected with. :attr:`ZmqTransport.origin` then carries the role of the key
+that authenticated the last message's connection (its ZAP User-Id). Without keys,
+:meth:`ZmqTransport.bind` refuses addresses other than loopback unless ``insecure``.
+
+Limits: a received message (all its frames) of more than ``max_message_bytes`` is dropped
+before it is decoded (ZeroMQ's MAXMSGSIZE already cuts a connection that sends a larger
+frame), and the ROUTER queues at most ``rcvhwm`` messages per connection: a sender that
+outruns this node waits on TCP (backpressure) instead of filling this node's memory.
+
 Thread-safety: each DEALER has its own lock, so :meth:`send` may be called from any
 thread; the ROUTER is used only by the thread that calls :meth:`recv`.
 """
@@ -17,6 +29,7 @@ thread; the ROUTER is used only by the thread that calls :meth:`recv`.
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import threading
@@ -24,10 +37,18 @@ from typing import Any
 
 import zmq
 
-from .._errors import ConnectError, NodeUnavailable
-from ._base import COPY_THRESHOLD, Frames, Transport
+from .._errors import ConfigError, ConnectError, NodeUnavailable
+from ._base import COPY_THRESHOLD, NO_ORIGIN, Frames, Origin, Transport
+from ._curve import ZAP_DOMAIN, CurveKeys, RoleAuthenticator, check_bind
 
-__all__ = ["ZmqTransport"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_RCVHWM", "ZmqTransport"]
+
+log = logging.getLogger("paramserver.transport")
+
+#: The default of PS_MAX_MESSAGE_BYTES: the largest message a node accepts.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+#: The default of PS_RCVHWM: messages queued per incoming connection before backpressure.
+DEFAULT_RCVHWM = 1000
 
 _SNDMORE = int(zmq.SNDMORE)
 
@@ -42,13 +63,40 @@ class _Link:
 
 
 class ZmqTransport(Transport):
-    """ZeroMQ over TCP. See the module docstring."""
+    """ZeroMQ over TCP. See the module docstring.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    keys:
+        This node's CURVE keys (None: plain TCP, loopback only unless ``insecure``).
+    insecure:
+        Allow binding non-loopback addresses without keys (PS_INSECURE).
+    max_message_bytes:
+        The largest message accepted (PS_MAX_MESSAGE_BYTES); 0 for no limit.
+    rcvhwm:
+        Messages queued per incoming connection (PS_RCVHWM); 0 for no limit.
+    """
+
+    def __init__(self, *, keys: CurveKeys | None = None, insecure: bool = False,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rcvhwm: int = DEFAULT_RCVHWM) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+        self.keys = keys
+        self.insecure = insecure
+        self.max_message_bytes = max_message_bytes
+        self._auth: RoleAuthenticator | None = None
+        if keys is not None:
+            self._auth = RoleAuthenticator(self._ctx, keys)
+            self._auth.start()
         self._router: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.RCVHWM, 0)
+        self._router.setsockopt(zmq.RCVHWM, rcvhwm)
         self._router.setsockopt(zmq.LINGER, 0)
+        if max_message_bytes:
+            self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if keys is not None:
+            self._router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+            self._router.setsockopt(zmq.CURVE_SERVER, 1)
+            self._router.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+            self._router.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
         self._wake_addr = f"inproc://wake-{os.urandom(6).hex()}"
         self._wake_rx: zmq.Socket[Any] = self._ctx.socket(zmq.PULL)
         self._wake_rx.bind(self._wake_addr)
@@ -61,7 +109,10 @@ class ZmqTransport(Transport):
         self._links: dict[int, _Link] = {}
         self._links_lock = threading.Lock()
         self._address = ""
-        self._identity = os.urandom(8)
+        self.identity = os.urandom(16)
+        self.origin = NO_ORIGIN
+        #: Messages dropped because they were larger than ``max_message_bytes``.
+        self.oversized = 0
         self._closed = False
 
     @property
@@ -69,6 +120,7 @@ class ZmqTransport(Transport):
         return self._address
 
     def bind(self, host: str, port: int = 0) -> str:
+        check_bind(host, self.keys, self.insecure)
         try:
             if port:
                 self._router.bind(f"tcp://{host}:{port}")
@@ -81,7 +133,11 @@ class ZmqTransport(Transport):
         self._address = f"tcp://{host}:{port}"
         return self._address
 
-    def connect(self, peer: int, address: str) -> None:
+    def connect(self, peer: int, address: str, role: str = "") -> None:
+        keys = self.keys
+        if keys is not None and not role:
+            raise ConfigError(f"a CURVE link to node {peer} at {address} needs the role of its key")
+        server_key = keys.public_of(role) if keys is not None else b""
         with self._links_lock:
             link = self._links.get(peer)
             if link is not None:
@@ -89,9 +145,13 @@ class ZmqTransport(Transport):
                     return
                 self._close_link(link, linger=0)
             sock = self._ctx.socket(zmq.DEALER)
+            if keys is not None:
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, self._identity)
+            sock.setsockopt(zmq.ROUTING_ID, self.identity)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
@@ -136,7 +196,21 @@ class ZmqTransport(Transport):
             if not any(sock is self._router for sock, _ in ready):
                 return None
         frames = self._router.recv_multipart(copy=False)
-        return frames[1:]  # drop the routing identity
+        if len(frames) < 2:
+            return None
+        if self.max_message_bytes and sum(len(f) for f in frames) > self.max_message_bytes:
+            self.oversized += 1
+            log.warning("dropped a message of %d bytes (PS_MAX_MESSAGE_BYTES=%d)",
+                        sum(len(f) for f in frames), self.max_message_bytes)
+            return None
+        role = ""
+        if self.keys is not None:
+            try:
+                role = str(frames[1].get("User-Id"))
+            except zmq.ZMQError:  # no ZAP answer attached: not an authenticated message
+                return None
+        self.origin = Origin(frames[0].bytes, role)
+        return frames[1:]  # the routing identity is the origin
 
     def wake(self) -> None:
         with self._wake_lock:
@@ -157,4 +231,6 @@ class ZmqTransport(Transport):
             self._wake_tx.close(linger=0)
         self._wake_rx.close(linger=0)
         self._router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()

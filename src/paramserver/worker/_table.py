@@ -15,6 +15,11 @@ and a pull under ``bounded`` delay is held by the servers until the slowest work
 enough. Pushes are ordered messages: each server applies a worker's pushes once each, in the
 order they were issued, even when messages are lost, resent or duplicated.
 
+A table attached read-only (``Worker.table(name, readonly=True)``) only reads: it refuses
+pushes with :class:`ReadOnlyError` before anything is sent (the servers refuse them too),
+sends no clock ticks, so it never counts in the table's clocks, aggregation or bounded
+delay, and its pulls read with eventual consistency unless a call asks otherwise.
+
 Thread-safety: a Table may be used from several threads; requests are independent.
 """
 
@@ -25,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DTypeError, InvalidArgument, ProtocolError, RequestTimeout
+from .._errors import DTypeError, InvalidArgument, ProtocolError, ReadOnlyError, RequestTimeout
 from ..clock import Consistency, InFlight, Request
 from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
 from ..protocol import KEY_DTYPE, Codec, Message, Op
@@ -84,6 +89,9 @@ def split_filters(filters: list[Any]) -> tuple[list[PushFilter], tuple[Codec, ..
     return sorted(push, key=lambda f: f.order), tuple(wire)
 
 
+_EVENTUAL = Consistency("eventual")
+
+
 def _strictly_increasing(k: np.ndarray) -> bool:
     return len(k) < 2 or bool(np.all(k[1:] > k[:-1]))
 
@@ -92,8 +100,10 @@ class Table:
     """A table as seen from one worker. Obtain it with :meth:`Worker.table`."""
 
     def __init__(self, session: Session, table_id: int, spec: TableSpec, policy: Consistency,
-                 filters: list[Any] | None = None) -> None:
+                 filters: list[Any] | None = None, *, readonly: bool = False) -> None:
         self._session = session
+        #: Attached read-only: pushes refused, no clock ticks, eventual pulls by default.
+        self.readonly = readonly
         self.id = table_id
         self.spec = spec
         #: The table's consistency model (the scheduler may change it while the job runs).
@@ -113,7 +123,13 @@ class Table:
         self.keys_pulled = 0
 
     def __repr__(self) -> str:
-        return f"<Table {self.name!r} id={self.id} {self.spec.describe()}, {self.policy}>"
+        ro = ", read-only" if self.readonly else ""
+        return f"<Table {self.name!r} id={self.id} {self.spec.describe()}, {self.policy}{ro}>"
+
+    def _refuse_writes(self, what: str) -> None:
+        if self.readonly:
+            raise ReadOnlyError(f"table {self.name!r} is attached read-only by this worker; cannot {what} "
+                                f"(declare it without readonly=True in a worker of a group that may write it)")
 
     # ------------------------------------------------------------------ sending
     def _submit(self, op: Op, parts: dict[int, Message], what: str, keymap: KeyMap, *,
@@ -130,6 +146,8 @@ class Table:
         """
         session = self._session
         override = Consistency.of(consistency, tau)
+        if override is None and self.readonly:
+            override = _EVENTUAL  # a reader never waits on the writers' clocks
         policy = override or self.policy
         if codecs is None:
             codecs = self._codecs if filters is None else split_filters(filters)[1]
@@ -254,7 +272,10 @@ class Table:
             Before anything is sent, if keys or values are malformed.
         ClosedError, JobAborted
             The worker is closed or the job ended.
+        ReadOnlyError
+            The table is attached read-only.
         """
+        self._refuse_writes("push")
         k = as_keys(keys)
         v = self._values(values, len(k))
         if not _strictly_increasing(k):
@@ -307,7 +328,9 @@ class Table:
 
     def flush(self) -> list[Request]:
         """Send what the push filters hold back (significantly-modified); return the requests."""
-        reqs = []
+        reqs: list[Request] = []
+        if self.readonly:
+            return reqs
         for f in self._push_filters:
             with self._lock:
                 held = f.flush()
@@ -319,7 +342,7 @@ class Table:
     # ------------------------------------------------------------------ pull
     def pull(self, keys: Any, *, block: bool = True, out: np.ndarray | None = None, deps: Any = None,
              consistency: str | Consistency | None = None, tau: int | None = None, clock: int | None = None,
-             filters: list[Any] | None = None, timeout: float | None = None) -> Any:
+             filters: list[Any] | None = None, snapshot: int | None = None, timeout: float | None = None) -> Any:
         """Read the values of ``keys`` (absent keys read as the table's initial values).
 
         Parameters
@@ -335,6 +358,11 @@ class Table:
         deps, consistency, tau, clock, filters:
             As for :meth:`push` (value filters then apply to the servers' replies). Under bounded delay a pull of iteration ``t`` is answered
             once every live worker has finished iteration ``t - tau - 1``.
+        snapshot:
+            For a table declared with ``snapshots=N``: read the values as they were after
+            iteration ``snapshot`` (-1: before any), the same cut on every server; waits
+            until every writer finished that iteration. :class:`TableError` if the
+            servers no longer keep it (they keep the last N).
         timeout:
             Limit in seconds (PS_TIMEOUT if None).
 
@@ -345,6 +373,12 @@ class Table:
         """
         k = as_keys(keys)
         n = len(k)
+        if snapshot is not None:
+            if isinstance(snapshot, bool) or not isinstance(snapshot, (int, np.integer)) or snapshot < -1:
+                raise InvalidArgument(f"snapshot must be an iteration (an int >= -1), got {snapshot!r}")
+            if not self.spec.snapshots:
+                raise InvalidArgument(f"table {self.name!r} keeps no snapshots; declare it with aggregate=True, "
+                                      f"snapshots=N to read it at a finished iteration")
         if out is not None:
             if out.shape != (n, self.width) or out.dtype != self.dtype:
                 raise InvalidArgument(
@@ -361,7 +395,9 @@ class Table:
         self.keys_pulled += len(uniq)
         keymap = self._session.keymap()
         layout = keymap.split(uniq)
-        parts = {server: Message(Op.PULL, table=self.id, arrays=[part.keys]) for server, part in layout.items()}
+        body = {} if snapshot is None else {"snapshot": int(snapshot)}
+        parts = {server: Message(Op.PULL, table=self.id, arrays=[part.keys], body=dict(body))
+                 for server, part in layout.items()}
 
         def on_part(msg: Message) -> None:
             part = layout[msg.sender]
@@ -494,6 +530,7 @@ class Table:
 
     def tick(self, completed: int, *, wait: bool = False) -> Request:
         """Tell every server that this worker finished iteration ``completed`` (a clock tick)."""
+        self._refuse_writes("send a clock tick")
         keymap = self._session.keymap()
         parts = {server: Message(Op.CLOCK, table=self.id) for server in keymap.servers()
                  if keymap.ranges_of(server)}

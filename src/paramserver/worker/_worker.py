@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ from typing import Any
 from .._config import Config, parse_address
 from .._errors import InvalidArgument, ProtocolError, PSError
 from ..clock import Consistency
-from ..node import SCHEDULER_ID, Node, choose_host, process_info
+from ..node import DEFAULT_GROUP, SCHEDULER_ID, Node, choose_host, process_info
 from ..protocol import Barrier, Bye, Message, Op, PolicyRequest, PolicyUpdate, RegisterReply, TableDeclare, TableReply
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
@@ -77,13 +78,16 @@ class Worker:
     id:
         The node id the scheduler gave it.
     rank:
-        Its rank among the workers, 0-based: in a fixed job the launcher's PS_WORKER_RANK
-        (``0 <= rank < num_workers``, unique); in a dynamic job the lowest rank free when it
-        joined (a rank of a worker that left is given again), so ranks need not be dense.
+        Its rank among the workers of its group, 0-based: in a fixed job the launcher's
+        PS_WORKER_RANK (``0 <= rank < num_workers``, unique); in a dynamic job the lowest rank
+        free when it joined (a rank of a worker that left is given again), so ranks need not
+        be dense.
     num_workers:
-        Workers in the job (DMLC_NUM_WORKER, ``paramserver launch -w``), or 0 if the job has
-        no fixed number (``LocalCluster()`` without ``workers``, a scheduler started with
-        ``--workers 0``). Split data with :meth:`rows` or :meth:`shards`, which work in both.
+        Workers in its group (the job's, for the default group: DMLC_NUM_WORKER, ``paramserver
+        launch -w``), or 0 if it has no fixed number (``LocalCluster()`` without ``workers``).
+        Split data with :meth:`rows` or :meth:`shards`, which work in both.
+    group:
+        The worker group it belongs to (``"default"`` unless it named one; docs/groups.md).
     address:
         The scheduler's address.
     """
@@ -97,6 +101,7 @@ class Worker:
             raise ProtocolError("the scheduler's registration answer names no rank for this worker")
         self.rank = answer.rank
         self.num_workers = answer.num_workers
+        self.group = answer.group or DEFAULT_GROUP
         self._tables: dict[str, Table] = {}
         self._by_id: dict[int, Table] = {}
         self._lock = threading.Lock()
@@ -112,7 +117,8 @@ class Worker:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"connected to {self.address}"
-        return f"<Worker id={self.id} rank={self.rank} {state}>"
+        group = f" group={self.group!r}" if self.group != DEFAULT_GROUP else ""
+        return f"<Worker id={self.id} rank={self.rank}{group} {state}>"
 
     @property
     def closed(self) -> bool:
@@ -148,7 +154,10 @@ class Worker:
         consistency: str | Consistency | None = None,
         tau: int | None = None,
         aggregate: bool = False,
+        snapshots: int = 0,
         filters: list[Any] | None = None,
+        readonly: bool = False,
+        writers: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> Table:
         """Declare the table ``name`` (or attach to it if it exists with the same spec).
@@ -182,39 +191,65 @@ class Worker:
             paper's server-side aggregation): with ``tau=0`` this is exact bulk synchronous
             training. Without it, each push is applied on arrival and a bounded-delay pull
             may already see pushes newer than it waited for.
+        snapshots:
+            With ``aggregate=True``: the servers keep the table as it was after each of the
+            last ``snapshots`` finished iterations, and ``pull(keys, snapshot=t)`` reads it
+            after iteration ``t`` (the same cut on every server), e.g. for a reader that
+            serves a model consistent across keys while training goes on.
         filters:
             This worker's filters for the table (``paramserver.filters``): push filters
             (significantly-modified, random skip, KKT) and wire filters (key caching, zero
             suppression, fixed-point, compression; value filters also apply to the
             servers' replies to this worker's pulls).
+        readonly:
+            Attach only to read the table: this worker never counts in its clocks,
+            aggregation or bounded delay (it sends no clock ticks), its pushes are refused
+            (:class:`ReadOnlyError`, here and on the servers), and its pulls read with
+            eventual consistency unless a call asks for another model.
+        writers:
+            For a table in a namespace (``"ns/name"``): the worker groups that may write
+            the namespace, fixed by the first declaration that names them; a worker of
+            another group may then attach to its tables with ``readonly=True`` only.
 
         Raises
         ------
         TableError
             The table exists with another spec.
+        ReadOnlyError
+            A writable declaration in a namespace this worker's group may not write.
         DTypeError, InvalidArgument, ConfigError
             The spec is invalid (checked before anything is sent).
         """
-        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate)
+        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots)
         policy = Consistency.of(consistency, tau) or Consistency()
         self._check_open()
         with self._lock:
             existing = self._tables.get(name)
+        if not isinstance(readonly, bool):
+            raise InvalidArgument(f"readonly must be True or False, got {readonly!r}")
+        if isinstance(writers, str):
+            raise InvalidArgument("writers must be a list of group names, not a string")
         if existing is not None:
             existing.spec.check_compatible(spec)
+            if existing.readonly != readonly:
+                raise InvalidArgument(f"table {name!r} is attached {'read-only' if existing.readonly else 'writable'} "
+                                      f"by this worker already")
             return existing
-        body = TableDeclare(spec=spec.to_wire(), policy=policy.to_wire()).to_wire()
+        body = TableDeclare(spec=spec.to_wire(), policy=policy.to_wire(), readonly=readonly,
+                            writers=list(writers) if writers is not None else None).to_wire()
         reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body=body), f"declaring table {name!r}", timeout)
         declared = TableReply.from_wire(reply.body)
-        table = Table(self._session, declared.id, spec, Consistency.from_wire(declared.policy), filters)
+        table = Table(self._session, declared.id, spec, Consistency.from_wire(declared.policy), filters,
+                      readonly=readonly)
         with self._lock:
             if name in self._tables:
                 return self._tables[name]
             self._tables[name] = table
             self._by_id[table.id] = table
-        # Join the table's channels on every server: from now on this worker's clock counts
-        # in the table's aggregation status (bounded delay waits for it).
-        table.tick(self.clock - 1, wait=True)
+        if not readonly:
+            # Join the table's channels on every server: from now on this worker's clock counts
+            # in the table's aggregation status (bounded delay waits for it). A reader never does.
+            table.tick(self.clock - 1, wait=True)
         return table
 
     def barrier(self, group: str = "workers", *, timeout: float | None = None) -> None:
@@ -367,7 +402,8 @@ class Worker:
             tables = list(self._tables.values())
             self._periodic.on_advance(completed)  # before the ticks: the servers learn the cut first
             for table in tables:
-                table.advance(completed)
+                if not table.readonly:  # a reader sends no ticks: it never counts in the clocks
+                    table.advance(completed)
             return completed + 1
 
     @contextlib.contextmanager
@@ -489,7 +525,9 @@ class Worker:
 
 
 def connect(address: str | None = None, *, timeout: float | None = None,
-            config: Config | None = None, transport: Transport | None = None) -> Worker:
+            config: Config | None = None, transport: Transport | None = None,
+            group: str | None = None, group_workers: int | None = None,
+            keys: str | os.PathLike[str] | None = None) -> Worker:
     """Join the cluster whose scheduler is at ``address`` as a worker.
 
     Parameters
@@ -501,6 +539,14 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         Seconds to wait for the scheduler (PS_CONNECT_TIMEOUT if None). A registration that
         waits (no scheduler yet, or a job still waiting for its servers) logs one warning
         after a few seconds that says what it waits for.
+    group:
+        The worker group to join (PS_GROUP if None; empty: the default group). Ranks,
+        ``barrier()``, data shards and the end are per group (docs/groups.md).
+    group_workers:
+        The size of a named group (PS_GROUP_WORKERS if None; 0: any number of workers).
+    keys:
+        The cluster's key directory (PS_KEYS if None; see ``paramserver keygen``); this
+        host needs its ``*.key`` files and ``worker.key_secret``.
 
     Raises
     ------
@@ -511,13 +557,22 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         No address given and none in the environment.
     """
     cfg = config or Config.from_env()
+    if keys is not None:
+        cfg = dataclasses.replace(cfg, keys=os.fspath(keys))
     addr = parse_address(address) if address else cfg.scheduler_address()
+    name = cfg.group if group is None else group
+    size = cfg.group_workers if group_workers is None else group_workers
+    if not isinstance(name, str):
+        raise InvalidArgument(f"group must be a string, got {name!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidArgument(f"group_workers must be an int >= 0, got {size!r}")
+    named = {"group": name, "group_workers": size} if name not in ("", DEFAULT_GROUP) else {}
     node = Node("worker", cfg, transport)
     node.start(cfg.bind_host() or choose_host(addr), cfg.port)
     try:
         reply = node.register(
             addr,
-            {"role": "worker", "address": node.address, "rank": cfg.worker_rank, **process_info()},
+            {"role": "worker", "address": node.address, "rank": cfg.worker_rank, **named, **process_info()},
             timeout=cfg.connect_timeout if timeout is None else timeout,
             limit="PS_CONNECT_TIMEOUT" if timeout is None else "the timeout argument",
         )
