@@ -251,3 +251,31 @@ def test_two_planted_topics_from_a_text_file(tmp_path: Path, fast_env: dict[str,
     topics = [line.split(":", 1)[1].split() for line in res.stdout.splitlines() if line.startswith("topic")]
     assert sorted(sorted(t) for t in topics) == [sorted(sets[0]), sorted(sets[1])]
     assert "tokens/s" in res.stdout and (tmp_path / "lda.png").stat().st_size > 10_000
+
+
+@pytest.mark.cluster
+def test_a_users_tokens_are_used_as_given_and_the_held_out_documents_are_named(
+        tmp_path: Path, fast_env: dict[str, str]) -> None:
+    """``--data FILE`` keeps every token unless asked to filter, and says so; asked to
+    filter, it says what it dropped and why; either way it says what it held out."""
+    lines = [f"the cat {'sat' if d % 2 else 'ran'} on the mat w{d}" for d in range(20)]
+    (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = {**os.environ, **fast_env, "PS_DATA_DIR": str(tmp_path / "cache")}
+    base = [sys.executable, "-m", "paramserver", "run", "lda", "--data", str(tmp_path / "docs.txt"), "--topics", "2",
+            "--iters", "2", "--servers", "1", "--workers", "1", "--holdout", "0.2"]
+    res = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    err = res.stderr.splitlines()
+    # 16 training documents of 7 tokens; words: the cat sat ran on mat and 16 of the 20 w<d>
+    assert "lda: 16 training documents, 112 tokens, 22 words" in err
+    assert "lda: every token is used as given (--stop-words, --min-df and --max-df filter them)" in err
+    assert ("lda: 4 documents (0.2 of them, --holdout) are held out to measure perplexity and not trained on; "
+            "--holdout 0 trains on all") in err
+    res = subprocess.run([*base, "--stop-words", "english", "--min-df", "2"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # "the" and "on" are stop words (32 + 16 tokens); each w<d> is in 1 document (16 tokens)
+    assert ("lda: dropped 18 of 22 distinct words (64 of 112 tokens): 2 stop words (--stop-words english), 48 "
+            "tokens; 16 in fewer than 2 documents (--min-df), 16 tokens; --stop-words none --min-df 1 --max-df 1.0 "
+            "keeps every token") in res.stderr.splitlines()
+    assert "lda: 16 training documents, 48 tokens, 4 words" in res.stderr.splitlines()

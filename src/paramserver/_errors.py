@@ -117,7 +117,9 @@ class RemoteError(PSError):
 
 
 class ConnectError(PSError):
-    """No scheduler answered at the given address within the connect timeout."""
+    """No scheduler answered at the given address within the connect timeout, the job did
+    not start in that time, the scheduler has exited, or a node cannot listen at its address
+    (a port already in use)."""
 
 
 class NodeUnavailable(PSError):

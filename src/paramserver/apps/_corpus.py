@@ -25,6 +25,7 @@ import os
 import pathlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +42,7 @@ __all__ = ["ENGLISH_STOP_WORDS", "Corpus", "build_vocabulary", "encode", "ldac_t
 #: scikit-learn's English stop words (``sklearn.feature_extraction.text.ENGLISH_STOP_WORDS``, BSD-3), 318 words.
 ENGLISH_STOP_WORDS = frozenset(["a", "about", "above", "across", "after", "afterwards", "again", "against", "all", "almost", "alone", "along", "already", "also", "although", "always", "am", "among", "amongst", "amoungst", "amount", "an", "and", "another", "any", "anyhow", "anyone", "anything", "anyway", "anywhere", "are", "around", "as", "at", "back", "be", "became", "because", "become", "becomes", "becoming", "been", "before", "beforehand", "behind", "being", "below", "beside", "besides", "between", "beyond", "bill", "both", "bottom", "but", "by", "call", "can", "cannot", "cant", "co", "con", "could", "couldnt", "cry", "de", "describe", "detail", "do", "done", "down", "due", "during", "each", "eg", "eight", "either", "eleven", "else", "elsewhere", "empty", "enough", "etc", "even", "ever", "every", "everyone", "everything", "everywhere", "except", "few", "fifteen", "fifty", "fill", "find", "fire", "first", "five", "for", "former", "formerly", "forty", "found", "four", "from", "front", "full", "further", "get", "give", "go", "had", "has", "hasnt", "have", "he", "hence", "her", "here", "hereafter", "hereby", "herein", "hereupon", "hers", "herself", "him", "himself", "his", "how", "however", "hundred", "i", "ie", "if", "in", "inc", "indeed", "interest", "into", "is", "it", "its", "itself", "keep", "last", "latter", "latterly", "least", "less", "ltd", "made", "many", "may", "me", "meanwhile", "might", "mill", "mine", "more", "moreover", "most", "mostly", "move", "much", "must", "my", "myself", "name", "namely", "neither", "never", "nevertheless", "next", "nine", "no", "nobody", "none", "noone", "nor", "not", "nothing", "now", "nowhere", "of", "off", "often", "on", "once", "one", "only", "onto", "or", "other", "others", "otherwise", "our", "ours", "ourselves", "out", "over", "own", "part", "per", "perhaps", "please", "put", "rather", "re", "same", "see", "seem", "seemed", "seeming", "seems", "serious", "several", "she", "should", "show", "side", "since", "sincere", "six", "sixty", "so", "some", "somehow", "someone", "something", "sometime", "sometimes", "somewhere", "still", "such", "system", "take", "ten", "than", "that", "the", "their", "them", "themselves", "then", "thence", "there", "thereafter", "thereby", "therefore", "therein", "thereupon", "these", "they", "thick", "thin", "third", "this", "those", "though", "three", "through", "throughout", "thru", "thus", "to", "together", "too", "top", "toward", "towards", "twelve", "twenty", "two", "un", "under", "until", "up", "upon", "us", "very", "via", "was", "we", "well", "were", "what", "whatever", "when", "whence", "whenever", "where", "whereafter", "whereas", "whereby", "wherein", "whereupon", "wherever", "whether", "which", "while", "whither", "who", "whoever", "whole", "whom", "whose", "why", "will", "with", "within", "without", "would", "yet", "you", "your", "yours", "yourself", "yourselves"])
 
-_FORMAT = 1  # bump when the cached layout changes
+_FORMAT = 2  # bump when the cached layout changes
 Tokens = Sequence[Sequence[str]]
 
 
@@ -135,7 +136,8 @@ def _token_ids(docs: Tokens, lookup: dict[str, int], *, grow: bool) -> tuple[npt
     return np.array(flat, dtype=np.int64), ptr
 
 
-def build_vocabulary(docs: Tokens, *, stop: Collection[str] = (), min_df: float = 1, max_df: float = 1.0) -> list[str]:
+def build_vocabulary(docs: Tokens, *, stop: Collection[str] = (), min_df: float = 1, max_df: float = 1.0,
+                     dropped: dict[str, list[int]] | None = None) -> list[str]:
     """The sorted vocabulary of ``docs``, as scikit-learn's ``CountVectorizer`` builds it.
 
     Parameters
@@ -147,6 +149,10 @@ def build_vocabulary(docs: Tokens, *, stop: Collection[str] = (), min_df: float 
     min_df, max_df:
         Keep words found in at least ``min_df`` and at most ``max_df`` documents; an int
         counts documents, a float in [0, 1] is a proportion of ``len(docs)``.
+    dropped:
+        If given, filled with ``[distinct words, tokens]`` dropped for each reason: ``"stop"``
+        (a stop word), ``"rare"`` (below ``min_df``), ``"frequent"`` (above ``max_df``); a
+        word counts for the first reason that applies.
 
     Returns
     -------
@@ -170,9 +176,13 @@ def build_vocabulary(docs: Tokens, *, stop: Collection[str] = (), min_df: float 
     np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
     df = np.bincount(pairs[first] % max(n, 1), minlength=n)
     words = np.array(list(lookup), dtype=object)
-    keep = (df >= lo) & (df <= hi)
-    if stop:
-        keep &= np.array([w not in stop for w in words], dtype=bool)
+    is_stop = np.array([w in stop for w in words], dtype=bool) if stop else np.zeros(n, dtype=bool)
+    rare, frequent = ~is_stop & (df < lo), ~is_stop & (df >= lo) & (df > hi)
+    keep = ~is_stop & ~rare & ~frequent
+    if dropped is not None:  # [distinct words, tokens] dropped for each reason (each word once: the first)
+        tf = np.bincount(ids, minlength=n)
+        for reason, mask in (("stop", is_stop), ("rare", rare), ("frequent", frequent)):
+            dropped[reason] = [int(mask.sum()), int(tf[mask].sum())]
     return sorted(words[keep].tolist())
 
 
@@ -209,7 +219,7 @@ def _cache_path(key: dict[str, object]) -> pathlib.Path:
 
 def load_corpus(data_spec: str, *, stop: str = "none", min_df: float = 1, max_df: float = 1.0,
                 holdout: float = 0.1, heldout_docs: int = 1000, seed: int = 0,
-                use_cache: bool = True) -> tuple[Corpus, Corpus]:
+                use_cache: bool = True, notes: dict[str, Any] | None = None) -> tuple[Corpus, Corpus]:
     """The training and held-out corpora of a data source, built once and cached.
 
     Parameters
@@ -229,6 +239,11 @@ def load_corpus(data_spec: str, *, stop: str = "none", min_df: float = 1, max_df
         Seed of the held-out split.
     use_cache:
         Read and write the cache (``<PS_DATA_DIR>/lda/corpus-<hash>.npz``).
+    notes:
+        If given, filled with what was done to the documents, for a report: ``dropped``
+        (``build_vocabulary``'s), ``words`` and ``tokens`` (distinct words and tokens of the
+        training documents before the vocabulary), ``heldout`` (documents held out before
+        the ``heldout_docs`` limit).
 
     Returns
     -------
@@ -243,10 +258,17 @@ def load_corpus(data_spec: str, *, stop: str = "none", min_df: float = 1, max_df
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             vocab = z["vocabulary"].tobytes().decode("utf-8").split("\n") if int(z["n_words"]) else []
+            if notes is not None:
+                notes.update(json.loads(z["notes"].tobytes().decode("utf-8")))
             return (Corpus(z["train_words"], z["train_ptr"], vocab), Corpus(z["test_words"], z["test_ptr"], vocab))
     train_docs, test_docs = _source(data_spec, holdout, seed)
-    vocab = build_vocabulary(train_docs, stop=stop_words(stop), min_df=min_df, max_df=max_df)
+    dropped: dict[str, list[int]] = {}
+    vocab = build_vocabulary(train_docs, stop=stop_words(stop), min_df=min_df, max_df=max_df, dropped=dropped)
     train, test = encode(train_docs, vocab), encode(test_docs, vocab)
+    found = {"dropped": dropped, "tokens": sum(len(d) for d in train_docs),
+             "words": len(vocab) + sum(n for n, _ in dropped.values()), "heldout": len(test_docs)}
+    if notes is not None:
+        notes.update(found)
     if test.n_docs > heldout_docs:
         keep = np.sort(np.random.default_rng(seed).permutation(test.n_docs)[:heldout_docs])
         test = test.select(keep)
@@ -254,5 +276,6 @@ def load_corpus(data_spec: str, *, stop: str = "none", min_df: float = 1, max_df
         with atomic_writer(path) as fh:  # atomic: workers building at once all succeed
             np.savez(fh, train_words=train.words, train_ptr=train.doc_ptr, test_words=test.words,
                      test_ptr=test.doc_ptr, n_words=np.int64(len(vocab)),
+                     notes=np.frombuffer(json.dumps(found).encode("utf-8"), dtype=np.uint8),
                      vocabulary=np.frombuffer("\n".join(vocab).encode("utf-8"), dtype=np.uint8))
     return train, test

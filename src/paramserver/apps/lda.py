@@ -70,12 +70,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pull and push N times per sweep (default: 1 with one worker, 4 with more)")
     p.add_argument("--alpha", type=float, default=0.1, help="document-topic prior (default 0.1)")
     p.add_argument("--eta", type=float, default=0.01, help="topic-word prior (default 0.01)")
-    p.add_argument("--stop-words", default="english", help="'english' (default, scikit-learn's), 'none' or a file")
-    p.add_argument("--min-df", type=_df, default=5,
-                   help="drop words in fewer documents (an int) or a smaller proportion of them (a float); default 5")
-    p.add_argument("--max-df", type=_df, default=0.5,
-                   help="drop words in more documents (an int) or a larger proportion of them (a float); default 0.5")
-    p.add_argument("--holdout", type=float, default=0.1, help="fraction of documents held out (default 0.1)")
+    p.add_argument("--stop-words", default=None,
+                   help="drop these words: 'english' (scikit-learn's), 'none' or a file of words; default "
+                        "'english' for newsgroups, 'none' for a file and reuters (their tokens are used as given)")
+    p.add_argument("--min-df", type=_df, default=None,
+                   help="drop words in fewer documents (an int) or a smaller proportion of them (a float); default "
+                        "5 for newsgroups, 1 (keep all) otherwise")
+    p.add_argument("--max-df", type=_df, default=None,
+                   help="drop words in more documents (an int) or a larger proportion of them (a float); default "
+                        "0.5 for newsgroups, 1.0 (keep all) otherwise")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of the documents of a file (or reuters) held out to measure perplexity, not "
+                        "trained on (default 0.1; 0: train on all); newsgroups holds out its test split")
     p.add_argument("--heldout-docs", type=int, default=1000, help="at most this many held-out documents (1000)")
     p.add_argument("--eval-every", type=int, default=10, help="held-out perplexity every N sweeps, 0: at the end")
     p.add_argument("--fold-in", type=int, default=20, help="sweeps of fold-in per held-out document (default 20)")
@@ -85,9 +91,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PNG", help="plot log-likelihood and perplexity against time (matplotlib)")
 
 
-def _corpus(args: argparse.Namespace) -> tuple[Corpus, Corpus]:
-    return load_corpus(args.data, stop=args.stop_words, min_df=args.min_df, max_df=args.max_df,
-                       holdout=args.holdout, heldout_docs=args.heldout_docs, seed=args.seed)
+def _filters(args: argparse.Namespace) -> tuple[str, float, float]:
+    """The vocabulary filters: as given, else the defaults of the data source (the built-in
+    20 Newsgroups text is filtered as scikit-learn's examples do; a user's tokens are not)."""
+    ng = args.data == "newsgroups"
+    return (args.stop_words if args.stop_words is not None else "english" if ng else "none",
+            args.min_df if args.min_df is not None else 5 if ng else 1,
+            args.max_df if args.max_df is not None else 0.5 if ng else 1.0)
+
+
+def _corpus(args: argparse.Namespace, notes: dict[str, Any] | None = None) -> tuple[Corpus, Corpus]:
+    stop, min_df, max_df = _filters(args)
+    return load_corpus(args.data, stop=stop, min_df=min_df, max_df=max_df, holdout=args.holdout,
+                       heldout_docs=args.heldout_docs, seed=args.seed, notes=notes)
+
+
+def describe_corpus(args: argparse.Namespace, train: Corpus, test: Corpus, notes: dict[str, Any]) -> list[str]:
+    """What was done to the documents, in words: the tokens dropped and why (or that they
+    are used as given), and the documents held out."""
+    stop, min_df, max_df = _filters(args)
+    lines = [f"lda: {train.n_docs:,} training documents, {train.n_tokens:,} tokens, {len(train.vocabulary):,} words"]
+    dropped = notes.get("dropped", {})
+    if not any(n for n, _ in dropped.values()):
+        lines.append("lda: every token is used as given (--stop-words, --min-df and --max-df filter them)")
+    else:
+        why = {"stop": f"stop words (--stop-words {stop})", "rare": f"in fewer than {min_df} documents (--min-df)",
+               "frequent": f"in more than {max_df} of the documents (--max-df)"}
+        parts = [f"{n:,} {why[r]}, {t:,} tokens" for r, (n, t) in dropped.items() if n]
+        words = sum(n for n, _ in dropped.values())
+        tokens = sum(t for _, t in dropped.values())
+        lines.append(f"lda: dropped {words:,} of {notes.get('words', 0):,} distinct words ({tokens:,} of "
+                     f"{notes.get('tokens', 0):,} tokens): {'; '.join(parts)}; "
+                     f"--stop-words none --min-df 1 --max-df 1.0 keeps every token")
+    held = notes.get("heldout", test.n_docs)
+    scored = f", {test.n_docs:,} of them scored (--heldout-docs)" if test.n_docs < held else ""
+    if args.data == "newsgroups":
+        lines.append(f"lda: the 20 Newsgroups test split ({held:,} documents{scored}) is held out to measure "
+                     f"perplexity")
+    elif held:
+        lines.append(f"lda: {held:,} documents ({args.holdout:g} of them, --holdout{scored}) are held out to measure "
+                     f"perplexity and not trained on; --holdout 0 trains on all")
+    else:
+        lines.append("lda: no document is held out (--holdout 0): no perplexity")
+    return lines
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -101,10 +147,10 @@ def prepare(args: argparse.Namespace) -> None:
             raise InvalidArgument("--plot needs matplotlib (pip install matplotlib)") from None
     if args.save:
         pathlib.Path(args.save).mkdir(parents=True, exist_ok=True)
-    train, test = _corpus(args)
+    notes: dict[str, Any] = {}
+    train, test = _corpus(args, notes)
     if not args.json:
-        print(f"lda: {train.n_docs:,} documents, {train.n_tokens:,} tokens, {len(train.vocabulary):,} words; "
-              f"{test.n_docs:,} held-out documents", file=sys.stderr)
+        print("\n".join(describe_corpus(args, train, test, notes)), file=sys.stderr)
 
 
 def _shard_bounds(corpus: Corpus, workers: int) -> list[int]:

@@ -9,6 +9,13 @@ curvature ``u`` of its data on block t, drops what the KKT filter says cannot mo
 pushes ``[g, u]``. The servers sum the pushes of each iteration and apply the proximal
 (soft-threshold) step once (table updater ``l1_prox``, ``aggregate=True``).
 
+It stops on a convergence criterion, not after a fixed count: every 5th pass is unfiltered
+(no KKT filter), and once the objective after such a pass is less than ``--tol`` (relative)
+below the one 5 passes before, rank 0 says so through a small table that every worker reads
+at the same iteration; all then run one more unfiltered pass and stop. ``--passes`` is only
+an upper bound. The objective is computed by rank 0 (every ``--log-every`` passes, which
+must divide 5 for the criterion to apply; its time is not counted as training time).
+
 ``--algo ftrl`` trains the same model online instead: asynchronous minibatch FTRL-proximal,
 for streaming data. Run it with ``paramserver run logreg [--data FILE.libsvm] ...``.
 """
@@ -40,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", choices=["dbpg", "ftrl"], default="dbpg")
     p.add_argument("--lam", type=float, default=1.0, help="L1 weight lambda (default 1)")
     p.add_argument("--blocks", type=int, default=64, help="feature blocks (default 64)")
-    p.add_argument("--passes", type=int, default=30, help="passes over all blocks (default 30)")
+    p.add_argument("--passes", type=int, default=100,
+                   help="at most this many passes over all blocks (default 100; --tol usually stops sooner)")
+    p.add_argument("--tol", type=float, default=1e-4,
+                   help="stop once 5 passes lower the objective by less than this fraction (default 1e-4; 0: "
+                        "run all --passes)")
     p.add_argument("--tau", type=int, default=0, help="maximal delay in iterations (default 0)")
     p.add_argument("--damping", type=float, nargs=3, default=[2.0, 1.3, 5], metavar=("START", "END", "PASSES"),
                    help="curvature scale: START for the first PASSES passes, then END (default 2 1.3 5); "
@@ -112,12 +123,19 @@ def dbpg(w: Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace,
                     consistency="bounded", tau=tau, filters=filters)
     loss = w.table("logreg_loss", dtype="float64")
     w.barrier()
+    stop = w.table("logreg_stop", dtype="float64", consistency="bounded", tau=0)  # rank 0's "converged"
     rng = np.random.default_rng(12345)  # the same block order on every worker
-    schedule = np.concatenate([rng.permutation(B) for _ in range(args.passes)])
+    schedule = rng.permutation(B)
     start, log = time.perf_counter(), []
     paused = 0.0
-    bar = _progress(len(schedule), w.rank == 0)
-    for t, b in enumerate(schedule):
+    last = args.passes  # the pass after which to stop (brought forward when converged)
+    bar = _progress(last * B, w.rank == 0)
+    t = -1
+    while t + 1 < last * B:
+        t += 1
+        if t == len(schedule):  # the next pass's block order
+            schedule = np.concatenate([schedule, rng.permutation(B)])
+        b = int(schedule[t])
         if t > tau:  # the block updated at t - tau - 1 is final now: bring the margins up to date
             _refresh(table, blocks, w_known, margins, y, int(schedule[t - tau - 1]))
         bkeys, Xb = blocks[b]
@@ -127,21 +145,41 @@ def dbpg(w: Worker, X: sp.csc_matrix, y: np.ndarray, args: argparse.Namespace,
         damping = (1 + tau) * (args.damping[0] if t < args.damping[2] * B else args.damping[1])
         u = damping * (sq[b].T @ (q * (1 - q)))
         view["block"] = w_known[b]
-        full = (t // B) % 5 == 4 or t >= len(schedule) - 2 * B  # every 5th pass and the last 2: no KKT
+        full = (t // B) % 5 == 4 or t >= (last - 1) * B  # every 5th pass and the last: no KKT
         table.push(bkeys, np.column_stack([g, u]), filters=no_kkt if full else None)
         end_of_pass = (t + 1) % B == 0
         if end_of_pass:  # this worker's part of the objective (margins up to t - tau)
             loss.push([(t + 1) // B], np.array([np.logaddexp(0, -margins).sum()]))
         w.advance()
         bar.update()
-        if end_of_pass and w.rank == 0 and args.log_every and ((t + 1) // B) % args.log_every == 0:
+        p = (t + 1) // B
+        # Read at iteration t + 1, held until every worker finished t: every worker sees the
+        # same decisions (rank 0 makes them at the iteration after a pass, so at most t).
+        if (end_of_pass and args.tol > 0 and last == args.passes and p < last - 1
+                and float(stop.pull([0], tau=0).ravel()[0]) > 0):
+            last = p + 1  # one more unfiltered pass, then stop
+            bar.total = last * B
+        if end_of_pass and w.rank == 0 and args.log_every and p % args.log_every == 0:
             t0 = time.perf_counter()  # logging time is not training time
-            entry = _objective(w, table, loss, (t + 1) // B, lam, start + paused)
+            entry = _objective(w, table, loss, p, lam, start + paused)
             paused += time.perf_counter() - t0
             log.append(entry)
             bar.set_postfix(objective=f"{entry['objective']:.3f}", nnz=entry["nnz"])
+            if args.tol > 0 and last == args.passes and converged(log, args.tol):
+                stop.push([0], np.ones(1)).wait()
     bar.close()
     return log, table
+
+
+def converged(log: list[dict], tol: float, window: int = 5) -> bool:
+    """The convergence criterion: the objective after the latest unfiltered pass (a multiple
+    of ``window``) is less than ``tol`` (relative) below the one ``window`` passes before."""
+    by_pass = {e["pass"]: e["objective"] for e in log}
+    p = log[-1]["pass"]
+    if p % window or p - window not in by_pass:
+        return False
+    before, now = by_pass[p - window], by_pass[p]
+    return bool(before - now < tol * abs(now))
 
 
 def _refresh(table: Table, blocks: list, w_known: list, margins: np.ndarray, y: np.ndarray, b: int) -> None:
@@ -197,7 +235,8 @@ def report(w: Worker, table: Table, args: argparse.Namespace, log: list[dict], X
     objective = _reference.objective(X, y, weights, args.lam)
     result: dict[str, Any] = {
         "objective": objective, "nnz": int(np.count_nonzero(weights)),
-        "seconds": log[-1]["seconds"] if log else None, "passes": args.passes, "workers": w.num_workers,
+        "seconds": log[-1]["seconds"] if log else None, "passes": log[-1]["pass"] if log else args.passes,
+        "max_passes": args.passes, "tol": args.tol, "workers": w.num_workers,
         "tau": args.tau, "log": log, "traffic": traffic,
     }
     if X_test is not None:
@@ -218,7 +257,7 @@ def report(w: Worker, table: Table, args: argparse.Namespace, log: list[dict], X
         print(json.dumps(result, default=float))
         return
     print(f"objective {objective:.4f}  non-zeros {result['nnz']}  test accuracy {result.get('test_accuracy', 0):.4f}"
-          f"  AUC {result.get('test_auc', 0):.4f}  ({args.passes} passes, {result['seconds'] or 0:.1f} s)")
+          f"  AUC {result.get('test_auc', 0):.4f}  ({result['passes']} passes, {result['seconds'] or 0:.1f} s)")
     if ref:
         print(f"liblinear  {ref['objective']:.4f}  non-zeros {ref['nnz']}  test accuracy {ref['test_accuracy']:.4f}"
               f"  ({ref['seconds']:.1f} s); relative gap {result['relative_gap']:.2e}")

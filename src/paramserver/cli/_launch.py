@@ -3,12 +3,18 @@
 Starts a scheduler, S servers and W copies of the user's command as workers, each its own
 process, with the environment a worker needs (PS_SCHEDULER, the DMLC_* names, PS_WORKER_RANK).
 It passes the workers' exit code through; when a worker fails, a node dies, or the user
-presses Ctrl-C, it stops every process and says why.
+presses Ctrl-C, it stops every process and says why. A command that cannot be run is
+reported before any process starts.
+
+The nodes log at PS_LOG_LEVEL, WARNING unless set, so that their INFO lines do not mix
+with the script's output. Messages name servers by their node id (as the nodes' logs and
+``paramserver status`` do) once they have registered, and workers by their rank.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,6 +35,25 @@ def _say(text: str, *, quiet: bool = False) -> None:
         print(f"paramserver launch: {text}", file=sys.stderr, flush=True)
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 server``, ``2 servers``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _runnable(command: Sequence[str], env: dict[str, str]) -> str | None:
+    """Why ``command`` cannot be run here (not found, not executable), or None if it can."""
+    prog = command[0]
+    if os.sep in prog or (os.altsep and os.altsep in prog):
+        if not os.path.exists(prog):
+            return f"{prog}: no such file"
+        if os.path.isdir(prog) or not os.access(prog, os.X_OK):
+            return f"{prog}: not an executable file"
+        return None
+    if shutil.which(prog, path=env.get("PATH", os.defpath)) is None:
+        return f"{prog}: command not found (not on PATH)"
+    return None
+
+
 class _Interrupted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -46,7 +71,12 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
         _say("no command given; usage: paramserver launch -s 2 -w 4 -- python train.py")
         return 2
     base = {**os.environ, **(env or {})}
+    base.setdefault("PS_LOG_LEVEL", "WARNING")  # nodes' INFO lines would mix with the script's output
     Config.from_env(base)  # fail early on a bad setting
+    why = _runnable(command, base)
+    if why is not None:
+        _say(f"cannot run the workers' command: {why}; nothing was started")
+        return 127
     procs: list[Proc] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -62,11 +92,16 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
         server_procs = [spawn(f"server {i}", node_command("server", "--host", host),
                               {**node_env, "DMLC_ROLE": "server"}) for i in range(servers)]
         procs += server_procs
-        worker_procs = [spawn(f"worker {i}", list(command),
-                              {**node_env, "DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)})
-                        for i in range(workers)]
-        procs += worker_procs
-        _say(f"scheduler at {address}, {servers} servers, {workers} workers running {' '.join(command)}", quiet=quiet)
+        worker_procs = []
+        for i in range(workers):
+            try:
+                worker_procs.append(spawn(f"worker {i}", list(command),
+                                          {**node_env, "DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)}))
+            except OSError as exc:  # vanished or lost its permission since the check
+                raise PSError(f"cannot run the workers' command {command[0]!r}: {exc.strerror or exc}") from None
+            procs.append(worker_procs[-1])
+        _say(f"scheduler at {address}, {plural(servers, 'server')}, {plural(workers, 'worker')} running "
+             f"{' '.join(command)}", quiet=quiet)
         return _supervise(sched, server_procs, worker_procs, procs, address, base, poll, quiet)
     except _Interrupted as exc:
         _say(f"interrupted ({exc}); stopping the job")
@@ -84,7 +119,10 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: list[Proc], address: str,
                env: dict[str, str], poll: float, quiet: bool) -> int:
     ended: float | None = None
+    names = _ServerNames(address, servers, env)
     while True:
+        if sched.poll() is None:
+            names.resolve()
         for w in workers:
             code = w.poll()
             if code is not None and code != 0:
@@ -98,6 +136,7 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         for s in servers:
             code = s.poll()
             if code:
+                names.resolve(now=True)  # the scheduler lists a dead server until its heartbeats are missed
                 _say(f"{s} exited with code {code} while workers were running; stopping the job")
                 stop_all(procs)
                 return 1
@@ -121,5 +160,32 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         except PSError:
             pass
         stop_all(procs)
-    _say(f"done: {len(workers)} workers finished", quiet=quiet)
+    _say(f"done: {plural(len(workers), 'worker')} finished", quiet=quiet)
     return 0
+
+
+class _ServerNames:
+    """Renames the server processes after their node ids ("server 0" -> "server 3", as the
+    nodes' logs and ``paramserver status`` call them) once the scheduler lists their pids.
+    Asks at most every half second, and stops asking once every server is named."""
+
+    def __init__(self, address: str, servers: list[Proc], env: dict[str, str]) -> None:
+        self.address = address
+        self.unnamed = list(servers)
+        self.env = env
+        self.next_try = time.monotonic() + 0.2
+
+    def resolve(self, *, now: bool = False) -> None:
+        if not self.unnamed or (time.monotonic() < self.next_try and not now):
+            return
+        self.next_try = time.monotonic() + 0.5
+        try:
+            with AdminClient(self.address, timeout=2.0, config=Config.from_env(self.env), quiet=True) as admin:
+                nodes = admin.node.nodes().values()  # the node table of its registration: no server is asked
+        except PSError:
+            return
+        ids = {n.pid: n.id for n in nodes if n.role == "server"}
+        for p in list(self.unnamed):
+            if p.pid in ids:
+                p.name = f"server {ids[p.pid]}"
+                self.unnamed.remove(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .._config import SETTINGS, Config, parse_address
-from .._errors import InvalidArgument, PSError
+from .._errors import ConnectError, InvalidArgument, PSError
 from .._version import __version__
 
 __all__ = ["main"]
@@ -82,7 +83,7 @@ def _cmd_status(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import AdminClient
     from ._status import format_status
 
-    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+    with AdminClient(args.address, timeout=args.timeout, config=config, limit="--timeout") as admin:
         print(format_status(admin.status(), as_json=args.json))
     return 0
 
@@ -112,19 +113,24 @@ def _cmd_metrics(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import AdminClient
     from ._metrics import render, serve
 
-    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+    with AdminClient(args.address, timeout=args.timeout, config=config, limit="--timeout") as admin:
         if args.serve is None:
             print(render(admin.status()), end="")
             return 0
         print(f"serving Prometheus metrics at http://{args.bind}:{args.serve}/metrics", file=sys.stderr, flush=True)
-        serve(admin.status, args.bind, args.serve)
+        try:
+            serve(admin.status, args.bind, args.serve)
+        except OSError as exc:  # the HTTP port: in use, or not ours to bind
+            why = ("the port is already in use; choose another with --serve" if exc.errno == errno.EADDRINUSE
+                   else exc.strerror or str(exc))
+            raise ConnectError(f"cannot serve metrics at http://{args.bind}:{args.serve}: {why}") from None
     return 0
 
 
 def _cmd_shutdown(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import AdminClient
 
-    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+    with AdminClient(args.address, timeout=args.timeout, config=config, limit="--timeout") as admin:
         admin.shutdown(args.reason)
     return 0
 
@@ -148,7 +154,9 @@ def _cmd_data(args: argparse.Namespace, config: Config) -> int:
 def _cmd_drain(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import AdminClient
 
-    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+    with AdminClient(args.address, timeout=args.timeout, config=config, limit="--timeout") as admin:
+        print(f"draining server {args.node}: moving its key ranges to the other servers while training goes on; "
+              f"waiting up to {args.timeout:g} s (--timeout)", file=sys.stderr, flush=True)
         keymap = admin.drain(args.node)
     print(f"server {args.node} was drained and stopped; key map epoch {keymap['epoch']}, "
           f"{len(keymap['ranges'])} ranges on the other servers")
@@ -160,7 +168,7 @@ def _cmd_consistency(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import AdminClient
 
     policy = Consistency(args.kind, args.tau)
-    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+    with AdminClient(args.address, timeout=args.timeout, config=config, limit="--timeout") as admin:
         admin.set_consistency(args.table, policy)
     print(f"table {args.table!r} is now {policy} on every node")
     return 0

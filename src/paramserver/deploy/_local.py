@@ -131,7 +131,7 @@ class LocalCluster:
                 if code is not None:
                     raise ConnectError(f"LocalCluster: {p} exited with code {code} during start-up")
             try:
-                with AdminClient(self.address, timeout=5.0, config=Config.from_env(self._env)) as admin:
+                with AdminClient(self.address, timeout=5.0, config=Config.from_env(self._env), quiet=True) as admin:
                     while time.monotonic() < deadline:
                         status = admin.cluster_status()
                         if len(status.servers) >= self.servers and status.keymap:

@@ -2,7 +2,7 @@
 
 from ._auth import ALLOWED, Gate, Known, Member
 from ._errors_wire import error_body, error_from_body
-from ._host import choose_host, split_address
+from ._host import choose_host, probe, split_address
 from ._info import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo
 from ._outbox import PartCallback, Reroute
 from ._runtime import Node, Stamp, process_info
@@ -22,6 +22,7 @@ __all__ = [
     "choose_host",
     "error_body",
     "error_from_body",
+    "probe",
     "process_info",
     "split_address",
 ]

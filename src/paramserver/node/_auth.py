@@ -50,7 +50,8 @@ ALLOWED: dict[tuple[str, str], frozenset[Op]] = {
     ("scheduler", "scheduler"): _ANYONE | _OPERATOR,  # the scheduler's key may run operator tools
     ("scheduler", "server"): _ANYONE | {Op.NODES, Op.SHUTDOWN, Op.TABLE, Op.POLICY, Op.STATUS, Op.MIGRATE},
     ("server", "server"): _ANYONE | {Op.REPLICATE, Op.MIGRATE},
-    ("worker", "server"): _ANYONE | {Op.PUSH, Op.PULL, Op.PULL_RANGE, Op.CLOCK, Op.CHECKPOINT},
+    # STATUS: a bounded-delay pull that timed out asks for the clocks, to name the worker behind
+    ("worker", "server"): _ANYONE | {Op.PUSH, Op.PULL, Op.PULL_RANGE, Op.CLOCK, Op.CHECKPOINT, Op.STATUS},
     ("scheduler", "worker"): _ANYONE | {Op.NODES, Op.SHUTDOWN, Op.POLICY, Op.TABLE},
     ("server", "worker"): _ANYONE,
     ("scheduler", "client"): _ANYONE | {Op.NODES, Op.SHUTDOWN},
@@ -181,6 +182,9 @@ class Gate:
             if self.curve and msg.op == Op.REGISTER and msg.auth not in ("server", "worker", "admin", "scheduler"):
                 return "an unknown key"
             return None
+        if (self.registering and msg.op == Op.PING and not msg.response and msg.sender == SCHEDULER_ID
+                and (not self.curve or msg.auth == "scheduler")):
+            return None  # the scheduler saying what our registration waits for (answered, never trusted)
         return f"node {msg.sender} is not a member"
 
     def warn_once(self, what: str, fmt: str, *args: object) -> None:

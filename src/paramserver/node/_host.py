@@ -1,10 +1,10 @@
-"""Choosing the address a node binds and advertises."""
+"""Choosing the address a node binds and advertises; probing whether an address listens."""
 
 from __future__ import annotations
 
 import socket
 
-__all__ = ["choose_host", "split_address"]
+__all__ = ["choose_host", "probe", "split_address"]
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -34,3 +34,18 @@ def choose_host(scheduler_address: str) -> str:
             return str(s.getsockname()[0])
     except OSError:
         return "127.0.0.1"
+
+
+def probe(address: str, timeout: float = 1.0) -> str:
+    """Whether anything listens at ``tcp://host:port``, in words for a message: "" when a
+    TCP connection is accepted, else why not ("nothing listens there (connection refused)")."""
+    if not address.startswith("tcp://"):
+        return ""
+    try:
+        host, port = split_address(address)
+        with socket.create_connection((host, port), timeout=timeout):
+            return ""
+    except ConnectionRefusedError:
+        return "nothing listens there (connection refused)"
+    except (OSError, ValueError) as exc:
+        return f"it cannot be reached ({exc})"

@@ -562,18 +562,20 @@ class Node:
 
     # ------------------------------------------------------------------ registration
     def register(self, scheduler: str, body: dict[str, Any], timeout: float,
-                 on_reply: Callable[[Message], None] | None = None) -> Message:
+                 on_reply: Callable[[Message], None] | None = None, *, limit: str = "PS_CONNECT_TIMEOUT",
+                 quiet: bool = False) -> Message:
         """Join the cluster through the scheduler at ``scheduler``; return its reply (see
-        :func:`~._liveness.register`).
+        :func:`~._liveness.register`: ``limit`` names the timeout in messages, ``quiet``
+        leaves out the early warning that it waits).
 
         Raises
         ------
         ConnectError
-            No scheduler answered within ``timeout`` seconds.
+            No scheduler answered, or the job did not start, within ``timeout`` seconds.
         """
         self.gate.registering = True  # the answer, and only it, tells whose connection is the scheduler's
         try:
-            return register(self, scheduler, body, timeout, on_reply)
+            return register(self, scheduler, body, timeout, on_reply, limit=limit, quiet=quiet)
         finally:
             self.gate.registering = False
 

@@ -64,12 +64,21 @@ class Heartbeat(Body):
 
 @dataclass(slots=True, kw_only=True)
 class Bye(Body):
-    """BYE, worker -> scheduler: this worker is finished. Carries nothing."""
+    """BYE, worker -> scheduler: this worker is finished. ``error`` (empty: it ended well)
+    says why its program crashed, ``code`` is the exit code it ends with."""
+
+    error: str = field(default="", metadata=OMIT)
+    code: int = field(default=0, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
 class Ping(Body):
-    """PING: a liveness probe, answered at once. Carries nothing."""
+    """PING: a liveness probe, answered at once. From the scheduler to a node whose
+    registration waits for the job to start, ``id`` is the id the node will have (its answer
+    carries it) and ``waiting`` says in words what the job waits for."""
+
+    id: int = field(default=-1, metadata=OMIT)
+    waiting: str = field(default="", metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

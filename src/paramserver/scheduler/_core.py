@@ -9,13 +9,18 @@ I/O shell (``_process.py``) carries out, so the unit tests drive it with plain m
 Rules it enforces:
 
 * Registration replies wait until the expected servers (DMLC_NUM_SERVER) have registered
-  and the key map exists. A node joining later is announced to the servers first (an
+  and the key map exists. Meanwhile every waiting node gets a PING that says what the job
+  waits for ("waiting for 1 more server"), at once and then every third of the heartbeat
+  timeout; one that stops answering is forgotten (a dead node is not listed, a dead
+  server not counted). A node joining later is announced to the servers first (an
   ``Op.NODES`` round, acknowledged), so a server always knows a worker before the worker
   can send it a request.
 * Workers belong to worker groups (``_groups.py``; one default group unless they name
   one): ranks, ``"workers"`` barriers, data shards and the end are per group.
 * With a fixed number of workers (DMLC_NUM_WORKER > 0) the job ends when every worker has
-  said goodbye (every group of fixed size ended and no worker of any group is left). The
+  said goodbye (every group of fixed size ended and no worker of any group is left). A
+  goodbye that reports a crash (its program raised) counts as the death of the worker,
+  with the worker's exit code. The
   death of a worker of a fixed-size group ends it with an error naming the worker, unless
   the group hands out data shards (PS_WORKER_FAILURE, ``_shards.py``): then the dead
   worker's shards go to the others. With a dynamic number (0), workers come and go and the
@@ -46,6 +51,7 @@ from ..node import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended, ranges_to_wire
 from ..protocol import (
     Barrier,
+    Bye,
     ClusterStatus,
     Drain,
     DrainReply,
@@ -55,6 +61,7 @@ from ..protocol import (
     MigrateSwitch,
     Nodes,
     Op,
+    Ping,
     PolicyRequest,
     PolicyUpdate,
     RegisterReply,
@@ -104,6 +111,11 @@ class Finish:
 
 
 Action = Send | Connect | Disconnect | Finish
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 server``, ``2 servers``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass
@@ -237,6 +249,8 @@ class SchedulerCore:
         self._migrating = False
         self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]]]] = []
         self._epoch = 0  # the highest epoch handed out (a failure during a migration skips past it)
+        self._pinged: dict[int, float] = {}  # waiting registrations: when each was last told why
+        self._warned_waiting = False
 
     # ================================================================= helpers
     def _members(self, role: str) -> list[int]:
@@ -290,9 +304,47 @@ class SchedulerCore:
     def _finished_message(self) -> str:
         named = [g for g in self.groups.values() if g.name != DEFAULT_GROUP]
         if not named:
-            return f"the job finished: all {self.num_workers} workers are done"
+            done = "the worker is" if self.num_workers == 1 else f"all {self.num_workers} workers are"
+            return f"the job finished: {done} done"
         return "the job finished: every worker group is done (" + ", ".join(
             f"{g.name}: {len(g.byes)} workers" for g in self.groups.values()) + ")"
+
+    def waiting_for(self) -> str:
+        """What the job waits for before it starts, in words ("" once it has started)."""
+        if self.keymap is not None:
+            return ""
+        have = len(self._members("server"))
+        missing = self.num_servers - have
+        workers = len(self._members("worker"))
+        return (f"waiting for {missing} more {'server' if missing == 1 else 'servers'} "
+                f"({have} of {self.num_servers} registered"
+                + (f"; {plural(workers, 'worker')} waiting)" if workers else ")"))
+
+    def _ping_waiting(self, now: float, nodes: list[int] | None = None) -> list[Action]:
+        """Tell waiting registrations (all, or ``nodes``) what the job waits for; the PING's
+        answer also shows that the node is still alive."""
+        text = self.waiting_for()
+        if not text:
+            return []
+        out: list[Action] = []
+        for info, _ in self._waiting_regs:
+            if nodes is None or info.id in nodes:
+                self._pinged[info.id] = now
+                out.append(Send(info.id, Message(Op.PING, body=Ping(id=info.id, waiting=text).to_wire())))
+        return out
+
+    def _waiting_died(self, nid: int, reason: str) -> list[Action]:
+        """A node whose registration was never answered stopped answering: forget it (it
+        never took part, so nothing else changes)."""
+        info = self._forget(nid)
+        self._waiting_regs = [(i, m) for i, m in self._waiting_regs if i.id != nid]
+        self._pinged.pop(nid, None)
+        if info is not None and info.role == "worker" and info.group in self.groups:
+            self.groups[info.group].ranks.pop(nid, None)  # its rank is free again; it never left
+        if info is not None:
+            log.warning("%s; it was waiting for the job to start and is forgotten; %s", reason,
+                        self.waiting_for() or "the job can start")
+        return [Disconnect(nid)]
 
     # ================================================================= entry points
     def handle(self, msg: Message, now: float) -> list[Action]:
@@ -334,9 +386,19 @@ class SchedulerCore:
             # the answer may wait seconds for a round that waits on a dying server, and may
             # come in this very loop (a failure ends the round), so read its time afresh.
             seen = self.last_seen.get(nid)
-            if seen is not None and now - seen > self.heartbeat_timeout and nid in self.nodes and nid in self._answered:
-                info = self.nodes[nid]
+            if seen is None or now - seen <= self.heartbeat_timeout or nid not in self.nodes:
+                continue
+            info = self.nodes[nid]
+            if nid in self._answered:
                 out += self.node_failed(nid, f"{info} died: no heartbeat for {now - seen:.1f} s", now)
+            elif nid in self._pinged:  # waiting for the job to start, and told so: it answers pings
+                out += self._waiting_died(nid, f"{info} died: no answer for {now - seen:.1f} s")
+        if self.keymap is None and self._waiting_regs:
+            due = [i.id for i, _ in self._waiting_regs if now - self._pinged.get(i.id, now) >= self.heartbeat_timeout / 3]
+            out += self._ping_waiting(now, due)
+            if not self._warned_waiting and now - self.started > 2 * self.heartbeat_timeout:
+                self._warned_waiting = True
+                log.warning("the job has not started after %.0f s: %s", now - self.started, self.waiting_for())
         for ts, g in list(self._gathers.items()):
             if now > g.deadline and ts in self._gathers:
                 del self._gathers[ts]
@@ -541,9 +603,11 @@ class SchedulerCore:
             out.append(Send(nid, msg.reply(body=RegisterReply(id=nid, nodes=nodes.nodes, keymap=nodes.keymap).to_wire())))
             return out
         self.last_seen[nid] = now
-        log.info("registered %s", info)
         self._waiting_regs.append((info, msg))
-        return out + self._next_round(now)
+        out += self._next_round(now)
+        waiting = self.waiting_for()
+        log.info("registered %s%s", info, f"; {waiting}" if waiting else "")
+        return out + self._ping_waiting(now, [nid])
 
     def _assign_rank(self, info: NodeInfo, req: RegisterRequest) -> NodeInfo:
         """The worker's group (created by its first worker, with the size it names) and rank."""
@@ -568,7 +632,9 @@ class SchedulerCore:
             if len(servers) < self.num_servers:
                 return []
             self.keymap = self.placement.assign(servers, epoch=self._next_epoch(), replicas=self.replicas)
-            log.info("all %d servers registered; %r", len(servers), self.keymap)
+            self._pinged.clear()
+            log.info("%s registered; %r", "the server" if len(servers) == 1 else f"all {len(servers)} servers",
+                     self.keymap)
         batch, self._waiting_regs = self._waiting_regs, []
         new = {info.id for info, _ in batch}
         old_servers = [s for s in self._joined("server") if s not in new]
@@ -615,15 +681,32 @@ class SchedulerCore:
 
     def _on_bye(self, msg: Message, now: float) -> list[Action]:
         info = self.nodes[msg.sender]  # handle() lets only members through
+        try:
+            bye = Bye.from_wire(msg.body)
+        except ProtocolError:
+            bye = Bye()
         self._forget(msg.sender)
         out: list[Action] = [Send(msg.sender, msg.reply()), Disconnect(msg.sender)]
         if info.role != "worker":
             return out
         group = self.groups[info.group]
-        group.gone(msg.sender, now)  # shards it held unfinished go to the others of its group
-        log.info("%s finished", info)
         for waiting in self._barriers.values():
             waiting.pop(msg.sender, None)
+        if bye.error:
+            code = bye.code or 1
+            crash = f"{info} crashed: {bye.error} (exit code {code})"
+            log.error("%s", crash)
+            if group.size and not group.shards.job_survives_worker_death():
+                group.shards.worker_gone(msg.sender, now)
+                needs = f"all {plural(group.size, 'worker')}" + (
+                    "" if group.name == DEFAULT_GROUP else f" of group {group.name!r}")
+                return out + self.shutdown(f"{crash}; the job needs {needs}", code=code)
+            group.gone(msg.sender, now)  # PS_WORKER_FAILURE: the group goes on without it
+            if self._job_done():
+                return out + self.shutdown(f"{crash}; no worker is left", code=code)
+            return out + self._broadcast_nodes(now, dead=[msg.sender]) + self._check_barriers()
+        group.gone(msg.sender, now)  # shards it held unfinished go to the others of its group
+        log.info("%s finished", info)
         if self._job_done():
             return out + self.shutdown(self._finished_message())
         if group.ended:
@@ -788,11 +871,11 @@ class SchedulerCore:
 
     # ================================================================= replies
     def _on_response(self, msg: Message, now: float) -> list[Action]:
+        if msg.sender in self.last_seen:  # also the answers to the pings of waiting nodes
+            self.last_seen[msg.sender] = now
         g = self._gathers.get(msg.ts)
         if g is None or msg.sender not in g.awaiting:
             return []
-        if msg.sender in self.last_seen:
-            self.last_seen[msg.sender] = now
         g.awaiting.discard(msg.sender)
         g.replies[msg.sender] = msg
         if g.awaiting:

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from .._errors import CheckpointError, InvalidArgument, PSError
-from ..clock import Consistency, Request
+from ..clock import Consistency, RangeClock, Request
 from ..node import Node
 from ..placement import ranges_to_wire
 from ..protocol import Message, Op, Status, StatusRequest
@@ -181,7 +181,8 @@ class Server:
                            "bytes_sent": node.table_bytes.get((tid, "sent"), 0),
                            "bytes_received": node.table_bytes.get((tid, "received"), 0),
                            "held_pulls": len(state.sync[tid].held),
-                           "clocks": {str(w): ch.iters.min() for w, ch in state.sync[tid].channels.items()}}
+                           "clocks": {str(w): _finished(ch.iters, state.own.ranges)
+                                      for w, ch in state.sync[tid].channels.items()}}
                 for tid, s in state.stores.items()
             },
             "duplicates": state.duplicates,
@@ -206,3 +207,9 @@ class Server:
     def _on_abort(self, exc: PSError) -> None:
         self.exit_reason = str(exc)
         self.done.set()
+
+
+def _finished(iters: RangeClock, ranges: list[tuple[int, int]]) -> int:
+    """The iteration a worker has finished on every range this server masters (its clock
+    elsewhere in the key space is not kept here)."""
+    return min((iters.min(lo, hi) for lo, hi in ranges), default=iters.min())

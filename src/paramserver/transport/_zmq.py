@@ -28,6 +28,7 @@ thread; the ROUTER is used only by the thread that calls :meth:`recv`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from typing import Any
 
 import zmq
 
-from .._errors import ConfigError, NodeUnavailable
+from .._errors import ConfigError, ConnectError, NodeUnavailable
 from ._base import COPY_THRESHOLD, NO_ORIGIN, Frames, Origin, Transport
 from ._curve import ZAP_DOMAIN, CurveKeys, RoleAuthenticator, check_bind
 
@@ -120,10 +121,15 @@ class ZmqTransport(Transport):
 
     def bind(self, host: str, port: int = 0) -> str:
         check_bind(host, self.keys, self.insecure)
-        if port:
-            self._router.bind(f"tcp://{host}:{port}")
-        else:
-            port = self._router.bind_to_random_port(f"tcp://{host}")
+        try:
+            if port:
+                self._router.bind(f"tcp://{host}:{port}")
+            else:
+                port = self._router.bind_to_random_port(f"tcp://{host}")
+        except zmq.ZMQError as exc:
+            why = ("the port is already in use (another node or program listens there); choose another "
+                   "port, or 0 for a free one" if exc.errno == errno.EADDRINUSE else exc.strerror)
+            raise ConnectError(f"cannot listen at tcp://{host}:{port}: {why}") from None
         self._address = f"tcp://{host}:{port}"
         return self._address
 

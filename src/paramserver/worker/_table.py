@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DTypeError, InvalidArgument, ProtocolError, ReadOnlyError
+from .._errors import DTypeError, InvalidArgument, ProtocolError, ReadOnlyError, RequestTimeout
 from ..clock import Consistency, InFlight, Request
 from ..placement import KEY_SPACE, KeyMap, ranges_from_wire, ranges_to_wire
 from ..protocol import KEY_DTYPE, Codec, Message, Op
 from ..table import PushFilter, TableSpec
 from ._session import Session, wait_result
+from ._stall import explain_bounded_timeout
 
 __all__ = ["Table", "as_keys", "split_filters"]
 
@@ -418,7 +419,25 @@ class Table:
         req = self._submit(Op.PULL, parts, f"pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
                            timeout=timeout, filters=filters, reroute=reroute)
-        return wait_result(req, timeout) if block else req
+        if not block:
+            return req
+        return self._wait_pull(req, timeout, consistency, tau, clock, list(parts))
+
+    def _wait_pull(self, req: Request, timeout: float | None, consistency: str | Consistency | None,
+                   tau: int | None, clock: int | None, servers: list[int]) -> Any:
+        """The result of a blocking pull; under bounded delay a timeout names the workers
+        that hold the clock back (``_stall.py``)."""
+        try:
+            return wait_result(req, timeout)
+        except RequestTimeout as exc:
+            policy = Consistency.of(consistency, tau) or self.policy
+            if policy.kind != "bounded":
+                raise
+            iteration = self._session.clock if clock is None else int(clock)
+            raise explain_bounded_timeout(self._session.node, exc, table=self.id, name=self.name,
+                                          iteration=iteration, policy=policy, servers=servers,
+                                          limit=self._session.node.config.timeout if timeout is None else timeout,
+                                          ) from None
 
     def _reroute_pull(self, uniq: np.ndarray, buf: np.ndarray, pos: np.ndarray, peer: int,
                       msg: Message) -> Request:
@@ -490,7 +509,9 @@ class Table:
         req = self._submit(Op.PULL_RANGE, parts, f"range pull from table {self.name!r}", keymap, deps=deps,
                            consistency=consistency, tau=tau, clock=clock, on_part=on_part, combine=combine,
                            timeout=timeout, filters=filters, reroute=reroute)
-        return wait_result(req, timeout) if block else req
+        if not block:
+            return req
+        return self._wait_pull(req, timeout, consistency, tau, clock, list(parts))
 
     def _range_parts(self, keymap: KeyMap, ranges: list[tuple[int, int]],
                      body: dict[str, Any] | None = None) -> dict[int, Message]:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -26,12 +27,12 @@ from .._config import Config, parse_address
 from .._errors import InvalidArgument, ProtocolError, PSError
 from ..clock import Consistency
 from ..node import DEFAULT_GROUP, SCHEDULER_ID, Node, choose_host, process_info
-from ..protocol import Barrier, Message, Op, PolicyRequest, PolicyUpdate, RegisterReply, TableDeclare, TableReply
+from ..protocol import Barrier, Bye, Message, Op, PolicyRequest, PolicyUpdate, RegisterReply, TableDeclare, TableReply
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
 from ._session import Session, wait_result
-from ._shards import Shard, iterate_shards
+from ._shards import Shard, iterate_shards, row_shards
 from ._table import Table
 
 __all__ = ["Worker", "connect", "open_workers"]
@@ -46,13 +47,25 @@ def open_workers() -> list[Worker]:
     return [w for w in list(_open) if not w.closed]
 
 
+def _crash() -> Bye:
+    """The goodbye of a program that is ending: a crash if an exception ended it (the
+    interpreter keeps the uncaught exception in ``sys.last_value`` before exit handlers run)."""
+    exc = getattr(sys, "last_value", None)
+    if isinstance(exc, BaseException) and not isinstance(exc, SystemExit):
+        return Bye(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                   code=130 if isinstance(exc, KeyboardInterrupt) else 1)
+    return Bye()
+
+
 @atexit.register
 def _close_at_exit() -> None:
     """A program that ends without ``close()`` still says goodbye (and flushes held-back
-    updates), so that its job ends cleanly instead of waiting for a missing heartbeat."""
+    updates), so that its job ends cleanly instead of waiting for a missing heartbeat; a
+    program that an exception ended says that it crashed, and with what."""
+    bye = _crash()
     for w in open_workers():
         try:
-            w.close(timeout=2.0)
+            w._close(2.0, bye)
         except Exception:  # the interpreter is going away; nothing else to do
             pass
 
@@ -65,10 +78,14 @@ class Worker:
     id:
         The node id the scheduler gave it.
     rank:
-        Its rank among the workers of its group, 0-based (from the launcher, or in order of
-        joining).
+        Its rank among the workers of its group, 0-based: in a fixed job the launcher's
+        PS_WORKER_RANK (``0 <= rank < num_workers``, unique); in a dynamic job the lowest rank
+        free when it joined (a rank of a worker that left is given again), so ranks need not
+        be dense.
     num_workers:
-        Workers in its group (the job's, for the default group), or 0 if it has no fixed number.
+        Workers in its group (the job's, for the default group: DMLC_NUM_WORKER, ``paramserver
+        launch -w``), or 0 if it has no fixed number (``LocalCluster()`` without ``workers``).
+        Split data with :meth:`rows` or :meth:`shards`, which work in both.
     group:
         The worker group it belongs to (``"default"`` unless it named one; docs/groups.md).
     address:
@@ -277,6 +294,30 @@ class Worker:
 
         return iterate_shards(call, self.wait_all, name, shards, epochs=epochs, on_done=done)
 
+    def rows(self, n_rows: int, *, name: str = "rows", shards: int = 0, epochs: int = 1,
+             timeout: float | None = None) -> Iterator[slice]:
+        """This worker's share of rows ``0..n_rows``, as slices: ``for s in w.rows(len(y)):
+        train(X[s], y[s])``. Works in fixed and in dynamic jobs.
+
+        * Fixed job (:attr:`num_workers` > 0: ``paramserver launch``, DMLC_NUM_WORKER): the
+          contiguous block ``row_shards(n_rows, num_workers)[rank]``, once per epoch, with no
+          message to the scheduler. The blocks of all ranks cover every row exactly once.
+        * Dynamic job (:attr:`num_workers` == 0, where ``X[rank::num_workers]`` would fail):
+          the ranges of ``row_shards(n_rows, shards or 16)`` handed out by the scheduler
+          (:meth:`shards` with set ``name``), so every row is processed exactly once per
+          epoch however many workers come, go or die.
+
+        Every worker must call it with the same ``n_rows``, ``name``, ``shards`` and ``epochs``.
+        """
+        if self.num_workers > 0:
+            start, stop = row_shards(n_rows, self.num_workers)[self.rank]
+            for _ in range(epochs):
+                yield slice(start, stop)
+            return
+        for shard in self.shards(name, row_shards(n_rows, shards or 16), epochs=epochs, timeout=timeout):
+            start, stop = shard.data
+            yield slice(int(start), int(stop))
+
     def wait(self, ts: int, timeout: float | None = None) -> None:
         """Wait for this worker's request with timestamp ``ts``; return at once if it is done."""
         req = self._node.pending_request(ts)
@@ -441,6 +482,10 @@ class Worker:
         Requests still in flight fail with :class:`ClosedError`; call :meth:`wait_all`
         first to let them finish.
         """
+        self._close(timeout, Bye())
+
+    def _close(self, timeout: float, bye: Bye) -> None:
+        """:meth:`close`, with the goodbye ``bye`` (which may report a crash)."""
         if self.closed:
             return
         if self._node.aborted is None:
@@ -459,7 +504,7 @@ class Worker:
         node = self._node
         if node.aborted is None:
             try:
-                node.call(SCHEDULER_ID, Message(Op.BYE), "goodbye", timeout)
+                node.call(SCHEDULER_ID, Message(Op.BYE, body=bye.to_wire()), "goodbye", timeout)
             except PSError as exc:
                 log.debug("worker %d: goodbye not acknowledged: %s", self.id, exc)
         node.close(linger=1.0)
@@ -491,7 +536,9 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         ``host:port`` or ``tcp://host:port``; if None, read from the environment
         (PS_SCHEDULER, or DMLC_PS_ROOT_URI and DMLC_PS_ROOT_PORT, as set by the launcher).
     timeout:
-        Seconds to wait for the scheduler (PS_CONNECT_TIMEOUT if None).
+        Seconds to wait for the scheduler (PS_CONNECT_TIMEOUT if None). A registration that
+        waits (no scheduler yet, or a job still waiting for its servers) logs one warning
+        after a few seconds that says what it waits for.
     group:
         The worker group to join (PS_GROUP if None; empty: the default group). Ranks,
         ``barrier()``, data shards and the end are per group (docs/groups.md).
@@ -504,7 +551,8 @@ def connect(address: str | None = None, *, timeout: float | None = None,
     Raises
     ------
     ConnectError
-        No scheduler answered in time; the message names the address.
+        No scheduler answered in time, or the job did not start in time; the message names
+        the address and, if the scheduler answered, what the job waits for.
     ConfigError
         No address given and none in the environment.
     """
@@ -526,6 +574,7 @@ def connect(address: str | None = None, *, timeout: float | None = None,
             addr,
             {"role": "worker", "address": node.address, "rank": cfg.worker_rank, **named, **process_info()},
             timeout=cfg.connect_timeout if timeout is None else timeout,
+            limit="PS_CONNECT_TIMEOUT" if timeout is None else "the timeout argument",
         )
     except BaseException:
         node.close(linger=0)
