@@ -117,6 +117,17 @@ def _cmd_metrics(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    from ..deploy import AdminClient
+    from ._dashboard import serve_dashboard
+
+    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+        serve_dashboard(admin.status, args.bind, args.serve, interval=args.interval, address=admin.address,
+                        on_ready=lambda url: print(f"dashboard of {admin.address} at {url}", file=sys.stderr,
+                                                   flush=True))
+    return 0
+
+
 def _cmd_shutdown(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import AdminClient
 
@@ -221,6 +232,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     s.add_argument("--timeout", type=float, default=10.0)
     s.set_defaults(fn=_cmd_metrics)
+
+    s = sub.add_parser("dashboard", help="a live web page of the cluster: nodes, key ranges, tables, rates, "
+                                         "workers, failures")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("--serve", type=int, default=8080, metavar="PORT", help="port of the page (default 8080)")
+    s.add_argument("--bind", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between status reports (default 1)")
+    s.add_argument("--timeout", type=float, default=10.0)
+    s.set_defaults(fn=_cmd_dashboard)
 
     s = sub.add_parser("shutdown", help="end the job of a cluster and stop its nodes")
     s.add_argument("address", help="scheduler address host:port")

@@ -1,0 +1,325 @@
+"""``paramserver dashboard ADDRESS --serve PORT``: a live web page of the cluster.
+
+:class:`Board` turns the scheduler's successive status reports into the page's state (a
+JSON document): nodes and their liveness (a node that left is kept, marked ``failed``,
+``finished`` or ``drained`` by the timeline event that named it), the key ranges on the ring
+with their replicas, tables (keys, memory, pushes, pulls, bytes before and after each
+filter), push and pull rates from the difference of the servers' counters between two
+reports, each worker's iteration and idle share, and the scheduler's timeline. It is pure:
+fed reports, never a socket or a clock.
+
+:class:`Dashboard` is the shell: one thread asks the scheduler for a status every
+``interval`` seconds (so rates are measured over equal steps however many browsers
+watch), and an HTTP server answers ``/`` (the page: static HTML, CSS and JavaScript in one
+file, nothing from the internet), ``/api/state`` (the JSON the page polls) and ``/metrics``
+(the same figures for Prometheus, ``_metrics.py``).
+
+Thread-safety: :class:`Board` is not thread-safe; :class:`Dashboard` updates it on its
+sampling thread and hands HTTP threads the last finished state (an immutable snapshot, read
+under a lock); status requests are made one at a time.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..protocol import KEY_SPACE
+from ._metrics import registry_of
+
+__all__ = ["Board", "Dashboard", "serve_dashboard"]
+
+#: Rate samples kept for the plot (at the default 1 s interval: 5 minutes).
+HISTORY = 300
+
+#: How a node that left the membership is shown, by the last timeline event naming it.
+_GONE = {"failure": "failed", "finish": "finished", "drain": "drained"}
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class Board:
+    """The page's state from successive status reports; see the module docstring."""
+
+    def __init__(self, address: str = "") -> None:
+        self.address = address
+        self.samples = 0
+        self.error = ""
+        self._nodes: dict[int, dict[str, Any]] = {}
+        self._last: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {}  # worker -> its clock, counts
+        self._history: deque[list[float]] = deque(maxlen=HISTORY)
+        self._rates: dict[str, dict[str, list[float]]] = {}  # worker -> table -> [pushes/s, pulls/s]
+        self._state: dict[str, Any] = {"samples": 0, "error": "waiting for the first status report",
+                                       "address": address, "nodes": [], "history": []}
+
+    # ------------------------------------------------------------------ events in
+    def failed(self, why: str) -> dict[str, Any]:
+        """The scheduler did not answer: keep the last figures, say why."""
+        self.error = why
+        self._state = {**self._state, "error": why}
+        return self._state
+
+    def update(self, status: dict[str, Any]) -> dict[str, Any]:
+        """A new status report; the new state."""
+        self.samples += 1
+        self.error = ""
+        names = {str(t[0]): t[1] for t in status.get("tables", [])}
+        servers = status.get("servers", {})
+        reports = status.get("reports", {})
+        events = status.get("events", [])
+        self._state = {
+            "samples": self.samples,
+            "error": "",
+            "address": self.address,
+            "summary": {
+                "uptime": _num(status.get("uptime")),
+                "epoch": (status.get("keymap") or {}).get("epoch", 0),
+                "num_servers": status.get("num_servers", 0),
+                "num_workers": status.get("num_workers", 0),
+                "failovers": status.get("failovers", 0),
+                "migrations": status.get("migrations", 0),
+                "migrating": bool(status.get("migrating")),
+            },
+            "nodes": self._update_nodes(status, events),
+            "ring": self._ring(status.get("keymap") or {}),
+            "tables": self._tables(names, servers, reports),
+            "rates": self._update_rates(reports, _num(status.get("uptime"))),
+            "history": list(self._history),
+            "workers": self._workers(reports),
+            "events": events,
+        }
+        return self._state
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The last state (the page's JSON)."""
+        return self._state
+
+    # ------------------------------------------------------------------ parts
+    def _update_nodes(self, status: dict[str, Any], events: list[list[Any]]) -> list[dict[str, Any]]:
+        seen = status.get("last_seen", {})
+        servers = status.get("servers", {})
+        live: set[int] = set()
+        for nid, role, address, host, pid, rank in status.get("nodes", []):
+            if role not in ("server", "worker"):
+                continue
+            live.add(nid)
+            rep = servers.get(str(nid), {})
+            state = "unreachable" if role == "server" and "error" in rep else "alive"
+            self._nodes[nid] = {"id": nid, "role": role, "rank": rank if role == "worker" else None,
+                                "address": address, "host": host, "pid": pid, "state": state,
+                                "heartbeat": max(0.0, _num(seen[str(nid)])) if str(nid) in seen else None, "why": rep.get("error", ""),
+                                "rss": rep.get("rss")}
+        last_event = {e[2]: e for e in events if len(e) >= 4}
+        for nid, node in self._nodes.items():
+            if nid not in live and node["state"] in ("alive", "unreachable"):
+                ev = last_event.get(nid)
+                node.update(state=_GONE.get(ev[1], "left") if ev else "left", heartbeat=None,
+                            why=ev[3] if ev else "no longer a member")
+        return [self._nodes[n] for n in sorted(self._nodes)]
+
+    @staticmethod
+    def _ring(keymap: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"lo": lo / KEY_SPACE, "hi": (last + 1) / KEY_SPACE, "first": f"{lo:#018x}", "last": f"{last:#018x}",
+                 "master": master, "replicas": list(replicas)}
+                for lo, last, master, replicas in keymap.get("ranges", [])]
+
+    @staticmethod
+    def _tables(names: dict[str, Any], servers: dict[str, Any], reports: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for tid, spec in sorted(names.items(), key=lambda kv: int(kv[0])):
+            keys = nbytes = pushes = pulls = applied = 0.0
+            filters: dict[tuple[str, str, str], list[float]] = {}
+            for rep in servers.values():
+                t = rep.get("tables", {}).get(tid)
+                if t:
+                    keys += _num(t.get("keys"))
+                    nbytes += _num(t.get("bytes"))
+                    applied += _num(t.get("pushes"))
+                for key, fb in rep.get("filters", {}).items():
+                    ftid, direction, fname = key.split("/", 2)
+                    if ftid == tid:
+                        acc = filters.setdefault((fname, "servers", direction), [0.0, 0.0])
+                        acc[0] += _num(fb.get("before"))
+                        acc[1] += _num(fb.get("after"))
+            for rep in reports.values():
+                t = rep.get("tables", {}).get(spec.get("name"))
+                pushes += _num((t or {}).get("pushes"))
+                pulls += _num((t or {}).get("pulls"))
+                for fname, fb in (t or {}).get("filters", {}).items():
+                    for direction in ("sent", "received"):
+                        if f"{direction}_before" in fb:
+                            acc = filters.setdefault((fname, "workers", direction), [0.0, 0.0])
+                            acc[0] += _num(fb[f"{direction}_before"])
+                            acc[1] += _num(fb.get(f"{direction}_after"))
+            out.append({"id": int(tid), "name": spec.get("name"), "width": spec.get("width"),
+                        "dtype": spec.get("dtype"), "updater": spec.get("updater"), "keys": keys, "bytes": nbytes,
+                        "pushes": pushes, "pulls": pulls, "applied": applied,
+                        "filters": [{"filter": f, "where": w, "direction": d, "before": b, "after": a}
+                                    for (f, w, d), (b, a) in sorted(filters.items())]})
+        return out
+
+    def _update_rates(self, reports: dict[str, Any], uptime: float) -> dict[str, Any]:
+        """Push and pull requests per second, per table, summed over the workers: each
+        worker's rate is the difference of its counters between its two last heartbeat
+        reports over the difference of its own clock (``seconds``), so it is exact however
+        the reports and the samples interleave; a worker that left no longer counts."""
+        rates: dict[str, dict[str, list[float]]] = {}
+        for nid, rep in reports.items():
+            counts = {str(name): (_num(t.get("pushes")), _num(t.get("pulls")))
+                      for name, t in rep.get("tables", {}).items()}
+            clock = _num(rep.get("seconds"))
+            before = self._last.get(nid)
+            if before is not None and clock > before[0]:
+                dt = clock - before[0]
+                rates[nid] = {name: [max(0.0, pu - before[1].get(name, (0.0, 0.0))[0]) / dt,
+                                     max(0.0, pl - before[1].get(name, (0.0, 0.0))[1]) / dt]
+                              for name, (pu, pl) in counts.items()}
+                self._last[nid] = (clock, counts)
+            elif before is None:
+                self._last[nid] = (clock, counts)
+                rates[nid] = {}
+            else:  # the same report again: its rates stand
+                rates[nid] = self._rates.get(nid, {})
+        self._last = {n: v for n, v in self._last.items() if n in reports}
+        self._rates = rates
+        per: dict[str, list[float]] = {}
+        for tables in rates.values():
+            for name, (pu, pl) in tables.items():
+                acc = per.setdefault(name, [0.0, 0.0])
+                acc[0] += pu
+                acc[1] += pl
+        push = sum(v[0] for v in per.values())
+        pull = sum(v[1] for v in per.values())
+        self._history.append([round(uptime, 3), push, pull])
+        return {"push": push, "pull": pull, "tables": {k: {"push": v[0], "pull": v[1]} for k, v in per.items()}}
+
+    @staticmethod
+    def _workers(reports: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for nid, rep in sorted(reports.items(), key=lambda kv: int(kv[0])):
+            tables = rep.get("tables", {}).values()
+            out.append({"id": int(nid), "rank": rep.get("rank"), "iteration": rep.get("iteration", 0),
+                        "idle": _num(rep.get("idle_fraction")), "seconds": _num(rep.get("seconds")),
+                        "pushes": sum(_num(t.get("pushes")) for t in tables),
+                        "pulls": sum(_num(t.get("pulls")) for t in tables),
+                        "checkpoints": rep.get("checkpoints", 0), "age": _num(rep.get("age"))})
+        return out
+
+
+def page() -> bytes:
+    """The dashboard's HTML (with its CSS and JavaScript inline)."""
+    return resources.files(__package__).joinpath("dashboard.html").read_bytes()
+
+
+class Dashboard:
+    """Samples ``get_status`` every ``interval`` seconds into a :class:`Board` and serves it."""
+
+    def __init__(self, get_status: Callable[[], dict[str, Any]], host: str, port: int, *,
+                 interval: float = 1.0, address: str = "") -> None:
+        self.get_status = get_status
+        self.interval = interval
+        self.board = Board(address)
+        self._status_lock = threading.Lock()  # one status request at a time
+        self._lock = threading.Lock()
+        self._state = json.dumps(self.board.state).encode()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
+        self.httpd = http.server.ThreadingHTTPServer((host, port), self._handler())
+        self.httpd.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+    def status(self) -> dict[str, Any]:
+        with self._status_lock:
+            return self.get_status()
+
+    def sample(self) -> None:
+        """Ask for one status and update the board."""
+        try:
+            st = self.status()
+        except Exception as exc:
+            state = self.board.failed(f"the scheduler did not answer: {exc}")
+        else:
+            state = self.board.update(st)
+        body = json.dumps({**state, "interval": self.interval}).encode()
+        with self._lock:
+            self._state = body
+
+    def state(self) -> bytes:
+        with self._lock:
+            return self._state
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.sample()
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def serve_forever(self) -> None:
+        """Sample and serve until :meth:`close` or an interrupt."""
+        self._sampler.start()
+        try:
+            self.httpd.serve_forever()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        board = self
+        registry = registry_of(self.status)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path in ("/", "/index.html"):
+                    self._send(page(), "text/html; charset=utf-8")
+                elif path == "/api/state":
+                    self._send(board.state(), "application/json")
+                elif path == "/metrics":
+                    try:
+                        body = generate_latest(registry)
+                    except Exception as exc:
+                        self.send_error(503, f"the scheduler did not answer: {exc}")
+                        return
+                    self._send(body, CONTENT_TYPE_LATEST)
+                else:
+                    self.send_error(404, "the dashboard serves /, /api/state and /metrics")
+
+            def _send(self, body: bytes, ctype: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def serve_dashboard(get_status: Callable[[], dict[str, Any]], host: str, port: int, *, interval: float = 1.0,
+                    address: str = "", on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the dashboard at ``host:port`` until interrupted."""
+    dash = Dashboard(get_status, host, port, interval=interval, address=address)
+    if on_ready is not None:
+        on_ready(dash.url)
+    dash.serve_forever()

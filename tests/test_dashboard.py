@@ -1,0 +1,202 @@
+"""The live dashboard in a real headless browser (Debian's chromium through chromedriver,
+driven by selenium): the right nodes, rates that move after pushes, exact table figures,
+a killed server shown as failed with its failover on the timeline.
+
+Waits are on the page's own content, polled with a bound (never a fixed sleep). Set
+PS_DASHBOARD_SCREENSHOT=PATH to keep the final screenshot (docs/dashboard.png is made so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import paramserver as ps
+from helpers import free_port
+from paramserver.cli._dashboard import Board
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+KEYS = np.array([3, 11, 2**63 + 1], dtype=np.uint64)  # 2 keys on the first server, 1 on the second
+
+
+def test_board_rates_from_counter_differences_and_nodes_that_left() -> None:
+    """The pure part: rates from each worker's counters over its own clock, a worker that
+    left no longer counted, exact table sums, and a node that left shown by the event that
+    named it."""
+    def report(seconds: float, pushes: int, pulls: int) -> dict[str, Any]:
+        return {"rank": 0, "iteration": 1, "seconds": seconds, "idle_fraction": 0.5,
+                "tables": {"w": {"pushes": pushes, "pulls": pulls}}}
+
+    def status(workers: dict[str, dict[str, Any]], nodes: list[int], events: list[list[Any]]) -> dict[str, Any]:
+        return {"nodes": [[n, "server" if n < 3 else "worker", f"tcp://h:{n}", "h", n, 0] for n in nodes],
+                "last_seen": {}, "tables": [[0, {"name": "w", "width": 1}, {}]], "uptime": 1.0, "events": events,
+                "servers": {"1": {"tables": {"0": {"keys": 5, "bytes": 40, "pushes": 9, "pulls": 0}}}},
+                "reports": workers,
+                "keymap": {"epoch": 1, "ranges": [[0, 2**63 - 1, 1, [2]], [2**63, 2**64 - 1, 2, [1]]]}}
+
+    board = Board("tcp://h:1")
+    board.update(status({"3": report(10.0, 10, 0), "4": report(5.0, 0, 0)}, [1, 2, 3, 4], []))
+    st = board.update(status({"3": report(12.0, 30, 4), "4": report(6.0, 40, 0)}, [1, 2, 3, 4], []))
+    assert st["rates"]["push"] == 20 / 2 + 40 / 1 and st["rates"]["pull"] == 4 / 2
+    assert st["tables"][0]["pushes"] == 70 and st["tables"][0]["pulls"] == 4
+    assert st["tables"][0]["keys"] == 5 and st["tables"][0]["applied"] == 9
+    assert st["ring"][0] == {"lo": 0.0, "hi": 0.5, "first": "0x0000000000000000", "last": "0x7fffffffffffffff",
+                             "master": 1, "replicas": [2]}
+    st = board.update(status({"3": report(12.0, 30, 4), "4": report(6.0, 40, 0)}, [1, 2, 3, 4], []))
+    assert st["rates"]["push"] == 50  # the same reports again: the same rates
+    st = board.update(status({"4": report(7.0, 45, 0)}, [2, 4], [[5.0, "failure", 1, "server 1 died"],
+                                                                  [6.0, "finish", 3, "worker 3 finished"]]))
+    assert st["rates"]["push"] == 5  # worker 3 left: only worker 4 counts
+    assert [(n["id"], n["state"]) for n in st["nodes"]] == [(1, "failed"), (2, "alive"), (3, "finished"),
+                                                            (4, "alive")]
+    assert st["nodes"][0]["why"] == "server 1 died"
+    assert [h[1] for h in st["history"]] == [0.0, 50.0, 50.0, 5.0]
+    assert board.failed("gone")["nodes"] == st["nodes"]
+
+
+def _browser_or_skip() -> Any:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/packages.txt; `make sysdeps` as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a browser or driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1250", "--no-first-run", "--disable-extensions"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver = _browser_or_skip()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_page(driver: Any, what: str, check: Callable[[Any], Any], timeout: float = 60.0) -> Any:
+    """Poll the page (every 0.1 s, at most ``timeout`` s) until ``check(driver)`` is true."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(check)
+    except TimeoutException:
+        pytest.fail(f"the dashboard never showed {what}; it shows:\n{driver.find_element('tag name', 'body').text}")
+
+
+def node_states(driver: Any) -> dict[int, tuple[str, str]]:
+    rows = driver.find_elements("css selector", "#nodes tbody tr")
+    return {int(r.get_attribute("data-node")): (r.get_attribute("data-role"), r.get_attribute("data-state"))
+            for r in rows}
+
+
+def cell(driver: Any, selector: str) -> str:
+    found = driver.find_elements("css selector", selector)
+    return str(found[0].text) if found else ""
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    with ps.LocalCluster(servers=2, replicas=2, env=fast_env) as cluster, ps.connect(cluster.address) as w:
+        dash = subprocess.Popen([sys.executable, "-m", "paramserver", "dashboard", cluster.address, "--serve",
+                                 str(port), "--interval", "0.25"], env={**os.environ, **fast_env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            servers = sorted(cluster.server_id(i) for i in range(2))
+
+            def page_loaded(d: Any) -> bool:
+                assert dash.poll() is None, dash.stderr.read() if dash.stderr else ""
+                try:
+                    urllib.request.urlopen(url + "api/state", timeout=5).close()
+                except OSError:
+                    return False
+                d.get(url)
+                return True
+
+            wait_page(browser, "its page", page_loaded)
+            want = {**{s: ("server", "alive") for s in servers}, w.id: ("worker", "alive")}
+            wait_page(browser, f"the nodes {want}", lambda d: node_states(d) == want)
+            assert cell(browser, "#push-rate") == "0.00"
+
+            t = w.table("emb", width=4)
+            # push until the page shows a rate above zero (however late it samples), then stop
+            stop, done = threading.Event(), [0]
+
+            def push() -> None:
+                while not stop.is_set():
+                    t.push(KEYS, np.ones((3, 4), np.float32)).wait()
+                    done[0] += 1
+
+            pusher = threading.Thread(target=push)
+            pusher.start()
+            try:
+                wait_page(browser, "a push rate above zero", lambda d: float(cell(d, "#push-rate") or 0) > 0)
+            finally:
+                stop.set()
+                pusher.join()
+            pushes = done[0]
+            for _ in range(3):
+                w.advance()
+            wait_page(browser, "the table's pushes",
+                      lambda d: cell(d, '#tables tr[data-table="emb"] .pushes') == f"{pushes:,}")
+            # each push has a part for each server, applied by its master and its replica
+            wait_page(browser, "the pushes applied",
+                      lambda d: cell(d, '#tables tr[data-table="emb"] .applied') == f"{4 * pushes:,}")
+            assert cell(browser, '#tables tr[data-table="emb"] .keys') == "3"
+            wait_page(browser, "the worker's iteration",
+                      lambda d: cell(d, f'#workers tr[data-worker="{w.id}"] .iteration') == "3")
+            ring = browser.find_elements("css selector", "#ring path")
+            assert {int(p.get_attribute("data-node")) for p in ring} == set(servers)
+            assert {p.get_attribute("data-copy") for p in ring} == {"0", "1"}  # masters and replicas drawn
+            # the rate falls back to zero once pushes stop
+            wait_page(browser, "the push rate back at zero", lambda d: cell(d, "#push-rate") == "0.00")
+
+            victim = cluster.server_id(0)
+            os.kill(cluster.server_pids[0], signal.SIGKILL)
+            wait_page(browser, f"server {victim} as failed",
+                      lambda d: node_states(d).get(victim) == ("server", "failed"))
+            wait_page(browser, "the failover on the timeline",
+                      lambda d: d.find_elements("css selector", f'#events li[data-kind="failover"][data-node="{victim}"]'))
+            assert browser.find_elements("css selector", f'#events li[data-kind="failure"][data-node="{victim}"]')
+            assert node_states(browser)[servers[1]] == ("server", "alive")
+            assert node_states(browser)[w.id] == ("worker", "alive")
+            # the survivor masters everything now, and training goes on
+            t.push(KEYS, np.ones((3, 4), np.float32)).wait()
+            np.testing.assert_array_equal(t.pull(KEYS), np.full((3, 4), pushes + 1, np.float32))
+            wait_page(browser, "one ring owner", lambda d: {
+                int(p.get_attribute("data-node")) for p in d.find_elements("css selector", '#ring path[data-copy="0"]')
+            } == {servers[1]})
+            state = json.loads(urllib.request.urlopen(url + "api/state", timeout=5).read())
+            assert [e[1] for e in state["events"] if e[2] == victim][-2:] == ["failure", "failover"]
+
+            shot = tmp_path / "dashboard.png"
+            browser.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+            keep = os.environ.get("PS_DASHBOARD_SCREENSHOT")
+            if keep:
+                shutil.copyfile(shot, keep)
+        finally:
+            dash.terminate()
+            dash.wait(10)
