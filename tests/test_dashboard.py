@@ -118,13 +118,13 @@ def cell(driver: Any, selector: str) -> str:
 @pytest.mark.slow
 def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
-    with ps.LocalCluster(servers=2, replicas=2, env=fast_env) as cluster, ps.connect(cluster.address) as w:
+    with ps.LocalCluster(servers=3, replicas=2, env=fast_env) as cluster, ps.connect(cluster.address) as w:
         dash = subprocess.Popen([sys.executable, "-m", "paramserver", "dashboard", cluster.address, "--serve",
                                  str(port), "--interval", "0.25"], env={**os.environ, **fast_env},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             url = f"http://127.0.0.1:{port}/"
-            servers = sorted(cluster.server_id(i) for i in range(2))
+            servers = sorted(cluster.server_id(i) for i in range(3))
 
             def page_loaded(d: Any) -> bool:
                 assert dash.poll() is None, dash.stderr.read() if dash.stderr else ""
@@ -173,21 +173,34 @@ def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path
             # the rate falls back to zero once pushes stop
             wait_page(browser, "the push rate back at zero", lambda d: cell(d, "#push-rate") == "0.00")
 
+            w.checkpoint(tmp_path / "ck")
+            wait_page(browser, "the checkpoint on the timeline", lambda d: d.find_elements(
+                "css selector", f'#events li[data-kind="checkpoint"][data-node="{w.id}"]'))
+            assert "wrote a checkpoint of iteration 2" in cell(browser, '#events li[data-kind="checkpoint"]')
+            wait_page(browser, "the worker's checkpoint count",
+                      lambda d: cell(d, f'#workers tr[data-worker="{w.id}"] td:last-child') == "1")
+
             victim = cluster.server_id(0)
+            survivors = {s for s in servers if s != victim}
             os.kill(cluster.server_pids[0], signal.SIGKILL)
             wait_page(browser, f"server {victim} as failed",
                       lambda d: node_states(d).get(victim) == ("server", "failed"))
             wait_page(browser, "the failover on the timeline",
                       lambda d: d.find_elements("css selector", f'#events li[data-kind="failover"][data-node="{victim}"]'))
             assert browser.find_elements("css selector", f'#events li[data-kind="failure"][data-node="{victim}"]')
-            assert node_states(browser)[servers[1]] == ("server", "alive")
+            assert {s: node_states(browser)[s] for s in survivors} == {s: ("server", "alive") for s in survivors}
             assert node_states(browser)[w.id] == ("worker", "alive")
-            # the survivor masters everything now, and training goes on
+            # the survivors hold every range again, each with a replica, and training goes on
+            wait_page(browser, "the replicas restored on the timeline",
+                      lambda d: d.find_elements("css selector", '#events li[data-kind="migration"]'))
             t.push(KEYS, np.ones((3, 4), np.float32)).wait()
             np.testing.assert_array_equal(t.pull(KEYS), np.full((3, 4), pushes + 1, np.float32))
-            wait_page(browser, "one ring owner", lambda d: {
-                int(p.get_attribute("data-node")) for p in d.find_elements("css selector", '#ring path[data-copy="0"]')
-            } == {servers[1]})
+
+            def ring(d: Any, copy: str) -> set[int]:
+                return {int(p.get_attribute("data-node"))
+                        for p in d.find_elements("css selector", f'#ring path[data-copy="{copy}"]')}
+
+            wait_page(browser, "the ring on the survivors", lambda d: ring(d, "0") == ring(d, "1") == survivors)
             state = json.loads(urllib.request.urlopen(url + "api/state", timeout=5).read())
             assert [e[1] for e in state["events"] if e[2] == victim][-2:] == ["failure", "failover"]
 
@@ -200,3 +213,41 @@ def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path
         finally:
             dash.terminate()
             dash.wait(10)
+
+
+@pytest.mark.cluster
+def test_the_scheduler_serves_the_dashboard(fast_env: dict[str, str]) -> None:
+    """``LocalCluster(dashboard=PORT)`` (``paramserver scheduler --dashboard PORT``): the page
+    and its state come from the scheduler's own process, with every node and the worker's
+    heartbeat figures."""
+    port = free_port()
+    with ps.LocalCluster(servers=2, env=fast_env, dashboard=port) as cluster, ps.connect(cluster.address) as w:
+        t = w.table("s")
+        t.push(KEYS, np.ones(3, np.float32)).wait()
+        w.advance()
+        url = f"http://127.0.0.1:{port}/"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("text/html")
+            html = r.read().decode()
+        assert "<svg id=\"ring\"" in html and "http" not in html.replace("http://www.w3.org/2000/svg", "")
+
+        def state() -> dict[str, Any]:
+            with urllib.request.urlopen(url + "api/state", timeout=10) as r:
+                return dict(json.loads(r.read()))
+
+        last = [state()]
+
+        def shows_worker() -> bool:
+            st = last[0] = state()
+            return any(x["id"] == w.id and x["iteration"] == 1 for x in st.get("workers", []))
+
+        from test_metrics import wait_for
+
+        wait_for("the worker's report on the dashboard", shows_worker)
+        st = last[0]
+        assert sorted((n["id"], n["role"], n["state"]) for n in st["nodes"]) == sorted(
+            [(cluster.server_id(i), "server", "alive") for i in range(2)] + [(w.id, "worker", "alive")])
+        assert st["address"] == cluster.address
+        assert [(x["name"], x["keys"], x["pushes"]) for x in st["tables"]] == [("s", 3, 1)]
+        with urllib.request.urlopen(url + "metrics", timeout=10) as r:
+            assert "paramserver_worker_iteration" in r.read().decode()

@@ -8,7 +8,8 @@ filter), push and pull rates from the difference of the servers' counters betwee
 reports, each worker's iteration and idle share, and the scheduler's timeline. It is pure:
 fed reports, never a socket or a clock.
 
-:class:`Dashboard` is the shell: one thread asks the scheduler for a status every
+:class:`Dashboard` is the shell (run by ``paramserver dashboard`` or inside the scheduler's
+process by ``paramserver scheduler --dashboard PORT``): one thread asks the scheduler for a status every
 ``interval`` seconds (so rates are measured over equal steps however many browsers
 watch), and an HTTP server answers ``/`` (the page: static HTML, CSS and JavaScript in one
 file, nothing from the internet), ``/api/state`` (the JSON the page polls) and ``/metrics``
@@ -32,10 +33,12 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .._config import Config
+from ..deploy import AdminClient
 from ..protocol import KEY_SPACE
 from ._metrics import registry_of
 
-__all__ = ["Board", "Dashboard", "serve_dashboard"]
+__all__ = ["Board", "Dashboard", "scheduler_dashboard", "serve_dashboard"]
 
 #: Rate samples kept for the plot (at the default 1 s interval: 5 minutes).
 HISTORY = 300
@@ -223,18 +226,24 @@ def page() -> bytes:
 
 
 class Dashboard:
-    """Samples ``get_status`` every ``interval`` seconds into a :class:`Board` and serves it."""
+    """Samples ``get_status`` every ``interval`` seconds into a :class:`Board` and serves it.
+
+    Binding happens in the constructor (a port in use fails there, in the caller's thread);
+    :meth:`start` runs the sampler and the HTTP server on their own threads, :meth:`close`
+    stops and joins both and then runs ``on_close`` (e.g. closing the status client).
+    """
 
     def __init__(self, get_status: Callable[[], dict[str, Any]], host: str, port: int, *,
-                 interval: float = 1.0, address: str = "") -> None:
+                 interval: float = 1.0, address: str = "", on_close: Callable[[], None] | None = None) -> None:
         self.get_status = get_status
         self.interval = interval
+        self.on_close = on_close
         self.board = Board(address)
         self._status_lock = threading.Lock()  # one status request at a time
         self._lock = threading.Lock()
         self._state = json.dumps(self.board.state).encode()
         self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
+        self._threads: list[threading.Thread] = []
         self.httpd = http.server.ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
 
@@ -263,23 +272,45 @@ class Dashboard:
         with self._lock:
             return self._state
 
-    def _run(self) -> None:
+    def _sample_loop(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
             self.sample()
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
-    def serve_forever(self) -> None:
-        """Sample and serve until :meth:`close` or an interrupt."""
-        self._sampler.start()
-        try:
-            self.httpd.serve_forever()
-        finally:
-            self.close()
+    def start(self) -> Dashboard:
+        """Sample and serve on background threads; returns self."""
+        self._threads = [threading.Thread(target=self._sample_loop, name="paramserver-dashboard-sampler", daemon=True),
+                         threading.Thread(target=self.httpd.serve_forever, name="paramserver-dashboard-http",
+                                          daemon=True)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def wait(self) -> None:
+        """Block until :meth:`close` (from another thread) or an interrupt."""
+        while not self._stop.wait(0.5):
+            pass
 
     def close(self) -> None:
+        """Stop serving and sampling; idempotent."""
+        if self._stop.is_set() and not self._threads:
+            return
         self._stop.set()
+        if self._threads:
+            self.httpd.shutdown()
+        for t in self._threads:
+            t.join(timeout=30)
+        self._threads = []
         self.httpd.server_close()
+        if self.on_close is not None:
+            self.on_close()
+
+    def __enter__(self) -> Dashboard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         board = self
@@ -319,7 +350,27 @@ class Dashboard:
 def serve_dashboard(get_status: Callable[[], dict[str, Any]], host: str, port: int, *, interval: float = 1.0,
                     address: str = "", on_ready: Callable[[str], None] | None = None) -> None:
     """Serve the dashboard at ``host:port`` until interrupted."""
-    dash = Dashboard(get_status, host, port, interval=interval, address=address)
-    if on_ready is not None:
-        on_ready(dash.url)
-    dash.serve_forever()
+    with Dashboard(get_status, host, port, interval=interval, address=address) as dash:
+        dash.start()
+        if on_ready is not None:
+            on_ready(dash.url)
+        dash.wait()
+
+
+def scheduler_dashboard(address: str, host: str, port: int, config: Config, *, interval: float = 1.0) -> Dashboard:
+    """A dashboard served from the scheduler's own process (``paramserver scheduler
+    --dashboard PORT``): its status client joins the scheduler at ``address`` on the first
+    sample, from the sampling thread, and is closed without a goodbye when the dashboard is
+    (the scheduler is ending then)."""
+    clients: list[AdminClient] = []
+
+    def get_status() -> dict[str, Any]:
+        if not clients:
+            clients.append(AdminClient(address, timeout=min(config.timeout, 10.0), config=config))
+        return clients[0].status()
+
+    def close() -> None:
+        for c in clients:
+            c.node.close(linger=0)
+
+    return Dashboard(get_status, host, port, interval=interval, address=address, on_close=close).start()

@@ -34,6 +34,12 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
                             else args.port, replicas=args.replicas, parent_pid=args.exit_with_parent)
     address = proc.start()
     signal.signal(signal.SIGTERM, lambda s, f: proc.request_shutdown("the scheduler received SIGTERM", 143))
+    dashboard = None
+    if args.dashboard is not None:
+        from ._dashboard import scheduler_dashboard
+
+        dashboard = scheduler_dashboard(address, args.dashboard_bind, args.dashboard, config)
+        log.info("dashboard of the cluster at %s", dashboard.url)
     log.info("scheduler listening at %s; waiting for %d servers; workers: %s", address, config.num_servers,
              config.num_workers or "dynamic")
     if args.address_file:
@@ -43,7 +49,11 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
         os.replace(tmp, args.address_file)
     else:
         print(address, flush=True)
-    return proc.run()
+    try:
+        return proc.run()
+    finally:
+        if dashboard is not None:
+            dashboard.close()
 
 
 def _cmd_server(args: argparse.Namespace, config: Config) -> int:
@@ -71,7 +81,7 @@ def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
 def _cmd_launch(args: argparse.Namespace, config: Config) -> int:
     from ._launch import launch
 
-    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host)
+    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host, dashboard=args.dashboard)
 
 
 def _cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -195,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--address-file", help="write the bound address to this file instead of stdout")
     s.add_argument("--exit-with-parent", type=int, default=0, metavar="PID",
                    help="end the job when process PID exits")
+    s.add_argument("--dashboard", type=int, metavar="PORT", help="serve the live dashboard on this port")
+    s.add_argument("--dashboard-bind", default="127.0.0.1", help="address of the dashboard (default 127.0.0.1)")
     s.set_defaults(fn=_cmd_scheduler)
 
     s = sub.add_parser("server", help="run one server")
@@ -217,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--servers", type=int, default=1, help="server processes (default 1)")
     s.add_argument("-w", "--workers", type=int, default=1, help="worker processes (default 1)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--dashboard", type=int, metavar="PORT", help="the scheduler serves the live dashboard on this port")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments of each worker")
     s.set_defaults(fn=_cmd_launch)
 

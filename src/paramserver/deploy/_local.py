@@ -55,6 +55,9 @@ class LocalCluster:
         ``--restore`` and fills each table, when it is declared, with the checkpoint's keys
         it masters (the number of servers may differ from the checkpoint's). The manifest
         is checked before any process starts (:class:`CheckpointError` if unreadable).
+    dashboard:
+        A port on ``host`` where the scheduler serves the live dashboard
+        (``paramserver dashboard``; docs/dashboard.md), or None for none.
 
     Attributes
     ----------
@@ -68,7 +71,7 @@ class LocalCluster:
 
     def __init__(self, servers: int = 1, replicas: int = 1, *, workers: int = 0, host: str = "127.0.0.1",
                  env: dict[str, str] | None = None, log_level: str = "WARNING", timeout: float = 60.0,
-                 restore: str | os.PathLike[str] | None = None) -> None:
+                 restore: str | os.PathLike[str] | None = None, dashboard: int | None = None) -> None:
         if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
             raise InvalidArgument(f"servers must be an int >= 1, got {servers!r}")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= servers:
@@ -82,6 +85,7 @@ class LocalCluster:
         self.timeout = timeout
         self._env = {**os.environ, "PS_LOG_LEVEL": log_level, **(env or {})}
         Config.from_env(self._env)  # fail early on a bad setting
+        self.dashboard = dashboard
         self.restore = open_location(restore).url if restore is not None else None
         if self.restore is not None:
             read_manifest(self.restore)  # fail early on a missing or corrupt checkpoint
@@ -97,7 +101,7 @@ class LocalCluster:
         try:
             sched, self.address = start_scheduler(self._env, host=self.host, servers=self.servers,
                                                   workers=self.workers, replicas=self.replicas,
-                                                  timeout=self.timeout)
+                                                  timeout=self.timeout, dashboard=self.dashboard)
             self._procs.append(sched)
             self.scheduler_pid = sched.pid
             extra = ("--restore", self.restore) if self.restore else ()
