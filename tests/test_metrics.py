@@ -193,3 +193,15 @@ def test_metrics_served_over_http(fast_env: dict[str, str]) -> None:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_malformed_worker_reports_lose_only_what_is_malformed() -> None:
+    st = status_two_servers()
+    st["reports"] = {"4": {**st["reports"]["4"], "tables": {"w": {"pushes": 4, "filters": [1]}, "x": 3}},
+                     "5": [1, 2], "six": {"iteration": 1}, "7": {"tables": [], "iteration": "many"}}
+    text = render(st)
+    assert_grouped(text)
+    got = samples(text)
+    assert got[("paramserver_worker_table_pushes_total", (("rank", "0"), ("table", "w"), ("worker", "4")))] == 4
+    assert got[("paramserver_worker_iteration", (("rank", ""), ("worker", "7")))] == 0
+    assert not any(labels and dict(labels).get("worker") in ("5", "six") for _, labels in got)

@@ -72,3 +72,13 @@ def test_failure_and_failover_are_on_the_timeline() -> None:
     assert kinds[-2:] == [("failure", s2), ("failover", s2)]
     assert core.timeline.to_wire()[-1][3].startswith(f"the replicas of server {s2} took over its ranges")
     assert sends(out, Op.NODES)
+
+
+def test_odd_checkpoint_counts_are_no_events() -> None:
+    core = make(num_servers=1)
+    register(core, "server")
+    w, _ = register(core, "worker")
+    beat(core, w, 1.0, {"checkpoints": "x"})
+    beat(core, w, 2.0, {"checkpoints": True})
+    beat(core, w, 3.0, {"checkpoints": 2})
+    assert [e[1] for e in core.timeline.to_wire() if e[1] == "checkpoint"] == ["checkpoint"]

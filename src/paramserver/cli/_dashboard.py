@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .._config import Config
 from ..deploy import AdminClient
 from ..protocol import KEY_SPACE
-from ._metrics import registry_of
+from ._metrics import registry_of, reports_of
 
 __all__ = ["Board", "Dashboard", "scheduler_dashboard", "serve_dashboard"]
 
@@ -78,7 +78,7 @@ class Board:
         self.error = ""
         names = {str(t[0]): t[1] for t in status.get("tables", [])}
         servers = status.get("servers", {})
-        reports = status.get("reports", {})
+        reports = reports_of(status)
         events = status.get("events", [])
         self._state = {
             "samples": self.samples,

@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["StatusCollector", "registry_of", "render", "serve"]
+__all__ = ["StatusCollector", "registry_of", "render", "reports_of", "serve"]
 
 _P = "paramserver_"
 
@@ -68,6 +68,26 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+def _maps(value: Any) -> dict[str, dict[str, Any]]:
+    """``value`` if it is a map of maps, keeping only its entries that are maps, else {}."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, dict)}
+
+
+def reports_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The workers' heartbeat reports of a status, by node id, in a shape readers may trust:
+    a report is a map, its ``tables`` a map of maps, each table's ``filters`` a map of maps
+    (a node's malformed report loses what is malformed, never breaks a reader)."""
+    out: dict[str, dict[str, Any]] = {}
+    for nid, rep in _maps(status.get("reports")).items():
+        if not nid.isdigit():
+            continue
+        tables = {name: {**t, "filters": _maps(t.get("filters"))} for name, t in _maps(rep.get("tables")).items()}
+        out[nid] = {**rep, "tables": tables}
+    return out
+
+
 def families(status: dict[str, Any]) -> list[Metric]:
     """The metric families of one status report."""
     f = _Families()
@@ -88,7 +108,7 @@ def families(status: dict[str, Any]) -> list[Metric]:
         age.add_metric([nid, roles.get(nid, "")], _num(seconds))
     names = {str(t[0]): str(t[1]["name"]) for t in status.get("tables", [])}
     _servers(f, status.get("servers", {}), names)
-    _workers(f, status.get("reports", {}), roles)
+    _workers(f, reports_of(status), roles)
     _filter_totals(f, status)
     return list(f)
 
@@ -103,8 +123,8 @@ def _filter_totals(f: _Families, status: dict[str, Any]) -> None:
             tot = totals.setdefault((direction, name), [0.0, 0.0])
             tot[0] += _num(fb.get("before"))
             tot[1] += _num(fb.get("after"))
-    for rep in status.get("reports", {}).values():
-        for t in rep.get("tables", {}).values():
+    for rep in reports_of(status).values():
+        for t in rep["tables"].values():
             for name, fb in t.get("filters", {}).items():
                 for direction in ("sent", "received"):
                     if f"{direction}_before" in fb:

@@ -52,7 +52,8 @@ class Timeline:
         """
         before = self._reports.get(node)
         written = report.get("checkpoints")
-        if isinstance(written, int) and written > (before[1].get("checkpoints", 0) if before else 0):
+        was = before[1].get("checkpoints") if before else 0
+        if type(written) is int and written > (was if type(was) is int else 0):
             it = report.get("checkpoint_iteration")
             self.add(now, "checkpoint", node, f"{what} wrote a checkpoint" + (
                 f" of iteration {it}" if isinstance(it, int) else ""))
