@@ -100,18 +100,36 @@ def wait_page(driver: Any, what: str, check: Callable[[Any], Any], timeout: floa
         return WebDriverWait(driver, timeout, poll_frequency=0.1,
                              ignored_exceptions=(StaleElementReferenceException,)).until(check)
     except TimeoutException:
-        pytest.fail(f"the dashboard never showed {what}; it shows:\n{driver.find_element('tag name', 'body').text}")
+        pytest.fail(f"the dashboard never showed {what}; it shows:\n{driver.execute_script(BODY_TEXT)}")
+
+
+# The page redraws itself at every report, so each read is one script (the page's own
+# thread runs it between two redraws): never an element handle that a redraw makes stale.
+BODY_TEXT = "return document.body.innerText"
 
 
 def node_states(driver: Any) -> dict[int, tuple[str, str]]:
-    rows = driver.find_elements("css selector", "#nodes tbody tr")
-    return {int(r.get_attribute("data-node")): (r.get_attribute("data-role"), r.get_attribute("data-state"))
-            for r in rows}
+    rows = driver.execute_script("return [...document.querySelectorAll('#nodes tbody tr')]"
+                                 ".map(r => [r.dataset.node, r.dataset.role, r.dataset.state])")
+    return {int(n): (role, state) for n, role, state in rows}
 
 
 def cell(driver: Any, selector: str) -> str:
-    found = driver.find_elements("css selector", selector)
-    return str(found[0].text) if found else ""
+    """The text of the first element matching ``selector`` ('' if none)."""
+    return str(driver.execute_script("const e = document.querySelector(arguments[0]); "
+                                      "return e ? e.textContent.trim() : ''", selector))
+
+
+def count(driver: Any, selector: str) -> int:
+    return int(driver.execute_script("return document.querySelectorAll(arguments[0]).length", selector))
+
+
+def ring(driver: Any, copy: str | None = None) -> set[int]:
+    """The servers drawn on the ring (only copy ``copy``: "0" masters, "1" first replicas)."""
+    sel = "#ring path" + (f'[data-copy="{copy}"]' if copy is not None else "")
+    nodes = driver.execute_script("return [...document.querySelectorAll(arguments[0])].map(p => p.dataset.node)",
+                                  sel)
+    return {int(n) for n in nodes}
 
 
 @pytest.mark.cluster
@@ -167,15 +185,13 @@ def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path
             assert cell(browser, '#tables tr[data-table="emb"] .keys') == "3"
             wait_page(browser, "the worker's iteration",
                       lambda d: cell(d, f'#workers tr[data-worker="{w.id}"] .iteration') == "3")
-            ring = browser.find_elements("css selector", "#ring path")
-            assert {int(p.get_attribute("data-node")) for p in ring} == set(servers)
-            assert {p.get_attribute("data-copy") for p in ring} == {"0", "1"}  # masters and replicas drawn
+            assert ring(browser, "0") == ring(browser, "1") == set(servers)  # masters and replicas drawn
             # the rate falls back to zero once pushes stop
             wait_page(browser, "the push rate back at zero", lambda d: cell(d, "#push-rate") == "0.00")
 
             w.checkpoint(tmp_path / "ck")
-            wait_page(browser, "the checkpoint on the timeline", lambda d: d.find_elements(
-                "css selector", f'#events li[data-kind="checkpoint"][data-node="{w.id}"]'))
+            wait_page(browser, "the checkpoint on the timeline",
+                      lambda d: count(d, f'#events li[data-kind="checkpoint"][data-node="{w.id}"]'))
             assert "wrote a checkpoint of iteration 2" in cell(browser, '#events li[data-kind="checkpoint"]')
             wait_page(browser, "the worker's checkpoint count",
                       lambda d: cell(d, f'#workers tr[data-worker="{w.id}"] td:last-child') == "1")
@@ -186,19 +202,15 @@ def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path
             wait_page(browser, f"server {victim} as failed",
                       lambda d: node_states(d).get(victim) == ("server", "failed"))
             wait_page(browser, "the failover on the timeline",
-                      lambda d: d.find_elements("css selector", f'#events li[data-kind="failover"][data-node="{victim}"]'))
-            assert browser.find_elements("css selector", f'#events li[data-kind="failure"][data-node="{victim}"]')
+                      lambda d: count(d, f'#events li[data-kind="failover"][data-node="{victim}"]'))
+            assert count(browser, f'#events li[data-kind="failure"][data-node="{victim}"]') == 1
             assert {s: node_states(browser)[s] for s in survivors} == {s: ("server", "alive") for s in survivors}
             assert node_states(browser)[w.id] == ("worker", "alive")
             # the survivors hold every range again, each with a replica, and training goes on
             wait_page(browser, "the replicas restored on the timeline",
-                      lambda d: d.find_elements("css selector", '#events li[data-kind="migration"]'))
+                      lambda d: count(d, '#events li[data-kind="migration"]'))
             t.push(KEYS, np.ones((3, 4), np.float32)).wait()
             np.testing.assert_array_equal(t.pull(KEYS), np.full((3, 4), pushes + 1, np.float32))
-
-            def ring(d: Any, copy: str) -> set[int]:
-                return {int(p.get_attribute("data-node"))
-                        for p in d.find_elements("css selector", f'#ring path[data-copy="{copy}"]')}
 
             wait_page(browser, "the ring on the survivors", lambda d: ring(d, "0") == ring(d, "1") == survivors)
             state = json.loads(urllib.request.urlopen(url + "api/state", timeout=5).read())
@@ -251,3 +263,21 @@ def test_the_scheduler_serves_the_dashboard(fast_env: dict[str, str]) -> None:
         assert [(x["name"], x["keys"], x["pushes"]) for x in st["tables"]] == [("s", 3, 1)]
         with urllib.request.urlopen(url + "metrics", timeout=10) as r:
             assert "paramserver_worker_iteration" in r.read().decode()
+
+
+@pytest.mark.cluster
+def test_a_dashboard_port_in_use_is_said_plainly(cluster2: ps.LocalCluster, fast_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for cmd in (["dashboard", cluster2.address, "--serve", str(port)],
+                    ["scheduler", "--port", "0", "--servers", "1", "--dashboard", str(port)]):
+            res = subprocess.run([sys.executable, "-m", "paramserver", *cmd], capture_output=True, text=True,
+                                 env={**os.environ, **fast_env}, timeout=60)
+            assert res.returncode == 1, res.stderr
+            assert f"cannot serve the dashboard at 127.0.0.1:{port}: Address already in use (choose another port)" \
+                in res.stderr
+            assert "Traceback" not in res.stderr

@@ -34,6 +34,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .._config import Config
+from .._errors import ConfigError
 from ..deploy import AdminClient
 from ..protocol import KEY_SPACE
 from ._metrics import registry_of, reports_of
@@ -244,7 +245,11 @@ class Dashboard:
         self._state = json.dumps(self.board.state).encode()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.httpd = http.server.ThreadingHTTPServer((host, port), self._handler())
+        try:
+            self.httpd = http.server.ThreadingHTTPServer((host, port), self._handler())
+        except OSError as exc:
+            raise ConfigError(f"cannot serve the dashboard at {host}:{port}: {exc.strerror or exc} "
+                              f"(choose another port)") from None
         self.httpd.daemon_threads = True
 
     @property
@@ -357,20 +362,22 @@ def serve_dashboard(get_status: Callable[[], dict[str, Any]], host: str, port: i
         dash.wait()
 
 
-def scheduler_dashboard(address: str, host: str, port: int, config: Config, *, interval: float = 1.0) -> Dashboard:
-    """A dashboard served from the scheduler's own process (``paramserver scheduler
-    --dashboard PORT``): its status client joins the scheduler at ``address`` on the first
-    sample, from the sampling thread, and is closed without a goodbye when the dashboard is
-    (the scheduler is ending then)."""
+def scheduler_dashboard(host: str, port: int, config: Config, *, interval: float = 1.0) -> Dashboard:
+    """A dashboard for the scheduler's own process (``paramserver scheduler --dashboard
+    PORT``), bound now (before the scheduler starts, so a port in use fails first) and
+    started by ``start()`` once ``board.address`` is the scheduler's address. Its status
+    client joins the scheduler on the first sample, from the sampling thread, and is closed
+    without a goodbye when the dashboard is (the scheduler is ending then)."""
     clients: list[AdminClient] = []
 
     def get_status() -> dict[str, Any]:
         if not clients:
-            clients.append(AdminClient(address, timeout=min(config.timeout, 10.0), config=config))
+            clients.append(AdminClient(dash.board.address, timeout=min(config.timeout, 10.0), config=config))
         return clients[0].status()
 
     def close() -> None:
         for c in clients:
             c.node.close(linger=0)
 
-    return Dashboard(get_status, host, port, interval=interval, address=address, on_close=close).start()
+    dash = Dashboard(get_status, host, port, interval=interval, on_close=close)
+    return dash

@@ -32,13 +32,16 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
     config = Config.from_env(num_servers=args.servers, num_workers=args.workers)
     proc = SchedulerProcess(config, host=args.host or config.root_uri, port=config.root_port if args.port is None
                             else args.port, replicas=args.replicas, parent_pid=args.exit_with_parent)
-    address = proc.start()
-    signal.signal(signal.SIGTERM, lambda s, f: proc.request_shutdown("the scheduler received SIGTERM", 143))
     dashboard = None
     if args.dashboard is not None:
         from ._dashboard import scheduler_dashboard
 
-        dashboard = scheduler_dashboard(address, args.dashboard_bind, args.dashboard, config)
+        dashboard = scheduler_dashboard(args.dashboard_bind, args.dashboard, config)
+    address = proc.start()
+    signal.signal(signal.SIGTERM, lambda s, f: proc.request_shutdown("the scheduler received SIGTERM", 143))
+    if dashboard is not None:
+        dashboard.board.address = address
+        dashboard.start()
         log.info("dashboard of the cluster at %s", dashboard.url)
     log.info("scheduler listening at %s; waiting for %d servers; workers: %s", address, config.num_servers,
              config.num_workers or "dynamic")
