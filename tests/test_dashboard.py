@@ -36,9 +36,9 @@ def test_board_rates_from_counter_differences_and_nodes_that_left() -> None:
     """The pure part: rates from each worker's counters over its own clock, a worker that
     left no longer counted, exact table sums, and a node that left shown by the event that
     named it."""
-    def report(seconds: float, pushes: int, pulls: int) -> dict[str, Any]:
-        return {"rank": 0, "iteration": 1, "seconds": seconds, "idle_fraction": 0.5,
-                "tables": {"w": {"pushes": pushes, "pulls": pulls}}}
+    def report(seconds: float, pushes: int, pulls: int, wait: float = 0.0, iteration: int = 0) -> dict[str, Any]:
+        return {"rank": 0, "iteration": iteration, "seconds": seconds, "idle_fraction": 0.5, "wait_seconds": wait,
+                "rss": 1000, "tables": {"w": {"pushes": pushes, "pulls": pulls}}}
 
     def status(workers: dict[str, dict[str, Any]], nodes: list[int], events: list[list[Any]]) -> dict[str, Any]:
         return {"nodes": [[n, "server" if n < 3 else "worker", f"tcp://h:{n}", "h", n, 0] for n in nodes],
@@ -49,14 +49,21 @@ def test_board_rates_from_counter_differences_and_nodes_that_left() -> None:
 
     board = Board("tcp://h:1")
     board.update(status({"3": report(10.0, 10, 0), "4": report(5.0, 0, 0)}, [1, 2, 3, 4], []))
-    st = board.update(status({"3": report(12.0, 30, 4), "4": report(6.0, 40, 0)}, [1, 2, 3, 4], []))
+    st = board.update(status({"3": report(12.0, 30, 4, wait=1.5, iteration=5), "4": report(6.0, 40, 0)},
+                             [1, 2, 3, 4], []))
     assert st["rates"]["push"] == 20 / 2 + 40 / 1 and st["rates"]["pull"] == 4 / 2
+    assert st["tables"][0]["rate"] == {"push": 50, "pull": 2}
+    w3 = next(x for x in st["workers"] if x["id"] == 3)
+    assert (w3["idle_now"], w3["iterations_per_s"], w3["idle"]) == (1.5 / 2, 5 / 2, 0.5)
+    assert [n["rss"] for n in st["nodes"]] == [None, None, 1000, 1000]
     assert st["tables"][0]["pushes"] == 70 and st["tables"][0]["pulls"] == 4
     assert st["tables"][0]["keys"] == 5 and st["tables"][0]["applied"] == 9
     assert st["ring"][0] == {"lo": 0.0, "hi": 0.5, "first": "0x0000000000000000", "last": "0x7fffffffffffffff",
                              "master": 1, "replicas": [2]}
-    st = board.update(status({"3": report(12.0, 30, 4), "4": report(6.0, 40, 0)}, [1, 2, 3, 4], []))
+    st = board.update(status({"3": report(12.0, 30, 4, wait=1.5, iteration=5), "4": report(6.0, 40, 0)},
+                             [1, 2, 3, 4], []))
     assert st["rates"]["push"] == 50  # the same reports again: the same rates
+    assert next(x for x in st["workers"] if x["id"] == 3)["iterations_per_s"] == 5 / 2
     st = board.update(status({"4": report(7.0, 45, 0)}, [2, 4], [[5.0, "failure", 1, "server 1 died"],
                                                                   [6.0, "finish", 3, "worker 3 finished"]]))
     assert st["rates"]["push"] == 5  # worker 3 left: only worker 4 counts
@@ -194,7 +201,7 @@ def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path
                       lambda d: count(d, f'#events li[data-kind="checkpoint"][data-node="{w.id}"]'))
             assert "wrote a checkpoint of iteration 2" in cell(browser, '#events li[data-kind="checkpoint"]')
             wait_page(browser, "the worker's checkpoint count",
-                      lambda d: cell(d, f'#workers tr[data-worker="{w.id}"] td:last-child') == "1")
+                      lambda d: cell(d, f'#workers tr[data-worker="{w.id}"] .checkpoints') == "1")
 
             victim = cluster.server_id(0)
             survivors = {s for s in servers if s != victim}

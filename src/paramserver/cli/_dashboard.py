@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -60,9 +61,9 @@ class Board:
         self.samples = 0
         self.error = ""
         self._nodes: dict[int, dict[str, Any]] = {}
-        self._last: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {}  # worker -> its clock, counts
+        self._last: dict[str, _Sample] = {}  # worker -> its last report that moved its clock
         self._history: deque[list[float]] = deque(maxlen=HISTORY)
-        self._rates: dict[str, dict[str, list[float]]] = {}  # worker -> table -> [pushes/s, pulls/s]
+        self._recent: dict[str, _Recent] = {}  # worker -> its figures between its two last reports
         self._state: dict[str, Any] = {"samples": 0, "error": "waiting for the first status report",
                                        "address": address, "nodes": [], "history": []}
 
@@ -81,6 +82,10 @@ class Board:
         servers = status.get("servers", {})
         reports = reports_of(status)
         events = status.get("events", [])
+        rates = self._update_rates(reports, _num(status.get("uptime")))
+        tables = self._tables(names, servers, reports)
+        for t in tables:
+            t["rate"] = rates["tables"].get(str(t["name"]), {"push": 0.0, "pull": 0.0})
         self._state = {
             "samples": self.samples,
             "error": "",
@@ -94,10 +99,10 @@ class Board:
                 "migrations": status.get("migrations", 0),
                 "migrating": bool(status.get("migrating")),
             },
-            "nodes": self._update_nodes(status, events),
+            "nodes": self._update_nodes(status, events, reports),
             "ring": self._ring(status.get("keymap") or {}),
-            "tables": self._tables(names, servers, reports),
-            "rates": self._update_rates(reports, _num(status.get("uptime"))),
+            "tables": tables,
+            "rates": rates,
             "history": list(self._history),
             "workers": self._workers(reports),
             "events": events,
@@ -110,7 +115,8 @@ class Board:
         return self._state
 
     # ------------------------------------------------------------------ parts
-    def _update_nodes(self, status: dict[str, Any], events: list[list[Any]]) -> list[dict[str, Any]]:
+    def _update_nodes(self, status: dict[str, Any], events: list[list[Any]],
+                      reports: dict[str, Any]) -> list[dict[str, Any]]:
         seen = status.get("last_seen", {})
         servers = status.get("servers", {})
         live: set[int] = set()
@@ -118,12 +124,12 @@ class Board:
             if role not in ("server", "worker"):
                 continue
             live.add(nid)
-            rep = servers.get(str(nid), {})
+            rep = servers.get(str(nid), {}) if role == "server" else reports.get(str(nid), {})
             state = "unreachable" if role == "server" and "error" in rep else "alive"
             self._nodes[nid] = {"id": nid, "role": role, "rank": rank if role == "worker" else None,
                                 "address": address, "host": host, "pid": pid, "state": state,
                                 "heartbeat": max(0.0, _num(seen[str(nid)])) if str(nid) in seen else None, "why": rep.get("error", ""),
-                                "rss": rep.get("rss")}
+                                "rss": rep.get("rss") if isinstance(rep.get("rss"), int) else None}
         last_event = {e[2]: e for e in events if len(e) >= 4}
         for nid, node in self._nodes.items():
             if nid not in live and node["state"] in ("alive", "unreachable"):
@@ -174,32 +180,29 @@ class Board:
         return out
 
     def _update_rates(self, reports: dict[str, Any], uptime: float) -> dict[str, Any]:
-        """Push and pull requests per second, per table, summed over the workers: each
-        worker's rate is the difference of its counters between its two last heartbeat
-        reports over the difference of its own clock (``seconds``), so it is exact however
-        the reports and the samples interleave; a worker that left no longer counts."""
-        rates: dict[str, dict[str, list[float]]] = {}
+        """Push and pull requests per second, per table, summed over the workers, and each
+        worker's recent idle share and iterations per second: a worker's figure is the
+        difference of its counters between two of its heartbeat reports over the difference
+        of its own clock (``seconds``), so it is exact however the reports and the samples
+        interleave; the same report again keeps the figures; a worker that left no longer
+        counts."""
+        recent: dict[str, _Recent] = {}
         for nid, rep in reports.items():
-            counts = {str(name): (_num(t.get("pushes")), _num(t.get("pulls")))
-                      for name, t in rep.get("tables", {}).items()}
-            clock = _num(rep.get("seconds"))
+            now = _Sample.of(rep)
             before = self._last.get(nid)
-            if before is not None and clock > before[0]:
-                dt = clock - before[0]
-                rates[nid] = {name: [max(0.0, pu - before[1].get(name, (0.0, 0.0))[0]) / dt,
-                                     max(0.0, pl - before[1].get(name, (0.0, 0.0))[1]) / dt]
-                              for name, (pu, pl) in counts.items()}
-                self._last[nid] = (clock, counts)
-            elif before is None:
-                self._last[nid] = (clock, counts)
-                rates[nid] = {}
-            else:  # the same report again: its rates stand
-                rates[nid] = self._rates.get(nid, {})
+            if before is None:
+                self._last[nid] = now
+                recent[nid] = _Recent()
+            elif now.clock > before.clock:
+                recent[nid] = _Recent.between(before, now)
+                self._last[nid] = now
+            else:  # the same report again: its figures stand
+                recent[nid] = self._recent.get(nid, _Recent())
         self._last = {n: v for n, v in self._last.items() if n in reports}
-        self._rates = rates
+        self._recent = recent
         per: dict[str, list[float]] = {}
-        for tables in rates.values():
-            for name, (pu, pl) in tables.items():
+        for r in recent.values():
+            for name, (pu, pl) in r.tables.items():
                 acc = per.setdefault(name, [0.0, 0.0])
                 acc[0] += pu
                 acc[1] += pl
@@ -208,17 +211,50 @@ class Board:
         self._history.append([round(uptime, 3), push, pull])
         return {"push": push, "pull": pull, "tables": {k: {"push": v[0], "pull": v[1]} for k, v in per.items()}}
 
-    @staticmethod
-    def _workers(reports: dict[str, Any]) -> list[dict[str, Any]]:
+    def _workers(self, reports: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
         for nid, rep in sorted(reports.items(), key=lambda kv: int(kv[0])):
-            tables = rep.get("tables", {}).values()
+            tables = rep["tables"].values()
+            r = self._recent.get(nid, _Recent())
             out.append({"id": int(nid), "rank": rep.get("rank"), "iteration": rep.get("iteration", 0),
-                        "idle": _num(rep.get("idle_fraction")), "seconds": _num(rep.get("seconds")),
+                        "idle": _num(rep.get("idle_fraction")), "idle_now": r.idle, "iterations_per_s": r.iterations,
+                        "seconds": _num(rep.get("seconds")), "rss": rep.get("rss"),
                         "pushes": sum(_num(t.get("pushes")) for t in tables),
                         "pulls": sum(_num(t.get("pulls")) for t in tables),
                         "checkpoints": rep.get("checkpoints", 0), "age": _num(rep.get("age"))})
         return out
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """What the rates need of one worker report."""
+
+    clock: float  # the worker's seconds since it connected
+    wait: float
+    iteration: float
+    tables: dict[str, tuple[float, float]]  # name -> (pushes, pulls)
+
+    @staticmethod
+    def of(rep: dict[str, Any]) -> _Sample:
+        return _Sample(_num(rep.get("seconds")), _num(rep.get("wait_seconds")), _num(rep.get("iteration")),
+                       {name: (_num(t.get("pushes")), _num(t.get("pulls"))) for name, t in rep["tables"].items()})
+
+
+@dataclass(frozen=True)
+class _Recent:
+    """A worker's figures between two of its reports (zeros before a second one)."""
+
+    idle: float = 0.0
+    iterations: float = 0.0
+    tables: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (pushes/s, pulls/s)
+
+    @staticmethod
+    def between(a: _Sample, b: _Sample) -> _Recent:
+        dt = b.clock - a.clock
+        tables = {name: (max(0.0, pu - a.tables.get(name, (0.0, 0.0))[0]) / dt,
+                         max(0.0, pl - a.tables.get(name, (0.0, 0.0))[1]) / dt)
+                  for name, (pu, pl) in b.tables.items()}
+        return _Recent(min(1.0, max(0.0, (b.wait - a.wait) / dt)), max(0.0, b.iteration - a.iteration) / dt, tables)
 
 
 def page() -> bytes:

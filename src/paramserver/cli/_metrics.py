@@ -207,6 +207,8 @@ def _workers(f: _Families, reports: dict[str, Any], roles: dict[str, str]) -> No
             who, _num(rep.get("idle_fraction")))
         f.counter("worker_wait_seconds", "Seconds the worker waited for requests.", lab).add_metric(
             who, _num(rep.get("wait_seconds")))
+        f.gauge("worker_rss_bytes", "Resident memory of the worker process.", lab).add_metric(
+            who, _num(rep.get("rss")))
         f.gauge("worker_report_age_seconds", "Seconds since the worker's last heartbeat report.", lab).add_metric(
             who, _num(rep.get("age")))
         for key, doc in _WORKER_COUNTERS:

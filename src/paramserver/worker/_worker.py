@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psutil
+
 from .._config import Config, parse_address
 from .._errors import InvalidArgument, ProtocolError, PSError
 from ..clock import Consistency
@@ -90,6 +92,7 @@ class Worker:
         self._wait_ns_at_start = node.counters.get("wait_ns", 0)
         self._shards_done: Counter[str] = Counter()  # shard set -> shards this worker finished
         self._periodic = Periodic(self._session, self.rank, node.config)
+        self._process = psutil.Process()  # this process's memory, in heartbeat reports
         node.on(Op.POLICY, self._on_policy)
         node.heartbeats.body = self._heartbeat
         _open.add(self)
@@ -362,7 +365,8 @@ class Worker:
 
     def _heartbeat(self) -> dict[str, Any]:
         """The body of this worker's heartbeats: its :meth:`stats` but requests in flight
-        (it runs on the node's loop, so it takes no table's lock), and its checkpoints."""
+        (it runs on the node's loop, so it takes no table's lock), its checkpoints and its
+        process's resident memory."""
         try:
             report = self._report()
         except Exception:  # a report must never stop the heartbeats
@@ -370,6 +374,7 @@ class Worker:
             return {}
         report["checkpoints"] = self._session.checkpoints
         report["checkpoint_iteration"] = self._session.checkpoint_iteration
+        report["rss"] = self._process.memory_info().rss
         return {"report": report}
 
     def _report(self) -> dict[str, Any]:
