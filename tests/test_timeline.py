@@ -82,3 +82,19 @@ def test_odd_checkpoint_counts_are_no_events() -> None:
     beat(core, w, 2.0, {"checkpoints": True})
     beat(core, w, 3.0, {"checkpoints": 2})
     assert [e[1] for e in core.timeline.to_wire() if e[1] == "checkpoint"] == ["checkpoint"]
+
+
+def test_a_drain_is_a_migration_then_a_drain_on_the_timeline() -> None:
+    core = make(num_servers=2)
+    s1, _ = register(core, "server")
+    s2, _ = register(core, "server")
+    c, _ = register(core, "client")
+    out = core.handle(Message(Op.DRAIN, sender=c, ts=4, body={"node": s2}), 1.0)
+    out = ack_all(core, out, Op.MIGRATE, 2.0)  # copy
+    out = ack_all(core, out, Op.MIGRATE, 3.0)  # switch
+    assert sends(out, Op.DRAIN)[0].node == c
+    assert [e[1:] for e in core.timeline.to_wire()[2:]] == [
+        ["migration", -1, f"drain server {s2}: key map epoch 3"],
+        ["drain", s2, f"server {s2} was drained and stops"]]
+    assert [e[0] for e in core.timeline.to_wire()[2:]] == [3.0, 3.0]
+    assert s1 in core.nodes and s2 not in core.nodes
