@@ -267,7 +267,8 @@ class Dashboard:
 
     Binding happens in the constructor (a port in use fails there, in the caller's thread);
     :meth:`start` runs the sampler and the HTTP server on their own threads, :meth:`close`
-    stops and joins both and then runs ``on_close`` (e.g. closing the status client).
+    stops both, runs ``on_close`` (e.g. closing the status client, which fails a status
+    request in flight) and joins them.
     """
 
     def __init__(self, get_status: Callable[[], dict[str, Any]], host: str, port: int, *,
@@ -287,6 +288,11 @@ class Dashboard:
             raise ConfigError(f"cannot serve the dashboard at {host}:{port}: {exc.strerror or exc} "
                               f"(choose another port)") from None
         self.httpd.daemon_threads = True
+
+    @property
+    def closing(self) -> bool:
+        """:meth:`close` has begun."""
+        return self._stop.is_set()
 
     @property
     def url(self) -> str:
@@ -340,12 +346,12 @@ class Dashboard:
         self._stop.set()
         if self._threads:
             self.httpd.shutdown()
+        if self.on_close is not None:
+            self.on_close()  # first: a status request the sampler waits for fails at once
         for t in self._threads:
             t.join(timeout=30)
         self._threads = []
         self.httpd.server_close()
-        if self.on_close is not None:
-            self.on_close()
 
     def __enter__(self) -> Dashboard:
         return self
@@ -405,15 +411,23 @@ def scheduler_dashboard(host: str, port: int, config: Config, *, interval: float
     client joins the scheduler on the first sample, from the sampling thread, and is closed
     without a goodbye when the dashboard is (the scheduler is ending then)."""
     clients: list[AdminClient] = []
+    lock = threading.Lock()  # a client is made, or closed, under it: none is made after close
+
+    def client() -> AdminClient:
+        with lock:
+            if dash.closing:
+                raise ConfigError("the dashboard is closing")
+            if not clients:
+                clients.append(AdminClient(dash.board.address, timeout=min(config.timeout, 10.0), config=config))
+            return clients[0]
 
     def get_status() -> dict[str, Any]:
-        if not clients:
-            clients.append(AdminClient(dash.board.address, timeout=min(config.timeout, 10.0), config=config))
-        return clients[0].status()
+        return client().status()
 
     def close() -> None:
-        for c in clients:
-            c.node.close(linger=0)
+        with lock:
+            for c in clients:
+                c.node.close(linger=0)
 
     dash = Dashboard(get_status, host, port, interval=interval, on_close=close)
     return dash
