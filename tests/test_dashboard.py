@@ -288,3 +288,14 @@ def test_a_dashboard_port_in_use_is_said_plainly(cluster2: ps.LocalCluster, fast
             assert f"cannot serve the dashboard at 127.0.0.1:{port}: Address already in use (choose another port)" \
                 in res.stderr
             assert "Traceback" not in res.stderr
+
+
+@pytest.mark.cluster
+def test_launch_serves_the_dashboard_while_the_job_runs(fast_env: dict[str, str]) -> None:
+    port = free_port()
+    script = str(Path(__file__).parent / "scripts" / "dashboard_probe.py")
+    res = subprocess.run([sys.executable, "-m", "paramserver", "launch", "-s", "2", "-w", "1", "--dashboard",
+                          str(port), "--", sys.executable, script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **fast_env, "DASHBOARD_URL": f"http://127.0.0.1:{port}/"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "at iteration 2 with 5 pushes; live nodes: ['server', 'server', 'worker']" in res.stdout
