@@ -369,12 +369,12 @@ class Worker:
         process's resident memory."""
         try:
             report = self._report()
+            report["rss"] = self._process.memory_info().rss
         except Exception:  # a report must never stop the heartbeats
             log.exception("worker %d: could not build its heartbeat report", self.id)
             return {}
         report["checkpoints"] = self._session.checkpoints
         report["checkpoint_iteration"] = self._session.checkpoint_iteration
-        report["rss"] = self._process.memory_info().rss
         return {"report": report}
 
     def _report(self) -> dict[str, Any]:
