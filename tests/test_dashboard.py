@@ -74,6 +74,17 @@ def test_board_rates_from_counter_differences_and_nodes_that_left() -> None:
     assert board.failed("gone")["nodes"] == st["nodes"]
 
 
+def test_board_keeps_the_most_recent_nodes_that_left() -> None:
+    from paramserver.cli._dashboard import MAX_GONE
+
+    board = Board()
+    for n in range(1, MAX_GONE + 11):  # each worker joins, and is gone at the next report
+        board.update({"nodes": [[n, "worker", f"tcp://h:{n}", "h", n, 0]], "events": []})
+    nodes = board.update({"nodes": [], "events": []})["nodes"]
+    assert [x["id"] for x in nodes] == list(range(11, MAX_GONE + 11))
+    assert {x["state"] for x in nodes} == {"left"}
+
+
 def _browser_or_skip() -> Any:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.skip("needs Debian's chromium and chromium-driver (.ci/packages.txt; `make sysdeps` as root)")

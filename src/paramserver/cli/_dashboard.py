@@ -4,8 +4,9 @@
 JSON document): nodes and their liveness (a node that left is kept, marked ``failed``,
 ``finished`` or ``drained`` by the timeline event that named it), the key ranges on the ring
 with their replicas, tables (keys, memory, pushes, pulls, bytes before and after each
-filter), push and pull rates from the difference of the servers' counters between two
-reports, each worker's iteration and idle share, and the scheduler's timeline. It is pure:
+filter), push and pull rates from the difference of each worker's counters between two of
+its heartbeat reports, each worker's iteration and idle share, and the scheduler's
+timeline. It is pure:
 fed reports, never a socket or a clock.
 
 :class:`Dashboard` is the shell (run by ``paramserver dashboard`` or inside the scheduler's
@@ -44,6 +45,9 @@ __all__ = ["Board", "Dashboard", "scheduler_dashboard", "serve_dashboard"]
 
 #: Rate samples kept for the plot (at the default 1 s interval: 5 minutes).
 HISTORY = 300
+
+#: Nodes that left kept on the page (the most recent ones, by node id).
+MAX_GONE = 64
 
 #: How a node that left the membership is shown, by the last timeline event naming it.
 _GONE = {"failure": "failed", "finish": "finished", "drain": "drained"}
@@ -126,16 +130,21 @@ class Board:
             live.add(nid)
             rep = servers.get(str(nid), {}) if role == "server" else reports.get(str(nid), {})
             state = "unreachable" if role == "server" and "error" in rep else "alive"
+            age = seen.get(str(nid))
+            rss = rep.get("rss")
             self._nodes[nid] = {"id": nid, "role": role, "rank": rank if role == "worker" else None,
                                 "address": address, "host": host, "pid": pid, "state": state,
-                                "heartbeat": max(0.0, _num(seen[str(nid)])) if str(nid) in seen else None, "why": rep.get("error", ""),
-                                "rss": rep.get("rss") if isinstance(rep.get("rss"), int) else None}
+                                "heartbeat": None if age is None else max(0.0, _num(age)),
+                                "why": str(rep.get("error", "")), "rss": rss if isinstance(rss, int) else None}
         last_event = {e[2]: e for e in events if len(e) >= 4}
         for nid, node in self._nodes.items():
             if nid not in live and node["state"] in ("alive", "unreachable"):
                 ev = last_event.get(nid)
                 node.update(state=_GONE.get(ev[1], "left") if ev else "left", heartbeat=None,
                             why=ev[3] if ev else "no longer a member")
+        gone = [n for n in sorted(self._nodes) if n not in live]
+        for n in gone[:-MAX_GONE]:  # the most recent MAX_GONE nodes that left stay on the page
+            del self._nodes[n]
         return [self._nodes[n] for n in sorted(self._nodes)]
 
     @staticmethod
