@@ -205,3 +205,10 @@ def test_malformed_worker_reports_lose_only_what_is_malformed() -> None:
     assert got[("paramserver_worker_table_pushes_total", (("rank", "0"), ("table", "w"), ("worker", "4")))] == 4
     assert got[("paramserver_worker_iteration", (("rank", ""), ("worker", "7")))] == 0
     assert not any(labels and dict(labels).get("worker") in ("5", "six") for _, labels in got)
+
+
+def test_status_lists_each_workers_report() -> None:
+    from paramserver.cli._status import format_status
+
+    text = format_status(status_two_servers())
+    assert "worker 4 r0: iteration 6, idle 25%, 4 pushes, 2 pulls (reported 0.1 s ago)" in text.splitlines()

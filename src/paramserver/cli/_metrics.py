@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["StatusCollector", "registry_of", "render", "reports_of", "serve"]
+__all__ = ["StatusCollector", "number", "registry_of", "render", "reports_of", "serve"]
 
 _P = "paramserver_"
 
@@ -64,8 +64,12 @@ class _Families:
         return iter([fam for fam in self._by_name.values() if fam.samples])
 
 
-def _num(value: Any) -> float:
+def number(value: Any) -> float:
+    """``value`` as a float if it is a number (not a bool), else 0: figures from reports."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+_num = number
 
 
 def _maps(value: Any) -> dict[str, dict[str, Any]]:
