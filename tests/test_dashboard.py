@@ -26,6 +26,7 @@ import pytest
 import paramserver as ps
 from helpers import free_port
 from paramserver.cli._dashboard import Board
+from paramserver.deploy import AdminClient
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -156,7 +157,7 @@ def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path
     port = free_port()
     with ps.LocalCluster(servers=3, replicas=2, env=fast_env) as cluster, ps.connect(cluster.address) as w:
         dash = subprocess.Popen([sys.executable, "-m", "paramserver", "dashboard", cluster.address, "--serve",
-                                 str(port), "--interval", "0.25"], env={**os.environ, **fast_env},
+                                 str(port), "--interval", "0.25", "--timeout", "2"], env={**os.environ, **fast_env},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             url = f"http://127.0.0.1:{port}/"
@@ -240,6 +241,13 @@ def test_dashboard_in_a_browser(browser: Any, fast_env: dict[str, str], tmp_path
             keep = os.environ.get("PS_DASHBOARD_SCREENSHOT")
             if keep:
                 shutil.copyfile(shot, keep)
+
+            # the job ends: the page keeps its last figures and says that the scheduler is gone
+            with AdminClient(cluster.address) as admin:
+                admin.shutdown("the test is over")
+            wait_page(browser, "that the scheduler is gone",
+                      lambda d: cell(d, "#error").startswith("the scheduler did not answer"))
+            assert node_states(browser)[w.id] == ("worker", "alive")  # as last reported
         finally:
             dash.terminate()
             dash.wait(10)
