@@ -225,12 +225,14 @@ class Board:
         for nid, rep in sorted(reports.items(), key=lambda kv: int(kv[0])):
             tables = rep["tables"].values()
             r = self._recent.get(nid, _Recent())
-            out.append({"id": int(nid), "rank": rep.get("rank"), "iteration": rep.get("iteration", 0),
+            rank = rep.get("rank")
+            out.append({"id": int(nid), "rank": rank if type(rank) is int else None,
+                        "iteration": _num(rep.get("iteration")),
                         "idle": _num(rep.get("idle_fraction")), "idle_now": r.idle, "iterations_per_s": r.iterations,
                         "seconds": _num(rep.get("seconds")), "rss": rep.get("rss"),
                         "pushes": sum(_num(t.get("pushes")) for t in tables),
                         "pulls": sum(_num(t.get("pulls")) for t in tables),
-                        "checkpoints": rep.get("checkpoints", 0), "age": _num(rep.get("age"))})
+                        "checkpoints": _num(rep.get("checkpoints")), "age": _num(rep.get("age"))})
         return out
 
 
