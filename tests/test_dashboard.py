@@ -86,6 +86,18 @@ def test_board_keeps_the_most_recent_nodes_that_left() -> None:
     assert {x["state"] for x in nodes} == {"left"}
 
 
+def test_board_takes_only_numbers_from_a_workers_report() -> None:
+    bad = {"rank": "<img src=x onerror=alert(1)>", "iteration": "<b>", "checkpoints": [1], "seconds": "x", "rss": "<",
+           "tables": {"t": {"pushes": "<i>", "filters": {"f": {"sent_before": 1, "sent_after": "y"}}}}}
+    st = Board().update({"nodes": [[5, "worker", "tcp://h:5", "h", 5, 0]], "reports": {"5": bad},
+                         "tables": [[0, {"name": "t"}, {}]], "events": []})
+    assert st["workers"] == [{"id": 5, "rank": None, "iteration": 0.0, "idle": 0.0, "idle_now": 0.0,
+                              "iterations_per_s": 0.0, "seconds": 0.0, "rss": None, "pushes": 0.0, "pulls": 0.0,
+                              "checkpoints": 0.0, "age": 0.0}]
+    assert st["tables"][0]["filters"] == [{"filter": "f", "where": "workers", "direction": "sent", "before": 1.0,
+                                           "after": 0.0}]
+
+
 def _browser_or_skip() -> Any:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.skip("needs Debian's chromium and chromium-driver (.ci/packages.txt; `make sysdeps` as root)")

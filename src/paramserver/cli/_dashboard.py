@@ -229,7 +229,8 @@ class Board:
             out.append({"id": int(nid), "rank": rank if type(rank) is int else None,
                         "iteration": _num(rep.get("iteration")),
                         "idle": _num(rep.get("idle_fraction")), "idle_now": r.idle, "iterations_per_s": r.iterations,
-                        "seconds": _num(rep.get("seconds")), "rss": rep.get("rss"),
+                        "seconds": _num(rep.get("seconds")),
+                        "rss": rep["rss"] if type(rep.get("rss")) is int else None,
                         "pushes": sum(_num(t.get("pushes")) for t in tables),
                         "pulls": sum(_num(t.get("pulls")) for t in tables),
                         "checkpoints": _num(rep.get("checkpoints")), "age": _num(rep.get("age"))})
