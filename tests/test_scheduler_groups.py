@@ -232,8 +232,13 @@ def test_prometheus_metrics_per_group() -> None:
     core.handle(Message(Op.BYE, sender=r, ts=1), 0)
     c, _ = register(core, "client")
     asks = sends(core.handle(Message(Op.STATUS, sender=c, ts=2), 0), Op.STATUS)
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = render(sends(ack_all(core, asks, Op.STATUS), Op.STATUS)[0].msg.body)
-    for line in ('paramserver_group_workers{group="default"} 1', 'paramserver_group_size{group="default"} 1',
-                 'paramserver_group_workers{group="serve"} 0', 'paramserver_group_finished_workers{group="serve"} 1',
-                 'paramserver_group_ended{group="serve"} 0'):
-        assert line in text.splitlines(), line
+    got = {(s.name, s.labels.get("group")): s.value
+           for fam in text_string_to_metric_families(text) for s in fam.samples}
+    for name, group, value in (("paramserver_group_workers", "default", 1), ("paramserver_group_size", "default", 1),
+                               ("paramserver_group_workers", "serve", 0),
+                               ("paramserver_group_finished_workers", "serve", 1),
+                               ("paramserver_group_ended", "serve", 0)):
+        assert got[(name, group)] == value, (name, group)

@@ -61,7 +61,8 @@ class _Interrupted(Exception):
 
 
 def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "127.0.0.1",
-           env: dict[str, str] | None = None, poll: float = 0.05, quiet: bool = False) -> int:
+           env: dict[str, str] | None = None, poll: float = 0.05, quiet: bool = False,
+           dashboard: int | None = None) -> int:
     """Run ``command`` as ``workers`` workers of a local job with ``servers`` servers.
 
     Returns the exit code to pass on: 0 if every worker succeeded, else the first failing
@@ -84,7 +85,7 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sched, address = start_scheduler(base, host=host, servers=servers, workers=workers)
+        sched, address = start_scheduler(base, host=host, servers=servers, workers=workers, dashboard=dashboard)
         procs.append(sched)
         uri, port = split_address(address)
         node_env = {**base, "PS_SCHEDULER": address, "DMLC_PS_ROOT_URI": uri, "DMLC_PS_ROOT_PORT": str(port),

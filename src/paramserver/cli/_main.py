@@ -33,8 +33,17 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
     config = Config.from_env(num_servers=args.servers, num_workers=args.workers)
     proc = SchedulerProcess(config, host=args.host or config.root_uri, port=config.root_port if args.port is None
                             else args.port, replicas=args.replicas, parent_pid=args.exit_with_parent)
+    dashboard = None
+    if args.dashboard is not None:
+        from ._dashboard import scheduler_dashboard
+
+        dashboard = scheduler_dashboard(args.dashboard_bind, args.dashboard, config)
     address = proc.start()
     signal.signal(signal.SIGTERM, lambda s, f: proc.request_shutdown("the scheduler received SIGTERM", 143))
+    if dashboard is not None:
+        dashboard.board.address = address
+        dashboard.start()
+        log.info("dashboard of the cluster at %s", dashboard.url)
     log.info("scheduler listening at %s; waiting for %d servers; workers: %s", address, config.num_servers,
              config.num_workers or "dynamic")
     if args.address_file:
@@ -44,7 +53,11 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
         os.replace(tmp, args.address_file)
     else:
         print(address, flush=True)
-    return proc.run()
+    try:
+        return proc.run()
+    finally:
+        if dashboard is not None:
+            dashboard.close()
 
 
 def _cmd_server(args: argparse.Namespace, config: Config) -> int:
@@ -76,7 +89,7 @@ def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
 def _cmd_launch(args: argparse.Namespace, config: Config) -> int:
     from ._launch import launch
 
-    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host)
+    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host, dashboard=args.dashboard)
 
 
 def _cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -124,6 +137,17 @@ def _cmd_metrics(args: argparse.Namespace, config: Config) -> int:
             why = ("the port is already in use; choose another with --serve" if exc.errno == errno.EADDRINUSE
                    else exc.strerror or str(exc))
             raise ConnectError(f"cannot serve metrics at http://{args.bind}:{args.serve}: {why}") from None
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    from ..deploy import AdminClient
+    from ._dashboard import serve_dashboard
+
+    with AdminClient(args.address, timeout=args.timeout, config=config) as admin:
+        serve_dashboard(admin.status, args.bind, args.serve, interval=args.interval, address=admin.address,
+                        on_ready=lambda url: print(f"dashboard of {admin.address} at {url}", file=sys.stderr,
+                                                   flush=True))
     return 0
 
 
@@ -208,6 +232,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--address-file", help="write the bound address to this file instead of stdout")
     s.add_argument("--exit-with-parent", type=int, default=0, metavar="PID",
                    help="end the job when process PID exits")
+    s.add_argument("--dashboard", type=int, metavar="PORT", help="serve the live dashboard on this port")
+    s.add_argument("--dashboard-bind", default="127.0.0.1", help="address of the dashboard (default 127.0.0.1)")
     s.set_defaults(fn=_cmd_scheduler)
 
     s = sub.add_parser("server", help="run one server")
@@ -232,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--servers", type=int, default=1, help="server processes (default 1)")
     s.add_argument("-w", "--workers", type=int, default=1, help="worker processes (default 1)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--dashboard", type=int, metavar="PORT", help="the scheduler serves the live dashboard on this port")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments of each worker")
     s.set_defaults(fn=_cmd_launch)
 
@@ -247,6 +274,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     s.add_argument("--timeout", type=float, default=10.0)
     s.set_defaults(fn=_cmd_metrics)
+
+    s = sub.add_parser("dashboard", help="a live web page of the cluster: nodes, key ranges, tables, rates, "
+                                         "workers, failures")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("--serve", type=int, default=8080, metavar="PORT", help="port of the page (default 8080)")
+    s.add_argument("--bind", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between status reports (default 1)")
+    s.add_argument("--timeout", type=float, default=10.0)
+    s.set_defaults(fn=_cmd_dashboard)
 
     s = sub.add_parser("shutdown", help="end the job of a cluster and stop its nodes")
     s.add_argument("address", help="scheduler address host:port")

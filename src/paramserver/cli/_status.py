@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..protocol import KEY_SPACE
+from ._metrics import number, reports_of
 
 __all__ = ["format_status"]
 
@@ -64,6 +65,13 @@ def format_status(status: dict[str, Any], *, as_json: bool = False) -> str:
         else:
             lines.append(f"server {sid}: pid {rep.get('pid')}, memory {_size(rep.get('rss', 0))}, "
                          f"{rep.get('counters', {}).get('messages_received', 0)} messages received")
+    for nid, report in sorted(reports_of(status).items(), key=lambda kv: int(kv[0])):
+        per_table = list(report["tables"].values())
+        lines.append(f"worker {nid} r{report.get('rank', '?')}: iteration {number(report.get('iteration')):.0f}, "
+                     f"idle {number(report.get('idle_fraction')):.0%}, "
+                     f"{sum(number(t.get('pushes')) for t in per_table):.0f} pushes, "
+                     f"{sum(number(t.get('pulls')) for t in per_table):.0f} pulls "
+                     f"(reported {number(report.get('age')):.1f} s ago)")
     _shard_lines(lines, status.get("shards", {}), "")
     groups = status.get("groups", {})
     if len(groups) > 1:  # a job without named groups prints what it always printed

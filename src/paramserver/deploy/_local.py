@@ -59,6 +59,9 @@ class LocalCluster:
         A directory written by ``paramserver keygen`` (PS_KEYS): every node then talks
         CURVE and admits only the cluster's role keys; connect workers with
         ``paramserver.connect(cluster.address, keys=...)`` (docs/security.md).
+    dashboard:
+        A port on ``host`` where the scheduler serves the live dashboard
+        (``paramserver dashboard``; docs/dashboard.md), or None for none.
 
     Attributes
     ----------
@@ -72,7 +75,8 @@ class LocalCluster:
 
     def __init__(self, servers: int = 1, replicas: int = 1, *, workers: int = 0, host: str = "127.0.0.1",
                  env: dict[str, str] | None = None, log_level: str = "WARNING", timeout: float = 60.0,
-                 restore: str | os.PathLike[str] | None = None, keys: str | os.PathLike[str] | None = None) -> None:
+                 restore: str | os.PathLike[str] | None = None, keys: str | os.PathLike[str] | None = None,
+                 dashboard: int | None = None) -> None:
         if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
             raise InvalidArgument(f"servers must be an int >= 1, got {servers!r}")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= servers:
@@ -88,6 +92,7 @@ class LocalCluster:
         if keys is not None:
             self._env["PS_KEYS"] = os.path.abspath(keys)
         Config.from_env(self._env)  # fail early on a bad setting
+        self.dashboard = dashboard
         self.restore = open_location(restore).url if restore is not None else None
         if self.restore is not None:
             read_manifest(self.restore)  # fail early on a missing or corrupt checkpoint
@@ -103,7 +108,7 @@ class LocalCluster:
         try:
             sched, self.address = start_scheduler(self._env, host=self.host, servers=self.servers,
                                                   workers=self.workers, replicas=self.replicas,
-                                                  timeout=self.timeout)
+                                                  timeout=self.timeout, dashboard=self.dashboard)
             self._procs.append(sched)
             self.scheduler_pid = sched.pid
             extra = ("--restore", self.restore) if self.restore else ()

@@ -43,8 +43,9 @@ def spawn(name: str, cmd: Sequence[str], env: Mapping[str, str], *, new_session:
 
 
 def start_scheduler(env: Mapping[str, str], *, host: str, servers: int, workers: int, replicas: int = 1,
-                    timeout: float = 30.0) -> tuple[Proc, str]:
+                    timeout: float = 30.0, dashboard: int | None = None) -> tuple[Proc, str]:
     """Start a scheduler on a free port; return it and its address once it listens.
+    With ``dashboard``, the scheduler also serves the live dashboard on that port (on ``host``).
 
     Raises
     ------
@@ -56,7 +57,8 @@ def start_scheduler(env: Mapping[str, str], *, host: str, servers: int, workers:
     os.unlink(path)
     cmd = node_command("scheduler", "--host", host, "--port", "0", "--servers", str(servers),
                        "--workers", str(workers), "--replicas", str(replicas),
-                       "--address-file", path, "--exit-with-parent", str(os.getpid()))
+                       "--address-file", path, "--exit-with-parent", str(os.getpid()),
+                       *(("--dashboard", str(dashboard), "--dashboard-bind", host) if dashboard is not None else ()))
     proc = spawn("scheduler", cmd, env)
     deadline = time.monotonic() + timeout
     try:

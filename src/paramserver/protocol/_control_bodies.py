@@ -59,7 +59,10 @@ class RegisterReply(Nodes):
 
 @dataclass(slots=True, kw_only=True)
 class Heartbeat(Body):
-    """HEARTBEAT, node -> scheduler: alive. Carries nothing (its reply neither)."""
+    """HEARTBEAT, node -> scheduler: alive, with the node's own figures (``report``: a worker's
+    iteration, idle share, requests and bytes per table; None sends nothing). Its reply is empty."""
+
+    report: dict[str, Any] | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -191,7 +194,8 @@ class DrainReply(Body):
 @dataclass(slots=True, kw_only=True)
 class ClusterStatus(Nodes):
     """The scheduler's answer to STATUS: membership, tables, each server's own report (or
-    ``{"error": ...}``) by id, counters and the shard sets."""
+    ``{"error": ...}``) by id, counters, the shard sets, the workers' heartbeat reports and
+    the timeline of joins, failures, failovers, drains and checkpoints."""
 
     last_seen: dict[str, Any]
     tables: list[list[Any]]
@@ -205,6 +209,10 @@ class ClusterStatus(Nodes):
     shards: dict[str, Any]
     groups: dict[str, Any] = field(default_factory=dict, metadata=OMIT)
     namespaces: dict[str, Any] = field(default_factory=dict, metadata=OMIT)
+    #: Node id -> the last heartbeat ``report`` of that node (workers), with its age in seconds.
+    reports: dict[str, Any] = field(default_factory=dict, metadata=OMIT)
+    #: The scheduler's timeline, oldest first: ``[seconds since start, kind, node id or -1, text]``.
+    events: list[list[Any]] = field(default_factory=list, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

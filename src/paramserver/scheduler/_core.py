@@ -56,6 +56,7 @@ from ..protocol import (
     Drain,
     DrainReply,
     ErrorReply,
+    Heartbeat,
     Message,
     MigrateCopy,
     MigrateSwitch,
@@ -75,6 +76,7 @@ from ..protocol import (
 from ..table import TableSpec
 from ._groups import Group, Namespaces, check_group_name
 from ._shards import ShardManager
+from ._timeline import Timeline
 
 __all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "Send"]
 
@@ -251,6 +253,8 @@ class SchedulerCore:
         self._epoch = 0  # the highest epoch handed out (a failure during a migration skips past it)
         self._pinged: dict[int, float] = {}  # waiting registrations: when each was last told why
         self._warned_waiting = False
+        #: Heartbeat reports and the timeline of joins, failures, drains, checkpoints (_timeline.py).
+        self.timeline = Timeline(now)
 
     # ================================================================= helpers
     def _members(self, role: str) -> list[int]:
@@ -426,6 +430,7 @@ class SchedulerCore:
         if info is None:
             return []
         log.warning("%s", reason)
+        self.timeline.add(now, "failure", nid, reason)
         out: list[Action] = [Disconnect(nid)]
         for ts, g in list(self._gathers.items()):
             if nid in g.awaiting:
@@ -466,6 +471,8 @@ class SchedulerCore:
                                  f"to survive server failures)", code=1)
         log.warning("server %d failed; promoted its replicas: %r", nid, self.keymap)
         self.failovers += 1
+        self.timeline.add(now, "failover", nid, f"the replicas of server {nid} took over its ranges "
+                          f"(key map epoch {self.keymap.epoch})")
         out = self._broadcast_nodes(now, dead=[nid])
         if self.replicas > 1:  # copy the ranges that lost a copy to another live server
             out += self.migrate("restore replicas", self._restored, lambda ok, why: [], now)
@@ -540,6 +547,7 @@ class SchedulerCore:
                             "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())))
             self.migrations += 1
             log.info("migration (%s) done: %r", name, self.keymap)
+            self.timeline.add(g.ended, "migration", -1, f"{name}: key map epoch {self.keymap.epoch if self.keymap else 0}")
             return self._broadcast_nodes(g.ended) + then(True, "") + self._next_migration(g.ended)
 
         wire = mid.to_wire()
@@ -567,6 +575,7 @@ class SchedulerCore:
                 return [self._error(msg, InvalidArgument(f"draining server {node} failed: {why}"))]
             self._forget(node)
             log.info("server %d drained; it holds no keys and stops", node)
+            self.timeline.add(now, "drain", node, f"server {node} was drained and stops")
             bye = Shutdown(reason="this server was drained", code=0)
             reply = DrainReply(keymap=self.keymap.to_wire() if self.keymap else None)
             return [Send(node, Message(Op.SHUTDOWN, body=bye.to_wire())),
@@ -656,6 +665,7 @@ class SchedulerCore:
                 out.append(Send(info.id, reg.reply(body=body.to_wire())))
                 self._answered.add(info.id)
                 self.last_seen[info.id] = g.ended  # its heartbeats start now
+                self.timeline.add(g.ended, "join", info.id, f"{info} joined")
             if joined:  # a server joined a running cluster: give it its share of the ranges
                 out += self.migrate("server joined", self._placed, lambda ok, why: [], now)
             return out + self._next_round(now) + self._check_barriers()
@@ -673,10 +683,16 @@ class SchedulerCore:
         or None if it was not a member."""
         self.last_seen.pop(nid, None)
         self._answered.discard(nid)
+        self.timeline.forget(nid)
         return self.nodes.pop(nid, None)
 
     def _on_heartbeat(self, msg: Message, now: float) -> list[Action]:
-        """HEARTBEAT and PING: an empty reply (``handle`` has already noted the sender alive)."""
+        """HEARTBEAT and PING: an empty reply (``handle`` has already noted the sender alive);
+        a heartbeat's report is kept for STATUS (a malformed one is answered with an error)."""
+        if msg.op == Op.HEARTBEAT:
+            report = Heartbeat.from_wire(msg.body).report
+            if report is not None:
+                self.timeline.report(msg.sender, report, now, str(self.nodes[msg.sender]))
         return [Send(msg.sender, msg.reply())]
 
     def _on_bye(self, msg: Message, now: float) -> list[Action]:
@@ -707,6 +723,7 @@ class SchedulerCore:
             return out + self._broadcast_nodes(now, dead=[msg.sender]) + self._check_barriers()
         group.gone(msg.sender, now)  # shards it held unfinished go to the others of its group
         log.info("%s finished", info)
+        self.timeline.add(now, "finish", msg.sender, f"{info} finished")
         if self._job_done():
             return out + self.shutdown(self._finished_message())
         if group.ended:
@@ -864,6 +881,8 @@ class SchedulerCore:
                 shards=self.shards.status(now),
                 groups={name: g.status(now) for name, g in sorted(self.groups.items())},
                 namespaces=self.namespaces.status(),
+                reports=self.timeline.reports(now),
+                events=self.timeline.to_wire(),
             )
             return [Send(msg.sender, msg.reply(body=body.to_wire()))]
 

@@ -62,6 +62,8 @@ def request_checkpoint(session: Session, path: str | os.PathLike[str], iteration
     def combine() -> dict[str, Any]:
         manifest = build_manifest(iteration, keymap.to_wire(), replies)
         write_manifest(loc, manifest)
+        session.checkpoints += 1  # reported in heartbeats (the scheduler's timeline)
+        session.checkpoint_iteration = iteration
         return manifest
 
     return session.request(parts, f"checkpoint of iteration {iteration} to {loc.url!r}", on_part=on_part,

@@ -58,6 +58,9 @@ class Session:
         self.iteration_lock = threading.Lock()
         self.closed = False
         self.requests = 0
+        #: Checkpoints whose manifest this worker wrote, and the iteration of the last one.
+        self.checkpoints = 0
+        self.checkpoint_iteration = -1
         self._seq: dict[tuple[int, int], int] = {}  # (table, server) -> last ordered number sent
         self._seq_lock = threading.Lock()
 

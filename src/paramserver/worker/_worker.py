@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psutil
+
 from .._config import Config, parse_address
 from .._errors import InvalidArgument, ProtocolError, PSError
 from ..clock import Consistency
@@ -112,7 +114,9 @@ class Worker:
         self._wait_ns_at_start = node.counters.get("wait_ns", 0)
         self._shards_done: Counter[str] = Counter()  # shard set -> shards this worker finished
         self._periodic = Periodic(self._session, self.rank, node.config)
+        self._process = psutil.Process()  # this process's memory, in heartbeat reports
         node.on(Op.POLICY, self._on_policy)
+        node.heartbeats.body = self._heartbeat
         _open.add(self)
 
     def __repr__(self) -> str:
@@ -434,11 +438,29 @@ class Worker:
 
         Byte counts are the lengths of the frames sent and received, headers included.
         """
+        return {**self._report(), "in_flight": sum(len(t.in_flight()) for t in self._tables.values())}
+
+    def _heartbeat(self) -> dict[str, Any]:
+        """The body of this worker's heartbeats: its :meth:`stats` but requests in flight
+        (it runs on the node's loop, so it takes no table's lock), its checkpoints and its
+        process's resident memory."""
+        try:
+            report = self._report()
+            report["rss"] = self._process.memory_info().rss
+        except Exception:  # a report must never stop the heartbeats
+            log.exception("worker %d: could not build its heartbeat report", self.id)
+            return {}
+        report["checkpoints"] = self._session.checkpoints
+        report["checkpoint_iteration"] = self._session.checkpoint_iteration
+        return {"report": report}
+
+    def _report(self) -> dict[str, Any]:
+        """What :meth:`stats` and the heartbeats share; reads no lock a user thread may hold."""
         counters, table_bytes, filter_bytes = self._node.snapshot_counters()
         tables = {}
-        for name, t in self._tables.items():
+        for name, t in list(self._tables.items()):
             filters: dict[str, dict[str, int]] = {}
-            for fname, (before, after) in t.push_filter_bytes.items():
+            for fname, (before, after) in list(t.push_filter_bytes.items()):
                 filters[fname] = {"sent_before": before, "sent_after": after}
             for (tid, direction, fname), (before, after) in filter_bytes.items():
                 if tid == t.id:
@@ -462,7 +484,6 @@ class Worker:
             "rank": self.rank,
             "iteration": self.clock,
             "requests": self.requests,
-            "in_flight": sum(len(t.in_flight()) for t in self._tables.values()),
             "resends": counters.get("resends", 0),
             "reroutes": counters.get("reroutes", 0),
             "seconds": elapsed,
