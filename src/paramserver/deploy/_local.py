@@ -244,6 +244,8 @@ class LocalCluster:
                 pass  # the job already ended (every worker of a fixed-size job said goodbye)
             except PSError as exc:
                 log.warning("LocalCluster: shutdown request failed (%s); terminating the processes", exc)
+        if self._procs and self._procs[0].poll() not in (None, 0):
+            timeout = 0  # the scheduler was killed: no one tells the servers to stop
         if not wait_all(self._procs, timeout):
             log.warning("LocalCluster: processes still running after %g s; killing them", timeout)
         self._kill()

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
+    ClosedError,
     JobAborted,
     NodeUnavailable,
     ProtocolError,
@@ -95,9 +96,12 @@ class SchedulerLink:
             return
         self.rejoin()
 
+    def silent(self) -> float:
+        """Seconds since the scheduler last answered this node."""
+        return time.monotonic() - (self.lost_since if self.lost_since is not None else self.node.heartbeats.last_seen)
+
     def _since(self) -> str:
-        silent = time.monotonic() - (self.lost_since or time.monotonic())
-        return time.strftime("%H:%M:%S", time.localtime(time.time() - silent))
+        return time.strftime("%H:%M:%S", time.localtime(time.time() - self.silent()))
 
     # ------------------------------------------------------------------ rejoin
     def rejoin(self) -> None:
@@ -128,7 +132,7 @@ class SchedulerLink:
         exc = req.exception(timeout=0)
         if isinstance(exc, JobAborted):
             self.node.abort(exc)
-        elif exc is not None and not isinstance(exc, RequestTimeout):
+        elif exc is not None and not isinstance(exc, RequestTimeout | ClosedError):
             log.warning("%s %d: rejoining the scheduler failed: %s", self.node.role, self.node.id, exc)
 
     def _answered(self, reply: Message) -> None:
@@ -177,7 +181,7 @@ class SchedulerLink:
                     continue  # the new scheduler rebuilt the job: send it there
                 raise self._unavailable(what, limit) from None
             except RequestTimeout:
-                if self.lost_since is not None:
+                if self.silent() > 2 * node.config.heartbeat_interval:
                     raise self._unavailable(what, limit) from None
                 raise
 
