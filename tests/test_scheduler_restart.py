@@ -130,3 +130,15 @@ def test_a_member_that_never_rejoins_is_failed_over_at_the_deadline() -> None:
     assert core.rebuild is None and 2 not in core.nodes
     assert core.keymap is not None and core.keymap.servers() == [1] and core.failovers == 1
     assert np.all(core.keymap.masters(np.array([0, 2**63, 2**64 - 1], dtype=np.uint64)) == 1)
+
+
+def test_launch_restarts_a_killed_scheduler_and_the_job_ends_normally(fast_env: dict[str, str]) -> None:
+    import os
+
+    script = Path(__file__).parent / "scripts" / "kill_scheduler_worker.py"
+    res = subprocess.run([sys.executable, "-m", "paramserver", "launch", "-s", "2", "-w", "2", "--", sys.executable,
+                          str(script)], env={**os.environ, **fast_env}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "rank 0: exact" in res.stdout and "rank 1: exact" in res.stdout
+    assert "the scheduler was killed (SIGKILL); restarting it" in res.stderr
+    assert "done: 2 workers finished" in res.stderr
