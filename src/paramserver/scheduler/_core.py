@@ -170,6 +170,9 @@ class _Table:
 
 GROUPS = ("workers", "servers", "all")
 
+#: How many times a migration is planned again after a party died during its copy phase.
+MIGRATION_TRIES = 3
+
 
 def _error_of(reply: Message) -> ErrorReply:
     """The error a reply that is not OK carries (its fields at their defaults if mistyped)."""
@@ -256,7 +259,8 @@ class SchedulerCore:
         self.namespaces = Namespaces()  # who may write each namespace
         #: Key-map changes run one at a time: (name, build the target map, then) queued here.
         self._migrating = False
-        self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]]]] = []
+        #: (name, target map, then, tries: attempts ended by the death of a party)
+        self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]], int]] = []
         self._epoch = 0  # the highest epoch handed out (a failure during a migration skips past it)
         self._pinged: dict[int, float] = {}  # waiting registrations: when each was last told why
         self._warned_waiting = False
@@ -525,13 +529,13 @@ class SchedulerCore:
                 then: Callable[[bool, str], list[Action]], now: float) -> list[Action]:
         """Move the key map to ``target()`` (computed when its turn comes) by the two-phase
         migration of ``server/_migrate.py``; call ``then(ok, why)`` at the end. One at a time."""
-        self._migrations.append((name, target, then))
+        self._migrations.append((name, target, then, 0))
         return self._next_migration(now)
 
     def _next_migration(self, now: float) -> list[Action]:
         if self._migrating or not self._migrations or self.keymap is None or self.finished:
             return []
-        name, make, then = self._migrations.pop(0)
+        name, make, then, tries = self._migrations.pop(0)
         old = self.keymap
         try:
             new = make()
@@ -548,12 +552,18 @@ class SchedulerCore:
         def copied(g: _Gather) -> list[Action]:
             failed = g.failures()
             self._migrating = False
+            if failed and not self.finished and all(n not in self.nodes for n in failed) and tries < MIGRATION_TRIES:
+                # a party died during the copy (its replicas took over): plan again from the map now
+                log.warning("migration (%s): %s died while copying; planning it again from %r", name,
+                            ", ".join(f"server {n}" for n in sorted(failed)), self.keymap)
+                self._migrations.insert(0, (name, make, then, tries + 1))
+                return self._next_migration(g.ended)
             if failed or self.finished:
                 why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
                 log.warning("migration (%s) failed: %s", name, why)
                 return then(False, why) + self._next_migration(g.ended)
             if self.keymap is not old:  # a failure changed the map meanwhile: plan again
-                self._migrations.insert(0, (name, make, then))
+                self._migrations.insert(0, (name, make, then, tries))
                 return self._next_migration(g.ended)
             # Phase 2, switch: the map is `new` from here on (a failure now is handled from it).
             # Every server of either map adopts it and answers once the updates it applied
