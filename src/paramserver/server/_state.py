@@ -222,6 +222,7 @@ class ServerState:
         """After a change of the key map or node table: hand sums over, forget the workers
         that left, apply the iterations and answer the pulls that may go on now."""
         self.migrations.hand_over_pending(out)
+        self.migrations.promote_standby()  # sums handed over for keys this server masters now
         for table, sync in self.sync.items():
             sync.forget(gone)
             self.aggregate(table, out)
