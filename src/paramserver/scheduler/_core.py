@@ -472,7 +472,7 @@ class SchedulerCore:
         for waiting in self._barriers.values():
             waiting.pop(nid, None)
         if info.role == "server":
-            return out + self._server_failed(nid, reason, now)
+            return out + self._server_failed(nid, reason, now) + self._next_migration(now)
         if info.role == "worker":
             group = self.groups[info.group]
             # the shards it held go to the next worker of its group that asks
@@ -553,11 +553,12 @@ class SchedulerCore:
             failed = g.failures()
             self._migrating = False
             if failed and not self.finished and all(n not in self.nodes for n in failed) and tries < MIGRATION_TRIES:
-                # a party died during the copy (its replicas took over): plan again from the map now
-                log.warning("migration (%s): %s died while copying; planning it again from %r", name,
-                            ", ".join(f"server {n}" for n in sorted(failed)), self.keymap)
+                # a party died during the copy: plan again once its failover has changed the
+                # map (node_failed starts the next migration after promoting its replicas)
+                log.warning("migration (%s): %s died while copying; it is planned again after the failover", name,
+                            ", ".join(f"server {n}" for n in sorted(failed)))
                 self._migrations.insert(0, (name, make, then, tries + 1))
-                return self._next_migration(g.ended)
+                return []
             if failed or self.finished:
                 why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
                 log.warning("migration (%s) failed: %s", name, why)
