@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
+from .._words import plural
 from ..clock import Consistency
 from ..node import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended, ranges_to_wire
@@ -113,11 +114,6 @@ class Finish:
 
 
 Action = Send | Connect | Disconnect | Finish
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 server``, ``2 servers``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass
