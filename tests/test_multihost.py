@@ -1,0 +1,92 @@
+"""Jobs across hosts: network namespaces on one bridge (``netbed.py``), nodes started with
+the commands of docs/deploy.md, links cut, healed and slowed under them.
+
+Host 0 runs the scheduler (port 9000 on its own address), the next hosts one server each,
+the last the workers (``workloads.py``: known pushes, so the final state is exact). Every
+node holds the cluster's CURVE keys (``paramserver keygen``), as nodes on real addresses
+must. Needs root and iproute2; skips otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import workloads
+from netbed import PORT, Host, NetBed, netbed, node_env, paramserver_cmd, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+__all__ = ["netbed"]  # the fixture
+
+PS = paramserver_cmd()
+WORKLOAD = str(Path(workloads.__file__).resolve())
+ROUNDS = 60
+
+
+class Job:
+    """A scheduler on host 0 and one server on each of ``server_hosts``."""
+
+    def __init__(self, bed: NetBed, keys: Path, server_hosts: list[int], replicas: int = 1,
+                 env: dict[str, str] | None = None) -> None:
+        self.bed = bed
+        self.keys = keys
+        self.env = node_env(PS_KEYS=str(keys), **(env or {}))
+        self.address = f"tcp://{bed[0].ip}:{PORT}"
+        self.scheduler = bed[0].start("scheduler", [*PS, "scheduler", "--host", bed[0].ip, "--port", str(PORT),
+                                                    "--servers", str(len(server_hosts)), "--replicas", str(replicas),
+                                                    "--keys", str(keys)], self.env)
+        self.servers = {i: bed[i].start("server", [*PS, "server", "--scheduler", f"{bed[0].ip}:{PORT}",
+                                                   "--keys", str(keys)], self.env) for i in server_hosts}
+
+    def status(self, host: Host | None = None) -> dict:
+        res = (host or self.bed[0]).run([*PS, "status", self.address, "--json", "--keys", str(self.keys)], self.env)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def workers(self, host: Host, ranks: int, rounds: int = ROUNDS) -> list[subprocess.Popen[str]]:
+        return [host.start(f"worker{r}", [sys.executable, WORKLOAD, self.address, str(r), str(rounds)], self.env)
+                for r in range(ranks)]
+
+    def check(self, host: Host, ranks: int, rounds: int = ROUNDS) -> None:
+        """The final state is exactly what ``ranks`` workers of ``rounds`` pushed."""
+        code = f"import workloads; workloads.check_final_state({self.address!r}, {ranks}, {rounds})"
+        res = host.run([sys.executable, "-c", code], self.env, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+    def shutdown(self) -> None:
+        res = self.bed[0].run([*PS, "shutdown", self.address, "--keys", str(self.keys)], self.env)
+        assert res.returncode == 0, res.stderr
+        assert self.scheduler.wait(timeout=60) == 0, self.bed[0].log("scheduler")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cluster") / "keys"
+    subprocess.run([*PS, "keygen", str(path)], check=True, capture_output=True, timeout=60, env=node_env())
+    return path
+
+
+def _done(procs: list[subprocess.Popen[str]], host: Host, timeout: float = 300) -> None:
+    for r, p in enumerate(procs):
+        assert p.wait(timeout=timeout) == 0, host.log(f"worker{r}")
+
+
+def test_a_job_across_four_hosts_has_exact_sums(netbed: Callable[..., NetBed], keys: Path) -> None:
+    """Scheduler on host 0, servers on hosts 1 and 2, two workers on host 3."""
+    bed = netbed(4)
+    job = Job(bed, keys, [1, 2])
+    procs = job.workers(bed[3], 2)
+    _done(procs, bed[3])
+    job.check(bed[0], 2)
+    status = job.status()
+    addresses = sorted(address for _, role, address, *_ in status["nodes"] if role == "server")
+    assert addresses[0].startswith(f"tcp://{bed[1].ip}:") and addresses[1].startswith(f"tcp://{bed[2].ip}:")
+    job.shutdown()
+    for i, p in job.servers.items():
+        assert p.wait(timeout=60) == 0, bed[i].log("server")
