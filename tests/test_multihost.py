@@ -33,7 +33,7 @@ class Job:
     """A scheduler on host 0 and one server on each of ``server_hosts``."""
 
     def __init__(self, bed: NetBed, keys: Path, server_hosts: list[int], replicas: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, server_env: dict[int, dict[str, str]] | None = None) -> None:
         self.bed = bed
         self.keys = keys
         self.env = node_env(PS_KEYS=str(keys), **(env or {}))
@@ -42,7 +42,8 @@ class Job:
                                                     "--servers", str(len(server_hosts)), "--replicas", str(replicas),
                                                     "--keys", str(keys)], self.env)
         self.servers = {i: bed[i].start("server", [*PS, "server", "--scheduler", f"{bed[0].ip}:{PORT}",
-                                                   "--keys", str(keys)], self.env) for i in server_hosts}
+                                                   "--keys", str(keys)], {**self.env, **(server_env or {}).get(i, {})})
+                        for i in server_hosts}
 
     def status(self, host: Host | None = None) -> dict:
         res = (host or self.bed[0]).run([*PS, "status", self.address, "--json", "--keys", str(self.keys)], self.env)
@@ -90,3 +91,56 @@ def test_a_job_across_four_hosts_has_exact_sums(netbed: Callable[..., NetBed], k
     job.shutdown()
     for i, p in job.servers.items():
         assert p.wait(timeout=60) == 0, bed[i].log("server")
+
+
+def _pushes(status: dict) -> int:
+    return sum(t["pushes"] for s in status["servers"].values() if "tables" in s for t in s["tables"].values())
+
+
+def _replicated_job(bed: NetBed, keys: Path, server_env: dict[int, dict[str, str]] | None = None) -> Job:
+    """Scheduler on host 0, servers on hosts 1-3 with two copies of every key range."""
+    return Job(bed, keys, [1, 2, 3], replicas=2, server_env=server_env)
+
+
+def test_sigkill_of_a_server_host_loses_no_acknowledged_push(netbed: Callable[..., NetBed], keys: Path) -> None:
+    bed = netbed(5)
+    job = _replicated_job(bed, keys)
+    procs = job.workers(bed[4], 2, rounds=200)
+    wait_for("100 pushes on the servers", lambda: _pushes(job.status()) >= 100)
+    bed[1].kill()  # the machine dies: every process on it, at once
+    _done(procs, bed[4])
+    job.check(bed[4], 2, rounds=200)
+    status = job.status()
+    assert status["failovers"] == 1 and len(status["servers"]) == 2
+    job.shutdown()
+
+
+def test_a_partitioned_server_host_is_fenced_when_it_heals(netbed: Callable[..., NetBed], keys: Path) -> None:
+    """Host 1 is cut off while workers push: the scheduler declares its server dead and the
+    replicas take over (a new key map epoch). When the link heals, the stale master does not
+    come back as a master: the scheduler refuses it (it is no longer a member), any
+    replication it still sends is refused by epoch, and the sums are exact."""
+    bed = netbed(5)
+    # host 1's server waits 10 minutes for the scheduler before giving up on its own: it is
+    # still a (stale) master when the link heals, the case fencing is for
+    job = _replicated_job(bed, keys, server_env={1: {"PS_HEARTBEAT_TIMEOUT": "600"}})
+    procs = job.workers(bed[4], 2, rounds=200)
+    wait_for("100 pushes on the servers", lambda: _pushes(job.status()) >= 100)
+    epoch = job.status()["keymap"]["epoch"]
+    bed[1].cut()
+    stale = wait_for("the scheduler to declare host 1's server dead", lambda: job.status()["failovers"] == 1)
+    assert stale
+    after = job.status()
+    assert after["keymap"]["epoch"] > epoch and len(after["servers"]) == 2
+    assert not any(address.startswith(f"tcp://{bed[1].ip}:") for _, role, address, *_ in after["nodes"])
+    bed[1].heal()
+    # the stale server learns that it is dead and exits with an error; it never masters again
+    assert job.servers[1].wait(timeout=120) != 0
+    assert "not a member" in bed[1].log("server"), bed[1].log("server")
+    _done(procs, bed[4])
+    job.check(bed[4], 2, rounds=200)
+    final = job.status()
+    print("replication refused by epoch (fenced):", sum(s.get("fenced", 0) for s in final["servers"].values()))
+    assert len(final["servers"]) == 2 and final["failovers"] == 1
+    assert not any(address.startswith(f"tcp://{bed[1].ip}:") for _, role, address, *_ in final["nodes"])
+    job.shutdown()
