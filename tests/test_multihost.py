@@ -144,3 +144,57 @@ def test_a_partitioned_server_host_is_fenced_when_it_heals(netbed: Callable[...,
     assert len(final["servers"]) == 2 and final["failovers"] == 1
     assert not any(address.startswith(f"tcp://{bed[1].ip}:") for _, role, address, *_ in final["nodes"])
     job.shutdown()
+
+
+def test_a_job_over_a_link_with_50ms_delay_and_1pct_loss_has_exact_sums(netbed: Callable[..., NetBed],
+                                                                        keys: Path) -> None:
+    """The workers' host reaches everything through a link that delays every frame by 50 ms
+    and loses 1% of them, each way (tc netem, or the bed's user-space shaper)."""
+    bed = netbed(4, shaped={3})
+    bed[3].slow(50, 1)
+    job = Job(bed, keys, [1, 2])
+    procs = job.workers(bed[3], 2, rounds=30)
+    _done(procs, bed[3])
+    job.check(bed[3], 2, rounds=30)
+    job.shutdown()
+
+
+CUT_OFF = textwrap.dedent("""
+    import sys, time, numpy as np, paramserver as ps
+    with ps.connect(sys.argv[1]) as w:
+        t = w.table("t", dtype="int64")
+        keys = np.array([1, 2**63 + 1], dtype=np.uint64)  # one key on each server
+        t.push(keys, np.ones(2, dtype=np.int64)).wait()
+        print("pushed", flush=True)
+        sys.stdin.readline()  # the test cuts this host off from every server
+        start = time.monotonic()
+        try:
+            t.pull(keys, timeout=5)
+        except ps.PSError as exc:
+            print(f"error after {time.monotonic() - start:.1f} s: {type(exc).__name__}: {exc}", flush=True)
+        else:
+            print("no error", flush=True)
+""")
+
+
+def test_a_worker_cut_off_from_every_server_gets_a_clear_error_within_its_timeout(
+        netbed: Callable[..., NetBed], keys: Path) -> None:
+    bed = netbed(4)
+    job = Job(bed, keys, [1, 2])
+    worker = bed[3].start("worker", [sys.executable, "-c", CUT_OFF, job.address], job.env, stdin=subprocess.PIPE)
+    wait_for("the first push", lambda: "pushed" in bed[3].log("worker") or worker.poll() is not None)
+    bed[3].cut_from(bed[1])
+    bed[3].cut_from(bed[2])  # the scheduler on host 0 still answers: only the servers are gone
+    assert worker.stdin is not None
+    worker.stdin.write("\n")
+    worker.stdin.close()
+    assert worker.wait(timeout=120) == 0, bed[3].log("worker")
+    out = bed[3].log("worker")
+    assert "error after" in out, out
+    line = out.split("error after", 1)[1]
+    assert float(line.split()[0]) < 30  # bounded by the timeout, never a hang
+    print(line.strip())
+    assert "RequestTimeout" in line and "5 s" in line
+    bed[3].heal_from(bed[1])
+    bed[3].heal_from(bed[2])
+    job.shutdown()
