@@ -87,6 +87,9 @@ log = logging.getLogger("paramserver.scheduler")
 _KEYS_OF: dict[str, tuple[str, ...]] = {"server": ("server",), "worker": ("worker",), "client": ("admin", "scheduler")}
 
 
+_TOMBSTONES = 1024  # nodes declared dead that the scheduler remembers (see SchedulerCore.declared_dead)
+
+
 @dataclass
 class Send:
     node: int
@@ -222,6 +225,9 @@ class SchedulerCore:
         self.started = now
         self.nodes: dict[int, NodeInfo] = {SCHEDULER_ID: NodeInfo(SCHEDULER_ID, "scheduler", address)}
         self.last_seen: dict[int, float] = {}
+        #: Nodes declared dead: id -> (role, address), to tell one that comes back (a healed
+        #: partition) that it is no longer a member; the oldest are forgotten past _TOMBSTONES.
+        self.declared_dead: dict[int, tuple[str, str]] = {}
         self.keymap: KeyMap | None = None
         self.finished = False
         self._ids = itertools.count(1)
@@ -369,8 +375,7 @@ class SchedulerCore:
         if handler is None:
             return [self._error(msg, ProtocolError(f"the scheduler does not handle {msg.op.name} requests"))]
         if msg.op != Op.REGISTER and msg.sender not in self.nodes:
-            return [self._error(msg, JobAborted(
-                f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
+            return self._not_a_member(msg)
         try:
             return handler(msg, now)
         except PSError as exc:
@@ -420,11 +425,30 @@ class SchedulerCore:
         out.append(Finish(code, reason))
         return out
 
+    def _not_a_member(self, msg: Message) -> list[Action]:
+        """The answer to a request from a node that is not a member. One declared dead that
+        speaks again (its partition healed: it is a stale master or worker) is told so over
+        a link opened for that one answer, so that it exits instead of going on alone."""
+        dead = self.declared_dead.get(msg.sender)
+        if dead is None:
+            return [self._error(msg, JobAborted(
+                f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
+        role, address = dead
+        log.warning("%s %d at %s speaks again after it was declared dead; telling it to exit", role, msg.sender,
+                    address)
+        return [Connect(msg.sender, address, role), self._error(msg, JobAborted(
+            f"{role} {msg.sender} is not a member of this cluster: it was declared dead (no heartbeat within "
+            f"PS_HEARTBEAT_TIMEOUT, e.g. behind a network partition) and the cluster went on without it")),
+            Disconnect(msg.sender)]
+
     def node_failed(self, nid: int, reason: str, now: float) -> list[Action]:
         """A node died (or was unreachable for too long)."""
         info = self._forget(nid)
         if info is None:
             return []
+        self.declared_dead[nid] = (info.role, info.address)
+        while len(self.declared_dead) > _TOMBSTONES:
+            del self.declared_dead[next(iter(self.declared_dead))]
         log.warning("%s", reason)
         self.timeline.add(now, "failure", nid, reason)
         out: list[Action] = [Disconnect(nid)]
