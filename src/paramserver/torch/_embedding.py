@@ -5,7 +5,8 @@ keyed by ``spread(id)`` (so consecutive ids fall on every server alike). A forwa
 pulls only the distinct ids of its batch, as one ``(U, dim)`` block; the autograd function
 :class:`PulledRows` makes that block a node of the graph, and its backward receives the
 gradient of exactly those ``U`` rows, already summed per distinct id by torch's own
-embedding backward, and pushes it. The table's updater on the servers (``sgd``,
+embedding backward. :class:`TableGradients` sums the gradients of every lookup of a table
+in one backward pass (several modules may share a table) and pushes them once. The table's updater on the servers (``sgd``,
 ``adagrad``, ``adam``, ``ftrl``, ...) applies it: no dense gradient, no optimizer state and
 no row outside the current batch ever exists on the worker. Dense parameters (an MLP on
 top) stay with a normal torch optimizer.
@@ -15,7 +16,8 @@ size. Bad input (float or bool ids, negative ids, wrong shapes or offsets, per-s
 weights outside ``mode="sum"``) raises :class:`~paramserver.InvalidArgument` or
 :class:`~paramserver.DTypeError` before anything is sent.
 
-Pushes are asynchronous: ``backward`` returns once the push is sent. The worker's
+Pushes are asynchronous: ``backward`` returns once the push is sent (at most 64 are in
+flight per table). The worker's
 read-your-writes guarantee makes the next pull of this worker see it; :meth:`flush` waits
 for every push sent. Thread-safety: one module is used by one training thread at a time
 (like any nn.Module); the table under it may be shared.
@@ -24,9 +26,10 @@ for every push sent. Thread-safety: one module is used by one training thread at
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +42,7 @@ from ..placement import spread
 from ..table import Initializer, Normal, Updater
 from ..worker import Table, Worker, open_workers
 
-__all__ = ["Embedding", "EmbeddingBag", "PulledRows", "ids_to_keys"]
+__all__ = ["Embedding", "EmbeddingBag", "PulledRows", "TableGradients", "ids_to_keys"]
 
 _FLOAT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -74,7 +77,7 @@ class _Prefetched:
 
     keys: np.ndarray
     request: Request
-    pushes: int  # how many pushes this module had sent when the pull left
+    pushes: int  # how many pushes the table's gradients had had when the pull left
 
 
 @dataclass
@@ -85,24 +88,110 @@ class _Stats:
     rows_pushed: int = 0
     prefetch_hits: int = 0
     rows_refreshed: int = 0
-    pending: deque[Request] = field(default_factory=deque)
+
+
+class TableGradients:
+    """The gradients of one table's rows in the backward pass, pushed as one update.
+
+    Every lookup of the table in a forward pass with autograd on (by any module over the
+    table) registers; its backward adds the gradient of its rows. When the last registered
+    lookup has reported, the gradients are summed per key and pushed once: so a table used by
+    several modules (an Embedding and EmbeddingBags over it) gets one optimizer step per
+    backward pass, as one torch parameter would, not one per module (which is not the same
+    for non-linear updaters such as adagrad). :meth:`flush` pushes what is held even if
+    some lookups never got a backward pass (their part of the graph was not used).
+
+    Thread-safe (a lock guards everything); one instance per table, shared by its modules.
+    """
+
+    _all: ClassVar[weakref.WeakKeyDictionary[Table, TableGradients]] = weakref.WeakKeyDictionary()
+    _all_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def of(cls, table: Table) -> TableGradients:
+        with cls._all_lock:
+            g = cls._all.get(table)
+            if g is None:
+                g = cls._all[table] = cls(table)
+            return g
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.stats = _Stats()
+        self.lock = threading.Lock()
+        self._waiting = 0  # lookups registered whose backward has not reported
+        self._held: list[tuple[np.ndarray, np.ndarray]] = []
+        self._inflight: deque[Request] = deque()
+        #: (push number, keys) of the pushes since the oldest prefetch still waiting.
+        self.pushed: deque[tuple[int, np.ndarray]] = deque()
+        self.prefetching = 0  # prefetched pulls not used yet (by any module of the table)
+
+    def register(self) -> None:
+        with self.lock:
+            self._waiting += 1
+
+    def add(self, keys: np.ndarray, grad: np.ndarray) -> None:
+        """A registered lookup's backward: its rows' gradient; push once all reported."""
+        with self.lock:
+            self._held.append((keys, grad))
+            self._waiting = max(self._waiting - 1, 0)
+            if self._waiting == 0:
+                self._push_held()
+
+    def _push_held(self) -> None:
+        """Push the held gradients as one update (under the lock)."""
+        held, self._held = self._held, []
+        if not held:
+            return
+        if len(held) == 1:
+            keys, values = held[0]
+        else:  # the table's push sorts the keys and sums the rows of equal ones (vectorised)
+            keys = np.concatenate([k for k, _ in held])
+            values = np.concatenate([v for _, v in held])
+        req = self.table.push(keys, values)
+        s = self.stats
+        if self.prefetching:
+            self.pushed.append((s.pushes, np.unique(keys) if len(held) > 1 else keys))
+        s.pushes += 1
+        s.rows_pushed += len(np.unique(keys)) if len(held) > 1 else len(keys)
+        self._inflight.append(req)
+        while self._inflight and self._inflight[0].done():
+            self._inflight.popleft().result()  # re-raises a failed push here
+        if len(self._inflight) > 64:  # backpressure: never more than 64 pushes in flight
+            self._inflight.popleft().wait()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Push what is held, then wait until every push is applied (re-raises a failed one)."""
+        with self.lock:
+            self._waiting = 0
+            self._push_held()
+        while True:
+            with self.lock:
+                if not self._inflight:
+                    return
+                req = self._inflight.popleft()
+            req.wait(timeout)
 
 
 class PulledRows(torch.autograd.Function):
-    """Autograd node of a pulled block of rows: forward returns the block, backward pushes
-    the gradient of its rows (one row per distinct id, summed) to the table."""
+    """Autograd node of a pulled block of rows: forward returns the block, backward hands
+    the gradient of its rows (one row per distinct id, summed) to the table's
+    :class:`TableGradients`, which pushes it."""
 
     @staticmethod
-    def forward(ctx: Any, anchor: torch.Tensor, rows: torch.Tensor, module: _TableRows,
+    def forward(ctx: Any, anchor: torch.Tensor, rows: torch.Tensor, grads: TableGradients,
                 keys: np.ndarray) -> torch.Tensor:
-        ctx.module = module
+        ctx.grads = grads
         ctx.keys = keys
-        return rows
+        return rows.view_as(rows)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, None]:
-        module: _TableRows = ctx.module
-        module.push_grad(ctx.keys, grad)
+        grads: TableGradients = ctx.grads
+        g = grad.detach()
+        if g.dtype != _FLOAT_DTYPES[grads.table.dtype.name]:
+            g = g.to(_FLOAT_DTYPES[grads.table.dtype.name])
+        grads.add(ctx.keys, np.ascontiguousarray(g.numpy()))
         return None, None, None, None
 
 
@@ -144,16 +233,15 @@ class _TableRows(nn.Module):
         self.embedding_dim = embedding_dim
         self.table = t
         self.torch_dtype = _FLOAT_DTYPES[t.dtype.name]
-        self._stats = _Stats()
+        self.grads = TableGradients.of(t)
         self._prefetched: deque[_Prefetched] = deque()
-        self._lock = threading.Lock()
-        self._pushed_keys: deque[tuple[int, np.ndarray]] = deque()  # (push number, keys), while prefetches wait
 
     # ---------------------------------------------------------------- statistics
     @property
     def stats(self) -> dict[str, int]:
-        """Pulls, pushes, rows pulled and pushed, prefetched pulls used, rows pulled again."""
-        s = self._stats
+        """Of the table (every module over it): pulls, pushes, rows pulled and pushed,
+        prefetched pulls used, rows pulled again after a push (see :meth:`prefetch`)."""
+        s = self.grads.stats
         return {"pulls": s.pulls, "rows_pulled": s.rows_pulled, "pushes": s.pushes, "rows_pushed": s.rows_pushed,
                 "prefetch_hits": s.prefetch_hits, "rows_refreshed": s.rows_refreshed}
 
@@ -166,28 +254,33 @@ class _TableRows(nn.Module):
         result is what a pull at forward time reads under the table's consistency model.
         Checks ``ids`` as forward does."""
         keys = np.unique(ids_to_keys(ids))
-        req = self.table.pull(keys, block=False)
-        with self._lock:
-            self._prefetched.append(_Prefetched(keys, req, self._stats.pushes))
-            self._stats.pulls += 1
-            self._stats.rows_pulled += len(keys)
+        g = self.grads
+        with g.lock:
+            req = self.table.pull(keys, block=False)
+            self._prefetched.append(_Prefetched(keys, req, g.stats.pushes))
+            g.prefetching += 1
+            g.stats.pulls += 1
+            g.stats.rows_pulled += len(keys)
 
     def _rows(self, keys: np.ndarray) -> np.ndarray:
         """The values of distinct sorted ``keys``: prefetched if a prefetch matches, else pulled."""
-        with self._lock:
+        g = self.grads
+        with g.lock:
             hit = None
             while self._prefetched:
                 p = self._prefetched.popleft()
+                g.prefetching -= 1
                 if len(p.keys) == len(keys) and np.array_equal(p.keys, keys):
                     hit = p
                     break
             if hit is None:
-                self._stats.pulls += 1
-                self._stats.rows_pulled += len(keys)
+                g.stats.pulls += 1
+                g.stats.rows_pulled += len(keys)
             else:
-                self._stats.prefetch_hits += 1
-                since = [k for n, k in self._pushed_keys if n >= hit.pushes]
-            self._forget_pushes()
+                g.stats.prefetch_hits += 1
+                since = [k for n, k in g.pushed if n >= hit.pushes]
+            if not g.prefetching:
+                g.pushed.clear()
         if hit is None:
             rows: np.ndarray = self.table.pull(keys)
             return rows
@@ -197,15 +290,9 @@ class _TableRows(nn.Module):
             if len(stale):  # rows this module pushed after the prefetch left: read them again
                 pos = np.searchsorted(keys, stale)
                 rows[pos] = self.table.pull(stale)
-                with self._lock:
-                    self._stats.rows_refreshed += len(stale)
+                with g.lock:
+                    g.stats.rows_refreshed += len(stale)
         return rows
-
-    def _forget_pushes(self) -> None:
-        """Drop the push records no waiting prefetch needs (under the lock)."""
-        oldest = min((p.pushes for p in self._prefetched), default=None)
-        while self._pushed_keys and (oldest is None or self._pushed_keys[0][0] < oldest):
-            self._pushed_keys.popleft()
 
     def pull_block(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows of the distinct ids of ``ids`` as a graph node, and each id's row index
@@ -215,38 +302,17 @@ class _TableRows(nn.Module):
         values = self._rows(uniq)
         rows = torch.from_numpy(values)  # no copy: the pulled array becomes the tensor
         anchor = torch.empty(0, requires_grad=torch.is_grad_enabled() and self.training)
-        block = PulledRows.apply(anchor, rows, self, uniq) if anchor.requires_grad else rows  # type: ignore[no-untyped-call]
+        if anchor.requires_grad:
+            self.grads.register()
+        block = PulledRows.apply(anchor, rows, self.grads, uniq) if anchor.requires_grad else rows  # type: ignore[no-untyped-call]
         index = torch.from_numpy(inverse.reshape(ids.shape).astype(np.int64, copy=False))
         return block, index
 
     # ---------------------------------------------------------------- push
-    def push_grad(self, keys: np.ndarray, grad: torch.Tensor) -> None:
-        """Push the gradient of the rows of distinct ``keys`` (called by backward)."""
-        g = grad.detach()
-        if g.dtype != self.torch_dtype:
-            g = g.to(self.torch_dtype)
-        values = np.ascontiguousarray(g.numpy())
-        req = self.table.push(keys, values)
-        with self._lock:
-            s = self._stats
-            s.pushes += 1
-            s.rows_pushed += len(keys)
-            if self._prefetched:
-                self._pushed_keys.append((s.pushes - 1, keys))
-            s.pending.append(req)
-            while s.pending and s.pending[0].done():
-                s.pending.popleft().result()  # re-raises a failed push here
-            if len(s.pending) > 64:  # backpressure: never more than 64 pushes in flight
-                s.pending.popleft().wait()
-
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every push this module sent is applied (re-raises a failed one)."""
-        while True:
-            with self._lock:
-                if not self._stats.pending:
-                    return
-                req = self._stats.pending.popleft()
-            req.wait(timeout)
+        """Push the gradients held for the table (see :class:`TableGradients`) and wait
+        until every push is applied; re-raises a failed push."""
+        self.grads.flush(timeout)
 
     def extra_repr(self) -> str:
         return f"{self.embedding_dim}, table={self.table.name!r} ({self.table.spec.describe()})"
