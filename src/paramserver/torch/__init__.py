@@ -3,7 +3,8 @@
 :class:`Embedding` and :class:`EmbeddingBag` are ``nn.Module``s whose rows live in a table
 on the servers: a forward pass pulls the rows of the batch's distinct ids, the backward pass
 pushes their gradients, and the table's updater applies them on the servers.
-:class:`Prefetcher` pulls the rows of the next batch while the current one computes.
+:class:`Prefetcher` pulls the rows of the next batch while the current one computes;
+:class:`DenseParameters` shares dense layers between workers through a table.
 :func:`export_table` writes a table (or the rows changed since an iteration) to files that
 torch, safetensors and numpy read. See docs/torch.md.
 """
@@ -18,7 +19,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ConfigError("paramserver.torch needs PyTorch: pip install 'paramserver[torch]' "
                       "(or `make venv`, which installs the CPU build)") from exc
 
-from ._embedding import Embedding, EmbeddingBag, PulledRows, ids_to_keys
+from ._dense import DenseParameters
+from ._embedding import Embedding, EmbeddingBag, PulledRows, TableGradients, ids_to_keys
 from ._prefetch import Prefetcher
 
-__all__ = ["Embedding", "EmbeddingBag", "Prefetcher", "PulledRows", "ids_to_keys"]
+__all__ = ["DenseParameters", "Embedding", "EmbeddingBag", "Prefetcher", "PulledRows", "TableGradients", "ids_to_keys"]

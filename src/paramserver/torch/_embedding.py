@@ -42,7 +42,7 @@ from ..placement import spread
 from ..table import Initializer, Normal, Updater
 from ..worker import Table, Worker, open_workers
 
-__all__ = ["Embedding", "EmbeddingBag", "PulledRows", "TableGradients", "ids_to_keys"]
+__all__ = ["Embedding", "EmbeddingBag", "PulledRows", "TableGradients", "ids_to_keys", "resolve_worker"]
 
 _FLOAT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -195,7 +195,8 @@ class PulledRows(torch.autograd.Function):
         return None, None, None, None
 
 
-def _resolve_worker(worker: Worker | None) -> Worker:
+def resolve_worker(worker: Worker | None) -> Worker:
+    """``worker``, or this process's only open worker."""
     if worker is not None:
         return worker
     live = open_workers()
@@ -221,7 +222,7 @@ class _TableRows(nn.Module):
         elif isinstance(table, str):
             if dtype not in _FLOAT_DTYPES:
                 raise DTypeError(f"embedding tables hold float32 or float64, not {dtype!r}")
-            t = _resolve_worker(worker).table(
+            t = resolve_worker(worker).table(
                 table, width=embedding_dim, dtype=dtype, updater=optimizer if optimizer is not None else "sgd",
                 init=init if init is not None else Normal(std=1.0), **table_args)
         else:
