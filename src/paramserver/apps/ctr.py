@@ -141,7 +141,7 @@ def reference(args: argparse.Namespace, train: tuple[np.ndarray, np.ndarray],
     from the same initial values; the held-out metrics after each epoch."""
     import torch
 
-    torch.sparse.check_sparse_tensor_invariants.disable()  # the embeddings' own sparse gradients: valid
+    torch.sparse.check_sparse_tensor_invariants.disable()  # type: ignore[no-untyped-call]  # the embeddings' own sparse gradients: valid
     x, y = train
     vocab, index = np.unique(np.concatenate([x.ravel(), test[0].ravel()]), return_inverse=True)
     xi = index[:x.size].reshape(x.shape)
