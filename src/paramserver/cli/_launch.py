@@ -25,6 +25,7 @@ from types import FrameType
 
 from .._config import Config
 from .._errors import PSError
+from .._words import plural
 from ..deploy import AdminClient, Proc, node_command, spawn, start_scheduler, stop_all, wait_all
 from ..node import split_address
 
@@ -38,11 +39,6 @@ def _say(text: str, *, quiet: bool = False) -> None:
     """Print a line to stderr unless ``quiet`` (progress lines pass it; errors never do)."""
     if not quiet:
         print(f"paramserver launch: {text}", file=sys.stderr, flush=True)
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 server``, ``2 servers``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _runnable(command: Sequence[str], env: dict[str, str]) -> str | None:

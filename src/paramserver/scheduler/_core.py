@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
+from .._words import plural
 from ..clock import Consistency
 from ..node import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended, ranges_to_wire
@@ -89,6 +90,9 @@ log = logging.getLogger("paramserver.scheduler")
 _KEYS_OF: dict[str, tuple[str, ...]] = {"server": ("server",), "worker": ("worker",), "client": ("admin", "scheduler")}
 
 
+_TOMBSTONES = 1024  # nodes declared dead that the scheduler remembers (see SchedulerCore.declared_dead)
+
+
 @dataclass
 class Send:
     node: int
@@ -116,11 +120,6 @@ class Finish:
 
 
 Action = Send | Connect | Disconnect | Finish
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 server``, ``2 servers``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass
@@ -235,6 +234,9 @@ class SchedulerCore:
         self.started = now
         self.nodes: dict[int, NodeInfo] = {SCHEDULER_ID: NodeInfo(SCHEDULER_ID, "scheduler", address)}
         self.last_seen: dict[int, float] = {}
+        #: Nodes declared dead: id -> (role, address), to tell one that comes back (a healed
+        #: partition) that it is no longer a member; the oldest are forgotten past _TOMBSTONES.
+        self.declared_dead: dict[int, tuple[str, str]] = {}
         self.keymap: KeyMap | None = None
         self.finished = False
         self._ids = itertools.count(1)
@@ -401,8 +403,7 @@ class SchedulerCore:
             if msg.sender not in self.nodes:
                 return []  # a rejoining node's heartbeat: it is answered once the rebuild ends
         if msg.op != Op.REGISTER and msg.sender not in self.nodes:
-            return [self._error(msg, JobAborted(
-                f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
+            return self._not_a_member(msg)
         try:
             return handler(msg, now)
         except PSError as exc:
@@ -454,11 +455,30 @@ class SchedulerCore:
         out.append(Finish(code, reason))
         return out
 
+    def _not_a_member(self, msg: Message) -> list[Action]:
+        """The answer to a request from a node that is not a member. One declared dead that
+        speaks again (its partition healed: it is a stale master or worker) is told so over
+        a link opened for that one answer, so that it exits instead of going on alone."""
+        dead = self.declared_dead.get(msg.sender)
+        if dead is None:
+            return [self._error(msg, JobAborted(
+                f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
+        role, address = dead
+        log.warning("%s %d at %s speaks again after it was declared dead; telling it to exit", role, msg.sender,
+                    address)
+        return [Connect(msg.sender, address, role), self._error(msg, JobAborted(
+            f"{role} {msg.sender} is not a member of this cluster: it was declared dead (no heartbeat within "
+            f"PS_HEARTBEAT_TIMEOUT, e.g. behind a network partition) and the cluster went on without it")),
+            Disconnect(msg.sender)]
+
     def node_failed(self, nid: int, reason: str, now: float) -> list[Action]:
         """A node died (or was unreachable for too long)."""
         info = self._forget(nid)
         if info is None:
             return []
+        self.declared_dead[nid] = (info.role, info.address)
+        while len(self.declared_dead) > _TOMBSTONES:
+            del self.declared_dead[next(iter(self.declared_dead))]
         log.warning("%s", reason)
         self.timeline.add(now, "failure", nid, reason)
         out: list[Action] = [Disconnect(nid)]

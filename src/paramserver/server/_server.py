@@ -200,6 +200,7 @@ class Server:
             },
             "duplicates": state.duplicates,
             "moved": state.moved,
+            "fenced": state.replica.fenced,
             "replicated": dict(state.replicated),
             "replicated_bytes": state.replicated_bytes,
             "migrations": state.migrations.status(),
