@@ -578,7 +578,7 @@ class SchedulerCore:
                 log.warning("migration (%s): %s died while copying; it is planned again after the failover", name,
                             ", ".join(f"server {n}" for n in sorted(failed)))
                 self._migrations.insert(0, (name, make, then, tries + 1))
-                return []
+                return self._next_migration(g.ended) if self.keymap is not old else []
             if failed or self.finished:
                 why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
                 log.warning("migration (%s) failed: %s", name, why)

@@ -20,6 +20,18 @@ The scheduler drives a migration from key map ``old`` to ``new`` in two phases:
    scheduler broadcasts ``new``. Old masters answer "moved" for ranges they lost; workers
    send those requests on to the new masters.
 
+Sums handed over go to the new master of their keys and to every replica of them in the new
+map (``MigrateSums``): a holder that does not master them (yet) keeps them as *standby*
+(``TableSync.standby``), takes them into the iteration's pending sum once it masters the keys
+(it adopted the new map, or was promoted by a failover), and drops them once their master
+replicates that iteration's sum (which holds them). The pushes waiting on them are answered
+only once every holder has them, so their sums survive the death of any one of them.
+
+A party that dies during a migration: its replicas take over as in any failover, and a
+replication whose head died goes on to the rest of its chain (``ServerState.answered``), so
+the chains stay exact; the scheduler plans a copy phase that lost a party again from the
+failover map, and a switch stands (the map it installs is failed over like any other).
+
 Snapshots carry, besides the rows, the table's records of which keys the pushes still in
 flight applied (``TableSync.applied_in``), so a part sent again to a new holder applies
 only the keys the snapshot does not hold yet.
