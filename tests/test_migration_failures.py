@@ -69,10 +69,12 @@ def test_a_server_dies_during_a_migration_and_no_push_is_lost(fast_env: dict[str
         procs = workloads.start_workers(cluster.address, 3, rounds, env)
         try:
             _wait_for("40 pushes", lambda: _pushes(cluster) >= 40)
-            if action == "join":
-                cluster.add_server()
-            else:
-                with contextlib.suppress(ps.PSError):  # a drain that fails is rolled back
+            # a joining server that dies never masters its ranges (add_server says so), and
+            # a drain that fails is rolled back: either way the pushes go on
+            with contextlib.suppress(ps.PSError):
+                if action == "join":
+                    cluster.add_server()
+                else:
                     cluster.remove_server(1)
             codes = [p.wait(timeout=240) for p in procs]
         finally:
