@@ -512,8 +512,10 @@ class SchedulerCore:
     def _server_failed(self, nid: int, reason: str, now: float) -> list[Action]:
         """Promote the next replica of each range the dead server held and broadcast the
         new map (epoch + 1); end the job if some range had no other copy."""
-        if self.keymap is None or nid not in self.keymap.servers():
+        if self.keymap is None:
             return []  # died before the key map existed: it held nothing
+        if nid not in self.keymap.servers():  # it held nothing (yet): the others forget it
+            return self._broadcast_nodes(now, dead=[nid])
         try:
             self.keymap = self.keymap.without(nid, self._next_epoch())
         except InvalidArgument as exc:
@@ -572,17 +574,26 @@ class SchedulerCore:
         def copied(g: _Gather) -> list[Action]:
             failed = g.failures()
             self._migrating = False
-            if failed and not self.finished and all(n not in self.nodes for n in failed) and tries < MIGRATION_TRIES:
-                # a party died during the copy: plan again once its failover has changed the
-                # map (node_failed starts the next migration after promoting its replicas)
+            dead = sorted({n for n in failed if n not in self.nodes} | {s for s in new.servers() if s not in self.nodes})
+            out: list[Action] = []
+            if (failed or dead) and not self.finished and self.keymap is old:
+                # Roll back: the sources adopted `mid`; a map of a higher epoch without the
+                # extension (the failover's, or this one) takes their chains back.
+                self.keymap = KeyMap(self._next_epoch(), list(old))
+                out += self._broadcast_nodes(g.ended)
+            if dead and not self.finished and set(failed) <= set(dead) and tries < MIGRATION_TRIES:
+                # a party died during the copy: plan again from the map without it (once it is
+                # failed over: node_failed starts the next migration after promoting its replicas)
                 log.warning("migration (%s): %s died while copying; it is planned again after the failover", name,
-                            ", ".join(f"server {n}" for n in sorted(failed)))
+                            ", ".join(f"server {n}" for n in dead))
                 self._migrations.insert(0, (name, make, then, tries + 1))
-                return self._next_migration(g.ended) if self.keymap is not old else []
-            if failed or self.finished:
-                why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
+                waiting = self.keymap is not None and any(n in self.keymap.servers() for n in dead)
+                return out + ([] if waiting else self._next_migration(g.ended))
+            if failed or dead or self.finished:
+                why = "; ".join([f"server {n}: {e}" for n, e in sorted(failed.items())]
+                                + [f"server {n} died" for n in dead if n not in failed]) or "the job ended"
                 log.warning("migration (%s) failed: %s", name, why)
-                return then(False, why) + self._next_migration(g.ended)
+                return out + then(False, why) + self._next_migration(g.ended)
             if self.keymap is not old:  # a failure changed the map meanwhile: plan again
                 self._migrations.insert(0, (name, make, then, tries))
                 return self._next_migration(g.ended)
