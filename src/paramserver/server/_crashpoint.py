@@ -29,9 +29,13 @@ from ..protocol import KEY_DTYPE, Message, MigrateCopy, MigrateSums, MigrateSwit
 __all__ = ["CrashPoint"]
 
 
-def _firsts(keymap: KeyMap, node: int) -> np.ndarray:
-    """The first key of each range ``node`` masters under ``keymap``."""
-    return np.array([r.lo for r in keymap.ranges_of(node)], dtype=KEY_DTYPE)
+def _role(now: KeyMap, new: KeyMap, node: int) -> str:
+    """``source`` if ``node`` masters keys under ``now`` that it does not under ``new``,
+    else ``target`` if it gains some, else ``""`` (tested at every range start of both maps)."""
+    starts = np.unique(np.array([r.lo for km in (now, new) for s in km.servers() for r in km.ranges_of(s)],
+                                dtype=KEY_DTYPE))
+    mine_now, mine_new = now.masters(starts) == node, new.masters(starts) == node
+    return "source" if bool((mine_now & ~mine_new).any()) else "target" if bool((mine_new & ~mine_now).any()) else ""
 
 log = logging.getLogger("paramserver.server")
 
@@ -42,7 +46,7 @@ class CrashPoint:
     """See the module docstring."""
 
     def __init__(self, spec: str, once: str = "") -> None:
-        self.phase = self.when = self.role = ""
+        self.phase = self.when = self.role = self._switch_role = ""
         self.once = once
         if not spec:
             return
@@ -53,10 +57,12 @@ class CrashPoint:
                               f"WHEN before or after, ROLE source or target")
         self.phase, self.when = parts[0], parts[1]
         self.role = parts[2] if len(parts) == 3 else ""
+        self._switch_role = ""  # the role of the switch being handled, found before it
 
     def check(self, msg: Message, when: str, node: int, keymap: KeyMap | None) -> None:
-        """Kill this process if ``msg`` at ``when`` is the chosen step."""
-        if not self.phase or when != self.when or msg.op != Op.MIGRATE:
+        """Kill this process if ``msg`` at ``when`` is the chosen step (call with "before",
+        then "after", for every request)."""
+        if not self.phase or msg.op != Op.MIGRATE or (when != self.when and not self.role):
             return
         try:
             body = migrate_from_wire(msg.body)
@@ -66,14 +72,13 @@ class CrashPoint:
                  else "sums" if isinstance(body, MigrateSums) else "load")
         if phase != self.phase:
             return
-        if self.role and isinstance(body, MigrateSwitch) and keymap is not None:
-            new = KeyMap.from_wire(body.keymap)
-            loses = _firsts(keymap, node)
-            gains = _firsts(new, node)
-            role = ("source" if len(loses) and bool((new.masters(loses) != node).any()) else
-                    "target" if len(gains) and bool((keymap.masters(gains) != node).any()) else "")
-            if role != self.role:
+        if self.role and isinstance(body, MigrateSwitch):
+            if when == "before":  # (after, this server has adopted the new map already)
+                self._switch_role = _role(keymap, KeyMap.from_wire(body.keymap), node) if keymap is not None else ""
+            if self._switch_role != self.role or when != self.when:
                 return
+        if when != self.when:
+            return
         if self.once:
             try:
                 os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
