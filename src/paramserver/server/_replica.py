@@ -48,6 +48,9 @@ class Replica:
         keymap = self.state.keymap
         if keymap is None or msg.epoch >= keymap.epoch or msg.sender in keymap.servers():
             return
+        servers = self.state.servers
+        if servers is not None and msg.sender in servers:
+            return  # a server being drained (still a member) finishes what it replicates
         self.fenced += 1
         raise KeyRangeError(f"server {self.state.id} refuses replication from server {msg.sender} sliced in "
                             f"key map epoch {msg.epoch}: the cluster is at epoch {keymap.epoch} and server "

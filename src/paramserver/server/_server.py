@@ -116,7 +116,9 @@ class Server:
 
     def _on_nodes_changed(self, gone: set[int]) -> None:
         self._sync_node()
-        workers = frozenset(n.id for n in self.node.nodes().values() if n.role == "worker")
+        nodes = self.node.nodes().values()
+        workers = frozenset(n.id for n in nodes if n.role == "worker")
+        self.state.servers = frozenset(n.id for n in nodes if n.role == "server")
         self._run(self.state.nodes_changed(workers, gone))
 
     def _answered(self, token: int, req: Request) -> None:

@@ -112,6 +112,9 @@ class ServerState:
         self.own = Ownership(None, node)
         #: The live workers (ids), for aggregation and bounded delay.
         self.workers: frozenset[int] = frozenset()
+        #: The servers in the node table (None: not known yet): a server still in it is draining,
+        #: not declared dead, and its replication is taken even under an older key map.
+        self.servers: frozenset[int] | None = None
         self.stores: dict[int, Store] = {}
         self.sync: dict[int, TableSync] = {}
         self.duplicates = 0
