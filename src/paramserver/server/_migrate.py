@@ -68,6 +68,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Migrations"]
 
+
+def _records_of(sync: TableSync, keys: np.ndarray) -> list[np.ndarray]:
+    """The applied-key records (``TableSync.applied_in``'s four arrays) of ``keys`` only."""
+    if not len(keys):
+        return sync.applied_in([])
+    workers, rids, counts, held = sync.applied_in([(int(keys.min()), int(keys.max()) + 1)])
+    mask = np.isin(held, keys)
+    per = np.bincount(np.repeat(np.arange(len(counts)), counts)[mask], minlength=len(counts))
+    keep = per > 0
+    return [workers[keep], rids[keep], per[keep].astype(np.int64), held[mask]]
+
 log = logging.getLogger("paramserver.server")
 
 
@@ -169,8 +180,11 @@ class Migrations:
                         if holder == state.id:  # this server replicates them from now on
                             self._standby(sync, tid, iteration, hk, hv)
                             continue
+                        # with the records of the pushes in them: a part of one sent again to the
+                        # new master (its answer lost with this server) is not counted twice
                         token = state.call(holder, Message(
-                            Op.MIGRATE, table=tid, arrays=[hk, hv], body=MigrateSums(pending=iteration).to_wire()),
+                            Op.MIGRATE, table=tid, arrays=[hk, hv, *_records_of(sync, hk)],
+                            body=MigrateSums(pending=iteration).to_wire()),
                             f"hand-over of table {tid} sums to server {holder}", out)
                         self._handing.add(token)
                         tokens.append(token)
@@ -194,10 +208,14 @@ class Migrations:
         adopts the new map)."""
         state = self.state
         state.store_of(msg)
-        if len(msg.arrays) != 2:
-            raise ProtocolError("a hand-over of sums names its iteration and carries keys and values")
+        if len(msg.arrays) not in (2, 6):
+            raise ProtocolError("a hand-over of sums names its iteration and carries keys, values and 4 arrays of "
+                                "applied keys")
         keys, values = np.ascontiguousarray(msg.arrays[0]), np.ascontiguousarray(msg.arrays[1])
-        self._standby(state.sync[msg.table], msg.table, body.pending, keys, values)
+        sync = state.sync[msg.table]
+        if len(msg.arrays) == 6:
+            sync.load_applied([np.ascontiguousarray(a) for a in msg.arrays[2:]])
+        self._standby(sync, msg.table, body.pending, keys, values)
         self.promote_standby()
         out.append(Reply(msg))
 
