@@ -10,15 +10,23 @@ those of docs/deploy.md.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from helpers import free_port
+from netbed import Host, NetBed, netbed, node_env, paramserver_cmd, wait_for
 
 pytestmark = pytest.mark.cluster
+__all__ = ["netbed"]  # the fixture
+
+PS = paramserver_cmd()
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,3 +67,125 @@ def test_dmlc_role_five_plain_processes_make_one_job() -> None:
     assert [p.returncode for p in procs] == [0] * 5, "\n---\n".join(outs)
     _sums_line("".join(outs[3:]), 2)
     assert "rank 0: sums" not in "".join(outs[:3])  # the scheduler and servers never trained
+
+
+# ---------------------------------------------------------------------------------- ssh
+def test_hosts_and_placement_of_the_ssh_launcher(tmp_path: Path) -> None:
+    from paramserver import InvalidArgument
+    from paramserver.deploy import Host as Machine
+    from paramserver.deploy import forwarded_env, parse_hosts, place, read_hostfile
+
+    assert parse_hosts("a,b:2") == [Machine("a"), Machine("b", 2)]
+    f = tmp_path / "hosts"
+    f.write_text("# the cluster\na slots=1\nb:3\n\nc  # no limit\n")
+    hosts = read_hostfile(str(f))
+    assert hosts == [Machine("a", 1), Machine("b", 3), Machine("c")]
+    p = place(hosts, 2, 4)  # servers round-robin, then workers; a has one slot only
+    assert p.servers == ("a", "b") and p.workers == ("c", "b", "c", "b")
+    with pytest.raises(InvalidArgument, match="need 5 slots; the hosts have 4"):
+        place([Machine("a", 1), Machine("b", 3)], 2, 3)
+    f.write_text("a slots=x\n")
+    with pytest.raises(InvalidArgument, match="line 1"):
+        read_hostfile(str(f))
+    env = {"PS_KEYS": "/k", "DMLC_ROLE": "worker", "HOME": "/root", "PYTHONPATH": "/src", "MINE": "1"}
+    assert forwarded_env(env, ["MINE"]) == {"PS_KEYS": "/k", "DMLC_ROLE": "worker", "PYTHONPATH": "/src", "MINE": "1"}
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _ssh_setup(tmp: Path, ips: list[str]) -> Path:
+    """A throwaway client key, host key, sshd and ssh configs; returns the ssh config."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name in ("id_ed25519", "host_ed25519"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)], check=True, timeout=60)
+    (tmp / "authorized_keys").write_text((tmp / "id_ed25519.pub").read_text())
+    for ip in ips:
+        (tmp / f"sshd_{ip}.conf").write_text(textwrap.dedent(f"""\
+            Port 22
+            ListenAddress {ip}
+            HostKey {tmp}/host_ed25519
+            AuthorizedKeysFile {tmp}/authorized_keys
+            PermitRootLogin prohibit-password
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            UsePAM no
+            StrictModes no
+            PidFile none
+            """))
+    config = tmp / "ssh_config"
+    config.write_text(textwrap.dedent(f"""\
+        Host *
+          User root
+          IdentityFile {tmp}/id_ed25519
+          IdentitiesOnly yes
+          UserKnownHostsFile /dev/null
+          StrictHostKeyChecking no
+          LogLevel ERROR
+        """))
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    return config
+
+
+def _only_sshd(host: Host) -> bool:
+    """True once nothing but sshd runs in ``host`` (every node the launcher started is gone)."""
+    names = []
+    for pid in host.pids():
+        try:
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            pass
+    return all(n == "sshd" for n in names)
+
+
+def test_ssh_launch_runs_servers_and_workers_on_other_hosts(netbed: Callable[..., NetBed], tmp_path: Path) -> None:
+    """``paramserver launch -H host1,host2 -s 2 -w 2 --ssh 'ssh -F CONFIG' -- python train.py``
+    on host 0, real OpenSSH servers on hosts 1 and 2: exact sums, output prefixed by role and
+    host; a failing worker stops every remote node and its code is the launcher's; so does Ctrl-C."""
+    if shutil.which(SSHD) is None or shutil.which("ssh") is None:
+        pytest.skip("needs openssh-server and openssh-client (.ci/packages.txt; make sysdeps)")
+    bed = netbed(3)
+    config = _ssh_setup(tmp_path / "ssh", [bed[1].ip, bed[2].ip])
+    for h in (bed[1], bed[2]):
+        h.start("sshd", [SSHD, "-D", "-e", "-f", str(tmp_path / "ssh" / f"sshd_{h.ip}.conf")])
+    keys = tmp_path / "keys"
+    subprocess.run([*PS, "keygen", str(keys)], check=True, capture_output=True, timeout=60, env=node_env())
+    for h in (bed[1], bed[2]):  # sshd is up: a command runs over ssh
+        wait_for(f"sshd on {h.ip}", lambda h=h: bed[0].run(["ssh", "-F", str(config), h.ip, "true"], timeout=30)
+                 .returncode == 0, timeout=60, every=0.5)
+    launch = [*PS, "launch", "-H", f"{bed[1].ip},{bed[2].ip}", "-s", "2", "-w", "2", "--ssh", f"ssh -F {config}",
+              "--keys", str(keys), "-x", "FAIL_RANK", "-x", "HANG_RANK", "--", sys.executable, TRAIN]
+    env = node_env(PS_LOG_LEVEL="WARNING")
+    res = bed[0].run(launch, env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    _sums_line(res.stdout, 2)
+    assert f"[worker 0@{bed[1].ip}] rank 0: sums" in res.stdout  # worker 0 ran on host 1, its output prefixed
+    assert f"{bed[1].ip}, {bed[2].ip} over ssh" in res.stderr
+    for h in (bed[1], bed[2]):
+        wait_for(f"the nodes on {h.ip} to exit", lambda h=h: _only_sshd(h), timeout=60)
+    # a worker fails: its code is the launcher's, and every remote node is stopped
+    res = bed[0].run(launch, {**env, "FAIL_RANK": "1"}, timeout=300)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "worker 1 on" in res.stderr and "exited with code 3" in res.stderr, res.stderr
+    for h in (bed[1], bed[2]):
+        wait_for(f"the nodes on {h.ip} to be stopped", lambda h=h: _only_sshd(h), timeout=60)
+    # Ctrl-C while a worker hangs: everything stops, exit code 130
+    proc = bed[0].start("launch", launch, {**env, "HANG_RANK": "0"})
+    wait_for("a worker running on host 1 or 2", lambda: _train_running(bed), timeout=120)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, bed[0].log("launch")
+    for h in (bed[1], bed[2]):
+        wait_for(f"the nodes on {h.ip} to be stopped", lambda h=h: _only_sshd(h), timeout=60)
+
+
+def _train_running(bed: NetBed) -> bool:
+    """True once a worker on hosts 1-2 has been running the training script for a while (it
+    hangs at HANG_RANK after its first barrier)."""
+    for h in (bed[1], bed[2]):
+        for pid in h.pids():
+            try:
+                if "train_sum.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                    return True
+            except OSError:
+                pass
+    return False

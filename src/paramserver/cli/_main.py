@@ -87,9 +87,16 @@ def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace, config: Config) -> int:
+    import shlex
+
+    from ..deploy import parse_hosts, read_hostfile
     from ._launch import launch
 
-    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host, dashboard=args.dashboard)
+    if args.hosts and args.hostfile:
+        raise InvalidArgument("give -H or --hostfile, not both")
+    hosts = parse_hosts(args.hosts) if args.hosts else read_hostfile(args.hostfile) if args.hostfile else []
+    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host, dashboard=args.dashboard,
+                  hosts=hosts, ssh=shlex.split(args.ssh), forward=args.forward)
 
 
 def _cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -257,8 +264,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("launch", help="run a whole job locally: scheduler, servers and workers")
     s.add_argument("-s", "--servers", type=int, default=1, help="server processes (default 1)")
     s.add_argument("-w", "--workers", type=int, default=1, help="worker processes (default 1)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--host", help="address the scheduler binds (default 127.0.0.1, or with -H the local address "
+                                  "that routes to the first host)")
     s.add_argument("--dashboard", type=int, metavar="PORT", help="the scheduler serves the live dashboard on this port")
+    s.add_argument("-H", "--hosts", metavar="HOST[:SLOTS],...",
+                   help="run servers and workers on these hosts over ssh (round-robin; the scheduler runs here)")
+    s.add_argument("--hostfile", metavar="FILE", help="hosts one a line: 'host', 'host slots=N' or 'host:N'")
+    s.add_argument("--ssh", default="ssh", help="the ssh command and its options (default: ssh), e.g. "
+                                                "'ssh -i KEY -p 2222'")
+    s.add_argument("-x", "--forward", action="append", default=[], metavar="NAME",
+                   help="pass this environment variable on to remote nodes too (PS_*, DMLC_* and "
+                        "PYTHONPATH always are); repeatable")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments of each worker")
     s.set_defaults(fn=_cmd_launch)
 
