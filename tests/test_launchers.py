@@ -189,3 +189,36 @@ def _train_running(bed: NetBed) -> bool:
             except OSError:
                 pass
     return False
+
+
+# ---------------------------------------------------------------------------------- MPI
+def _run_tasks(n: int, task_env: Callable[[int], dict[str, str]], args: list[str], cwd: Path,
+               extra: dict[str, str] | None = None) -> list[tuple[int, str]]:
+    """Start ``n`` copies of ``paramserver launch ARGS -- python train.py`` as a task
+    launcher would (rank ``i``'s variables from ``task_env(i)``); their codes and output."""
+    procs = [subprocess.Popen([*PS, "launch", *args, "--", sys.executable, TRAIN], cwd=cwd, text=True,
+                              env={**_env(**(extra or {})), **task_env(i)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for i in range(n)]
+    try:
+        return [(p.wait(timeout=180), p.communicate(timeout=30)[0]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+@pytest.mark.parametrize("kind", ["ompi", "pmi"])
+def test_mpi_ranks_make_one_job(kind: str, tmp_path: Path) -> None:
+    """``mpirun -np 5 paramserver launch --mpi -s 2 -- python train.py``, the tasks' ranks
+    as Open MPI (OMPI_COMM_WORLD_*) or MPICH/Intel MPI's PMI (PMI_RANK/PMI_SIZE) set them."""
+    def task_env(i: int) -> dict[str, str]:
+        if kind == "ompi":
+            return {"OMPI_COMM_WORLD_RANK": str(i), "OMPI_COMM_WORLD_SIZE": "5", "OMPI_COMM_WORLD_LOCAL_SIZE": "5"}
+        return {"PMI_RANK": str(i), "PMI_SIZE": "5", "MPI_LOCALNRANKS": "5"}
+
+    results = _run_tasks(5, task_env, ["--mpi", "-s", "2"], tmp_path)
+    assert [code for code, _ in results] == [0] * 5, "\n---\n".join(out for _, out in results)
+    _sums_line("".join(out for _, out in results[3:]), 2)
+    assert "the scheduler on 127.0.0.1 for 2 servers and 2 workers" in results[0][1]
+    assert not list(tmp_path.glob(".paramserver-*"))  # the rendezvous file is gone with the job

@@ -93,8 +93,13 @@ def _cmd_launch(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import parse_hosts, read_hostfile
     from ._launch import launch
 
-    if args.hosts and args.hostfile:
-        raise InvalidArgument("give -H or --hostfile, not both")
+    if sum(map(bool, (args.hosts, args.hostfile, args.slurm, args.mpi))) > 1:
+        raise InvalidArgument("give one of -H, --hostfile, --slurm and --mpi")
+    if args.slurm or args.mpi:
+        from ._ranked import run_task
+
+        return run_task("slurm" if args.slurm else "mpi", args.command, servers=args.servers, host=args.host,
+                        rendezvous=args.rendezvous)
     hosts = parse_hosts(args.hosts) if args.hosts else read_hostfile(args.hostfile) if args.hostfile else []
     return launch(args.command, servers=args.servers, workers=args.workers, host=args.host, dashboard=args.dashboard,
                   hosts=hosts, ssh=shlex.split(args.ssh), forward=args.forward)
@@ -276,6 +281,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--hostfile", metavar="FILE", help="hosts one a line: 'host', 'host slots=N' or 'host:N'")
     s.add_argument("--ssh", default="ssh", help="the ssh command and its options (default: ssh), e.g. "
                                                 "'ssh -i KEY -p 2222'")
+    s.add_argument("--slurm", action="store_true",
+                   help="this is one task of `srun -n N`: task 0 schedules, the next -s serve, the rest train")
+    s.add_argument("--mpi", action="store_true",
+                   help="the same for `mpirun -np N` (OMPI_COMM_WORLD_RANK or PMI_RANK)")
+    s.add_argument("--rendezvous", metavar="DIR",
+                   help="with --slurm/--mpi: a directory every task sees, where task 0 leaves the scheduler's "
+                        "address (default: the working directory)")
     s.add_argument("-x", "--forward", action="append", default=[], metavar="NAME",
                    help="pass this environment variable on to remote nodes too (PS_*, DMLC_* and "
                         "PYTHONPATH always are); repeatable")
