@@ -222,3 +222,97 @@ def test_mpi_ranks_make_one_job(kind: str, tmp_path: Path) -> None:
     _sums_line("".join(out for _, out in results[3:]), 2)
     assert "the scheduler on 127.0.0.1 for 2 servers and 2 workers" in results[0][1]
     assert not list(tmp_path.glob(".paramserver-*"))  # the rendezvous file is gone with the job
+
+
+# ---------------------------------------------------------------------------------- Slurm
+SLURM_CONF = """\
+ClusterName=paramserver
+SlurmctldHost={name}({ip})
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={d}/munge.socket
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmdParameters=config_overrides
+NodeName={name} NodeAddr={ip} CPUs=8 State=UNKNOWN
+PartitionName=debug Nodes={name} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+"""
+
+# slurmd wants cgroups: `ip netns exec` mounts a fresh /sys without them, so the host's v1
+# controllers are mounted again, in the mount namespace of this one command only
+SLURMD = """\
+mount -t tmpfs none /sys/fs/cgroup
+for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
+    mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c none /sys/fs/cgroup/$c 2>/dev/null
+done
+exec slurmd -D
+"""
+
+
+def _slurm(bed: NetBed, d: Path) -> dict[str, str]:
+    """munged, slurmctld and slurmd on host 0 of ``bed`` (one node, 8 CPUs); the env of a
+    Slurm client. Skips, naming the cause, where they cannot start."""
+    for tool in ("munged", "mungekey", "slurmctld", "slurmd", "srun", "sinfo"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (munge, slurmctld, slurmd, slurm-client in .ci/packages.txt; make sysdeps)")
+    import socket
+
+    h = bed[0]
+    for sub in ("state", "spool"):
+        (d / sub).mkdir(parents=True)
+    subprocess.run(["mungekey", "-c", "-f", "-k", str(d / "munge.key")], check=True, capture_output=True, timeout=60)
+    (d / "munge.key").chmod(0o600)
+    (d / "slurm.conf").write_text(SLURM_CONF.format(name=socket.gethostname(), ip=h.ip, d=d))
+    (d / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
+    (d / "slurmd.sh").write_text(SLURMD)
+    env = {**_env(), "SLURM_CONF": str(d / "slurm.conf")}
+    h.start("munged", ["munged", "-F", "-f", "-S", str(d / "munge.socket"), f"--key-file={d}/munge.key",
+                       f"--log-file={d}/munged.log", f"--pid-file={d}/munged.pid", f"--seed-file={d}/munge.seed"], env)
+    h.start("slurmctld", ["slurmctld", "-D", "-c", "-i"], env)
+    h.start("slurmd", ["sh", str(d / "slurmd.sh")], env)
+
+    def idle() -> bool:
+        for name, proc, _ in h.procs:
+            if proc.poll() is not None:
+                log = (d / f"{name}.log").read_text()[-600:] if (d / f"{name}.log").exists() else h.log(name)[-600:]
+                pytest.skip(f"{name} cannot run here (exit {proc.returncode}): {log}")
+        res = h.run(["sinfo", "-h", "-o", "%T"], env, timeout=30)
+        return res.stdout.strip() == "idle"
+
+    try:
+        wait_for("the Slurm node to be idle", idle, timeout=90, every=0.5)
+    except AssertionError:
+        pytest.skip(f"Slurm did not come up: {(d / 'slurmd.log').read_text()[-600:]}")
+    return env
+
+
+def test_slurm_srun_tasks_make_one_job(netbed: Callable[..., NetBed], tmp_path: Path) -> None:
+    """A real single-machine Slurm (munged, slurmctld, slurmd): ``srun -n 5 paramserver
+    launch --slurm -s 2 -- python train.py`` makes one job; srun's code is the job's."""
+    bed = netbed(1)
+    env = _slurm(bed, tmp_path / "slurm")
+    job = tmp_path / "job"
+    job.mkdir()
+    srun = ["srun", "-n", "5", "--overcommit", f"--chdir={job}", *PS, "launch", "--slurm", "-s", "2", "--",
+            sys.executable, TRAIN]
+    res = bed[0].run(srun, env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    _sums_line(res.stdout, 2)
+    assert "slurm task 0 of 5: the scheduler on 127.0.0.1 for 2 servers and 2 workers" in res.stderr
+    # a failing worker: the job ends with an error and srun reports a failure
+    res = bed[0].run(srun, {**env, "FAIL_RANK": "1"}, timeout=300)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert not list(job.glob(".paramserver-*"))
