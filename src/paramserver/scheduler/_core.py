@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
+from .._version import __version__
 from .._words import plural
 from ..clock import Consistency
 from ..node import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo, error_body
@@ -1062,6 +1063,7 @@ class SchedulerCore:
                 namespaces=self.namespaces.status(),
                 reports=self.timeline.reports(now),
                 events=self.timeline.to_wire(),
+                version=__version__,
             )
             return [Send(msg.sender, msg.reply(body=body.to_wire()))]
 
