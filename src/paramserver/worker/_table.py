@@ -481,6 +481,9 @@ class Table:
             raise InvalidArgument(f"invalid key range [{lo}, {hi}): need 0 <= lo < hi <= 2**64")
         if since is not None and (isinstance(since, bool) or not isinstance(since, (int, np.integer))):
             raise InvalidArgument(f"since must be an iteration (an int), got {since!r}")
+        if since is not None and not self.spec.lifecycle.active:
+            raise InvalidArgument(f"table {self.name!r} keeps no push iterations per row; a delta (since=) needs a "
+                                  f"table declared with ttl=, capacity=, admit_after= or admit_prob=")
         keymap = self._session.keymap()
         got: list[tuple[np.ndarray, np.ndarray]] = []
         parts = self._range_parts(keymap, [(lo, hi)], body=None if since is None else {"since": int(since)})
