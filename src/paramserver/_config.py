@@ -97,6 +97,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_TIMEOUT", "timeout", 300.0, "Default limit in seconds on any wait (a reply, a barrier, a pull) when the call gives none.", _positive_float),
     Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 1.0, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
     Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 10.0, "Seconds without a heartbeat after which the scheduler declares a node dead.", _positive_float),
+    Setting("PS_SCHEDULER_TIMEOUT", "scheduler_timeout", 600.0, "Seconds a server or worker goes on without the scheduler (pushing, pulling, trying to rejoin a restarted one) before it gives up and ends its job.", _positive_float),
     Setting("PS_WORKER_RANK", "worker_rank", -1, "Rank of this worker, set by the launcher (-1: the scheduler assigns ranks in order of registration).", int),
     Setting("PS_GROUP", "group", "", "Worker group this worker joins (empty: the default group); ranks, barriers, data shards and the end of a group are per group (docs/groups.md).", str),
     Setting("PS_GROUP_WORKERS", "group_workers", 0, "Workers in this worker's named group (0: any number, they may come and go); the group's first worker fixes it. The default group's size is DMLC_NUM_WORKER.", _nonneg_int),
@@ -143,6 +144,7 @@ class Config:
     timeout: float = 300.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
+    scheduler_timeout: float = 600.0
     worker_rank: int = -1
     group: str = ""
     group_workers: int = 0

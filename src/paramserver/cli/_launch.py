@@ -3,7 +3,9 @@
 Starts a scheduler, S servers and W copies of the user's command as workers, each its own
 process, with the environment a worker needs (PS_SCHEDULER, the DMLC_* names, PS_WORKER_RANK).
 It passes the workers' exit code through; when a worker fails, a node dies, or the user
-presses Ctrl-C, it stops every process and says why. A command that cannot be run is
+presses Ctrl-C, it stops every process and says why. A scheduler killed by a signal is
+restarted at its address (``--recover``, up to :data:`MAX_RESTARTS` times): the servers and
+workers go on meanwhile and rejoin it, and it rebuilds the job from their reports. A command that cannot be run is
 reported before any process starts.
 
 The nodes log at PS_LOG_LEVEL, WARNING unless set, so that their INFO lines do not mix
@@ -18,26 +20,25 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from .._config import Config
 from .._errors import PSError
+from .._words import plural
 from ..deploy import AdminClient, Proc, node_command, spawn, start_scheduler, stop_all, wait_all
 from ..node import split_address
 
-__all__ = ["launch"]
+__all__ = ["MAX_RESTARTS", "launch"]
+
+#: How many times launch restarts a scheduler killed by a signal during one job.
+MAX_RESTARTS = 3
 
 
 def _say(text: str, *, quiet: bool = False) -> None:
     """Print a line to stderr unless ``quiet`` (progress lines pass it; errors never do)."""
     if not quiet:
         print(f"paramserver launch: {text}", file=sys.stderr, flush=True)
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 server``, ``2 servers``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _runnable(command: Sequence[str], env: dict[str, str]) -> str | None:
@@ -103,7 +104,15 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
             procs.append(worker_procs[-1])
         _say(f"scheduler at {address}, {plural(servers, 'server')}, {plural(workers, 'worker')} running "
              f"{' '.join(command)}", quiet=quiet)
-        return _supervise(sched, server_procs, worker_procs, procs, address, base, poll, quiet)
+
+        def restart() -> Proc:
+            """A scheduler at the dead one's address that takes the job over (--recover)."""
+            new, _ = start_scheduler(base, host=host, servers=servers, workers=workers, dashboard=dashboard,
+                                     port=port, recover=True)
+            procs[0] = new
+            return new
+
+        return _supervise(sched, server_procs, worker_procs, procs, address, base, poll, quiet, restart)
     except _Interrupted as exc:
         _say(f"interrupted ({exc}); stopping the job")
         stop_all(procs)
@@ -118,8 +127,9 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 
 
 def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: list[Proc], address: str,
-               env: dict[str, str], poll: float, quiet: bool) -> int:
+               env: dict[str, str], poll: float, quiet: bool, restart: Callable[[], Proc]) -> int:
     ended: float | None = None
+    restarts = 0
     names = _ServerNames(address, servers, env)
     while True:
         if sched.poll() is None:
@@ -142,6 +152,13 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
                 stop_all(procs)
                 return 1
         code = sched.poll()
+        if code is not None and code < 0 and restarts < MAX_RESTARTS:
+            # killed by a signal (not a job it ended): the nodes go on and rejoin a new one
+            restarts += 1
+            _say(f"the scheduler was killed ({_signal_name(-code)}); restarting it at {address} "
+                 f"({restarts} of {MAX_RESTARTS}); it rebuilds the job from the nodes' reports")
+            sched = restart()
+            continue
         if code:
             _say(f"the scheduler exited with code {code} while workers were running; stopping the job")
             stop_all(procs)
@@ -163,6 +180,13 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         stop_all(procs)
     _say(f"done: {plural(len(workers), 'worker')} finished", quiet=quiet)
     return 0
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class _ServerNames:

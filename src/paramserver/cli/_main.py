@@ -32,7 +32,8 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
 
     config = Config.from_env(num_servers=args.servers, num_workers=args.workers)
     proc = SchedulerProcess(config, host=args.host or config.root_uri, port=config.root_port if args.port is None
-                            else args.port, replicas=args.replicas, parent_pid=args.exit_with_parent)
+                            else args.port, replicas=args.replicas, parent_pid=args.exit_with_parent,
+                            recover=args.recover)
     dashboard = None
     if args.dashboard is not None:
         from ._dashboard import scheduler_dashboard
@@ -229,6 +230,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--servers", type=int, help="servers to wait for (DMLC_NUM_SERVER)")
     s.add_argument("--workers", type=int, help="workers in the job, 0 for any (DMLC_NUM_WORKER)")
     s.add_argument("--replicas", type=int, default=1, help="copies of each key range (1: none)")
+    s.add_argument("--recover", action="store_true",
+                   help="take over a running job whose scheduler died: rebuild its state from the reports of "
+                        "its servers and workers (start it at the dead scheduler's address)")
     s.add_argument("--address-file", help="write the bound address to this file instead of stdout")
     s.add_argument("--exit-with-parent", type=int, default=0, metavar="PID",
                    help="end the job when process PID exits")

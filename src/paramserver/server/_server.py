@@ -60,6 +60,7 @@ class Server:
         node.on(Op.STATUS, self._on_status)
         node.on_abort.append(self._on_abort)
         node.on_nodes_changed.append(self._on_nodes_changed)
+        node.scheduler.report = self._rejoin_report
         self._perform: dict[type, Any] = {
             Reply: self._reply, Moved: self._moved, Fail: self._fail, Call: self._call, Adopt: self._adopt,
             Wake: self._wake, WriteCheckpoint: self._write,
@@ -85,6 +86,13 @@ class Server:
         """Create tables from ``[[id, spec, policy], ...]`` (a registration reply)."""
         self._sync_node()
         self.state.add_tables(tables)
+
+    def _rejoin_report(self) -> dict[str, Any]:
+        """What a restarted scheduler learns from this server: its tables, their consistency
+        models and readers (node/_rejoin.py)."""
+        state = self.state
+        return {"tables": [[tid, store.spec.to_wire(), state.sync[tid].policy.to_wire(), sorted(state.sync[tid].readers)]
+                           for tid, store in sorted(state.stores.items())]}
 
     # ------------------------------------------------------------------ events in
     def _sync_node(self) -> None:
@@ -187,6 +195,7 @@ class Server:
             },
             "duplicates": state.duplicates,
             "moved": state.moved,
+            "fenced": state.replica.fenced,
             "replicated": dict(state.replicated),
             "replicated_bytes": state.replicated_bytes,
             "migrations": state.migrations.status(),
