@@ -114,7 +114,7 @@ def test_logreg_stops_on_its_criterion_near_liblinear_on_data_it_was_not_tuned_o
 
 @pytest.mark.parametrize("blocks", [1, 7, 64])
 def test_logreg_partition_matches_column_slicing(blocks: int) -> None:
-    """The radix-sort cut into feature blocks gives each block's keys in ascending order and
+    """The cut into feature blocks gives each block's keys in ascending order and
     exactly the rows' entries on those columns (empty columns dropped), as column slicing does."""
     import scipy.sparse as sp
 
