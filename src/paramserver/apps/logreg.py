@@ -14,7 +14,9 @@ It stops on a convergence criterion, not after a fixed count: every 5th pass is 
 below the one 5 passes before, rank 0 says so through a small table that every worker reads
 at the same iteration; all then run one more unfiltered pass and stop. ``--passes`` is only
 an upper bound. The objective is computed by rank 0 (every ``--log-every`` passes, which
-must divide 5 for the criterion to apply; its time is not counted as training time).
+must divide 5 for the criterion to apply; its time is not counted as training time). The
+training time counts from when a worker is connected with its data in memory: the row
+share, the cut into blocks and the table set-up are part of it.
 
 ``--algo ftrl`` trains the same model online instead: asynchronous minibatch FTRL-proximal,
 for streaming data. Run it with ``paramserver run logreg [--data FILE.libsvm] ...``.
