@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from .._config import SETTINGS, Config, parse_address
 from .._errors import ConnectError, InvalidArgument, PSError
 from .._version import __version__
+from .._words import plural
 
 __all__ = ["main"]
 
@@ -45,7 +46,7 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
         dashboard.board.address = address
         dashboard.start()
         log.info("dashboard of the cluster at %s", dashboard.url)
-    log.info("scheduler listening at %s; waiting for %d servers; workers: %s", address, config.num_servers,
+    log.info("scheduler listening at %s; waiting for %s; workers: %s", address, plural(config.num_servers, "server"),
              config.num_workers or "dynamic")
     if args.address_file:
         tmp = args.address_file + ".tmp"

@@ -169,6 +169,10 @@ class Worker:
         filters: list[Any] | None = None,
         readonly: bool = False,
         writers: Sequence[str] | None = None,
+        admit_after: int = 0,
+        admit_prob: float = 1.0,
+        ttl: int = 0,
+        capacity: int = 0,
         timeout: float | None = None,
     ) -> Table:
         """Declare the table ``name`` (or attach to it if it exists with the same spec).
@@ -221,6 +225,14 @@ class Worker:
             For a table in a namespace (``"ns/name"``): the worker groups that may write
             the namespace, fixed by the first declaration that names them; a worker of
             another group may then attach to its tables with ``readonly=True`` only.
+        admit_after, admit_prob:
+            Admission of new keys on the servers: a key gets a trained row from its
+            ``admit_after``-th push on (earlier pushes are counted and dropped), and only
+            with probability ``admit_prob`` (decided once per key, the same everywhere).
+        ttl, capacity:
+            Eviction on the servers: a row untouched for more than ``ttl`` iterations is
+            gone (reads as the initial values); a server holds at most ``capacity`` rows of
+            the table, freeing the least recently touched first (docs/torch.md, "Row lifecycle").
 
         Raises
         ------
@@ -231,7 +243,8 @@ class Worker:
         DTypeError, InvalidArgument, ConfigError
             The spec is invalid (checked before anything is sent).
         """
-        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots)
+        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots,
+                                admit_after=admit_after, admit_prob=admit_prob, ttl=ttl, capacity=capacity)
         policy = Consistency.of(consistency, tau) or Consistency()
         self._check_open()
         with self._lock:
