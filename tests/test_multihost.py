@@ -229,3 +229,4 @@ def test_doctor_says_what_is_wrong_before_a_node_hangs(netbed: Callable[..., Net
     # the start-up log says what each node bound and advertises
     assert f"server bound tcp://{bed[1].ip}:" in bed[1].log("server")
     job.shutdown()
+
