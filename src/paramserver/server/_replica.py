@@ -62,9 +62,10 @@ class Replica:
         sync = state.sync[msg.table]
         body = replicate_from_wire(msg.body)  # its kind, worker, origins and chain, checked
         if isinstance(body, ReplicateAgg):
+            keys, values = _replica_arrays(msg, store)
+            state.migrations.drop_standby(msg.table, msg.clock, keys)  # handed-over sums now in it
             if not sync.agg_duplicate(body.origins, msg.clock):
-                keys, values = _replica_arrays(msg, store)
-                store.push(keys, values)
+                store.push(keys, values, msg.clock)
                 for o, _ in body.origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
         elif isinstance(body, ReplicatePush):
@@ -72,9 +73,9 @@ class Replica:
             rid = body.rid  # -1: a push outside any channel, never sent again
             fresh = sync.fresh(body.worker, rid, keys, body.again) if rid >= 0 else None
             if fresh is None:
-                store.push(keys, values)
+                store.push(keys, values, msg.clock)
             elif fresh.any():
-                store.push(keys[fresh], values[fresh])
+                store.push(keys[fresh], values[fresh], msg.clock)
             if rid >= 0:
                 sync.note(body.worker, rid, keys, body.lw, body.again)
         else:  # a clock tick: advancing a clock is idempotent, a second copy changes nothing
