@@ -220,3 +220,41 @@ def test_bad_module_arguments(w: Any) -> None:
         EmbeddingBag(3, table=t, mode="median")
     with pytest.raises(ps.InvalidArgument, match="embedding_dim"):
         Embedding(0, table="t_zero", worker=w)
+
+
+def test_export_whole_table_and_delta_to_torch_safetensors_and_numpy(w: Any, tmp_path: Any) -> None:
+    from safetensors.numpy import load_file as load_np
+    from safetensors.torch import load_file as load_torch
+
+    from paramserver.torch import export_table
+
+    emb = Embedding(3, table="t_export", worker=w, optimizer="sum", init="zeros", ttl=100)
+    ids_a = torch.tensor([7, 2**40, 3])
+    emb(ids_a).sum().backward()  # iteration 0: rows 3, 7, 2**40 become 1
+    emb.flush()
+    w.advance()
+    emb(torch.tensor([3, 11])).sum().backward()  # iteration 1: 3 becomes 2, 11 is new
+    emb.flush()
+    ids = np.array([3, 7, 11, 2**40], dtype=np.int64)
+    full = np.array([[2] * 3, [1] * 3, [1] * 3, [1] * 3], dtype=np.float32)
+    for suffix in ("safetensors", "pt", "npz"):
+        assert export_table(emb.table, tmp_path / f"all.{suffix}") == 4
+        assert export_table(emb.table, tmp_path / f"delta.{suffix}", since=0) == 2
+    st = load_torch(str(tmp_path / "all.safetensors"))
+    assert st["ids"].dtype == torch.int64 and st["weight"].dtype == torch.float32
+    np.testing.assert_array_equal(st["ids"].numpy(), ids)
+    np.testing.assert_array_equal(st["weight"].numpy(), full)
+    np.testing.assert_array_equal(load_np(str(tmp_path / "delta.safetensors"))["ids"], [3, 11])
+    pt = torch.load(tmp_path / "all.pt", weights_only=True)
+    np.testing.assert_array_equal(pt["ids"].numpy(), ids)
+    np.testing.assert_array_equal(pt["weight"].numpy(), full)
+    with np.load(tmp_path / "delta.npz") as z:
+        np.testing.assert_array_equal(z["ids"], [3, 11])
+        np.testing.assert_array_equal(z["weight"], full[[0, 2]])
+    served = torch.nn.Embedding.from_pretrained(st["weight"])  # what a serving process does with it
+    np.testing.assert_array_equal(served(torch.tensor([1])).numpy(), full[[1]])
+    with pytest.raises(ps.InvalidArgument, match="must end in one of"):
+        export_table(emb.table, tmp_path / "x.csv")
+    plain = Embedding(3, table="t_export_plain", worker=w)
+    with pytest.raises(ps.InvalidArgument, match="needs a table declared with ttl="):
+        export_table(plain.table, tmp_path / "d.npz", since=0)

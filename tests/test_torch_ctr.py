@@ -47,3 +47,14 @@ def test_movielens_split_and_fields() -> None:
     assert x.shape == (80_000, 3) and tx.shape == (20_000, 3)
     assert len(np.unique(x[:, 0])) <= 943 and (x[:, 1] >> 40 == 1).all() and (x[:, 2] >> 40 == 2).all()
     assert float(np.concatenate([y, ty]).mean()) == pytest.approx(0.55375)
+
+
+def test_synthetic_hashed_ids_under_a_worker_memory_cap(fast_env: dict[str, str]) -> None:
+    """Each worker's address space capped at 1.4 GB: the job trains on 200 M possible ids,
+    where one process cannot even allocate the rows of a torch embedding of them."""
+    out = run_app(["ctr", "--data", "synthetic", "--workers", "2", "--servers", "2", "--epochs", "1",
+                   "--ids", "200000000", "--examples", "40000", "--memory-cap", "1400"], fast_env)
+    assert out["memory_cap"] == 1400 << 20
+    assert out["single_process_fits"] is False
+    assert out["rows_pushed"] > 100_000  # about 4 new long-tail rows per example
+    assert out["auc"] > 0.7  # the frequent ids carry the signal

@@ -11,7 +11,10 @@ longer holds (declared dead, e.g. cut off by a partition, or drained) is refused
 :class:`KeyRangeError` and changes nothing. A partitioned master that comes back after the
 cluster moved on keeps its old map until it learns that it is dead; whatever it still sends
 down its old chains is stale and must not be applied twice (the workers have sent those
-pushes again to the new masters). ``fenced`` counts the refusals (in the server's status).
+pushes again to the new masters). The node layer already drops messages from nodes that
+are not members; this check covers a replica that has the new key map (from a migration
+or a "moved" answer) before the node table that drops the stale master. ``fenced``
+counts the refusals (in the server's status).
 
 Uses only the public API of :class:`ServerState`. Not thread-safe: the server's receive
 thread only.
@@ -68,7 +71,7 @@ class Replica:
             keys, values = _replica_arrays(msg, store)
             state.migrations.drop_standby(msg.table, msg.clock, keys)  # handed-over sums now in it
             if not sync.agg_duplicate(body.origins, msg.clock):
-                store.push(keys, values)
+                store.push(keys, values, msg.clock)
                 for o, _ in body.origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
         elif isinstance(body, ReplicatePush):
@@ -76,9 +79,9 @@ class Replica:
             rid = body.rid  # -1: a push outside any channel, never sent again
             fresh = sync.fresh(body.worker, rid, keys, body.again) if rid >= 0 else None
             if fresh is None:
-                store.push(keys, values)
+                store.push(keys, values, msg.clock)
             elif fresh.any():
-                store.push(keys[fresh], values[fresh])
+                store.push(keys[fresh], values[fresh], msg.clock)
             if rid >= 0:
                 sync.note(body.worker, rid, keys, body.lw, body.again)
         else:  # a clock tick: advancing a clock is idempotent, a second copy changes nothing

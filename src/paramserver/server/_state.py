@@ -517,7 +517,7 @@ class ServerState:
             # Server-side aggregation: sum this iteration's pushes, apply them once complete.
             self.sync[msg.table].buffer(msg.clock, store).push(keys, values)
         else:
-            store.push(keys, values)
+            store.push(keys, values, msg.clock)
 
     def aggregate(self, table: int, out: list[Action]) -> None:
         """Apply, in order, the summed pushes of every iteration all live workers finished,
@@ -538,7 +538,7 @@ class ServerState:
                 if len(keys):
                     if sync.snapshots.keep:  # the rows as they were after the previous iteration
                         sync.snapshots.record(iteration, keys, store.pull(keys))
-                    store.push(keys, values)
+                    store.push(keys, values, iteration)
                     body = ReplicateAgg(worker=-1, origins=[[self.id, iteration]], chain=[])
                     tokens = self._replicate_rows(table, iteration, keys, values, self.own.range_of(keys), body, out)
             self.when_all(tokens, [Reply(m) for m in waiting], out)

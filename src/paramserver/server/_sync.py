@@ -63,6 +63,8 @@ class Pull:
     policy: Consistency | None
     ranges: list[tuple[int, int]]
     snapshot: int | None = None
+    #: For a range pull of a delta: only rows pushed after this iteration.
+    since: int | None = None
 
 
 @dataclass

@@ -21,6 +21,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from ._dense import DenseParameters
 from ._embedding import Embedding, EmbeddingBag, PulledRows, TableGradients, ids_to_keys
+from ._export import export_table
 from ._prefetch import Prefetcher
 
-__all__ = ["DenseParameters", "Embedding", "EmbeddingBag", "Prefetcher", "PulledRows", "TableGradients", "ids_to_keys"]
+__all__ = ["DenseParameters", "Embedding", "EmbeddingBag", "Prefetcher", "PulledRows", "TableGradients",
+           "export_table", "ids_to_keys"]

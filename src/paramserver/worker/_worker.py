@@ -33,6 +33,7 @@ from ..protocol import Barrier, Bye, Message, Op, PolicyRequest, PolicyUpdate, R
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
+from ._roles import NODE_ROLES, become_node
 from ._session import Session, wait_result
 from ._shards import Shard, iterate_shards, row_shards
 from ._table import Table
@@ -168,6 +169,10 @@ class Worker:
         filters: list[Any] | None = None,
         readonly: bool = False,
         writers: Sequence[str] | None = None,
+        admit_after: int = 0,
+        admit_prob: float = 1.0,
+        ttl: int = 0,
+        capacity: int = 0,
         timeout: float | None = None,
     ) -> Table:
         """Declare the table ``name`` (or attach to it if it exists with the same spec).
@@ -220,6 +225,14 @@ class Worker:
             For a table in a namespace (``"ns/name"``): the worker groups that may write
             the namespace, fixed by the first declaration that names them; a worker of
             another group may then attach to its tables with ``readonly=True`` only.
+        admit_after, admit_prob:
+            Admission of new keys on the servers: a key gets a trained row from its
+            ``admit_after``-th push on (earlier pushes are counted and dropped), and only
+            with probability ``admit_prob`` (decided once per key, the same everywhere).
+        ttl, capacity:
+            Eviction on the servers: a row untouched for more than ``ttl`` iterations is
+            gone (reads as the initial values); a server holds at most ``capacity`` rows of
+            the table, freeing the least recently touched first (docs/torch.md, "Row lifecycle").
 
         Raises
         ------
@@ -230,7 +243,8 @@ class Worker:
         DTypeError, InvalidArgument, ConfigError
             The spec is invalid (checked before anything is sent).
         """
-        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots)
+        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots,
+                                admit_after=admit_after, admit_prob=admit_prob, ttl=ttl, capacity=capacity)
         policy = Consistency.of(consistency, tau) or Consistency()
         self._check_open()
         with self._lock:
@@ -620,6 +634,10 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         The cluster's key directory (PS_KEYS if None; see ``paramserver keygen``); this
         host needs its ``*.key`` files and ``worker.key_secret``.
 
+    Under ``DMLC_ROLE=scheduler`` or ``DMLC_ROLE=server`` (ps-lite's launchers start the same
+    script in every role) this call does not return: the process becomes that node and
+    exits with the job's code when the job ends (docs/deploy.md).
+
     Raises
     ------
     ConnectError
@@ -631,6 +649,8 @@ def connect(address: str | None = None, *, timeout: float | None = None,
     cfg = config or Config.from_env()
     if keys is not None:
         cfg = dataclasses.replace(cfg, keys=os.fspath(keys))
+    if cfg.role in NODE_ROLES and transport is None:
+        become_node(cfg, parse_address(address) if address else None)
     addr = parse_address(address) if address else cfg.scheduler_address()
     name = cfg.group if group is None else group
     size = cfg.group_workers if group_workers is None else group_workers
