@@ -95,8 +95,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_PORT", "port", 0, "TCP port this node binds (0: a free port).", _nonneg_int),
     Setting("PS_CONNECT_TIMEOUT", "connect_timeout", 30.0, "Seconds a node waits for the scheduler to answer its registration.", _positive_float),
     Setting("PS_TIMEOUT", "timeout", 300.0, "Default limit in seconds on any wait (a reply, a barrier, a pull) when the call gives none.", _positive_float),
-    Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 1.0, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
-    Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 10.0, "Seconds without a heartbeat after which the scheduler declares a node dead.", _positive_float),
+    Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 0.5, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
+    Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 2.0, "Seconds without a heartbeat after which the scheduler probes a node (a TCP connection to its address); it is declared dead only if the probe fails too.", _positive_float),
+    Setting("PS_PROBE_TIMEOUT", "probe_timeout", 0.5, "Seconds the scheduler's probe of a suspect node (a broken link, or no heartbeat) may take to connect; a probe refused or not connected in time declares the node dead.", _positive_float),
+    Setting("PS_HUNG_TIMEOUT", "hung_timeout", 30.0, "Seconds without a heartbeat after which a node is declared dead although its address still accepts connections (a hung process).", _positive_float),
+    Setting("PS_SCHEDULER_TIMEOUT", "scheduler_timeout", 10.0, "Seconds without an answer from the scheduler after which a server or worker ends its job.", _positive_float),
     Setting("PS_WORKER_RANK", "worker_rank", -1, "Rank of this worker, set by the launcher (-1: the scheduler assigns ranks in order of registration).", int),
     Setting("PS_GROUP", "group", "", "Worker group this worker joins (empty: the default group); ranks, barriers, data shards and the end of a group are per group (docs/groups.md).", str),
     Setting("PS_GROUP_WORKERS", "group_workers", 0, "Workers in this worker's named group (0: any number, they may come and go); the group's first worker fixes it. The default group's size is DMLC_NUM_WORKER.", _nonneg_int),
@@ -141,8 +144,11 @@ class Config:
     port: int = 0
     connect_timeout: float = 30.0
     timeout: float = 300.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 10.0
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 2.0
+    probe_timeout: float = 0.5
+    hung_timeout: float = 30.0
+    scheduler_timeout: float = 10.0
     worker_rank: int = -1
     group: str = ""
     group_workers: int = 0

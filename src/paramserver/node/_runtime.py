@@ -53,6 +53,7 @@ from ..protocol import (
     ResendKeys,
     Shutdown,
     Status,
+    Suspect,
     decode,
     decode_header,
 )
@@ -130,7 +131,7 @@ class Node:
         # each message by its header.
         self.loop = Loop(f"paramserver-{role}-recv", self.transport, self.timers, handle=self._on_frames,
                          send=self._send_raw, before_wait=self.links.release_all, batching=not config.faults,
-                         malformed=self._on_malformed_batch)
+                         malformed=self._on_malformed_batch, lost=self._on_lost)
         self._resend_after = config.resend_after()
         self.filters = WireFilters(self.links.count_filter)
         self._decoders = self.filters.decoders  # the same dict (tests reach into it)
@@ -145,6 +146,10 @@ class Node:
         self.on_abort: list[Callable[[PSError], None]] = []
         #: Called with responses no pending request awaits.
         self.on_unmatched_response: Callable[[Message], None] | None = None
+        #: Called on the loop with each peer whose established link broke (its process
+        #: died or closed its endpoint); by default reported to the scheduler (Op.SUSPECT),
+        #: which probes it. The scheduler's shell replaces it.
+        self.on_link_lost: Callable[[int], None] = self._report_lost
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -422,6 +427,18 @@ class Node:
                 return True
             self.loop.uncork(peer)  # (the link was opened above, before the part took a number)
             self.links.send(peer, frames, msg.table)
+        except NodeUnavailable as exc:
+            if flight is not None and reroute is not None and peer not in self.members.nodes:
+                # the peer died while the part was leaving (its link closed under us): the
+                # part goes to the new owners of its keys, as if it had been sent before
+                with self._lock:
+                    flight.sent.setdefault(peer, msg)
+                    first = flight.claim(peer)
+                if first:
+                    self._reroute(flight, peer, exc)
+                return not req.done()
+            req.fail(exc)
+            return False
         except PSError as exc:
             req.fail(exc)
             return False
@@ -508,6 +525,20 @@ class Node:
             self.call_later(0.05, lambda: self._reroute(f, msg.sender, None))
         else:
             self._reroute(f, msg.sender, None)
+
+    def _on_lost(self, peers: list[int]) -> None:
+        for peer in peers:
+            self.on_link_lost(peer)
+
+    def _report_lost(self, peer: int) -> None:
+        """Tell the scheduler that the link to ``peer`` broke (a member, while the job runs)."""
+        if self.id < 0 or peer == SCHEDULER_ID or peer not in self.members.nodes or self._aborted is not None:
+            return
+        log.info("%s %d: the connection to %s broke; telling the scheduler", self.role, self.id,
+                 self.describe_peer(peer))
+        body = Suspect(node=peer, why=f"seen by {self.role} {self.id}").to_wire()
+        self.request({SCHEDULER_ID: Message(Op.SUSPECT, body=body)}, f"the report that node {peer} is lost",
+                     timeout=self.config.scheduler_timeout)
 
     def _resend_due(self) -> None:
         with self._lock:
