@@ -155,6 +155,8 @@ class Gate:
             self.scheduler_identity = msg.peer  # the scheduler that answered our own registration
             self.registering = False
             return None
+        if msg.sender == SCHEDULER_ID and self.role == "scheduler":
+            return "the scheduler never sends to itself"  # its entry has no identity to bind a claim to
         member = self.member(msg.sender)
         if member is None:
             return self._stranger(msg)

@@ -66,6 +66,7 @@ from ._liveness import Heartbeats, register
 from ._loop import Loop
 from ._membership import Membership, parse_nodes
 from ._outbox import MAX_REROUTES, Delivery, Flight, Outbox, PartCallback, Reroute, VerdictKind, is_ordered
+from ._replies import Arrival, ReplyCache
 from ._timers import Timers
 from ._wirefilters import WireFilters
 
@@ -110,6 +111,8 @@ class Node:
         self.id = SCHEDULER_ID if role == "scheduler" else -1
         self.members = Membership()
         self.outbox = Outbox()
+        #: Control requests seen and their answers: a resent one is answered again (_replies.py).
+        self.replies = ReplyCache()
         self.timers = Timers()
         self._handlers: dict[Op, Handler] = {
             Op.PING: lambda m: self.reply(m),
@@ -124,7 +127,7 @@ class Node:
         if config.faults:
             self.transport = FaultyTransport(
                 self.transport, drop=config.drop_msg / 100, dup=config.dup_msg / 100,
-                delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000, affects=_is_data,
+                delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000,
                 seed=None if config.fault_seed < 0 else config.fault_seed)
         self.links = Links(self.transport, self.call_later)
         # Batches (corked replies, held requests) are off under fault injection, which judges
@@ -289,7 +292,10 @@ class Node:
             The message cannot be encoded.
         """
         msg.sender = self.id
-        nbytes = self._send_frames(node, self._frames(node, msg), msg.table)
+        frames = self._frames(node, msg)
+        if msg.response and msg.request_key is not None:
+            self.replies.answered(msg.request_key, node, frames)
+        nbytes = self._send_frames(node, frames, msg.table)
         if self.config.verbose:
             log.debug("%s %d -> %d: %s", self.role, self.id, node, msg.describe())
         return nbytes
@@ -329,6 +335,8 @@ class Node:
             if self.loop.batching and self.loop.holds():
                 msg.sender = self.id
                 frames = self._frames(request.sender, msg)
+                if msg.request_key is not None:
+                    self.replies.answered(msg.request_key, request.sender, frames)
                 if self.loop.cork(request.sender, frames):  # leaves with the step's other replies
                     self.links.count_message("sent", sum(memoryview(f).nbytes for f in frames), msg.table)
                     return
@@ -451,7 +459,7 @@ class Node:
         :meth:`open` and :meth:`send_part`)."""
         req = self.open(tuple(parts), what, on_part=on_part, combine=combine, timeout=timeout, reroute=reroute)
         for peer, msg in parts.items():
-            if not self.send_part(req, peer, msg):
+            if not self.send_part(req, peer, msg, resend=True):
                 break
         req.sent = True
         return req
@@ -752,6 +760,22 @@ class Node:
                 req.fail(exc)
 
     def _on_request(self, msg: Message) -> None:
+        if msg.op < _FIRST_DATA_OP:  # a control request may come again (a resend): answer it once
+            key = (msg.peer, msg.sender, msg.ts)
+            seen = self.replies.arrive(key)
+            if seen is Arrival.BUSY:
+                self.count("duplicates_dropped")
+                return
+            if seen is not Arrival.NEW:
+                assert not isinstance(seen, Arrival)
+                peer, frames = seen
+                self.count("replies_resent")
+                try:
+                    self._send_frames(peer, frames, msg.table)
+                except PSError:
+                    pass  # the asker is gone
+                return
+            msg.request_key = key
         handler = self._handlers.get(msg.op)
         if handler is None:
             self.reply_error(msg, ProtocolError(f"a {self.role} does not handle {msg.op.name} requests"),
@@ -766,14 +790,8 @@ class Node:
             self.reply_error(msg, exc)
 
 
-def _is_data(frames: list[Any]) -> bool:
-    """Fault injection applies to data operations (push, pull, clock) and their replies."""
-    try:
-        header, _ = decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
-    except ProtocolError:
-        return False
-    op = header[1]
-    return type(op) is int and op >= 32
+#: Operations from here on are data operations, made exactly-once by other means (see _replies.py).
+_FIRST_DATA_OP = Op.PUSH
 
 
 def process_info() -> dict[str, Any]:

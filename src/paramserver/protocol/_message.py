@@ -98,6 +98,9 @@ class Message:
     peer: bytes = b""
     #: Not on the wire: the role of the CURVE key that authenticated that connection ("" without keys).
     auth: str = ""
+    #: Not on the wire: how the receiver keyed this request in its reply cache (copied into
+    #: its reply, so that the answer is remembered for a resent request).
+    request_key: tuple[bytes, int, int] | None = None
 
     def reply(self, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[np.ndarray] | None = None, sender: int = -1) -> Message:
@@ -114,6 +117,7 @@ class Message:
             status=status,
             body=body if body is not None else {},
             arrays=arrays if arrays is not None else [],
+            request_key=self.request_key,
         )
 
     def nbytes(self) -> int:

@@ -22,6 +22,7 @@ from ..placement import EvenSplit, Ring
 from ..protocol import Message, Op
 from ..transport import Transport
 from ._core import Action, Connect, Disconnect, Finish, Probe, SchedulerCore, Send
+from ._resends import Resends
 
 __all__ = ["SchedulerProcess"]
 
@@ -40,6 +41,9 @@ class SchedulerProcess:
         self.replicas = replicas
         self.parent_pid = parent_pid
         self.core: SchedulerCore | None = None
+        after = config.resend_after()
+        #: The core's requests awaiting answers, sent again until answered (``_resends.py``).
+        self.resends = Resends(after, give_up=min(config.timeout, 60.0)) if after else None
         self.finished = threading.Event()
         self.exit_code = 0
         self.reason = ""
@@ -67,6 +71,8 @@ class SchedulerProcess:
         self.node.on_unmatched_response = self._dispatch
         self.node.on_link_lost = self._link_lost
         self.node.call_every(min(self.config.heartbeat_interval, 1.0) / 2, self._tick)
+        if self.resends is not None:
+            self.node.call_every(min(self.resends.after / 4, 0.25), self._resend_due)
         return address
 
     def run(self) -> int:
@@ -93,6 +99,8 @@ class SchedulerProcess:
         return self.core
 
     def _dispatch(self, msg: Message) -> None:
+        if msg.response and self.resends is not None:
+            self.resends.answered(msg.sender, msg.ts)
         try:
             actions = self._core().handle(msg, time.monotonic())
         except PSError as exc:
@@ -105,6 +113,15 @@ class SchedulerProcess:
             self._perform(self._core().shutdown(f"the process that started the cluster (pid {self.parent_pid}) exited", 1))
             return
         self._perform(self._core().tick(time.monotonic()))
+
+    def _resend_due(self) -> None:
+        assert self.resends is not None
+        for node, msg in self.resends.due(time.monotonic()):
+            self.node.count("resends")
+            try:
+                self.node.send(node, msg)
+            except PSError:
+                pass  # its link is gone; its failure or departure drops it
 
     def _link_lost(self, peer: int) -> None:
         """The scheduler's own link to ``peer`` broke: the core decides whether to probe."""
@@ -128,6 +145,8 @@ class SchedulerProcess:
 
     def _perform_one(self, action: Action) -> None:
         if isinstance(action, Send):
+            if self.resends is not None and not action.msg.response:
+                self.resends.sent(action.node, action.msg, time.monotonic())
             try:
                 self.node.send(action.node, action.msg)
             except PSError as exc:
@@ -138,6 +157,8 @@ class SchedulerProcess:
         elif isinstance(action, Probe):
             self._probe(action)
         elif isinstance(action, Disconnect):
+            if self.resends is not None:
+                self.resends.gone(action.node)
             self.node.peer_failed(action.node, PSError(f"node {action.node} left"))
         elif isinstance(action, Finish):
             self.exit_code = action.code
