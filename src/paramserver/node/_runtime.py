@@ -760,7 +760,7 @@ class Node:
                 req.fail(exc)
 
     def _on_request(self, msg: Message) -> None:
-        if msg.op < _FIRST_DATA_OP:  # a control request may come again (a resend): answer it once
+        if msg.op < _FIRST_DATA_OP and msg.ts > 0:  # a control request may come again (a resend): answer it once
             key = (msg.peer, msg.sender, msg.ts)
             seen = self.replies.arrive(key)
             if seen is Arrival.BUSY:

@@ -239,7 +239,7 @@ class SchedulerCore:
         self.keymap: KeyMap | None = None
         self.finished = False
         self._ids = itertools.count(1)
-        self._ts = itertools.count(1)
+        self._ts = itertools.count(1)  # every request the core sends has its own timestamp (reply caches key by it)
         self._waiting_regs: list[tuple[NodeInfo, Message]] = []
         self._round_busy = False
         self._gathers: dict[int, _Gather] = {}
@@ -344,7 +344,8 @@ class SchedulerCore:
         for info, _ in self._waiting_regs:
             if nodes is None or info.id in nodes:
                 self._pinged[info.id] = now
-                out.append(Send(info.id, Message(Op.PING, body=Ping(id=info.id, waiting=text).to_wire())))
+                out.append(Send(info.id, Message(Op.PING, ts=next(self._ts),
+                                                 body=Ping(id=info.id, waiting=text).to_wire())))
         return out
 
     def _waiting_died(self, nid: int, reason: str) -> list[Action]:
@@ -433,7 +434,8 @@ class SchedulerCore:
         out: list[Action] = []
         for nid, info in self.nodes.items():
             if info.role in ("server", "worker"):
-                out.append(Send(nid, Message(Op.SHUTDOWN, body=Shutdown(reason=reason, code=code).to_wire())))
+                out.append(Send(nid, Message(Op.SHUTDOWN, ts=next(self._ts),
+                                             body=Shutdown(reason=reason, code=code).to_wire())))
         out.append(Finish(code, reason))
         return out
 
@@ -620,7 +622,7 @@ class SchedulerCore:
             self.timeline.add(now, "drain", node, f"server {node} was drained and stops")
             bye = Shutdown(reason="this server was drained", code=0)
             reply = DrainReply(keymap=self.keymap.to_wire() if self.keymap else None)
-            return [Send(node, Message(Op.SHUTDOWN, body=bye.to_wire())),
+            return [Send(node, Message(Op.SHUTDOWN, ts=next(self._ts), body=bye.to_wire())),
                     Send(msg.sender, msg.reply(body=reply.to_wire())),
                     *self._broadcast_nodes(now, dead=[node])]
 
