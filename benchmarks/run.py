@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 BENCHES = ["bench_codec.py", "bench_pushpull.py", "bench_server.py", "bench_index.py", "bench_bounded_delay.py",
            "bench_filters.py", "bench_logreg.py", "bench_lda.py", "bench_replication.py", "bench_groups.py",
-           "bench_curve.py"]
+           "bench_curve.py", "bench_torch.py"]
 
 
 def main() -> int:
@@ -18,7 +18,7 @@ def main() -> int:
     for name in BENCHES:
         print(f"\n=== {name} ===", flush=True)
         quick = ("bench_codec.py", "bench_pushpull.py", "bench_filters.py", "bench_replication.py", "bench_groups.py",
-                 "bench_curve.py")
+                 "bench_curve.py", "bench_torch.py")
         args = extra if name in quick else []
         if subprocess.call([sys.executable, str(HERE / name), *args]) != 0:
             failed.append(name)

@@ -330,3 +330,18 @@ def test_launch_serves_the_dashboard_while_the_job_runs(fast_env: dict[str, str]
                          env={**os.environ, **fast_env, "DASHBOARD_URL": f"http://127.0.0.1:{port}/"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "at iteration 2 with 5 pushes; live nodes: ['server', 'server', 'worker']" in res.stdout
+
+
+def test_board_shows_worker_groups_from_a_real_status_body() -> None:
+    """Node entries of a job with named groups carry the group as a seventh field; the board
+    keeps it per worker and lists the groups (a job with only the default group lists none)."""
+    from test_scheduler_groups import status_of_two_groups
+
+    w, r, reply = status_of_two_groups()
+    st = Board().update(reply)
+    assert {n["id"]: n["group"] for n in st["nodes"] if n["role"] == "worker"} == {w: None, r: "serve"}
+    assert st["groups"] == [{"name": "default", "size": 1, "workers": 1, "finished": 0, "ended": False},
+                            {"name": "serve", "size": 2, "workers": 1, "finished": 0, "ended": False}]
+    plain = Board().update({"nodes": [[5, "worker", "tcp://h:5", "h", 5, 0]], "events": [],
+                            "groups": {"default": {"size": 1, "workers": {"5": 0}}}})
+    assert plain["groups"] == [] and plain["nodes"][0]["group"] is None

@@ -15,10 +15,10 @@ ROOT = SRC.parents[1]
 
 # Layer of each top-level module or package (docs/architecture.md); shared helpers are 0.
 LAYERS = {
-    "_errors": 0, "_config": 0, "_version": 0,
+    "_errors": 0, "_config": 0, "_version": 0, "_words": 0,
     "transport": 1, "protocol": 2, "clock": 3, "placement": 4, "node": 5,
     "table": 6, "checkpoint": 6, "scheduler": 6, "server": 6, "worker": 6,
-    "filters": 7, "deploy": 7, "data": 8, "apps": 8, "cli": 9, "testing": 9, "__init__": 10, "__main__": 10,
+    "filters": 7, "deploy": 7, "torch": 7, "data": 8, "apps": 8, "cli": 9, "testing": 9, "__init__": 10, "__main__": 10,
 }
 ROLES = {"scheduler", "server", "worker"}
 

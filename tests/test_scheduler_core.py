@@ -200,7 +200,7 @@ def test_too_many_workers_are_refused() -> None:
     register(core, "server")
     register(core, "worker")
     _, out = register(core, "worker")
-    assert "already has its 1 workers" in sends(out)[0].msg.body["message"]
+    assert "already has its 1 worker" in sends(out)[0].msg.body["message"]
 
 
 def test_a_late_server_joins_by_two_phase_migration() -> None:

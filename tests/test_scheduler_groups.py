@@ -94,7 +94,7 @@ def test_a_group_ending_does_not_end_the_job_until_every_group_is_done() -> None
     out = core.handle(Message(Op.BYE, sender=r, ts=1), 0)
     assert not any(isinstance(x, Finish) for x in out) and core.groups["serve"].ended
     _, out = register(core, group="serve")  # an ended group admits nobody
-    assert "already has its 1 workers" in sends(out)[0].msg.body["message"]
+    assert "already has its 1 worker" in sends(out)[0].msg.body["message"]
     out = core.handle(Message(Op.BYE, sender=w, ts=1), 0)
     assert not any(isinstance(x, Finish) for x in out)  # a worker of "query" is still there
     out = core.handle(Message(Op.BYE, sender=late, ts=1), 0)
@@ -220,7 +220,7 @@ def test_paramserver_status_prints_groups_and_namespaces() -> None:
     w, r, reply = status_of_two_groups()
     text = format_status(reply)
     assert f"group 'serve': 2 workers; node {r} r0; 0 finished" in text
-    assert f"group 'default': 1 workers; node {w} r0; 0 finished" in text
+    assert f"group 'default': 1 worker; node {w} r0; 0 finished" in text
     assert "worker r0 serve" in text and "namespace 'ns': written by groups serve" in text
 
 

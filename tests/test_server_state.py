@@ -154,6 +154,26 @@ def test_a_replica_applies_passes_on_and_answers_after_the_rest_of_the_chain() -
     assert values(state, keys(HALF + 1)) == [4.0]
 
 
+def test_replication_from_a_master_the_key_map_dropped_is_refused_by_epoch() -> None:
+    """A master cut off by a partition and declared dead comes back with its old key map:
+    what it still sends down its old chain must not be applied (the workers sent those
+    pushes again to the new master)."""
+    state = ServerState(OTHER)
+    state.set_keymap(KeyMap(2, [Assignment(KeyRange(0, KEY_SPACE), OTHER, ())]))  # epoch 2: ME is gone
+    state.add_table(0, TableSpec.create("t", 1, "float32", "sum"))
+    stale = Message(Op.REPLICATE, sender=ME, ts=9, table=0, clock=0, epoch=1, arrays=[keys(3), ones(1, 4.0)],
+                    body={"kind": "push", "worker": W1, "origins": [[ME, 1]], "rid": 30, "lw": 0, "again": False,
+                          "chain": []})
+    (err,) = state.handle(stale, 0.0)
+    assert isinstance(err, Fail) and type(err.exc).__name__ == "KeyRangeError"
+    assert "epoch 1" in str(err.exc) and "epoch 2" in str(err.exc) and "no longer in it" in str(err.exc)
+    assert values(state, keys(3)) == [0.0] and state.replica.fenced == 1
+    # the same message from a server the map still holds is applied (a slow link, not a stale master)
+    state.set_keymap(KeyMap(3, [Assignment(KeyRange(0, HALF), OTHER, (ME,)), Assignment(KeyRange(HALF, KEY_SPACE), ME, ())]))
+    (ok,) = state.handle(stale, 0.0)
+    assert isinstance(ok, Reply) and ok.status == Status.OK and values(state, keys(3)) == [4.0]
+
+
 def test_a_stale_epoch_is_answered_moved_and_the_current_one_is_an_error() -> None:
     state = make()
     (moved,) = state.handle(push(1, keys(HALF + 5), epoch=0), 0.0)

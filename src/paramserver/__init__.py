@@ -33,6 +33,8 @@ from ._errors import (
     ReadOnlyError,
     RemoteError,
     RequestTimeout,
+    SchedulerRestarted,
+    SchedulerUnavailable,
     TableError,
 )
 from ._version import __version__
@@ -89,6 +91,8 @@ __all__ = [
     "RemoteError",
     "Request",
     "RequestTimeout",
+    "SchedulerRestarted",
+    "SchedulerUnavailable",
     "Shard",
     "Sum",
     "Table",

@@ -40,6 +40,8 @@ __all__ = [
     "ReadOnlyError",
     "RemoteError",
     "RequestTimeout",
+    "SchedulerRestarted",
+    "SchedulerUnavailable",
     "TableError",
 ]
 
@@ -124,6 +126,18 @@ class ConnectError(PSError):
 
 class NodeUnavailable(PSError):
     """A peer node is dead or unreachable; requests to it fail instead of hanging."""
+
+
+class SchedulerUnavailable(NodeUnavailable):
+    """A call that needs the scheduler (a barrier, a table declaration, a data shard, a
+    consistency change, the goodbye) ran out of time while the scheduler was unreachable.
+    The data path (push, pull) does not need it and goes on; restart the scheduler at the
+    same address (``paramserver scheduler --recover``) and the job continues."""
+
+
+class SchedulerRestarted(NodeUnavailable):
+    """A request to the scheduler was lost because the scheduler restarted; the node sends
+    it again to the new scheduler process (it reaches callers only if that fails)."""
 
 
 class RequestTimeout(PSError, TimeoutError):

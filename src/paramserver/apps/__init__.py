@@ -18,6 +18,7 @@ __all__ = ["APPS", "parser_for", "worker_main"]
 
 #: Application name -> module name, and a one-line description.
 APPS: dict[str, tuple[str, str]] = {
+    "ctr": ("paramserver.apps.ctr", "click-through DeepFM with PyTorch embedding tables (MovieLens-100k or synthetic)"),
     "lda": ("paramserver.apps.lda", "LDA topic model by collapsed Gibbs sampling"),
     "logreg": ("paramserver.apps.logreg", "sparse L1 logistic regression (delayed block proximal gradient)"),
     "sketch": ("paramserver.apps.sketch", "CountMin sketch of a word stream"),

@@ -181,7 +181,7 @@ def read_table(path: str | os.PathLike[str], name: str) -> dict[str, np.ndarray]
     if entry is None:
         raise CheckpointError(f"checkpoint {loc.url!r} has no table {name!r} (it has {sorted(manifest['tables'])})")
     spec = TableSpec.from_wire(entry["spec"])
-    layout = spec.make_updater().state_layout(spec.width, spec.np_dtype)
+    layout = spec.state_layout()
     parts = [load_file(loc, f, spec, layout) for f in entry["files"]]
     keys = np.concatenate([np.asarray(p[0]) for p in parts]) if parts else np.empty(0, KEY_DTYPE)
     order = np.argsort(keys, kind="stable")

@@ -110,6 +110,7 @@ class Board:
             "history": list(self._history),
             "workers": self._workers(reports),
             "events": events,
+            "groups": self._groups(status.get("groups", {})),
         }
         return self._state
 
@@ -124,15 +125,16 @@ class Board:
         seen = status.get("last_seen", {})
         servers = status.get("servers", {})
         live: set[int] = set()
-        for nid, role, address, host, pid, rank in status.get("nodes", []):
+        for nid, role, address, host, pid, rank, *extra in status.get("nodes", []):
             if role not in ("server", "worker"):
                 continue
+            group = extra[0] if extra and isinstance(extra[0], str) else None  # workers of a named group
             live.add(nid)
             rep = servers.get(str(nid), {}) if role == "server" else reports.get(str(nid), {})
             state = "unreachable" if role == "server" and "error" in rep else "alive"
             age = seen.get(str(nid))
             rss = rep.get("rss")
-            self._nodes[nid] = {"id": nid, "role": role, "rank": rank if role == "worker" else None,
+            self._nodes[nid] = {"id": nid, "role": role, "rank": rank if role == "worker" else None, "group": group,
                                 "address": address, "host": host, "pid": pid, "state": state,
                                 "heartbeat": None if age is None else max(0.0, _num(age)),
                                 "why": str(rep.get("error", "")), "rss": rss if isinstance(rss, int) else None}
@@ -146,6 +148,22 @@ class Board:
         for n in gone[:-MAX_GONE]:  # the most recent MAX_GONE nodes that left stay on the page
             del self._nodes[n]
         return [self._nodes[n] for n in sorted(self._nodes)]
+
+    @staticmethod
+    def _groups(groups: Any) -> list[dict[str, Any]]:
+        """The worker groups of a job that has named ones (a job without them has only
+        ``default``, and the page shows no group table): size, members, finished, ended."""
+        if not isinstance(groups, dict) or len(groups) <= 1:
+            return []
+        out = []
+        for name, g in sorted(groups.items()):
+            if not isinstance(g, dict):
+                continue
+            members = g.get("workers", {})
+            out.append({"name": str(name), "size": int(_num(g.get("size"))),
+                        "workers": len(members) if isinstance(members, dict) else 0,
+                        "finished": int(_num(g.get("finished"))), "ended": bool(g.get("ended"))})
+        return out
 
     @staticmethod
     def _ring(keymap: dict[str, Any]) -> list[dict[str, Any]]:

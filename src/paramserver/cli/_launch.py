@@ -1,9 +1,15 @@
-"""``paramserver launch``: run a whole job on this machine.
+"""``paramserver launch``: run a whole job, on this machine or over ssh on others.
 
 Starts a scheduler, S servers and W copies of the user's command as workers, each its own
 process, with the environment a worker needs (PS_SCHEDULER, the DMLC_* names, PS_WORKER_RANK).
+With hosts (``-H host1,host2`` or ``--hostfile FILE``) the scheduler runs here and the
+servers and workers run on those hosts over OpenSSH (``deploy/_remote.py``: placement, the
+environment passed on, output prefixed with each node's role and host); the workers'
+command (and this Python, for the servers) must exist at the same path on every host.
 It passes the workers' exit code through; when a worker fails, a node dies, or the user
-presses Ctrl-C, it stops every process and says why. A command that cannot be run is
+presses Ctrl-C, it stops every process and says why. A scheduler killed by a signal is
+restarted at its address (``--recover``, up to :data:`MAX_RESTARTS` times): the servers and
+workers go on meanwhile and rejoin it, and it rebuilds the job from their reports. A command that cannot be run is
 reported before any process starts.
 
 The nodes log at PS_LOG_LEVEL, WARNING unless set, so that their INFO lines do not mix
@@ -19,26 +25,37 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from .._config import Config
 from .._errors import PSError
-from ..deploy import AdminClient, Proc, node_command, spawn, start_scheduler, stop_all, wait_all
-from ..node import split_address
+from .._words import plural
+from ..deploy import (
+    AdminClient,
+    Host,
+    Proc,
+    forwarded_env,
+    node_command,
+    place,
+    spawn,
+    spawn_remote,
+    start_scheduler,
+    stop_all,
+    wait_all,
+)
+from ..node import choose_host, split_address
 
-__all__ = ["launch"]
+__all__ = ["MAX_RESTARTS", "launch"]
+
+#: How many times launch restarts a scheduler killed by a signal during one job.
+MAX_RESTARTS = 3
 
 
 def _say(text: str, *, quiet: bool = False) -> None:
     """Print a line to stderr unless ``quiet`` (progress lines pass it; errors never do)."""
     if not quiet:
         print(f"paramserver launch: {text}", file=sys.stderr, flush=True)
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 server``, ``2 servers``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _runnable(command: Sequence[str], env: dict[str, str]) -> str | None:
@@ -61,13 +78,16 @@ class _Interrupted(Exception):
         self.signum = signum
 
 
-def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "127.0.0.1",
+def launch(command: Sequence[str], *, servers: int, workers: int, host: str | None = None,
            env: dict[str, str] | None = None, poll: float = 0.05, quiet: bool = False,
-           dashboard: int | None = None) -> int:
-    """Run ``command`` as ``workers`` workers of a local job with ``servers`` servers.
+           dashboard: int | None = None, hosts: Sequence[Host] = (), ssh: Sequence[str] = ("ssh",),
+           forward: Sequence[str] = ()) -> int:
+    """Run ``command`` as ``workers`` workers of a job with ``servers`` servers, here or,
+    with ``hosts``, over ``ssh`` on them (``forward``: more variables to pass on).
 
-    Returns the exit code to pass on: 0 if every worker succeeded, else the first failing
-    worker's code (or 1 if a node died, 130 on Ctrl-C).
+    The scheduler binds ``host``: 127.0.0.1 by default, or with ``hosts`` the local address
+    that routes to the first of them. Returns the exit code to pass on: 0 if every worker
+    succeeded, else the first failing worker's code (or 1 if a node died, 130 on Ctrl-C).
     """
     if not command:
         _say("no command given; usage: paramserver launch -s 2 -w 4 -- python train.py")
@@ -75,7 +95,7 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
     base = {**os.environ, **(env or {})}
     base.setdefault("PS_LOG_LEVEL", "WARNING")  # nodes' INFO lines would mix with the script's output
     Config.from_env(base)  # fail early on a bad setting
-    why = _runnable(command, base)
+    why = _runnable(command, base) if not hosts else None  # (a remote's PATH is the remote's business)
     if why is not None:
         _say(f"cannot run the workers' command: {why}; nothing was started")
         return 127
@@ -86,25 +106,45 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sched, address = start_scheduler(base, host=host, servers=servers, workers=workers, dashboard=dashboard)
+        where = place(hosts, servers, workers) if hosts else None
+        bind = host or (choose_host(f"tcp://{hosts[0].name}:22") if hosts else "127.0.0.1")
+        sched, address = start_scheduler(base, host=bind, servers=servers, workers=workers, dashboard=dashboard)
         procs.append(sched)
         uri, port = split_address(address)
         node_env = {**base, "PS_SCHEDULER": address, "DMLC_PS_ROOT_URI": uri, "DMLC_PS_ROOT_PORT": str(port),
                     "DMLC_NUM_SERVER": str(servers), "DMLC_NUM_WORKER": str(workers)}
-        server_procs = [spawn(f"server {i}", node_command("server", "--host", host),
-                              {**node_env, "DMLC_ROLE": "server"}) for i in range(servers)]
+        if "PS_KEYS" in node_env:
+            node_env["PS_KEYS"] = os.path.abspath(node_env["PS_KEYS"])
+
+        def start(name: str, i: int, argv: list[str], role_env: dict[str, str]) -> Proc:
+            if where is None:
+                return spawn(name, argv, {**node_env, **role_env})
+            on = (where.servers if name.startswith("server") else where.workers)[i]
+            return spawn_remote(name, on, argv, {**forwarded_env(node_env, forward), **role_env}, ssh=ssh)
+
+        server_argv = node_command("server") if hosts else node_command("server", "--host", bind)
+        server_procs = [start(f"server {i}", i, server_argv, {"DMLC_ROLE": "server"}) for i in range(servers)]
         procs += server_procs
         worker_procs = []
         for i in range(workers):
             try:
-                worker_procs.append(spawn(f"worker {i}", list(command),
-                                          {**node_env, "DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)}))
+                worker_procs.append(start(f"worker {i}", i, list(command),
+                                          {"DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)}))
             except OSError as exc:  # vanished or lost its permission since the check
                 raise PSError(f"cannot run the workers' command {command[0]!r}: {exc.strerror or exc}") from None
             procs.append(worker_procs[-1])
-        _say(f"scheduler at {address}, {plural(servers, 'server')}, {plural(workers, 'worker')} running "
+        on_hosts = f" on {', '.join(h.name for h in hosts)} over ssh" if hosts else ""
+        _say(f"scheduler at {address}, {plural(servers, 'server')}, {plural(workers, 'worker')}{on_hosts} running "
              f"{' '.join(command)}", quiet=quiet)
-        return _supervise(sched, server_procs, worker_procs, procs, address, base, poll, quiet)
+
+        def restart() -> Proc:
+            """A scheduler at the dead one's address that takes the job over (--recover)."""
+            new, _ = start_scheduler(base, host=bind, servers=servers, workers=workers, dashboard=dashboard,
+                                     port=port, recover=True)
+            procs[0] = new
+            return new
+
+        return _supervise(sched, server_procs, worker_procs, procs, address, base, poll, quiet, restart)
     except _Interrupted as exc:
         _say(f"interrupted ({exc}); stopping the job")
         stop_all(procs)
@@ -119,8 +159,9 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 
 
 def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: list[Proc], address: str,
-               env: dict[str, str], poll: float, quiet: bool) -> int:
+               env: dict[str, str], poll: float, quiet: bool, restart: Callable[[], Proc]) -> int:
     ended: float | None = None
+    restarts = 0
     names = _ServerNames(address, servers, env)
     while True:
         if sched.poll() is None:
@@ -143,6 +184,13 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
                 stop_all(procs)
                 return 1
         code = sched.poll()
+        if code is not None and code < 0 and restarts < MAX_RESTARTS:
+            # killed by a signal (not a job it ended): the nodes go on and rejoin a new one
+            restarts += 1
+            _say(f"the scheduler was killed ({_signal_name(-code)}); restarting it at {address} "
+                 f"({restarts} of {MAX_RESTARTS}); it rebuilds the job from the nodes' reports")
+            sched = restart()
+            continue
         if code:
             _say(f"the scheduler exited with code {code} while workers were running; stopping the job")
             stop_all(procs)
@@ -167,6 +215,13 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
 
 
 _PID = re.compile(r"\(pid (\d+)")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class _ServerNames:

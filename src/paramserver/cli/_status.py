@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .._words import plural
 from ..protocol import KEY_SPACE
 from ._metrics import number, reports_of
 
@@ -27,7 +28,8 @@ def format_status(status: dict[str, Any], *, as_json: bool = False) -> str:
     """Render a status reply (AdminClient.status()) as a table or as JSON."""
     if as_json:
         return json.dumps(status, indent=2, sort_keys=True)
-    lines = [f"cluster up {status.get('uptime', 0):.0f} s; {status.get('num_servers')} servers expected, "
+    servers = plural(int(number(status.get('num_servers'))), 'server')
+    lines = [f"cluster up {status.get('uptime', 0):.0f} s; {servers} expected, "
              f"workers: {status.get('num_workers') or 'dynamic'}"]
     seen = status.get("last_seen", {})
     lines.append(f"{'id':>4} {'role':<9} {'address':<24} {'pid':>7}  {'host':<16} heartbeat")
@@ -77,7 +79,7 @@ def format_status(status: dict[str, Any], *, as_json: bool = False) -> str:
     if len(groups) > 1:  # a job without named groups prints what it always printed
         for name, g in sorted(groups.items()):
             members = ", ".join(f"node {n} r{r}" for n, r in g.get("workers", {}).items()) or "no worker"
-            size = f"{g['size']} workers" if g.get("size") else "any number of workers"
+            size = plural(int(g['size']), 'worker') if g.get("size") else "any number of workers"
             state = "ended" if g.get("ended") else f"{g.get('finished', 0)} finished"
             lines.append(f"group {name!r}: {size}; {members}; {state}")
             if name != "default":

@@ -119,6 +119,25 @@ class LocalCluster:
             self._kill()
             raise
 
+    def kill_scheduler(self) -> None:
+        """SIGKILL the scheduler (failure tests): servers and workers go on pushing and pulling."""
+        sched = self._procs[0]
+        sched.popen.kill()
+        sched.popen.wait()
+
+    def restart_scheduler(self) -> None:
+        """Start a scheduler at the address of the one that died (``--recover``): the nodes
+        rejoin it and it rebuilds the job's state from their reports."""
+        if self._procs[0].poll() is None:
+            raise InvalidArgument("the scheduler is still running; kill_scheduler() first")
+        port = int(self.address.rsplit(":", 1)[1])
+        sched, address = start_scheduler(self._env, host=self.host, servers=self.servers, workers=self.workers,
+                                         replicas=self.replicas, timeout=self.timeout, dashboard=self.dashboard,
+                                         port=port, recover=True)
+        self._procs[0] = sched
+        self.scheduler_pid = sched.pid
+        assert address == self.address, (address, self.address)
+
     def _spawn_server(self, *args: str) -> Proc:
         """Start server number ``len(self._servers)`` (extra command-line ``args``) and track it
         in ``_servers`` and ``_procs`` (which every process this cluster started is in)."""
@@ -225,6 +244,8 @@ class LocalCluster:
                 pass  # the job already ended (every worker of a fixed-size job said goodbye)
             except PSError as exc:
                 log.warning("LocalCluster: shutdown request failed (%s); terminating the processes", exc)
+        if self._procs and self._procs[0].poll() not in (None, 0):
+            timeout = 0  # the scheduler was killed: no one tells the servers to stop
         if not wait_all(self._procs, timeout):
             log.warning("LocalCluster: processes still running after %g s; killing them", timeout)
         self._kill()

@@ -43,9 +43,11 @@ def spawn(name: str, cmd: Sequence[str], env: Mapping[str, str], *, new_session:
 
 
 def start_scheduler(env: Mapping[str, str], *, host: str, servers: int, workers: int, replicas: int = 1,
-                    timeout: float = 30.0, dashboard: int | None = None) -> tuple[Proc, str]:
-    """Start a scheduler on a free port; return it and its address once it listens.
+                    timeout: float = 30.0, dashboard: int | None = None, port: int = 0,
+                    recover: bool = False) -> tuple[Proc, str]:
+    """Start a scheduler on ``port`` (0: a free one); return it and its address once it listens.
     With ``dashboard``, the scheduler also serves the live dashboard on that port (on ``host``).
+    With ``recover``, it takes over the running job of a scheduler that died at that port.
 
     Raises
     ------
@@ -55,9 +57,10 @@ def start_scheduler(env: Mapping[str, str], *, host: str, servers: int, workers:
     fd, path = tempfile.mkstemp(prefix="paramserver-", suffix=".addr")
     os.close(fd)
     os.unlink(path)
-    cmd = node_command("scheduler", "--host", host, "--port", "0", "--servers", str(servers),
+    cmd = node_command("scheduler", "--host", host, "--port", str(port), "--servers", str(servers),
                        "--workers", str(workers), "--replicas", str(replicas),
                        "--address-file", path, "--exit-with-parent", str(os.getpid()),
+                       *(("--recover",) if recover else ()),
                        *(("--dashboard", str(dashboard), "--dashboard-bind", host) if dashboard is not None else ()))
     proc = spawn("scheduler", cmd, env)
     deadline = time.monotonic() + timeout

@@ -9,7 +9,9 @@ Every received message passes :class:`Gate` before it is handled. Two rules:
    sender is not a member is refused, except a REGISTER to the scheduler (and, at the
    scheduler, a HEARTBEAT or PING: a node it has forgotten learns so from the answer) and
    the scheduler's answer to this node's own pending registration (while it registers),
-   which also records the scheduler's identity.
+   which also records the scheduler's identity; likewise the answer to its own pending
+   REJOIN (a restarted scheduler has a new connection: only this answer, and with keys only
+   one from the scheduler's key, records it).
 2. **Authorisation.** :data:`ALLOWED` says which role may send which request to which
    role. The sender's role is that of its CURVE key when keys are in use, else the role it
    registered with. Requests outside the table are refused. Responses need only rule 1
@@ -42,9 +44,9 @@ _OPERATOR = frozenset({Op.REGISTER, Op.HEARTBEAT, Op.STATUS, Op.SHUTDOWN, Op.POL
 #: Roles are those of keys: an operator's ``client`` node uses the ``admin`` key (or the
 #: scheduler's); without keys a client's role is ``client``.
 ALLOWED: dict[tuple[str, str], frozenset[Op]] = {
-    ("server", "scheduler"): _ANYONE | {Op.REGISTER, Op.HEARTBEAT, Op.BARRIER, Op.BYE, Op.SUSPECT},
+    ("server", "scheduler"): _ANYONE | {Op.REGISTER, Op.HEARTBEAT, Op.BARRIER, Op.BYE, Op.REJOIN, Op.SUSPECT},
     ("worker", "scheduler"): _ANYONE | {Op.REGISTER, Op.HEARTBEAT, Op.BARRIER, Op.TABLE, Op.TASK, Op.BYE,
-                                        Op.POLICY, Op.SUSPECT},
+                                        Op.POLICY, Op.REJOIN, Op.SUSPECT},
     ("admin", "scheduler"): _ANYONE | _OPERATOR,
     ("client", "scheduler"): _ANYONE | _OPERATOR,
     ("scheduler", "scheduler"): _ANYONE | _OPERATOR,  # the scheduler's key may run operator tools
@@ -62,7 +64,7 @@ _KEYS_OF: dict[str, frozenset[str]] = {"scheduler": frozenset({"scheduler"}), "s
                                         "worker": frozenset({"worker"}), "client": frozenset({"admin", "scheduler"})}
 
 #: Requests the scheduler takes from a sender that is not (or no longer) a member.
-_FROM_STRANGERS = frozenset({Op.REGISTER, Op.HEARTBEAT, Op.PING})
+_FROM_STRANGERS = frozenset({Op.REGISTER, Op.HEARTBEAT, Op.PING, Op.REJOIN})
 
 
 class Known(Protocol):
@@ -109,6 +111,9 @@ class Gate:
         #: True while this node's registration is unanswered (the only time the scheduler's
         #: identity may be learnt; node.register sets it).
         self.registering = False
+        #: True while this node's REJOIN is unanswered: its answer may come from a restarted
+        #: scheduler (a new connection), recorded then (node/_rejoin.py sets it).
+        self.rejoining = False
         self.refused = 0
         #: The connection identity of the message being handled (set by the node).
         self.current_peer = b""
@@ -124,9 +129,13 @@ class Gate:
         self._scheduler = Member("scheduler", identity) if identity else None
 
     def member(self, node: int) -> Known | None:
-        """The member ``node`` as this node knows it (the scheduler by its recorded identity)."""
-        if node == SCHEDULER_ID and self.role != "scheduler":
-            return self._scheduler
+        """The member ``node`` as this node knows it (the scheduler by its recorded identity).
+
+        The scheduler never sends to itself: on the scheduler, a message claiming to come
+        from the scheduler is from a stranger (its own node-table entry has no connection
+        identity to bind the claim to)."""
+        if node == SCHEDULER_ID:
+            return self._scheduler if self.role != "scheduler" else None
         return self.lookup(node)
 
     def admit(self, msg: Message, handled: bool = True) -> bool:
@@ -155,8 +164,10 @@ class Gate:
             self.scheduler_identity = msg.peer  # the scheduler that answered our own registration
             self.registering = False
             return None
-        if msg.sender == SCHEDULER_ID and self.role == "scheduler":
-            return "the scheduler never sends to itself"  # its entry has no identity to bind a claim to
+        if self._rejoin_answer(msg):
+            self.scheduler_identity = msg.peer  # a restarted scheduler, known by this answer only
+            self.rejoining = False
+            return None
         member = self.member(msg.sender)
         if member is None:
             return self._stranger(msg)
@@ -176,9 +187,17 @@ class Gate:
         return (self.registering and msg.response and msg.op == Op.REGISTER and msg.sender == SCHEDULER_ID
                 and self.role != "scheduler" and self.pending(msg.ts) and (not self.curve or msg.auth == "scheduler"))
 
+    def _rejoin_answer(self, msg: Message) -> bool:
+        """True for the answer to this node's own pending REJOIN, from whichever connection
+        (with keys: only from the scheduler's key)."""
+        return (self.rejoining and msg.response and msg.op == Op.REJOIN and msg.sender == SCHEDULER_ID
+                and self.role != "scheduler" and self.pending(msg.ts) and (not self.curve or msg.auth == "scheduler"))
+
     def _stranger(self, msg: Message) -> str | None:
         """The rule for a sender that is not a member."""
         if self.role == "scheduler":
+            if msg.sender == SCHEDULER_ID:
+                return "it claims to be this scheduler"
             if msg.response or msg.op not in _FROM_STRANGERS:
                 return f"node {msg.sender} is not a member"
             if self.curve and msg.op == Op.REGISTER and msg.auth not in ("server", "worker", "admin", "scheduler"):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConnectError, JobAborted, NodeUnavailable, PSError, RequestTimeout
+from .._errors import ConnectError, JobAborted, PSError, RequestTimeout
 from ..clock import Request
 from ..protocol import Message, Op, Ping, RegisterReply
 from ._host import probe
@@ -59,13 +59,11 @@ class Heartbeats:
         if node.aborted is not None:
             return
         silent = time.monotonic() - self.last_seen
-        if silent > node.config.scheduler_timeout:
-            node.abort(NodeUnavailable(
-                f"the scheduler at {node.scheduler_address} is unreachable since "
-                f"{time.strftime('%H:%M:%S', time.localtime(time.time() - silent))} "
-                f"(no answer for {silent:.1f} s)"
-            ))
+        if silent > node.config.heartbeat_timeout:
+            node.scheduler.lost(silent)  # rejoin attempts instead of heartbeats (node/_rejoin.py)
             return
+        if silent > 3 * node.config.heartbeat_interval:
+            node.scheduler.rejoin()  # answered at once by a scheduler that restarted meanwhile
 
         def check(req: Request) -> None:
             exc = req.exception(timeout=0)
@@ -91,10 +89,12 @@ class _Waiting:
         self.told = ""  # what the scheduler said the job waits for
         self.said = False
         self.done = False
+        self.heard = self.start  # when the scheduler last showed it is there (a PING)
 
     def on_ping(self, msg: Message) -> None:
         """A PING from the scheduler; one that says why the registration waits is noted."""
         if not self.done and msg.sender == SCHEDULER_ID:
+            self.heard = time.monotonic()
             try:
                 ping = Ping.from_wire(msg.body)
             except PSError:
@@ -177,6 +177,24 @@ def register(node: Node, scheduler: str, body: dict[str, Any], timeout: float,
                        f"registration with the scheduler at {scheduler}", on_part=registered, timeout=timeout)
     if not quiet:
         node.call_later(waiting.say_after(), waiting.say)
+    silence = node.config.heartbeat_timeout
+
+    def again() -> None:
+        # A scheduler that waits pings every third of the heartbeat timeout: silence means it
+        # died (with our REGISTER) or was not there yet. Send it again: a scheduler that has it
+        # knows it by its nonce and never registers this node twice.
+        if waiting.done or req.done():
+            return
+        if time.monotonic() - waiting.heard > silence:
+            waiting.heard = time.monotonic()
+            try:
+                node.send(SCHEDULER_ID, Message(Op.REGISTER, ts=req.ts, body=body))
+            except PSError:
+                pass
+        node.call_later(silence / 2, again)
+
+    if body.get("nonce"):
+        node.call_later(silence / 2, again)
     try:
         req.wait()
     except RequestTimeout:

@@ -50,6 +50,7 @@ from ..protocol import (
     Moved,
     Nodes,
     Op,
+    RegisterReply,
     ResendKeys,
     Shutdown,
     Status,
@@ -66,6 +67,7 @@ from ._liveness import Heartbeats, register
 from ._loop import Loop
 from ._membership import Membership, parse_nodes
 from ._outbox import MAX_REROUTES, Delivery, Flight, Outbox, PartCallback, Reroute, VerdictKind, is_ordered
+from ._rejoin import SchedulerLink
 from ._replies import Arrival, ReplyCache
 from ._timers import Timers
 from ._wirefilters import WireFilters
@@ -124,6 +126,8 @@ class Node:
         self._running = False
         self._aborted: PSError | None = None
         self.heartbeats = Heartbeats(self)
+        #: The contact with the scheduler across its restarts: rejoins, scheduler-bound calls.
+        self.scheduler = SchedulerLink(self)
         if config.faults:
             self.transport = FaultyTransport(
                 self.transport, drop=config.drop_msg / 100, dup=config.dup_msg / 100,
@@ -234,6 +238,7 @@ class Node:
             old = dict(self.members.nodes)
             change = self.members.update(nodes, keymap, dead)
         self.links.repoint(change.moved_links)
+        self.scheduler.nodes_left({n: old[n] for n in change.gone if n in old})
         for nid in sorted(change.gone):
             self.peer_failed(nid, NodeUnavailable(f"{old.get(nid) or f'node {nid}'} left the cluster or died"))
         for fn in list(self.on_nodes_changed):
@@ -613,10 +618,14 @@ class Node:
             No scheduler answered, or the job did not start, within ``timeout`` seconds.
         """
         self.gate.registering = True  # the answer, and only it, tells whose connection is the scheduler's
+        if self.role != "client":  # sent again if the scheduler goes silent: it knows the nonce
+            body = {**body, "nonce": int.from_bytes(os.urandom(6), "big") or 1}
         try:
-            return register(self, scheduler, body, timeout, on_reply, limit=limit, quiet=quiet)
+            reply = register(self, scheduler, body, timeout, on_reply, limit=limit, quiet=quiet)
         finally:
             self.gate.registering = False
+        self.scheduler.registered(RegisterReply.from_wire(reply.body).incarnation)
+        return reply
 
     def _on_nodes(self, msg: Message) -> None:
         self.set_nodes(*parse_nodes(Nodes.from_wire(msg.body)))

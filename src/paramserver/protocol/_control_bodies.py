@@ -33,6 +33,9 @@ class RegisterRequest(Body):
     rank: int = field(default=-1, metadata=OMIT)
     group: str = field(default="", metadata=OMIT)
     group_workers: int = field(default=0, metadata=OMIT)
+    #: A random number the node draws once: a REGISTER sent again (its scheduler restarted
+    #: before answering) is known by it and never makes a second member.
+    nonce: int = field(default=0, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -55,6 +58,41 @@ class RegisterReply(Nodes):
     num_workers: int | None = field(default=None, metadata=OMIT)
     tables: list[list[Any]] | None = field(default=None, metadata=OMIT)
     group: str = field(default="", metadata=OMIT)
+    incarnation: int = field(default=0, metadata=OMIT)  # which scheduler process answered
+
+
+@dataclass(slots=True, kw_only=True)
+class Rejoin(Body):
+    """REJOIN, server or worker -> a scheduler that may have restarted: what this node knows.
+
+    ``info`` is the node's own entry (``NodeInfo`` wire list), ``incarnation`` the scheduler
+    process it knew (from its registration or last rejoin), ``nodes`` its node table,
+    ``keymap`` its key map (the epoch inside), ``departed`` the workers it saw leave
+    (``NodeInfo`` wire lists), ``tables`` the tables it holds (``[id, spec, policy(,
+    readers)]``, as a registration lists them); a worker adds its group's size
+    (``num_workers``), its table declarations (``declared``: ``TableDeclare`` bodies with
+    the table's ``id``), its data-shard progress (``shards``: per set ``{set, shards,
+    epochs, done, running}``, task numbers) and the barriers it passed (``barriers``:
+    group -> count)."""
+
+    info: list[Any]
+    incarnation: int
+    nodes: list[list[Any]]
+    keymap: dict[str, Any] | None = None
+    departed: list[list[Any]] = field(default_factory=list, metadata=OMIT)
+    tables: list[list[Any]] = field(default_factory=list, metadata=OMIT)
+    num_workers: int = field(default=0, metadata=OMIT)
+    declared: list[dict[str, Any]] = field(default_factory=list, metadata=OMIT)
+    shards: list[dict[str, Any]] = field(default_factory=list, metadata=OMIT)
+    barriers: dict[str, Any] = field(default_factory=dict, metadata=OMIT)
+
+
+@dataclass(slots=True, kw_only=True)
+class RejoinReply(Nodes):
+    """The answer to REJOIN: the scheduler's ``incarnation`` and the (rebuilt) node table and
+    key map."""
+
+    incarnation: int
 
 
 @dataclass(slots=True, kw_only=True)
@@ -91,9 +129,13 @@ class StatusRequest(Body):
 
 @dataclass(slots=True, kw_only=True)
 class Barrier(Body):
-    """BARRIER, node -> scheduler: wait for ``group`` ("workers", "servers" or "all")."""
+    """BARRIER, node -> scheduler: wait for ``group`` ("workers", "servers" or "all").
+    ``seq`` is the round the caller expects to pass: one past the ``round`` of the last
+    barrier of that group it passed (0 before its first): a scheduler that restarted
+    answers at once a round the others passed already. The reply carries ``round``."""
 
     group: str = "workers"
+    seq: int = field(default=0, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -66,9 +66,11 @@ class PullBody(Body):
 
 @dataclass(slots=True, kw_only=True)
 class PullRangeBody(PullBody):
-    """PULL_RANGE, worker -> server: the ranges to read (None: the header's key range)."""
+    """PULL_RANGE, worker -> server: the ranges to read (None: the header's key range) and,
+    for a delta, the iteration after which the rows must have been pushed (None: all rows)."""
 
     ranges: list[list[int]] | None = field(default=None, metadata=OMIT)
+    since: int | None = field(default=None, metadata=OMIT)
 
     def __post_init__(self) -> None:
         if self.ranges is not None:

@@ -54,7 +54,8 @@ class Op(enum.IntEnum):
     TASK = 13  # worker -> scheduler: report finished work, ask for the next data shard
     MIGRATE = 14  # server -> server: copy key ranges (join, leave, re-replication)
     DRAIN = 15  # client -> scheduler: move every range off a server, then stop it
-    SUSPECT = 16  # node -> scheduler: the link to a peer broke; probe it
+    REJOIN = 16  # node -> a restarted scheduler: what this node knows, to rebuild the cluster's state
+    SUSPECT = 17  # node -> scheduler: the link to a peer broke; probe it
     PUSH = 32  # worker -> server: apply values to keys with the table's updater
     PULL = 33  # worker -> server: read values of keys
     PULL_RANGE = 34  # worker -> server: read every present key in a range

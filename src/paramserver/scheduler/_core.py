@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
+from .._words import plural
 from ..clock import Consistency
 from ..node import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo, error_body
 from ..placement import EvenSplit, KeyMap, Placement, copy_plan, extended, ranges_to_wire
@@ -71,6 +72,8 @@ from ..protocol import (
     PolicyUpdate,
     RegisterReply,
     RegisterRequest,
+    Rejoin,
+    RejoinReply,
     Shutdown,
     Status,
     Suspect,
@@ -81,6 +84,7 @@ from ..protocol import (
 from ..table import TableSpec
 from ._detector import Detector, Probe
 from ._groups import Group, Namespaces, check_group_name
+from ._rebuild import Rebuild, group_key
 from ._shards import ShardManager
 from ._timeline import Timeline
 
@@ -90,6 +94,9 @@ log = logging.getLogger("paramserver.scheduler")
 
 #: The keys a node of each role may register with (CURVE): operators use the admin or scheduler key.
 _KEYS_OF: dict[str, tuple[str, ...]] = {"server": ("server",), "worker": ("worker",), "client": ("admin", "scheduler")}
+
+
+_TOMBSTONES = 1024  # nodes declared dead that the scheduler remembers (see SchedulerCore.declared_dead)
 
 
 @dataclass
@@ -119,11 +126,6 @@ class Finish:
 
 
 Action = Send | Connect | Disconnect | Finish | Probe
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 server``, ``2 servers``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass
@@ -173,6 +175,9 @@ class _Table:
 
 GROUPS = ("workers", "servers", "all")
 
+#: How many times a migration is planned again after a party died during its copy phase.
+MIGRATION_TRIES = 3
+
 
 def _error_of(reply: Message) -> ErrorReply:
     """The error a reply that is not OK carries (its fields at their defaults if mistyped)."""
@@ -219,6 +224,9 @@ class SchedulerCore:
         now: float = 0.0,
         worker_failure: str = "auto",
         max_tables: int = 1024,
+        incarnation: int = 1,
+        recover: bool = False,
+        rebuild_timeout: float | None = None,
     ) -> None:
         if num_servers < 1:
             raise InvalidArgument("a cluster needs at least one server (DMLC_NUM_SERVER >= 1)")
@@ -236,6 +244,9 @@ class SchedulerCore:
         self.started = now
         self.nodes: dict[int, NodeInfo] = {SCHEDULER_ID: NodeInfo(SCHEDULER_ID, "scheduler", address)}
         self.last_seen: dict[int, float] = {}
+        #: Nodes declared dead: id -> (role, address), to tell one that comes back (a healed
+        #: partition) that it is no longer a member; the oldest are forgotten past _TOMBSTONES.
+        self.declared_dead: dict[int, tuple[str, str]] = {}
         self.keymap: KeyMap | None = None
         self.finished = False
         self._ids = itertools.count(1)
@@ -244,6 +255,7 @@ class SchedulerCore:
         self._round_busy = False
         self._gathers: dict[int, _Gather] = {}
         self._barriers: dict[str, dict[int, Message]] = {"servers": {}, "all": {}}  # "workers": per group
+        self._rounds: dict[str, int] = {}  # barrier rounds released, by group_key / "servers" / "all"
         self._tables: dict[str, _Table] = {}
         self._table_ids = itertools.count(0)
         self._answered: set[int] = set()
@@ -259,12 +271,22 @@ class SchedulerCore:
         self.namespaces = Namespaces()  # who may write each namespace
         #: Key-map changes run one at a time: (name, build the target map, then) queued here.
         self._migrating = False
-        self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]]]] = []
+        #: (name, target map, then, tries: attempts ended by the death of a party)
+        self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]], int]] = []
         self._epoch = 0  # the highest epoch handed out (a failure during a migration skips past it)
         self._pinged: dict[int, float] = {}  # waiting registrations: when each was last told why
         self._warned_waiting = False
         #: Heartbeat reports and the timeline of joins, failures, drains, checkpoints (_timeline.py).
         self.timeline = Timeline(now)
+        #: This scheduler process among those that ran the job (nodes that see it change rejoin).
+        self.incarnation = incarnation
+        #: How long a rebuild waits for the nodes' reports (``_rebuild.py``).
+        self.rebuild_timeout = rebuild_timeout if rebuild_timeout is not None else 2 * heartbeat_timeout
+        #: The rebuild under way, if any: registrations wait in ``_held`` until it ends.
+        self.rebuild: Rebuild | None = Rebuild(now + self.rebuild_timeout) if recover else None
+        self._held: list[Message] = []
+        self._nonces: dict[int, int] = {}  # registration nonce -> node id (a REGISTER sent again)
+        self._latest: dict[int, Message] = {}  # a waiting registration's REGISTER, sent again
 
     # ================================================================= helpers
     def _members(self, role: str) -> list[int]:
@@ -382,11 +404,18 @@ class SchedulerCore:
             Op.TASK: self._on_task,
             Op.SUSPECT: self._on_suspect,
         }.get(msg.op)
+        if msg.op == Op.REJOIN:
+            return self._on_rejoin(msg, now)
         if handler is None:
             return [self._error(msg, ProtocolError(f"the scheduler does not handle {msg.op.name} requests"))]
+        if self.rebuild is not None:
+            if msg.op == Op.REGISTER:  # answered once the cluster's state is rebuilt
+                self._held.append(msg)
+                return []
+            if msg.sender not in self.nodes:
+                return []  # a rejoining node's heartbeat: it is answered once the rebuild ends
         if msg.op != Op.REGISTER and msg.sender not in self.nodes:
-            return [self._error(msg, JobAborted(
-                f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
+            return self._not_a_member(msg)
         try:
             return handler(msg, now)
         except PSError as exc:
@@ -396,6 +425,8 @@ class SchedulerCore:
 
     def tick(self, now: float) -> list[Action]:
         """Check heartbeats and deadlines; call about every heartbeat interval."""
+        if self.rebuild is not None:
+            return self._end_rebuild(now) if now >= self.rebuild.deadline else []
         out: list[Action] = []
         for nid in list(self.last_seen):
             # A node heartbeats once its registration is answered, so it is timed from then:
@@ -468,11 +499,30 @@ class SchedulerCore:
         why = f"its link from {self.nodes[msg.sender]} broke" + (f" ({report.why})" if report.why else "")
         return [Send(msg.sender, msg.reply()), *self.suspect(report.node, why, now)]
 
+    def _not_a_member(self, msg: Message) -> list[Action]:
+        """The answer to a request from a node that is not a member. One declared dead that
+        speaks again (its partition healed: it is a stale master or worker) is told so over
+        a link opened for that one answer, so that it exits instead of going on alone."""
+        dead = self.declared_dead.get(msg.sender)
+        if dead is None:
+            return [self._error(msg, JobAborted(
+                f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
+        role, address = dead
+        log.warning("%s %d at %s speaks again after it was declared dead; telling it to exit", role, msg.sender,
+                    address)
+        return [Connect(msg.sender, address, role), self._error(msg, JobAborted(
+            f"{role} {msg.sender} is not a member of this cluster: it was declared dead (no heartbeat within "
+            f"PS_HEARTBEAT_TIMEOUT, e.g. behind a network partition) and the cluster went on without it")),
+            Disconnect(msg.sender)]
+
     def node_failed(self, nid: int, reason: str, now: float) -> list[Action]:
         """A node died (or was unreachable for too long)."""
         info = self._forget(nid)
         if info is None:
             return []
+        self.declared_dead[nid] = (info.role, info.address)
+        while len(self.declared_dead) > _TOMBSTONES:
+            del self.declared_dead[next(iter(self.declared_dead))]
         log.warning("%s", reason)
         self.timeline.add(now, "failure", nid, reason)
         out: list[Action] = [Disconnect(nid)]
@@ -486,7 +536,7 @@ class SchedulerCore:
         for waiting in self._barriers.values():
             waiting.pop(nid, None)
         if info.role == "server":
-            return out + self._server_failed(nid, reason, now)
+            return out + self._server_failed(nid, reason, now) + self._next_migration(now)
         if info.role == "worker":
             group = self.groups[info.group]
             # the shards it held go to the next worker of its group that asks
@@ -506,8 +556,10 @@ class SchedulerCore:
     def _server_failed(self, nid: int, reason: str, now: float) -> list[Action]:
         """Promote the next replica of each range the dead server held and broadcast the
         new map (epoch + 1); end the job if some range had no other copy."""
-        if self.keymap is None or nid not in self.keymap.servers():
+        if self.keymap is None:
             return []  # died before the key map existed: it held nothing
+        if nid not in self.keymap.servers():  # it held nothing (yet): the others forget it
+            return self._broadcast_nodes(now, dead=[nid])
         try:
             self.keymap = self.keymap.without(nid, self._next_epoch())
         except InvalidArgument as exc:
@@ -543,13 +595,13 @@ class SchedulerCore:
                 then: Callable[[bool, str], list[Action]], now: float) -> list[Action]:
         """Move the key map to ``target()`` (computed when its turn comes) by the two-phase
         migration of ``server/_migrate.py``; call ``then(ok, why)`` at the end. One at a time."""
-        self._migrations.append((name, target, then))
+        self._migrations.append((name, target, then, 0))
         return self._next_migration(now)
 
     def _next_migration(self, now: float) -> list[Action]:
         if self._migrating or not self._migrations or self.keymap is None or self.finished:
             return []
-        name, make, then = self._migrations.pop(0)
+        name, make, then, tries = self._migrations.pop(0)
         old = self.keymap
         try:
             new = make()
@@ -566,12 +618,28 @@ class SchedulerCore:
         def copied(g: _Gather) -> list[Action]:
             failed = g.failures()
             self._migrating = False
-            if failed or self.finished:
-                why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
+            dead = sorted({n for n in failed if n not in self.nodes} | {s for s in new.servers() if s not in self.nodes})
+            out: list[Action] = []
+            if (failed or dead) and not self.finished and self.keymap is old:
+                # Roll back: the sources adopted `mid`; a map of a higher epoch without the
+                # extension (the failover's, or this one) takes their chains back.
+                self.keymap = KeyMap(self._next_epoch(), list(old))
+                out += self._broadcast_nodes(g.ended)
+            if dead and not self.finished and set(failed) <= set(dead) and tries < MIGRATION_TRIES:
+                # a party died during the copy: plan again from the map without it (once it is
+                # failed over: node_failed starts the next migration after promoting its replicas)
+                log.warning("migration (%s): %s died while copying; it is planned again after the failover", name,
+                            ", ".join(f"server {n}" for n in dead))
+                self._migrations.insert(0, (name, make, then, tries + 1))
+                waiting = self.keymap is not None and any(n in self.keymap.servers() for n in dead)
+                return out + ([] if waiting else self._next_migration(g.ended))
+            if failed or dead or self.finished:
+                why = "; ".join([f"server {n}: {e}" for n, e in sorted(failed.items())]
+                                + [f"server {n} died" for n in dead if n not in failed]) or "the job ended"
                 log.warning("migration (%s) failed: %s", name, why)
-                return then(False, why) + self._next_migration(g.ended)
+                return out + then(False, why) + self._next_migration(g.ended)
             if self.keymap is not old:  # a failure changed the map meanwhile: plan again
-                self._migrations.insert(0, (name, make, then))
+                self._migrations.insert(0, (name, make, then, tries))
                 return self._next_migration(g.ended)
             # Phase 2, switch: the map is `new` from here on (a failure now is handled from it).
             # Every server of either map adopts it and answers once the updates it applied
@@ -628,6 +696,116 @@ class SchedulerCore:
 
         return self.migrate(f"drain server {node}", self._placed, then, now)
 
+    # ================================================================= rejoin and rebuild
+    def _fresh(self) -> bool:
+        """Nothing registered yet: this scheduler may be one restarted without ``--recover``."""
+        return self.keymap is None and not self._waiting_regs and not self._answered \
+            and not any(n.role in ("server", "worker") for n in self.nodes.values())
+
+    def _rejoin_answer(self, nid: int, msg: Message) -> Send:
+        nodes = self._nodes_body()
+        body = RejoinReply(incarnation=self.incarnation, nodes=nodes.nodes, keymap=nodes.keymap)
+        return Send(nid, msg.reply(body=body.to_wire()))
+
+    def _on_rejoin(self, msg: Message, now: float) -> list[Action]:
+        """A node that lost the scheduler reports what it knows (``_rebuild.py``)."""
+        try:
+            report = Rejoin.from_wire(msg.body)
+            info = NodeInfo.from_wire(report.info)
+        except ProtocolError as exc:
+            log.warning("ignored a malformed REJOIN: %s", exc)
+            return []
+        member = self.nodes.get(info.id)
+        if self.rebuild is None and member is not None and member.role == info.role \
+                and member.identity in (b"", msg.peer):
+            return [self._rejoin_answer(info.id, msg)]  # it lost contact with this scheduler only
+        if self.rebuild is None and self._fresh() and not self.finished:
+            log.warning("a node rejoins a scheduler that knows no job: rebuilding the cluster's state from the "
+                        "nodes' reports (for at most %g s)", self.rebuild_timeout)
+            self.rebuild = Rebuild(now + self.rebuild_timeout)
+        out: list[Action] = [Connect(info.id, info.address, msg.auth or info.role)]
+        if self.rebuild is None:
+            why = JobAborted(
+                f"{info} is not a member of this cluster: it was declared dead while it had no contact with the "
+                f"scheduler, or this scheduler runs another job (restart a scheduler with `paramserver "
+                f"scheduler --recover` to rebuild a running job)")
+            msg.sender = info.id
+            return [*out, self._error(msg, why), Disconnect(info.id)]
+        try:
+            self.rebuild.add(msg, report)
+        except PSError as exc:
+            msg.sender = info.id
+            return [*out, self._error(msg, exc), Disconnect(info.id)]
+        msg.sender = info.id
+        if self.rebuild.complete():
+            return out + self._end_rebuild(now)
+        return out
+
+    def _end_rebuild(self, now: float) -> list[Action]:
+        """Take the state the reports add up to, answer them, then the held registrations."""
+        rb, self.rebuild = self.rebuild, None
+        held, self._held = self._held, []
+        assert rb is not None
+        out: list[Action] = []
+        if rb.reports:
+            try:
+                out += self._rebuilt(rb, now)
+            except PSError as exc:
+                return self.shutdown(f"the restarted scheduler cannot rebuild the job from its nodes' reports: {exc}",
+                                     code=1)
+        else:
+            log.info("no node rejoined within %g s: this scheduler starts a new job", self.rebuild_timeout)
+        for m in held:
+            out += self.handle(m, now)
+        return out
+
+    def _rebuilt(self, rb: Rebuild, now: float) -> list[Action]:
+        r = rb.result()
+        self.nodes.update(r.nodes)
+        for nid in r.nodes:
+            self._answered.add(nid)
+            self.last_seen[nid] = now
+        self.keymap = r.keymap
+        self._epoch = max(self._epoch, r.keymap.epoch if r.keymap else 0)
+        self._ids = itertools.count(r.max_id + 1)
+        for name, (tid, spec, policy, readers) in r.tables.items():
+            self._tables[name] = _Table(tid, spec, Consistency.from_wire(policy), ready=True, readers=readers)
+        self._table_ids = itertools.count(max((t.id for t in self._tables.values()), default=-1) + 1)
+        for name, size in r.group_sizes.items():
+            if name not in self.groups:
+                self.groups[name] = Group(name, size, ShardManager(self._worker_failure))
+        for nid, info in [*r.nodes.items(), *r.missing.items()]:
+            if info.role == "worker" and info.group in self.groups:
+                self.groups[info.group].ranks[nid] = info.rank
+        for nid, info in r.departed.items():
+            if info.role == "worker" and info.group in self.groups:
+                self.groups[info.group].byes.add(nid)
+        for gname, sets in r.shards.items():
+            for name, progress in sets.items():
+                self.groups[gname].shards.restore(name, progress.shards, progress.epochs, progress.done,
+                                                  progress.running, now)
+        for gname, body in r.declared:
+            try:
+                decl = TableDeclare.from_wire(body)
+                self.namespaces.declare(TableSpec.from_wire(decl.spec).name, gname, decl.readonly, decl.writers)
+            except PSError as exc:
+                log.warning("a rejoining worker's table declaration was not taken again: %s", exc)
+        self._rounds.update(r.barriers)
+        log.warning("rebuilt the cluster from %s: %r, %s%s", f"{len(r.nodes)} nodes' reports", self.keymap,
+                    plural(len(self._tables), "table"),
+                    f"; {plural(len(r.missing), 'node')} did not report: {sorted(r.missing)}" if r.missing else "")
+        self.timeline.add(now, "rebuild", -1, f"the scheduler restarted and rebuilt the cluster from "
+                          f"{plural(len(r.nodes), 'node')} (key map epoch {r.keymap.epoch if r.keymap else 0})")
+        out: list[Action] = [self._rejoin_answer(nid, m) for nid, (_, _, m) in sorted(rb.reports.items())]
+        for nid, info in sorted(r.missing.items()):
+            self.nodes[nid] = info
+            self._answered.add(nid)
+            out += self.node_failed(nid, f"{info} did not rejoin the restarted scheduler within "
+                                         f"{self.rebuild_timeout:g} s", now)
+        if not self.finished and self._job_done():
+            out += self.shutdown(self._finished_message())
+        return out
+
     # ================================================================= membership
     def _on_register(self, msg: Message, now: float) -> list[Action]:
         req = RegisterRequest.from_wire(msg.body)
@@ -638,7 +816,17 @@ class SchedulerCore:
             raise ProtocolError(f"cannot register a node at {address!r}: not tcp://host:port")
         if msg.auth and msg.auth not in _KEYS_OF.get(role, ()):
             raise ProtocolError(f"a node with the {msg.auth} key cannot register as a {role}")
+        again = self._nonces.get(req.nonce) if req.nonce else None
+        if again is not None and again in self.nodes and self.nodes[again].identity == msg.peer:
+            # the same registration sent again (no answer came): never a second member
+            msg.sender = again
+            if again in self._answered or self.nodes[again].role == "client":
+                return [self._register_answer(self.nodes[again], msg)]
+            self._latest[again] = msg  # answered when its round comes
+            return []
         nid = next(self._ids)
+        if req.nonce:
+            self._nonces[req.nonce] = nid
         info = NodeInfo(nid, role, address, req.host, req.pid, req.rank, identity=msg.peer)
         out: list[Action] = [Connect(nid, address, msg.auth or role)]
         msg.sender = nid  # replies go to the new id
@@ -652,8 +840,7 @@ class SchedulerCore:
             return out
         self.nodes[nid] = info
         if role == "client":  # operators' tools: answered at once, never announced
-            nodes = self._nodes_body()
-            out.append(Send(nid, msg.reply(body=RegisterReply(id=nid, nodes=nodes.nodes, keymap=nodes.keymap).to_wire())))
+            out.append(self._register_answer(info, msg))
             return out
         self.last_seen[nid] = now
         self._waiting_regs.append((info, msg))
@@ -701,12 +888,8 @@ class SchedulerCore:
                 if info.id not in self.nodes:
                     continue  # died meanwhile
                 joined |= info.role == "server" and late
-                nodes = self._nodes_body()
-                size = self.groups[info.group].size if info.role == "worker" else self.num_workers
-                body = RegisterReply(id=info.id, rank=info.rank, num_workers=size, tables=self._table_list(),
-                                     nodes=nodes.nodes, keymap=nodes.keymap,
-                                     group=info.group if info.group != DEFAULT_GROUP else "")
-                out.append(Send(info.id, reg.reply(body=body.to_wire())))
+                reg = self._latest.pop(info.id, reg)  # the node sent it again meanwhile
+                out.append(self._register_answer(info, reg))
                 self._answered.add(info.id)
                 self.last_seen[info.id] = g.ended  # its heartbeats start now
                 self.timeline.add(g.ended, "join", info.id, f"{info} joined")
@@ -716,6 +899,18 @@ class SchedulerCore:
 
         body = self._nodes_body().to_wire()
         return self._request(old_servers, lambda nid: Message(Op.NODES, body=body), now, done)
+
+    def _register_answer(self, info: NodeInfo, reg: Message) -> Send:
+        """The answer to ``info``'s registration ``reg``."""
+        nodes = self._nodes_body()
+        if info.role == "client":
+            body = RegisterReply(id=info.id, nodes=nodes.nodes, keymap=nodes.keymap, incarnation=self.incarnation)
+        else:
+            size = self.groups[info.group].size if info.role == "worker" else self.num_workers
+            body = RegisterReply(id=info.id, rank=info.rank, num_workers=size, tables=self._table_list(),
+                                 nodes=nodes.nodes, keymap=nodes.keymap,
+                                 group=info.group if info.group != DEFAULT_GROUP else "", incarnation=self.incarnation)
+        return Send(info.id, reg.reply(body=body.to_wire()))
 
     def _broadcast_nodes(self, now: float, dead: list[int] | None = None) -> list[Action]:
         body = self._nodes_body(dead).to_wire()
@@ -788,12 +983,17 @@ class SchedulerCore:
 
     # ================================================================= barriers
     def _on_barrier(self, msg: Message, now: float) -> list[Action]:
-        group = Barrier.from_wire(msg.body).group
+        req = Barrier.from_wire(msg.body)
+        group = req.group
         if group not in GROUPS:
             raise InvalidArgument(f"unknown barrier group {group!r}; use one of {list(GROUPS)}")
         role = self.nodes[msg.sender].role
         if group != "all" and group != role + "s":
             raise InvalidArgument(f"a {role} cannot enter a barrier of the {group}")
+        key = group_key(self.nodes[msg.sender].group) if group == "workers" else group
+        if 0 < req.seq <= self._rounds.get(key, 0):
+            # a round the others passed before this scheduler restarted: the caller passes it too
+            return [Send(msg.sender, msg.reply(body={"round": req.seq}))]
         if group == "workers":  # the workers of the caller's group
             self._group_of(msg.sender).barrier[msg.sender] = msg
         else:
@@ -802,12 +1002,13 @@ class SchedulerCore:
 
     def _check_barriers(self) -> list[Action]:
         out: list[Action] = []
-        rounds = [(w, self._expected(name)) for name, w in self._barriers.items()]
-        rounds += [(g.barrier, g.expected()) for g in self.groups.values()]
-        for waiting, expected in rounds:
+        rounds = [(name, w, self._expected(name)) for name, w in self._barriers.items()]
+        rounds += [(group_key(g.name), g.barrier, g.expected()) for g in self.groups.values()]
+        for key, waiting, expected in rounds:
             if waiting and len(waiting) >= expected:
+                self._rounds[key] = self._rounds.get(key, 0) + 1
                 for nid, m in waiting.items():
-                    out.append(Send(nid, m.reply()))
+                    out.append(Send(nid, m.reply(body={"round": self._rounds[key]})))
                 waiting.clear()
         return out
 

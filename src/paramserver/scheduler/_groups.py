@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidArgument, ReadOnlyError
+from .._words import plural
 from ..node import DEFAULT_GROUP
 from ..protocol import Message
 from ._shards import ShardManager
@@ -95,7 +96,7 @@ class Group:
         if self.size and len(self.ranks) + len(self.byes) >= self.size:
             what = "the job" if self.name == DEFAULT_GROUP else f"worker group {self.name!r}"
             setting = "DMLC_NUM_WORKER" if self.name == DEFAULT_GROUP else "PS_GROUP_WORKERS"
-            raise InvalidArgument(f"{what} already has its {self.size} workers ({setting}); this worker cannot join")
+            raise InvalidArgument(f"{what} already has its {plural(self.size, 'worker')} ({setting}); this worker cannot join")
         taken = set(self.ranks.values())
         rank = wanted
         if rank < 0 or rank in taken or (self.size and rank >= self.size):

@@ -33,13 +33,15 @@ class SchedulerProcess:
     """Runs one scheduler until the job ends. See the module docstring."""
 
     def __init__(self, config: Config, *, host: str, port: int = 0, replicas: int = 1,
-                 parent_pid: int = 0, transport: Transport | None = None) -> None:
+                 parent_pid: int = 0, transport: Transport | None = None, recover: bool = False) -> None:
         self.config = config
         self.node = Node("scheduler", config, transport)
         self.host = host
         self.port = port
         self.replicas = replicas
         self.parent_pid = parent_pid
+        #: Take over a running job (its nodes' reports rebuild the state; scheduler/_rebuild.py).
+        self.recover = recover
         self.core: SchedulerCore | None = None
         after = config.resend_after()
         #: The core's requests awaiting answers, sent again until answered (``_resends.py``).
@@ -64,6 +66,8 @@ class SchedulerProcess:
             now=time.monotonic(),
             worker_failure=self.config.worker_failure,
             max_tables=self.config.max_tables,
+            incarnation=int.from_bytes(os.urandom(6), "big") or 1,  # tells the nodes this is a new process
+            recover=self.recover,
         )
         self.node.gate.lookup = self._member
         for op in Op:

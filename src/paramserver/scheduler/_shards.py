@@ -218,6 +218,23 @@ class ShardManager:
             return TaskReply(state="finished", progress=sset.progress())
         return TaskReply(state="wait", progress=sset.progress())
 
+    def restore(self, name: str, shards: list[Any], epochs: int, done: dict[int, int], running: dict[int, int],
+                now: float) -> None:
+        """A restarted scheduler takes set ``name`` back as its workers report it: tasks
+        ``done`` (task -> the worker that finished it) and ``running`` (task -> holder);
+        every other task is pending. Task numbers out of range are ignored."""
+        sset = self._declare(name, shards, epochs)
+        for task, worker in done.items():
+            if 0 <= task < sset.total and sset.tasks[task].state != DONE:
+                sset.tasks[task] = _Task(DONE, worker)
+                sset.n_done += 1
+                sset.done_by[worker] += 1
+        for task, worker in running.items():
+            if 0 <= task < sset.total and sset.tasks[task].state == PENDING:
+                sset.tasks[task] = _Task(RUNNING, worker, now)
+        sset.pending = [t for t, task in enumerate(sset.tasks) if task.state == PENDING]  # sorted: a heap
+        log.info("shard set %r restored: %s", name, sset.progress())
+
     # ------------------------------------------------------------------ membership
     def worker_gone(self, worker: int, now: float) -> list[tuple[str, int]]:
         """``worker`` died or left: the tasks it held go back to pending, first in line.

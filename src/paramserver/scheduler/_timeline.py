@@ -26,7 +26,7 @@ __all__ = ["EVENT_KINDS", "MAX_EVENTS", "Timeline"]
 MAX_EVENTS = 500
 
 #: The kinds of events, as they appear in ``ClusterStatus.events``.
-EVENT_KINDS = ("join", "failure", "failover", "finish", "drain", "migration", "checkpoint")
+EVENT_KINDS = ("join", "failure", "failover", "finish", "drain", "migration", "checkpoint", "rebuild")
 
 
 class Timeline:

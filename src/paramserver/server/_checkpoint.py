@@ -80,7 +80,7 @@ class Restorer:
         if (saved.width, saved.dtype, saved.updater) != (spec.width, spec.dtype, spec.updater):
             raise CheckpointError(f"table {spec.name!r} was declared with {spec.describe()}, but the checkpoint "
                                   f"{loc.url!r} holds it with {saved.describe()}")
-        layout = store.updater.state_layout(store.width, store.dtype)
+        layout = store.layout
         total = 0
         for f in entry["files"]:
             keys, values, state = load_file(loc, f, spec, layout)

@@ -72,7 +72,11 @@ class Pulls:
             ranges = ranges_from_wire(body.ranges)
             if not ranges:
                 raise ProtocolError("a range pull needs at least one range")
-        self._pull(Pull(msg, tuple(body.reply_filters), _override(body), ranges), out)
+        if body.since is not None and not state.stores[msg.table].spec.lifecycle.active:
+            raise InvalidArgument(f"table {state.stores[msg.table].spec.name!r} keeps no push iterations per row; "
+                                  f"a delta (since=) needs a table declared with ttl=, capacity=, admit_after= or "
+                                  f"admit_prob=")
+        self._pull(Pull(msg, tuple(body.reply_filters), _override(body), ranges, since=body.since), out)
 
     def _pull(self, pull: Pull, out: list[Action]) -> None:
         state = self.state
@@ -116,7 +120,7 @@ class Pulls:
                 out.append(Reply(msg, arrays=[store.pull(msg.arrays[0])], filters=pull.filters))
             else:
                 assert msg.key_range is not None
-                keys, values = store.pull_range(*msg.key_range)
+                keys, values = store.pull_range(*msg.key_range, since=pull.since)
                 keep = state.own.mastered(keys)
                 if len(pull.ranges) > 1:  # the key range spans them all: keep the keys inside one of them
                     keep &= in_ranges(keys, pull.ranges)

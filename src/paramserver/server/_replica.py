@@ -6,6 +6,13 @@ id, ``TableSync.fresh``/``note``); an aggregated iteration's sum once per origin
 (``agg_seen``); a clock tick advances the worker's range clock (idempotent). Keys come from
 a master, which checked their order: here only the O(1) checks a store needs to stay sound.
 
+Fencing: a REPLICATE sliced under an older key map by a server that the current map no
+longer holds (declared dead, e.g. cut off by a partition, or drained) is refused with a
+:class:`KeyRangeError` and changes nothing. A partitioned master that comes back after the
+cluster moved on keeps its old map until it learns that it is dead; whatever it still sends
+down its old chains is stale and must not be applied twice (the workers have sent those
+pushes again to the new masters). ``fenced`` counts the refusals (in the server's status).
+
 Uses only the public API of :class:`ServerState`. Not thread-safe: the server's receive
 thread only.
 """
@@ -16,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._errors import ProtocolError
+from .._errors import KeyRangeError, ProtocolError
 from ..placement import ranges_from_wire
 from ..protocol import KEY_DTYPE, Message, ReplicateAgg, ReplicatePush, replicate_from_wire
 from ..table import Store
@@ -33,18 +40,32 @@ class Replica:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.fenced = 0  # stale replication refused (see the module's docstring)
+
+    def check_fence(self, msg: Message) -> None:
+        """Raise :class:`KeyRangeError` if ``msg`` comes from a stale master: sliced under an
+        older key map than this server's by a server the current map no longer holds."""
+        keymap = self.state.keymap
+        if keymap is None or msg.epoch >= keymap.epoch or msg.sender in keymap.servers():
+            return
+        self.fenced += 1
+        raise KeyRangeError(f"server {self.state.id} refuses replication from server {msg.sender} sliced in "
+                            f"key map epoch {msg.epoch}: the cluster is at epoch {keymap.epoch} and server "
+                            f"{msg.sender} is no longer in it (it was declared dead or drained)")
 
     def on_request(self, msg: Message, now: float, out: list[Action]) -> None:
         """Apply what a master applied (or an earlier link of its chain passed on), pass it
         down the chain, and answer once the tail has it."""
         state = self.state
+        self.check_fence(msg)
         store = state.store_of(msg)
         sync = state.sync[msg.table]
         body = replicate_from_wire(msg.body)  # its kind, worker, origins and chain, checked
         if isinstance(body, ReplicateAgg):
+            keys, values = _replica_arrays(msg, store)
+            state.migrations.drop_standby(msg.table, msg.clock, keys)  # handed-over sums now in it
             if not sync.agg_duplicate(body.origins, msg.clock):
-                keys, values = _replica_arrays(msg, store)
-                store.push(keys, values)
+                store.push(keys, values, msg.clock)
                 for o, _ in body.origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)
         elif isinstance(body, ReplicatePush):
@@ -52,9 +73,9 @@ class Replica:
             rid = body.rid  # -1: a push outside any channel, never sent again
             fresh = sync.fresh(body.worker, rid, keys, body.again) if rid >= 0 else None
             if fresh is None:
-                store.push(keys, values)
+                store.push(keys, values, msg.clock)
             elif fresh.any():
-                store.push(keys[fresh], values[fresh])
+                store.push(keys[fresh], values[fresh], msg.clock)
             if rid >= 0:
                 sync.note(body.worker, rid, keys, body.lw, body.again)
         else:  # a clock tick: advancing a clock is idempotent, a second copy changes nothing

@@ -30,6 +30,7 @@ from ..protocol import Message, Op, Status, StatusRequest
 from ..table import Store, TableSpec, parse_modules
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply, Wake, WriteCheckpoint
 from ._checkpoint import Restorer, write_checkpoint
+from ._crashpoint import CrashPoint
 from ._state import ServerState
 from ._sync import TableSync
 
@@ -53,6 +54,8 @@ class Server:
         self.state = ServerState(node.id, restore=self.restorer.restore if self.restorer else None,
                                  user_modules=parse_modules(node.config.updater_modules))
         self.done = threading.Event()
+        #: The test hook PS_CRASH_AT (``_crashpoint.py``).
+        self.crash = CrashPoint(node.config.crash_at, node.config.crash_once)
         self.exit_reason = ""
         self._sync_node()
         for op in _OPS:
@@ -60,6 +63,7 @@ class Server:
         node.on(Op.STATUS, self._on_status)
         node.on_abort.append(self._on_abort)
         node.on_nodes_changed.append(self._on_nodes_changed)
+        node.scheduler.report = self._rejoin_report
         self._perform: dict[type, Any] = {
             Reply: self._reply, Moved: self._moved, Fail: self._fail, Call: self._call, Adopt: self._adopt,
             Wake: self._wake, WriteCheckpoint: self._write,
@@ -86,6 +90,13 @@ class Server:
         self._sync_node()
         self.state.add_tables(tables)
 
+    def _rejoin_report(self) -> dict[str, Any]:
+        """What a restarted scheduler learns from this server: its tables, their consistency
+        models and readers (node/_rejoin.py)."""
+        state = self.state
+        return {"tables": [[tid, store.spec.to_wire(), state.sync[tid].policy.to_wire(), sorted(state.sync[tid].readers)]
+                           for tid, store in sorted(state.stores.items())]}
+
     # ------------------------------------------------------------------ events in
     def _sync_node(self) -> None:
         node, state = self.node, self.state
@@ -99,7 +110,9 @@ class Server:
                                   f"{node.config.max_keys:,} (PS_MAX_KEYS); send fewer keys per request")
         if node.keymap is not state.keymap or node.id != state.id:
             state.set_keymap(node.keymap, node.id)
+        self.crash.check(msg, "before", state.id, state.keymap)
         self._run(state.handle(msg, time.monotonic()))
+        self.crash.check(msg, "after", state.id, state.keymap)
 
     def _on_nodes_changed(self, gone: set[int]) -> None:
         self._sync_node()
@@ -187,6 +200,7 @@ class Server:
             },
             "duplicates": state.duplicates,
             "moved": state.moved,
+            "fenced": state.replica.fenced,
             "replicated": dict(state.replicated),
             "replicated_bytes": state.replicated_bytes,
             "migrations": state.migrations.status(),

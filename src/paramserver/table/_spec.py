@@ -10,13 +10,14 @@ Specs are immutable and thread-safe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .._errors import DTypeError, InvalidArgument, ProtocolError, TableError
 from ._init import BUILTIN_INITS, Initializer, resolve_init
+from ._lifecycle import Lifecycle
 from ._updaters import BUILTIN_UPDATERS, Updater, resolve_updater, updater_name
 
 __all__ = ["TABLE_DTYPES", "TableSpec"]
@@ -53,6 +54,8 @@ class TableSpec:
     #: For a table that aggregates: how many of the last finished iterations its servers
     #: keep, so that a pull may read the table as it was after one of them (0: none).
     snapshots: int = 0
+    #: Admission and eviction of rows (see ``_lifecycle.py``; all off by default).
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
     @classmethod
     def create(
@@ -66,6 +69,11 @@ class TableSpec:
         init_args: dict[str, Any] | None = None,
         aggregate: bool = False,
         snapshots: int = 0,
+        *,
+        admit_after: int = 0,
+        admit_prob: float = 1.0,
+        ttl: int = 0,
+        capacity: int = 0,
     ) -> TableSpec:
         """Validate user arguments into a spec.
 
@@ -111,7 +119,12 @@ class TableSpec:
         if snapshots and not aggregate:
             raise InvalidArgument(f"table {name!r}: snapshots= needs aggregate=True (only a table that applies whole "
                                   f"iterations has a state at each finished iteration)")
-        spec = cls(name, int(width), dt.name, up_name, up_params, init_name, init_params, aggregate, snapshots)
+        life = Lifecycle(admit_after, admit_prob, ttl, capacity)
+        if life.active and aggregate:
+            raise InvalidArgument(f"table {name!r}: admission and eviction (admit_after, admit_prob, ttl, capacity) "
+                                  f"apply to tables that apply each push, not to aggregate=True")
+        spec = cls(name, int(width), dt.name, up_name, up_params, init_name, init_params, aggregate, snapshots,
+                   Lifecycle(**life.to_wire()))
         spec.validate(import_user_code=False)
         return spec
 
@@ -126,6 +139,10 @@ class TableSpec:
         elif ":" not in self.updater:
             resolve_updater(self.updater)  # raises the 'unknown updater' error
         self.make_init()
+
+    def state_layout(self) -> dict[str, tuple[int, np.dtype[Any], float]]:
+        """Every per-row state array of the table: the updater's, then the lifecycle's."""
+        return {**self.make_updater().state_layout(self.width, self.np_dtype), **self.lifecycle.layout()}
 
     def make_updater(self) -> Updater:
         return resolve_updater(self.updater, dict(self.updater_params))
@@ -144,6 +161,7 @@ class TableSpec:
         init = self.init + (str(dict(self.init_params)) if self.init_params else "")
         agg = ", aggregate=True" if self.aggregate else ""
         agg += f", snapshots={self.snapshots}" if self.snapshots else ""
+        agg += "".join(f", {k}={v}" for k, v in self.lifecycle.to_wire().items())
         return f"width={self.width}, dtype={self.dtype}, updater={up}, init={init}{agg}"
 
     def check_compatible(self, other: TableSpec) -> None:
@@ -165,6 +183,7 @@ class TableSpec:
             "init_params": dict(self.init_params),
             "aggregate": self.aggregate,
             **({"snapshots": self.snapshots} if self.snapshots else {}),
+            **self.lifecycle.to_wire(),
         }
 
     @classmethod
@@ -191,4 +210,8 @@ class TableSpec:
         snapshots = data.get("snapshots", 0)
         if type(snapshots) is not int:
             raise ProtocolError("malformed table spec: snapshots must be an int")
-        return cls.create(name, width, dtype, up, init, up_p, init_p, aggregate, snapshots)
+        life = {k: data[k] for k in ("admit_after", "admit_prob", "ttl", "capacity") if k in data}
+        for k, v in life.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (k != "admit_prob" and type(v) is not int):
+                raise ProtocolError(f"malformed table spec: {k} must be a number")
+        return cls.create(name, width, dtype, up, init, up_p, init_p, aggregate, snapshots, **life)

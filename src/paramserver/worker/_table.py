@@ -465,8 +465,11 @@ class Table:
     def pull_range(self, lo: int = 0, hi: int = KEY_SPACE, *, block: bool = True, deps: Any = None,
                    consistency: str | Consistency | None = None, tau: int | None = None,
                    clock: int | None = None, filters: list[Any] | None = None,
-                   timeout: float | None = None) -> Any:
+                   since: int | None = None, timeout: float | None = None) -> Any:
         """Every key present on the servers in ``[lo, hi)``, ascending, with its values.
+
+        ``since``: only the rows pushed after iteration ``since`` (a delta), for a table
+        declared with admission or eviction (which keeps each row's last push iteration).
 
         Returns ``(keys, values)`` (or a Request of it when ``block=False``).
         """
@@ -476,9 +479,14 @@ class Table:
         lo, hi = int(lo), int(hi)
         if not 0 <= lo < hi <= KEY_SPACE:
             raise InvalidArgument(f"invalid key range [{lo}, {hi}): need 0 <= lo < hi <= 2**64")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, np.integer))):
+            raise InvalidArgument(f"since must be an iteration (an int), got {since!r}")
+        if since is not None and not self.spec.lifecycle.active:
+            raise InvalidArgument(f"table {self.name!r} keeps no push iterations per row; a delta (since=) needs a "
+                                  f"table declared with ttl=, capacity=, admit_after= or admit_prob=")
         keymap = self._session.keymap()
         got: list[tuple[np.ndarray, np.ndarray]] = []
-        parts = self._range_parts(keymap, [(lo, hi)])
+        parts = self._range_parts(keymap, [(lo, hi)], body=None if since is None else {"since": int(since)})
 
         def on_part(msg: Message) -> None:
             ok = len(msg.arrays) == 2

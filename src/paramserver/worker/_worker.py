@@ -28,11 +28,12 @@ import psutil
 from .._config import Config, parse_address
 from .._errors import InvalidArgument, ProtocolError, PSError
 from ..clock import Consistency
-from ..node import DEFAULT_GROUP, SCHEDULER_ID, Node, choose_host, process_info
+from ..node import DEFAULT_GROUP, Node, choose_host, process_info
 from ..protocol import Barrier, Bye, Message, Op, PolicyRequest, PolicyUpdate, RegisterReply, TableDeclare, TableReply
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
+from ._roles import NODE_ROLES, become_node
 from ._session import Session, wait_result
 from ._shards import Shard, iterate_shards, row_shards
 from ._table import Table
@@ -117,6 +118,12 @@ class Worker:
         self._process = psutil.Process()  # this process's memory, in heartbeat reports
         node.on(Op.POLICY, self._on_policy)
         node.heartbeats.body = self._heartbeat
+        #: What a restarted scheduler learns from this worker (node/_rejoin.py): declarations,
+        #: shard progress per set ({set, shards, epochs, done, running}), barrier rounds passed.
+        self._declared: dict[str, dict[str, Any]] = {}
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._rounds: dict[str, int] = {}
+        node.scheduler.report = self._rejoin_report
         _open.add(self)
 
     def __repr__(self) -> str:
@@ -162,6 +169,10 @@ class Worker:
         filters: list[Any] | None = None,
         readonly: bool = False,
         writers: Sequence[str] | None = None,
+        admit_after: int = 0,
+        admit_prob: float = 1.0,
+        ttl: int = 0,
+        capacity: int = 0,
         timeout: float | None = None,
     ) -> Table:
         """Declare the table ``name`` (or attach to it if it exists with the same spec).
@@ -214,6 +225,14 @@ class Worker:
             For a table in a namespace (``"ns/name"``): the worker groups that may write
             the namespace, fixed by the first declaration that names them; a worker of
             another group may then attach to its tables with ``readonly=True`` only.
+        admit_after, admit_prob:
+            Admission of new keys on the servers: a key gets a trained row from its
+            ``admit_after``-th push on (earlier pushes are counted and dropped), and only
+            with probability ``admit_prob`` (decided once per key, the same everywhere).
+        ttl, capacity:
+            Eviction on the servers: a row untouched for more than ``ttl`` iterations is
+            gone (reads as the initial values); a server holds at most ``capacity`` rows of
+            the table, freeing the least recently touched first (docs/torch.md, "Row lifecycle").
 
         Raises
         ------
@@ -224,7 +243,8 @@ class Worker:
         DTypeError, InvalidArgument, ConfigError
             The spec is invalid (checked before anything is sent).
         """
-        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots)
+        spec = TableSpec.create(name, width, dtype, updater, init, updater_args, init_args, aggregate, snapshots,
+                                admit_after=admit_after, admit_prob=admit_prob, ttl=ttl, capacity=capacity)
         policy = Consistency.of(consistency, tau) or Consistency()
         self._check_open()
         with self._lock:
@@ -241,8 +261,10 @@ class Worker:
             return existing
         body = TableDeclare(spec=spec.to_wire(), policy=policy.to_wire(), readonly=readonly,
                             writers=list(writers) if writers is not None else None).to_wire()
-        reply = self._node.call(SCHEDULER_ID, Message(Op.TABLE, body=body), f"declaring table {name!r}", timeout)
+        reply = self._node.scheduler.call(Op.TABLE, body, f"declaring table {name!r}", timeout)
         declared = TableReply.from_wire(reply.body)
+        with self._lock:
+            self._declared[name] = {**body, "id": declared.id}
         table = Table(self._session, declared.id, spec, Consistency.from_wire(declared.policy), filters,
                       readonly=readonly)
         with self._lock:
@@ -267,8 +289,14 @@ class Worker:
             Seconds to wait at most (PS_TIMEOUT if None).
         """
         self._check_open()
-        self._node.call(SCHEDULER_ID, Message(Op.BARRIER, body=Barrier(group=group).to_wire()),
-                        f"barrier of the {group}", timeout)
+        key = ("workers" if self.group == DEFAULT_GROUP else f"workers/{self.group}") if group == "workers" else group
+        seq = self._rounds[key] + 1 if key in self._rounds else 0
+        reply = self._node.scheduler.call(Op.BARRIER, Barrier(group=group, seq=seq).to_wire(),
+                                          f"barrier of the {group}", timeout)
+        passed = reply.body.get("round")
+        if type(passed) is int:
+            with self._lock:
+                self._rounds[key] = passed
 
     def shards(self, name: str, shards: Sequence[Any], *, epochs: int = 1,
                timeout: float | None = None) -> Iterator[Shard]:
@@ -290,7 +318,9 @@ class Worker:
         """
         def call(body: dict[str, Any]) -> dict[str, Any]:
             self._check_open()
-            return self._node.call(SCHEDULER_ID, Message(Op.TASK, body=body), f"shard set {name!r}", timeout).body
+            reply = self._node.scheduler.call(Op.TASK, body, f"shard set {name!r}", timeout).body
+            self._track_task(body, reply)
+            return reply
 
         def done(shard: Shard) -> None:
             with self._lock:
@@ -426,12 +456,47 @@ class Worker:
         if policy is None:
             raise InvalidArgument("give consistency= and/or tau=")
         self._check_open()
-        self._node.call(SCHEDULER_ID, Message(Op.POLICY, body=PolicyRequest(name=table, policy=policy.to_wire()).to_wire()),
-                        f"changing the consistency of table {table!r}", timeout)
+        self._node.scheduler.call(Op.POLICY, PolicyRequest(name=table, policy=policy.to_wire()).to_wire(),
+                                  f"changing the consistency of table {table!r}", timeout)
         t = self._tables.get(table)
         if t is not None:
             t.policy = policy
         return policy
+
+    def _track_task(self, body: dict[str, Any], reply: dict[str, Any]) -> None:
+        """Keep this worker's view of a shard set's progress (for a restarted scheduler)."""
+        with self._lock:
+            name = body.get("set")
+            if not isinstance(name, str):
+                return
+            entry = self._tasks.get(name)
+            if body.get("shards") is not None and (
+                    entry is None or entry["shards"] != body["shards"] or entry["epochs"] != body.get("epochs", 1)):
+                entry = self._tasks[name] = {"set": name, "shards": body["shards"], "epochs": body.get("epochs", 1),
+                                             "done": [], "running": []}
+            if entry is None:
+                return
+            done = body.get("done")
+            if type(done) is int and done in entry["running"]:
+                entry["running"].remove(done)
+                if not body.get("release"):
+                    entry["done"].append(done)
+            task = reply.get("task")
+            if reply.get("state") == "task" and type(task) is int:
+                entry["running"].append(task)
+
+    def _rejoin_report(self) -> dict[str, Any]:
+        """This worker's REJOIN fields (runs on the node's loop; copies under the lock)."""
+        with self._lock:
+            tables = []
+            for t in self._tables.values():
+                wire = [t.id, t.spec.to_wire(), t.policy.to_wire()]
+                if t.readonly:
+                    wire.append([self.id])
+                tables.append(wire)
+            return {"tables": tables, "num_workers": self.num_workers, "declared": list(self._declared.values()),
+                    "shards": [{**e, "done": list(e["done"]), "running": list(e["running"])} for e in self._tasks.values()],
+                    "barriers": dict(self._rounds)}
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, messages and bytes, overall and per table.
@@ -525,7 +590,7 @@ class Worker:
         node = self._node
         if node.aborted is None:
             try:
-                node.call(SCHEDULER_ID, Message(Op.BYE, body=bye.to_wire()), "goodbye", timeout)
+                node.scheduler.call(Op.BYE, bye.to_wire(), "goodbye", timeout)
             except PSError as exc:
                 log.debug("worker %d: goodbye not acknowledged: %s", self.id, exc)
         node.close(linger=1.0)
@@ -569,6 +634,10 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         The cluster's key directory (PS_KEYS if None; see ``paramserver keygen``); this
         host needs its ``*.key`` files and ``worker.key_secret``.
 
+    Under ``DMLC_ROLE=scheduler`` or ``DMLC_ROLE=server`` (ps-lite's launchers start the same
+    script in every role) this call does not return: the process becomes that node and
+    exits with the job's code when the job ends (docs/deploy.md).
+
     Raises
     ------
     ConnectError
@@ -580,6 +649,8 @@ def connect(address: str | None = None, *, timeout: float | None = None,
     cfg = config or Config.from_env()
     if keys is not None:
         cfg = dataclasses.replace(cfg, keys=os.fspath(keys))
+    if cfg.role in NODE_ROLES and transport is None:
+        become_node(cfg, parse_address(address) if address else None)
     addr = parse_address(address) if address else cfg.scheduler_address()
     name = cfg.group if group is None else group
     size = cfg.group_workers if group_workers is None else group_workers
