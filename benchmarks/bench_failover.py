@@ -273,6 +273,8 @@ def main() -> None:
     if args.pusher:
         pusher_main(args.pusher, args.seed)
         return
+    # a SIGTERM (a time limit) unwinds like Ctrl-C, so the namespaces are removed
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     only = set(args.only.split(","))
     results: dict[str, Any] = {"paper_s": PAPER_FAILOVER_S, "trials": args.trials}
     names = {"a": "crash", "b": "partition", "c": "stall"}
