@@ -473,8 +473,8 @@ class SchedulerCore:
     def suspect(self, nid: int, why: str, now: float) -> list[Action]:
         """The link to member ``nid`` broke (``why``): probe it, unless a probe runs."""
         info = self.nodes.get(nid)
-        if info is None or nid not in self.last_seen:
-            return []  # not (or no longer) a member that heartbeats: nothing to detect
+        if info is None or nid not in self.last_seen or self.finished:
+            return []  # not (or no longer) a member that heartbeats, or the job is ending: nothing to detect
         probe = self.detector.suspect(nid, info.address, why, now)
         return [probe] if probe is not None else []
 
