@@ -198,3 +198,35 @@ def test_a_worker_cut_off_from_every_server_gets_a_clear_error_within_its_timeou
     bed[3].heal_from(bed[1])
     bed[3].heal_from(bed[2])
     job.shutdown()
+
+
+def test_doctor_says_what_is_wrong_before_a_node_hangs(netbed: Callable[..., NetBed], keys: Path) -> None:
+    """``paramserver doctor ADDRESS`` from host 3: all well; then without the keys; then with
+    host 2's server cut off from host 3 (the scheduler still reaches it: the classic hang of
+    a server advertising an address workers cannot reach); then a name that does not resolve."""
+    bed = netbed(4)
+    job = Job(bed, keys, [1, 2])
+    wait_for("both servers registered", lambda: len(job.status()["servers"]) == 2)
+    doctor = [*PS, "doctor", f"{bed[0].ip}:{PORT}", "--timeout", "5"]
+    res = bed[3].run(doctor, job.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "all checks passed" in res.stdout and f"advertises {bed[3].ip}" in res.stdout, res.stdout
+    assert f"server {bed[2].ip}" not in res.stdout and f"at tcp://{bed[2].ip}:" in res.stdout
+    assert "scheduler runs paramserver" in res.stdout
+    # no keys on this side: the port answers but registration cannot succeed
+    res = bed[3].run(doctor, {k: v for k, v in job.env.items() if k != "PS_KEYS"})
+    assert res.returncode == 1
+    assert "FAIL registration" in res.stdout and "PS_KEYS" in res.stdout, res.stdout
+    # host 2's server unreachable from host 3 only
+    bed[3].cut_from(bed[2])
+    res = bed[3].run(doctor, job.env)
+    assert res.returncode == 1, res.stdout
+    line = next(x for x in res.stdout.splitlines() if x.startswith("FAIL") and "servers" in x)
+    assert f"advertises tcp://{bed[2].ip}:" in line and "PS_HOST" in line, res.stdout
+    bed[3].heal_from(bed[2])
+    res = bed[3].run([*PS, "doctor", "no-such-host.invalid:9000"], job.env)
+    assert res.returncode == 1 and "FAIL name" in res.stdout and "cannot resolve" in res.stdout, res.stdout
+    # the start-up log says what each node bound and advertises
+    assert f"server bound tcp://{bed[1].ip}:" in bed[1].log("server")
+    job.shutdown()
+

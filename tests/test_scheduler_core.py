@@ -250,3 +250,24 @@ def test_malformed_registrations_raise_protocol_errors(body: dict[str, Any]) -> 
     core = make()
     with pytest.raises(ProtocolError):
         core.handle(Message(Op.REGISTER, sender=-1, ts=1, body=body), 0)
+
+
+def test_a_node_declared_dead_that_speaks_again_is_told_to_exit() -> None:
+    """A healed partition: the scheduler has forgotten the node (no link to it any more),
+    yet opens one for the answer that it is no longer a member; an id never seen gets the
+    plain refusal and no link."""
+    core = make(num_servers=1)
+    s, _ = register(core, "server")
+    w, a = register(core, "worker")
+    ack_all(core, a, Op.NODES)
+    core.handle(Message(Op.HEARTBEAT, sender=s, ts=8), 9.0)
+    out = core.tick(9.5)  # the worker silent for 9.5 s > 5: dead
+    assert any(isinstance(x, Disconnect) and x.node == w for x in out)
+    back = core.handle(Message(Op.HEARTBEAT, sender=w, ts=9), 10.0)
+    assert [type(x) for x in back] == [Connect, Send, Disconnect]
+    connect, answer, _ = back
+    assert connect.node == w and connect.address == "tcp://127.0.0.1:5000"
+    assert answer.node == w and answer.msg.status == Status.ERROR
+    assert answer.msg.body["type"] == "JobAborted" and "declared dead" in answer.msg.body["message"]
+    (refusal,) = core.handle(Message(Op.HEARTBEAT, sender=99, ts=10), 10.0)
+    assert isinstance(refusal, Send) and "never registered" in refusal.msg.body["message"]

@@ -116,19 +116,21 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str | No
         if "PS_KEYS" in node_env:
             node_env["PS_KEYS"] = os.path.abspath(node_env["PS_KEYS"])
 
-        def start(name: str, i: int, argv: list[str], role_env: dict[str, str]) -> Proc:
+        def start(role: str, i: int, argv: list[str], role_env: dict[str, str]) -> Proc:
+            """Node ``i`` of ``role`` ("server" or "worker"): here, or on its host over ssh."""
+            name = f"{role} {i}"
             if where is None:
                 return spawn(name, argv, {**node_env, **role_env})
-            on = (where.servers if name.startswith("server") else where.workers)[i]
+            on = (where.servers if role == "server" else where.workers)[i]
             return spawn_remote(name, on, argv, {**forwarded_env(node_env, forward), **role_env}, ssh=ssh)
 
         server_argv = node_command("server") if hosts else node_command("server", "--host", bind)
-        server_procs = [start(f"server {i}", i, server_argv, {"DMLC_ROLE": "server"}) for i in range(servers)]
+        server_procs = [start("server", i, server_argv, {"DMLC_ROLE": "server"}) for i in range(servers)]
         procs += server_procs
         worker_procs = []
         for i in range(workers):
             try:
-                worker_procs.append(start(f"worker {i}", i, list(command),
+                worker_procs.append(start("worker", i, list(command),
                                           {"DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)}))
             except OSError as exc:  # vanished or lost its permission since the check
                 raise PSError(f"cannot run the workers' command {command[0]!r}: {exc.strerror or exc}") from None

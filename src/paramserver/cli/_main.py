@@ -165,6 +165,12 @@ def _cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    from ._doctor import doctor
+
+    return doctor(args.address, config, timeout=args.timeout)
+
+
 def _cmd_shutdown(args: argparse.Namespace, config: Config) -> int:
     from ..deploy import AdminClient
 
@@ -316,6 +322,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", type=float, default=1.0, help="seconds between status reports (default 1)")
     s.add_argument("--timeout", type=float, default=10.0)
     s.set_defaults(fn=_cmd_dashboard)
+
+    s = sub.add_parser("doctor", help="check that a node here can join the cluster at ADDRESS: name, route, "
+                                      "reachability both ways, keys, versions, the servers' addresses")
+    s.add_argument("address", help="scheduler address host:port")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the registration (default 10)")
+    s.set_defaults(fn=_cmd_doctor)
 
     s = sub.add_parser("shutdown", help="end the job of a cluster and stop its nodes")
     s.add_argument("address", help="scheduler address host:port")

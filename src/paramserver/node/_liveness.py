@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConnectError, JobAborted, PSError, RequestTimeout
+from .._errors import ConfigError, ConnectError, JobAborted, PSError, RequestTimeout
 from ..clock import Request
 from ..protocol import Message, Op, Ping, RegisterReply
 from ._host import probe
@@ -136,7 +136,10 @@ class _Waiting:
                     "(a scheduler that ran there has exited)")
         else:
             why = "something listens there but did not answer as a paramserver scheduler"
-            hint = f"check the address and the security settings, or raise {self.limit}"
+            hint = (f"the keys (PS_KEYS) may differ from the cluster's, the scheduler may be unable to connect "
+                    f"back to this {self.node.role} at {self.node.address} (set PS_HOST to an address it reaches), "
+                    f"or it runs another paramserver version; `paramserver doctor "
+                    f"{self.scheduler.removeprefix('tcp://')}` checks each")
         return ConnectError(f"no scheduler answered at {self.scheduler} {what}: {why}; {hint}")
 
 
@@ -156,7 +159,17 @@ def register(node: Node, scheduler: str, body: dict[str, Any], timeout: float,
     ConnectError
         No scheduler answered within ``timeout`` seconds, or the scheduler answered but the
         job did not start in that time (the message says which, and what it waits for).
+    ConfigError
+        The node would advertise a wildcard address (bound to 0.0.0.0 without PS_HOST).
     """
+    advertised = str(body.get("address", ""))
+    if advertised.removeprefix("tcp://").rpartition(":")[0] in ("0.0.0.0", "*", "::", "[::]"):
+        raise ConfigError(f"this {node.role} is bound to every interface and would advertise {advertised}, which no "
+                          f"peer can connect to: set PS_HOST (or --host) to this machine's address on the "
+                          f"cluster's network")
+    (log.debug if node.role == "client" else log.info)(
+        "%s bound %s and advertises %s; registering with the scheduler at %s", node.role, node.address,
+        advertised, scheduler)
     node.members.scheduler_address = scheduler
     waiting = _Waiting(node, scheduler, timeout, limit)
     node.on(Op.PING, waiting.on_ping)

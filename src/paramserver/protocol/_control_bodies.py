@@ -264,6 +264,8 @@ class ClusterStatus(Nodes):
     reports: dict[str, Any] = field(default_factory=dict, metadata=OMIT)
     #: The scheduler's timeline, oldest first: ``[seconds since start, kind, node id or -1, text]``.
     events: list[list[Any]] = field(default_factory=list, metadata=OMIT)
+    #: The scheduler's paramserver version (``paramserver doctor`` compares it with its own).
+    version: str = field(default="", metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import InvalidArgument, JobAborted, ProtocolError, PSError, TableError
+from .._version import __version__
 from .._words import plural
 from ..clock import Consistency
 from ..node import DEFAULT_GROUP, SCHEDULER_ID, NodeInfo, error_body
@@ -247,6 +248,7 @@ class SchedulerCore:
         #: Nodes declared dead: id -> (role, address), to tell one that comes back (a healed
         #: partition) that it is no longer a member; the oldest are forgotten past _TOMBSTONES.
         self.declared_dead: dict[int, tuple[str, str]] = {}
+        self._told_dead: set[int] = set()  # the ones of them already warned about
         self.keymap: KeyMap | None = None
         self.finished = False
         self._ids = itertools.count(1)
@@ -508,8 +510,10 @@ class SchedulerCore:
             return [self._error(msg, JobAborted(
                 f"node {msg.sender} is not a member of this cluster (declared dead or never registered)"))]
         role, address = dead
-        log.warning("%s %d at %s speaks again after it was declared dead; telling it to exit", role, msg.sender,
-                    address)
+        if msg.sender not in self._told_dead:  # (once: it speaks at every heartbeat until the answer arrives)
+            self._told_dead.add(msg.sender)
+            log.warning("%s %d at %s speaks again after it was declared dead; telling it to exit", role, msg.sender,
+                        address)
         return [Connect(msg.sender, address, role), self._error(msg, JobAborted(
             f"{role} {msg.sender} is not a member of this cluster: it was declared dead (no heartbeat within "
             f"PS_HEARTBEAT_TIMEOUT, e.g. behind a network partition) and the cluster went on without it")),
@@ -522,7 +526,9 @@ class SchedulerCore:
             return []
         self.declared_dead[nid] = (info.role, info.address)
         while len(self.declared_dead) > _TOMBSTONES:
-            del self.declared_dead[next(iter(self.declared_dead))]
+            old = next(iter(self.declared_dead))
+            del self.declared_dead[old]
+            self._told_dead.discard(old)
         log.warning("%s", reason)
         self.timeline.add(now, "failure", nid, reason)
         out: list[Action] = [Disconnect(nid)]
@@ -1129,6 +1135,7 @@ class SchedulerCore:
                 namespaces=self.namespaces.status(),
                 reports=self.timeline.reports(now),
                 events=self.timeline.to_wire(),
+                version=__version__,
             )
             return [Send(msg.sender, msg.reply(body=body.to_wire()))]
 

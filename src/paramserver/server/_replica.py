@@ -11,7 +11,10 @@ longer holds (declared dead, e.g. cut off by a partition, or drained) is refused
 :class:`KeyRangeError` and changes nothing. A partitioned master that comes back after the
 cluster moved on keeps its old map until it learns that it is dead; whatever it still sends
 down its old chains is stale and must not be applied twice (the workers have sent those
-pushes again to the new masters). ``fenced`` counts the refusals (in the server's status).
+pushes again to the new masters). The node layer already drops messages from nodes that
+are not members; this check covers a replica that has the new key map (from a migration
+or a "moved" answer) before the node table that drops the stale master. ``fenced``
+counts the refusals (in the server's status).
 
 Uses only the public API of :class:`ServerState`. Not thread-safe: the server's receive
 thread only.
