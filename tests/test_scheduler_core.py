@@ -261,7 +261,7 @@ def test_a_node_declared_dead_that_speaks_again_is_told_to_exit() -> None:
     w, a = register(core, "worker")
     ack_all(core, a, Op.NODES)
     core.handle(Message(Op.HEARTBEAT, sender=s, ts=8), 9.0)
-    out = core.tick(9.5)  # the worker silent for 9.5 s > 5: dead
+    out = tick_probing(core, 9.5)  # the worker silent for 9.5 s > 5, and its probe fails: dead
     assert any(isinstance(x, Disconnect) and x.node == w for x in out)
     back = core.handle(Message(Op.HEARTBEAT, sender=w, ts=9), 10.0)
     assert [type(x) for x in back] == [Connect, Send, Disconnect]
