@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 BENCHES = ["bench_codec.py", "bench_pushpull.py", "bench_server.py", "bench_index.py", "bench_bounded_delay.py",
            "bench_filters.py", "bench_logreg.py", "bench_lda.py", "bench_replication.py", "bench_groups.py",
-           "bench_curve.py", "bench_torch.py"]
+           "bench_curve.py", "bench_torch.py", "bench_failover.py"]
 
 
 def main() -> int:

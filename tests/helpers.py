@@ -22,3 +22,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tick_probing(core, now: float, error: str = "nothing listens there (connection refused)") -> list:
+    """``core.tick(now)``, then every probe it asks for ends at ``now`` with ``error`` ("" for a
+    probe that connected): the scheduler's failure detection without sockets."""
+    from paramserver.scheduler import Probe
+
+    out = core.tick(now)
+    for probe in [a for a in out if isinstance(a, Probe)]:
+        out += core.probed(probe.node, error, now)
+    return out

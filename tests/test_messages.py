@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 import paramserver as ps
-from helpers import free_port
+from helpers import free_port, tick_probing
 from paramserver.deploy import AdminClient
 from paramserver.protocol import Message, Op
 from paramserver.scheduler import Connect, Finish, SchedulerCore, Send
@@ -54,11 +54,11 @@ def test_a_waiting_registration_is_told_what_the_job_waits_for() -> None:
         {"id": w, "waiting": "waiting for 1 more server (1 of 2 registered; 1 worker waiting)"}]
     assert core.waiting_for() == "waiting for 1 more server (1 of 2 registered; 1 worker waiting)"
     # every third of the heartbeat timeout both are told again, and their answers keep them alive
-    out = core.tick(2.0)
+    out = tick_probing(core, 2.0)
     assert sorted(p.node for p in sends(out, Op.PING)) == [s1, w]
     for p in sends(out, Op.PING):
         assert core.handle(Message(Op.PING, sender=p.node, ts=p.msg.ts, response=True), 2.5) == []
-    assert core.tick(7.0) and {s1, w} <= set(core.nodes)
+    assert tick_probing(core, 7.0) and {s1, w} <= set(core.nodes)
     # once the job starts there is nothing to wait for, and no more pings
     s2, a3 = register(core, "server")
     assert not sends(a3, Op.PING) and core.waiting_for() == ""
@@ -70,11 +70,11 @@ def test_a_waiting_node_that_stops_answering_is_forgotten_and_not_counted() -> N
     s1, _ = register(core, "server")
     w, _ = register(core, "worker")
     for t in (2.0, 4.0):  # the worker answers its pings, the server is dead
-        for p in sends(core.tick(t), Op.PING):
+        for p in sends(tick_probing(core, t), Op.PING):
             if p.node == w:
                 core.handle(Message(Op.PING, sender=w, ts=p.msg.ts, response=True), t)
     core.handle(Message(Op.PING, sender=w, ts=99, response=True), 6.0)
-    core.tick(6.5)
+    tick_probing(core, 6.5)
     assert s1 not in core.nodes and w in core.nodes
     assert core.waiting_for() == "waiting for 2 more servers (0 of 2 registered; 1 worker waiting)"
     s2, _ = register(core, "server", 7.0)

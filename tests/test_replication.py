@@ -251,3 +251,45 @@ def test_join_a_fourth_server_then_drain_one_while_workers_push(fast_env: dict[s
         owners = km.masters(keys)
         for sid, s in status["servers"].items():
             assert s["tables"]["1"]["keys"] == int((owners == int(sid)).sum())
+
+
+def test_a_crash_fails_over_from_the_broken_link_without_heartbeats(fast_env: dict[str, str]) -> None:
+    """Heartbeats too slow to matter (a 10-minute timeout): the SIGKILLed server's broken
+    connections make its peers and the scheduler suspect it, the probe finds nothing
+    listening, and the job fails over and finishes exactly."""
+    rounds = 60
+    env = _env(fast_env, PS_HEARTBEAT_TIMEOUT="600")
+    with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:
+        with _pushing_workers(cluster, env, rounds) as procs:
+            _wait_for("50 pushes", lambda: _pushes(cluster) >= 50)
+            os.kill(cluster.server_pids[1], signal.SIGKILL)
+            codes = [p.wait(timeout=240) for p in procs]
+        assert codes == [0, 0, 0]
+        workloads.check_final_state(cluster.address, 3, rounds)
+        status = cluster.status()
+        assert status["failovers"] == 1
+        (failure,) = [e for e in status["events"] if e[1] == "failure"]
+        assert "link" in failure[3] and "connection refused" in failure[3], failure
+
+
+def test_a_stopped_server_is_slow_not_dead(fast_env: dict[str, str]) -> None:
+    """A server SIGSTOPped for four heartbeat timeouts misses its heartbeats, but its address
+    still accepts connections: the probes find it alive, nobody fails over, and the pushes
+    it held up complete once it runs again."""
+    rounds = 40
+    env = _env(fast_env, PS_HEARTBEAT_TIMEOUT="0.5")
+    with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:
+        with _pushing_workers(cluster, env, rounds) as procs:
+            _wait_for("30 pushes", lambda: _pushes(cluster) >= 30)
+            victim = cluster.server_pids[0]
+            os.kill(victim, signal.SIGSTOP)
+            try:
+                time.sleep(2.0)
+            finally:
+                os.kill(victim, signal.SIGCONT)
+            codes = [p.wait(timeout=240) for p in procs]
+        assert codes == [0, 0, 0]
+        workloads.check_final_state(cluster.address, 3, rounds)
+        status = cluster.status()
+        assert status["failovers"] == 0 and len(status["servers"]) == 3
+        assert not [e for e in status["events"] if e[1] == "failure"]

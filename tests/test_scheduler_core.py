@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from helpers import tick_probing
 from paramserver.protocol import Message, Op, Status
 from paramserver.scheduler import Connect, Disconnect, Finish, SchedulerCore, Send
 from paramserver.table import TableSpec
@@ -123,7 +124,7 @@ def test_dead_server_ends_the_job_with_its_name() -> None:
     s, _ = register(core, "server", now=0)
     w, _ = register(core, "worker", now=0)
     core.handle(Message(Op.HEARTBEAT, sender=w, ts=9), 4.0)
-    out = core.tick(6.0)
+    out = tick_probing(core, 6.0)
     finish = next(a for a in out if isinstance(a, Finish))
     assert finish.code == 1 and f"server {s}" in finish.reason and "no heartbeat" in finish.reason
     assert {x.node for x in sends(out, Op.SHUTDOWN)} == {w}
@@ -152,7 +153,7 @@ def test_dynamic_worker_death_releases_barriers() -> None:
     assert core.handle(Message(Op.BARRIER, sender=w1, ts=7, body={}), 0) == []
     core.handle(Message(Op.HEARTBEAT, sender=w1, ts=8), 9.0)
     core.handle(Message(Op.HEARTBEAT, sender=s, ts=8), 9.0)
-    out = core.tick(9.5)  # w2 silent for 9.5 s > 5
+    out = tick_probing(core, 9.5)  # w2 silent for 9.5 s > 5
     assert any(isinstance(x, Disconnect) and x.node == w2 for x in out)
     assert [(r.node, r.msg.ts) for r in sends(out, Op.BARRIER)] == [(w1, 7)]
     assert not any(isinstance(x, Finish) for x in out)
@@ -169,13 +170,13 @@ def test_a_worker_waiting_for_its_registration_is_not_timed_out_with_a_dying_ser
     assert not sends(out, Op.REGISTER) and {x.node for x in sends(out, Op.NODES)} == {s1, s2}
     core.handle(Message(Op.NODES, sender=s1, ts=sends(out, Op.NODES)[0].msg.ts, response=True), 1.0)
     core.handle(Message(Op.HEARTBEAT, sender=s1, ts=9), 5.5)
-    out = core.tick(5.5)  # s2 silent since 0 (> 5 s); the worker registered 4.5 s ago, unanswered
+    out = tick_probing(core, 5.5)  # s2 silent since 0 (> 5 s); the worker registered 4.5 s ago, unanswered
     assert [x.node for x in out if isinstance(x, Disconnect)] == [s2]
     assert [r.node for r in sends(out, Op.REGISTER)] == [w]
     assert w in core.nodes
     core.handle(Message(Op.HEARTBEAT, sender=s1, ts=10), 10.0)
-    assert not [x for x in core.tick(10.0) if isinstance(x, Disconnect)]  # 4.5 s after its answer
-    out = core.tick(10.6)  # and silent 5.1 s after its answer: now it is dead
+    assert not [x for x in tick_probing(core, 10.0) if isinstance(x, Disconnect)]  # 4.5 s after its answer
+    out = tick_probing(core, 10.6)  # and silent 5.1 s after its answer: now it is dead
     assert [x.node for x in out if isinstance(x, Disconnect)] == [w]
 
 
@@ -189,7 +190,7 @@ def test_a_worker_answered_in_the_tick_that_fails_a_server_is_timed_from_its_ans
     w, out = register(core, "worker", now=0.2)
     core.handle(Message(Op.NODES, sender=s1, ts=sends(out, Op.NODES)[0].msg.ts, response=True), 0.3)
     core.handle(Message(Op.HEARTBEAT, sender=s1, ts=9), 5.5)
-    out = core.tick(5.5)  # s2 silent 5.5 s > 5 fails; the worker registered 5.3 s ago
+    out = tick_probing(core, 5.5)  # s2 silent 5.5 s > 5 fails; the worker registered 5.3 s ago
     assert [x.node for x in out if isinstance(x, Disconnect)] == [s2]
     assert [r.node for r in sends(out, Op.REGISTER)] == [w] and w in core.nodes
 
@@ -234,7 +235,7 @@ def test_status_gathers_every_server_and_tolerates_silence() -> None:
     core.handle(Message(Op.STATUS, sender=s1, ts=asks[0].msg.ts, response=True, body={"pid": 5}), 1)
     core.handle(Message(Op.HEARTBEAT, sender=s1, ts=3), 29)
     core.handle(Message(Op.HEARTBEAT, sender=s2, ts=3), 29)
-    out = core.tick(31.0)  # request_timeout 30 passed for s2
+    out = tick_probing(core, 31.0)  # request_timeout 30 passed for s2
     reply = sends(out, Op.STATUS)[0]
     assert reply.node == c
     assert reply.msg.body["servers"][str(s1)] == {"pid": 5}
@@ -260,7 +261,7 @@ def test_a_node_declared_dead_that_speaks_again_is_told_to_exit() -> None:
     w, a = register(core, "worker")
     ack_all(core, a, Op.NODES)
     core.handle(Message(Op.HEARTBEAT, sender=s, ts=8), 9.0)
-    out = core.tick(9.5)  # the worker silent for 9.5 s > 5: dead
+    out = tick_probing(core, 9.5)  # the worker silent for 9.5 s > 5, and its probe fails: dead
     assert any(isinstance(x, Disconnect) and x.node == w for x in out)
     back = core.handle(Message(Op.HEARTBEAT, sender=w, ts=9), 10.0)
     assert [type(x) for x in back] == [Connect, Send, Disconnect]

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from helpers import tick_probing
 from paramserver import InvalidArgument
 from paramserver.protocol import Message, Op, Status
 from paramserver.scheduler import Connect, Finish, SchedulerCore, Send
@@ -108,7 +109,7 @@ def test_the_death_of_a_dynamic_groups_worker_does_not_end_a_fixed_job() -> None
     r, _ = joined(core, "serve")
     core.handle(Message(Op.HEARTBEAT, sender=w, ts=2), 9.0)
     core.handle(Message(Op.HEARTBEAT, sender=s, ts=2), 9.0)
-    out = core.tick(9.5)  # r silent
+    out = tick_probing(core, 9.5)  # r silent
     assert r not in core.nodes and not any(isinstance(x, Finish) for x in out)
     out = core.handle(Message(Op.BYE, sender=w, ts=1), 9.5)
     assert next(x for x in out if isinstance(x, Finish)).code == 0

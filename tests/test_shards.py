@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import paramserver as ps
+from helpers import tick_probing
 from paramserver import InvalidArgument, ProtocolError
 from paramserver.cli._status import format_status
 from paramserver.protocol import Message, Op, Status
@@ -176,7 +177,7 @@ def test_fixed_job_survives_a_dead_worker_that_used_shards_and_ends_when_the_res
     assert task(core, w2, {"shards": FILES}).body["task"] == 1
     assert core.handle(Message(Op.BARRIER, sender=w2, ts=7, body={}), 1.0) == []
     beat(core, [s, w2, w3], 9.0)
-    out = core.tick(9.5)  # w1 silent for 9.5 s > 5: dead, holding task 0
+    out = tick_probing(core, 9.5)  # w1 silent for 9.5 s > 5: dead, holding task 0
     assert not any(isinstance(x, Finish) for x in out)
     assert sends(out, Op.BARRIER) == []  # w3 still counts
     out = core.handle(Message(Op.BARRIER, sender=w3, ts=8, body={}), 9.6)
@@ -203,7 +204,7 @@ def test_fixed_job_survives_a_dead_worker_that_used_shards_and_ends_when_the_res
 def test_fixed_job_without_shards_still_aborts_on_a_dead_worker() -> None:
     core, s, (_, w2) = fixed_job(2)
     beat(core, [s, w2], 9.0)
-    finish = next(x for x in core.tick(9.5) if isinstance(x, Finish))
+    finish = next(x for x in tick_probing(core, 9.5) if isinstance(x, Finish))
     assert finish.code == 1 and "needs all 2 workers" in finish.reason
 
 
@@ -212,7 +213,7 @@ def test_worker_failure_setting_overrides_auto(policy: str, survives: bool) -> N
     core, s, (w1, w2) = fixed_job(2, worker_failure=policy)
     task(core, w1, {"shards": FILES})
     beat(core, [s, w2], 9.0)
-    out = core.tick(9.5)
+    out = tick_probing(core, 9.5)
     assert any(isinstance(x, Finish) for x in out) != survives
 
 
@@ -220,7 +221,7 @@ def test_the_last_worker_dying_ends_the_job_with_an_error() -> None:
     core, s, (w1,) = fixed_job(1)
     task(core, w1, {"shards": FILES})
     beat(core, [s], 9.0)
-    finish = next(x for x in core.tick(9.5) if isinstance(x, Finish))
+    finish = next(x for x in tick_probing(core, 9.5) if isinstance(x, Finish))
     assert finish.code == 1 and "no worker is left" in finish.reason
 
 

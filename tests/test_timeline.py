@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from helpers import tick_probing
 from paramserver.protocol import ClusterStatus, Message, Op, Status
 from paramserver.scheduler import SchedulerCore
 from test_scheduler_core import ack_all, make, register, sends
@@ -43,7 +44,7 @@ def test_joins_reports_checkpoints_failures_and_finishes_in_order() -> None:
     assert sends(out, Op.BYE)
     core.handle(Message(Op.HEARTBEAT, sender=s, ts=5), 7.0)
     core.handle(Message(Op.HEARTBEAT, sender=w1, ts=5), 12.0)
-    out = core.tick(13.0)  # the server's heartbeat is 6 s old (timeout 5): it died, the job ends
+    out = tick_probing(core, 13.0)  # the server's heartbeat is 6 s old (timeout 5): it died, the job ends
     kinds = [(e[1], e[2]) for e in core.timeline.to_wire()]
     assert kinds[-2:] == [("finish", w2), ("failure", s)]
     assert "no heartbeat" in core.timeline.to_wire()[-1][3]

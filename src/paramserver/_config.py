@@ -95,19 +95,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_PORT", "port", 0, "TCP port this node binds (0: a free port).", _nonneg_int),
     Setting("PS_CONNECT_TIMEOUT", "connect_timeout", 30.0, "Seconds a node waits for the scheduler to answer its registration.", _positive_float),
     Setting("PS_TIMEOUT", "timeout", 300.0, "Default limit in seconds on any wait (a reply, a barrier, a pull) when the call gives none.", _positive_float),
-    Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 1.0, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
-    Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 10.0, "Seconds without a heartbeat after which the scheduler declares a node dead.", _positive_float),
+    Setting("PS_HEARTBEAT_INTERVAL", "heartbeat_interval", 0.5, "Seconds between heartbeats from each node to the scheduler.", _positive_float),
+    Setting("PS_HEARTBEAT_TIMEOUT", "heartbeat_timeout", 2.0, "Seconds without a heartbeat after which the scheduler probes a node (a TCP connection to its address); it is declared dead only if the probe fails too.", _positive_float),
+    Setting("PS_PROBE_TIMEOUT", "probe_timeout", 0.5, "Seconds the scheduler's probe of a suspect node (a broken link, or no heartbeat) may take to connect; a probe refused or not connected in time declares the node dead.", _positive_float),
+    Setting("PS_HUNG_TIMEOUT", "hung_timeout", 30.0, "Seconds without a heartbeat after which a node is declared dead although its address still accepts connections (a hung process).", _positive_float),
     Setting("PS_SCHEDULER_TIMEOUT", "scheduler_timeout", 600.0, "Seconds a server or worker goes on without the scheduler (pushing, pulling, trying to rejoin a restarted one) before it gives up and ends its job.", _positive_float),
     Setting("PS_WORKER_RANK", "worker_rank", -1, "Rank of this worker, set by the launcher (-1: the scheduler assigns ranks in order of registration).", int),
     Setting("PS_GROUP", "group", "", "Worker group this worker joins (empty: the default group); ranks, barriers, data shards and the end of a group are per group (docs/groups.md).", str),
     Setting("PS_GROUP_WORKERS", "group_workers", 0, "Workers in this worker's named group (0: any number, they may come and go); the group's first worker fixes it. The default group's size is DMLC_NUM_WORKER.", _nonneg_int),
     Setting("PS_LOG_LEVEL", "log_level", "INFO", "Log level of scheduler and server processes (DEBUG, INFO, WARNING, ERROR).", str),
-    Setting("PS_DROP_MSG", "drop_msg", 0.0, "Percentage of received data messages (push, pull, clock and their replies) to drop on purpose (fault injection, as in ps-lite).", _percent),
-    Setting("PS_DUP_MSG", "dup_msg", 0.0, "Percentage of received data messages to deliver twice (fault injection).", _percent),
-    Setting("PS_DELAY_MSG", "delay_msg", 0.0, "Percentage of received data messages to hold back, so that later ones overtake them (fault injection).", _percent),
+    Setting("PS_DROP_MSG", "drop_msg", 0.0, "Percentage of received messages (every kind: data, control and their replies) to drop on purpose (fault injection, as in ps-lite).", _percent),
+    Setting("PS_DUP_MSG", "dup_msg", 0.0, "Percentage of received messages to deliver twice (fault injection).", _percent),
+    Setting("PS_DELAY_MSG", "delay_msg", 0.0, "Percentage of received messages to hold back, so that later ones overtake them (fault injection).", _percent),
     Setting("PS_DELAY_MS", "delay_ms", 100.0, "Longest hold-back of a delayed message, in milliseconds.", _positive_float),
     Setting("PS_FAULT_SEED", "fault_seed", -1, "Seed of the fault injection's random choices (-1: a different one each run).", int),
-    Setting("PS_RESEND_TIMEOUT", "resend_timeout", 0.0, "Seconds after which a data request without a reply is sent again (0: never, or 1 when fault injection is on).", _nonneg_float),
+    Setting("PS_RESEND_TIMEOUT", "resend_timeout", 0.0, "Seconds after which a request without a reply is sent again (0: never, or 1 when fault injection is on); receivers answer a request that comes again without handling it twice.", _nonneg_float),
     Setting("PS_CRASH_AT", "crash_at", "", "Test hook: a server SIGKILLs itself at this migration step, PHASE:WHEN[:ROLE] (copy, load, sums or switch; before or after; source or target), e.g. switch:before:target (empty: never).", str),
     Setting("PS_CRASH_ONCE", "crash_once", "", "Test hook: with PS_CRASH_AT, only the first server to reach the step dies (it creates this file first).", str),
     Setting("PS_VERBOSE", "verbose", False, "1 to log every message sent and received (very slow; for debugging).", _bool),
@@ -144,8 +146,10 @@ class Config:
     port: int = 0
     connect_timeout: float = 30.0
     timeout: float = 300.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 10.0
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 2.0
+    probe_timeout: float = 0.5
+    hung_timeout: float = 30.0
     scheduler_timeout: float = 600.0
     worker_rank: int = -1
     group: str = ""

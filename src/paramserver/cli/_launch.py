@@ -20,6 +20,7 @@ with the script's output. Messages name servers by their node id (as the nodes' 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -180,7 +181,7 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         for s in servers:
             code = s.poll()
             if code:
-                names.resolve(now=True)  # the scheduler lists a dead server until its heartbeats are missed
+                names.resolve(now=True)  # a dead server is named by the failure in the scheduler's timeline
                 _say(f"{s} exited with code {code} while workers were running; stopping the job")
                 stop_all(procs)
                 return 1
@@ -215,6 +216,9 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
     return 0
 
 
+_PID = re.compile(r"\(pid (\d+)")
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -240,9 +244,16 @@ class _ServerNames:
         try:
             with AdminClient(self.address, timeout=2.0, config=Config.from_env(self.env), quiet=True) as admin:
                 nodes = admin.node.nodes().values()  # the node table of its registration: no server is asked
+                ids = {n.pid: n.id for n in nodes if n.role == "server"}
+                if now and any(p.pid not in ids for p in self.unnamed):
+                    # a server that died is gone from the table at once; its failure names it
+                    # ("server 3 (pid 123 at ...) died: ...")
+                    for _, kind, nid, text in admin.status().get("events", []):
+                        found = _PID.search(text) if kind == "failure" else None
+                        if found and nid >= 0:
+                            ids.setdefault(int(found.group(1)), nid)
         except PSError:
             return
-        ids = {n.pid: n.id for n in nodes if n.role == "server"}
         for p in list(self.unnamed):
             if p.pid in ids:
                 p.name = f"server {ids[p.pid]}"

@@ -44,9 +44,9 @@ _OPERATOR = frozenset({Op.REGISTER, Op.HEARTBEAT, Op.STATUS, Op.SHUTDOWN, Op.POL
 #: Roles are those of keys: an operator's ``client`` node uses the ``admin`` key (or the
 #: scheduler's); without keys a client's role is ``client``.
 ALLOWED: dict[tuple[str, str], frozenset[Op]] = {
-    ("server", "scheduler"): _ANYONE | {Op.REGISTER, Op.HEARTBEAT, Op.BARRIER, Op.BYE, Op.REJOIN},
+    ("server", "scheduler"): _ANYONE | {Op.REGISTER, Op.HEARTBEAT, Op.BARRIER, Op.BYE, Op.REJOIN, Op.SUSPECT},
     ("worker", "scheduler"): _ANYONE | {Op.REGISTER, Op.HEARTBEAT, Op.BARRIER, Op.TABLE, Op.TASK, Op.BYE,
-                                        Op.POLICY, Op.REJOIN},
+                                        Op.POLICY, Op.REJOIN, Op.SUSPECT},
     ("admin", "scheduler"): _ANYONE | _OPERATOR,
     ("client", "scheduler"): _ANYONE | _OPERATOR,
     ("scheduler", "scheduler"): _ANYONE | _OPERATOR,  # the scheduler's key may run operator tools

@@ -3,7 +3,7 @@
 :func:`register` sends the node's REGISTER and takes the answer (its id, the node table, the
 key map) as it arrives, before any later message is handled. :class:`Heartbeats` sends one
 HEARTBEAT every PS_HEARTBEAT_INTERVAL and ends the job for this node (``Node.abort``) when
-the scheduler has not answered for PS_HEARTBEAT_TIMEOUT, or answers that the job ended.
+the scheduler has not answered for PS_SCHEDULER_TIMEOUT, or answers that the job ended.
 
 A registration that waits says so once, early (a log warning after a few seconds), and for
 what: the scheduler's PING names what the job waits for ("waiting for 1 more server"); with
@@ -71,7 +71,7 @@ class Heartbeats:
                 node.abort(exc)
 
         req = node.request({SCHEDULER_ID: Message(Op.HEARTBEAT, body=self.body())}, "heartbeat",
-                           on_part=lambda _: self.seen(), timeout=node.config.heartbeat_timeout)
+                           on_part=lambda _: self.seen(), timeout=node.config.scheduler_timeout)
         req.add_done_callback(check)
 
 

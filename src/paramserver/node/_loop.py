@@ -70,11 +70,14 @@ class Loop:
         Cork replies and drain (off under fault injection, which judges single messages).
     malformed:
         Called for each malformed batch envelope (the node counts them).
+    lost:
+        Called with the peers whose link broke (:meth:`Transport.lost`), after each receive.
     """
 
     def __init__(self, name: str, transport: Transport, timers: Timers, *, handle: Callable[[Frames], None],
                  send: Callable[[int, Frames], None], before_wait: Callable[[], None], batching: bool,
-                 malformed: Callable[[], None] = lambda: None) -> None:
+                 malformed: Callable[[], None] = lambda: None,
+                 lost: Callable[[list[int]], None] = lambda peers: None) -> None:
         self.name = name
         self.transport = transport
         self.timers = timers
@@ -83,6 +86,7 @@ class Loop:
         self._send = send
         self._before_wait = before_wait
         self._malformed = malformed
+        self._lost = lost
         self._thread: threading.Thread | None = None
         self.running = False
         self._baton = threading.Lock()
@@ -217,6 +221,12 @@ class Loop:
                 log.exception("%s: receive failed", self.name)
                 time.sleep(0.05)
             return
+        lost = self.transport.lost()
+        if lost:
+            try:
+                self._lost(lost)
+            except Exception:
+                log.exception("%s: handling lost links failed", self.name)
         if frames is None:
             return
         if not self.batching:

@@ -54,6 +54,7 @@ from ..protocol import (
     ResendKeys,
     Shutdown,
     Status,
+    Suspect,
     decode,
     decode_header,
 )
@@ -67,6 +68,7 @@ from ._loop import Loop
 from ._membership import Membership, parse_nodes
 from ._outbox import MAX_REROUTES, Delivery, Flight, Outbox, PartCallback, Reroute, VerdictKind, is_ordered
 from ._rejoin import SchedulerLink
+from ._replies import Arrival, ReplyCache
 from ._timers import Timers
 from ._wirefilters import WireFilters
 
@@ -111,6 +113,8 @@ class Node:
         self.id = SCHEDULER_ID if role == "scheduler" else -1
         self.members = Membership()
         self.outbox = Outbox()
+        #: Control requests seen and their answers: a resent one is answered again (_replies.py).
+        self.replies = ReplyCache()
         self.timers = Timers()
         self._handlers: dict[Op, Handler] = {
             Op.PING: lambda m: self.reply(m),
@@ -127,14 +131,14 @@ class Node:
         if config.faults:
             self.transport = FaultyTransport(
                 self.transport, drop=config.drop_msg / 100, dup=config.dup_msg / 100,
-                delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000, affects=_is_data,
+                delay=config.delay_msg / 100, delay_s=config.delay_ms / 1000,
                 seed=None if config.fault_seed < 0 else config.fault_seed)
         self.links = Links(self.transport, self.call_later)
         # Batches (corked replies, held requests) are off under fault injection, which judges
         # each message by its header.
         self.loop = Loop(f"paramserver-{role}-recv", self.transport, self.timers, handle=self._on_frames,
                          send=self._send_raw, before_wait=self.links.release_all, batching=not config.faults,
-                         malformed=self._on_malformed_batch)
+                         malformed=self._on_malformed_batch, lost=self._on_lost)
         self._resend_after = config.resend_after()
         self.filters = WireFilters(self.links.count_filter)
         self._decoders = self.filters.decoders  # the same dict (tests reach into it)
@@ -149,6 +153,10 @@ class Node:
         self.on_abort: list[Callable[[PSError], None]] = []
         #: Called with responses no pending request awaits.
         self.on_unmatched_response: Callable[[Message], None] | None = None
+        #: Called on the loop with each peer whose established link broke (its process
+        #: died or closed its endpoint); by default reported to the scheduler (Op.SUSPECT),
+        #: which probes it. The scheduler's shell replaces it.
+        self.on_link_lost: Callable[[int], None] = self._report_lost
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -289,7 +297,10 @@ class Node:
             The message cannot be encoded.
         """
         msg.sender = self.id
-        nbytes = self._send_frames(node, self._frames(node, msg), msg.table)
+        frames = self._frames(node, msg)
+        if msg.response and msg.request_key is not None:
+            self.replies.answered(msg.request_key, node, frames)
+        nbytes = self._send_frames(node, frames, msg.table)
         if self.config.verbose:
             log.debug("%s %d -> %d: %s", self.role, self.id, node, msg.describe())
         return nbytes
@@ -329,6 +340,8 @@ class Node:
             if self.loop.batching and self.loop.holds():
                 msg.sender = self.id
                 frames = self._frames(request.sender, msg)
+                if msg.request_key is not None:
+                    self.replies.answered(msg.request_key, request.sender, frames)
                 if self.loop.cork(request.sender, frames):  # leaves with the step's other replies
                     self.links.count_message("sent", sum(memoryview(f).nbytes for f in frames), msg.table)
                     return
@@ -427,6 +440,18 @@ class Node:
                 return True
             self.loop.uncork(peer)  # (the link was opened above, before the part took a number)
             self.links.send(peer, frames, msg.table)
+        except NodeUnavailable as exc:
+            if flight is not None and reroute is not None and peer not in self.members.nodes:
+                # the peer died while the part was leaving (its link closed under us): the
+                # part goes to the new owners of its keys, as if it had been sent before
+                with self._lock:
+                    flight.sent.setdefault(peer, msg)
+                    first = flight.claim(peer)
+                if first:
+                    self._reroute(flight, peer, exc)
+                return not req.done()
+            req.fail(exc)
+            return False
         except PSError as exc:
             req.fail(exc)
             return False
@@ -439,7 +464,7 @@ class Node:
         :meth:`open` and :meth:`send_part`)."""
         req = self.open(tuple(parts), what, on_part=on_part, combine=combine, timeout=timeout, reroute=reroute)
         for peer, msg in parts.items():
-            if not self.send_part(req, peer, msg):
+            if not self.send_part(req, peer, msg, resend=True):
                 break
         req.sent = True
         return req
@@ -513,6 +538,20 @@ class Node:
             self.call_later(0.05, lambda: self._reroute(f, msg.sender, None))
         else:
             self._reroute(f, msg.sender, None)
+
+    def _on_lost(self, peers: list[int]) -> None:
+        for peer in peers:
+            self.on_link_lost(peer)
+
+    def _report_lost(self, peer: int) -> None:
+        """Tell the scheduler that the link to ``peer`` broke (a member, while the job runs)."""
+        if self.id < 0 or peer == SCHEDULER_ID or peer not in self.members.nodes or self._aborted is not None:
+            return
+        log.info("%s %d: the connection to %s broke; telling the scheduler", self.role, self.id,
+                 self.describe_peer(peer))
+        body = Suspect(node=peer, why=f"seen by {self.role} {self.id}").to_wire()
+        self.request({SCHEDULER_ID: Message(Op.SUSPECT, body=body)}, f"the report that node {peer} is lost",
+                     timeout=self.config.scheduler_timeout)
 
     def _resend_due(self) -> None:
         with self._lock:
@@ -730,6 +769,22 @@ class Node:
                 req.fail(exc)
 
     def _on_request(self, msg: Message) -> None:
+        if msg.op < _FIRST_DATA_OP and msg.ts > 0:  # a control request may come again (a resend): answer it once
+            key = (msg.peer, msg.sender, msg.ts)
+            seen = self.replies.arrive(key)
+            if seen is Arrival.BUSY:
+                self.count("duplicates_dropped")
+                return
+            if seen is not Arrival.NEW:
+                assert not isinstance(seen, Arrival)
+                peer, frames = seen
+                self.count("replies_resent")
+                try:
+                    self._send_frames(peer, frames, msg.table)
+                except PSError:
+                    pass  # the asker is gone
+                return
+            msg.request_key = key
         handler = self._handlers.get(msg.op)
         if handler is None:
             self.reply_error(msg, ProtocolError(f"a {self.role} does not handle {msg.op.name} requests"),
@@ -744,14 +799,8 @@ class Node:
             self.reply_error(msg, exc)
 
 
-def _is_data(frames: list[Any]) -> bool:
-    """Fault injection applies to data operations (push, pull, clock) and their replies."""
-    try:
-        header, _ = decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
-    except ProtocolError:
-        return False
-    op = header[1]
-    return type(op) is int and op >= 32
+#: Operations from here on are data operations, made exactly-once by other means (see _replies.py).
+_FIRST_DATA_OP = Op.PUSH
 
 
 def process_info() -> dict[str, Any]:

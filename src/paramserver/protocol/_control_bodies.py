@@ -16,7 +16,7 @@ from ._body import OMIT, Body
 __all__ = [
     "Barrier", "Bye", "ClusterStatus", "Drain", "DrainReply", "ErrorReply", "Heartbeat", "Moved", "Nodes", "Ping",
     "PolicyRequest", "PolicyUpdate", "RegisterReply", "RegisterRequest", "ResendKeys", "Shutdown", "StatusRequest",
-    "TableCreate", "TableDeclare", "TableReply", "TaskReply", "TaskRequest",
+    "Suspect", "TableCreate", "TableDeclare", "TableReply", "TaskReply", "TaskRequest",
 ]
 
 
@@ -224,6 +224,15 @@ class Drain(Body):
     """DRAIN, client -> scheduler: move every range off server ``node``, then stop it."""
 
     node: int
+
+
+@dataclass(slots=True, kw_only=True)
+class Suspect(Body):
+    """SUSPECT, node -> scheduler: the established link to ``node`` broke (``why``, in
+    words); the scheduler probes it and declares it dead if the probe fails. Its reply is empty."""
+
+    node: int
+    why: str = field(default="", metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

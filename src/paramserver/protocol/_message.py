@@ -55,6 +55,7 @@ class Op(enum.IntEnum):
     MIGRATE = 14  # server -> server: copy key ranges (join, leave, re-replication)
     DRAIN = 15  # client -> scheduler: move every range off a server, then stop it
     REJOIN = 16  # node -> a restarted scheduler: what this node knows, to rebuild the cluster's state
+    SUSPECT = 17  # node -> scheduler: the link to a peer broke; probe it
     PUSH = 32  # worker -> server: apply values to keys with the table's updater
     PULL = 33  # worker -> server: read values of keys
     PULL_RANGE = 34  # worker -> server: read every present key in a range
@@ -98,6 +99,9 @@ class Message:
     peer: bytes = b""
     #: Not on the wire: the role of the CURVE key that authenticated that connection ("" without keys).
     auth: str = ""
+    #: Not on the wire: how the receiver keyed this request in its reply cache (copied into
+    #: its reply, so that the answer is remembered for a resent request).
+    request_key: tuple[bytes, int, int] | None = None
 
     def reply(self, *, status: Status = Status.OK, body: dict[str, Any] | None = None,
               arrays: list[np.ndarray] | None = None, sender: int = -1) -> Message:
@@ -114,6 +118,7 @@ class Message:
             status=status,
             body=body if body is not None else {},
             arrays=arrays if arrays is not None else [],
+            request_key=self.request_key,
         )
 
     def nbytes(self) -> int:

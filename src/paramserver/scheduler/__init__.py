@@ -1,6 +1,6 @@
 """The scheduler role: membership, the server manager's key map, tables, barriers, job end."""
 
-from ._core import Connect, Disconnect, Finish, SchedulerCore, Send
+from ._core import Connect, Disconnect, Finish, Probe, SchedulerCore, Send
 from ._process import SchedulerProcess
 
-__all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "SchedulerProcess", "Send"]
+__all__ = ["Connect", "Disconnect", "Finish", "Probe", "SchedulerCore", "SchedulerProcess", "Send"]

@@ -28,6 +28,10 @@ Rules it enforces:
 * A worker that attaches to a table read-only is a *reader* of it: the servers learn so
   (a TABLE round) before it is answered, and refuse its pushes and clock ticks; a group
   not among a namespace's writers attaches to its tables read-only only.
+* Failure detection (``_detector.py``): a node whose link broke (reported by a peer with
+  ``Op.SUSPECT``, or seen by the scheduler's own links) or that is silent for the heartbeat
+  timeout is probed (a :class:`~._detector.Probe` action: a TCP connection to its address);
+  a failed probe declares it dead, a late heartbeat alone never does.
 * The death of a server promotes the next replica of each range it held (a new key map,
   epoch + 1, broadcast to every node); without a copy of some range the job ends.
 * Every outstanding exchange (a broadcast, a table creation, a status gather) has a
@@ -73,17 +77,19 @@ from ..protocol import (
     RejoinReply,
     Shutdown,
     Status,
+    Suspect,
     TableCreate,
     TableDeclare,
     TableReply,
 )
 from ..table import TableSpec
+from ._detector import Detector, Probe
 from ._groups import Group, Namespaces, check_group_name
 from ._rebuild import Rebuild, group_key
 from ._shards import ShardManager
 from ._timeline import Timeline
 
-__all__ = ["Connect", "Disconnect", "Finish", "SchedulerCore", "Send"]
+__all__ = ["Action", "Connect", "Disconnect", "Finish", "Probe", "SchedulerCore", "Send"]
 
 log = logging.getLogger("paramserver.scheduler")
 
@@ -120,7 +126,7 @@ class Finish:
     reason: str
 
 
-Action = Send | Connect | Disconnect | Finish
+Action = Send | Connect | Disconnect | Finish | Probe
 
 
 @dataclass
@@ -212,6 +218,8 @@ class SchedulerCore:
         num_workers: int = 0,
         replicas: int = 1,
         heartbeat_timeout: float = 10.0,
+        probe_timeout: float = 0.5,
+        hung_timeout: float = 30.0,
         request_timeout: float = 60.0,
         placement: Placement | None = None,
         now: float = 0.0,
@@ -228,6 +236,8 @@ class SchedulerCore:
         self.num_workers = num_workers
         self.replicas = replicas
         self.heartbeat_timeout = heartbeat_timeout
+        #: Which nodes to probe and which are dead (``_detector.py``).
+        self.detector = Detector(heartbeat_timeout, probe_timeout, hung_timeout)
         self.request_timeout = request_timeout
         self.placement = placement or EvenSplit()
         #: The most tables the cluster may declare (PS_MAX_TABLES).
@@ -242,7 +252,7 @@ class SchedulerCore:
         self.keymap: KeyMap | None = None
         self.finished = False
         self._ids = itertools.count(1)
-        self._ts = itertools.count(1)
+        self._ts = itertools.count(1)  # every request the core sends has its own timestamp (reply caches key by it)
         self._waiting_regs: list[tuple[NodeInfo, Message]] = []
         self._round_busy = False
         self._gathers: dict[int, _Gather] = {}
@@ -358,7 +368,8 @@ class SchedulerCore:
         for info, _ in self._waiting_regs:
             if nodes is None or info.id in nodes:
                 self._pinged[info.id] = now
-                out.append(Send(info.id, Message(Op.PING, body=Ping(id=info.id, waiting=text).to_wire())))
+                out.append(Send(info.id, Message(Op.PING, ts=next(self._ts),
+                                                 body=Ping(id=info.id, waiting=text).to_wire())))
         return out
 
     def _waiting_died(self, nid: int, reason: str) -> list[Action]:
@@ -393,6 +404,7 @@ class SchedulerCore:
             Op.PING: self._on_heartbeat,
             Op.DRAIN: self._on_drain,
             Op.TASK: self._on_task,
+            Op.SUSPECT: self._on_suspect,
         }.get(msg.op)
         if msg.op == Op.REJOIN:
             return self._on_rejoin(msg, now)
@@ -423,13 +435,15 @@ class SchedulerCore:
             # the answer may wait seconds for a round that waits on a dying server, and may
             # come in this very loop (a failure ends the round), so read its time afresh.
             seen = self.last_seen.get(nid)
-            if seen is None or now - seen <= self.heartbeat_timeout or nid not in self.nodes:
+            info = self.nodes.get(nid)
+            # a waiting registration that was told why it waits answers pings: it is timed too
+            if seen is None or info is None or (nid not in self._answered and nid not in self._pinged):
                 continue
-            info = self.nodes[nid]
-            if nid in self._answered:
-                out += self.node_failed(nid, f"{info} died: no heartbeat for {now - seen:.1f} s", now)
-            elif nid in self._pinged:  # waiting for the job to start, and told so: it answers pings
-                out += self._waiting_died(nid, f"{info} died: no answer for {now - seen:.1f} s")
+            verdict = self.detector.check(nid, info.address, now - seen, now)
+            if isinstance(verdict, Probe):
+                out.append(verdict)
+            elif verdict:
+                out += self._declare_dead(nid, f"{info} died: {verdict}", now)
         if self.keymap is None and self._waiting_regs:
             due = [i.id for i, _ in self._waiting_regs if now - self._pinged.get(i.id, now) >= self.heartbeat_timeout / 3]
             out += self._ping_waiting(now, due)
@@ -453,9 +467,39 @@ class SchedulerCore:
         out: list[Action] = []
         for nid, info in self.nodes.items():
             if info.role in ("server", "worker"):
-                out.append(Send(nid, Message(Op.SHUTDOWN, body=Shutdown(reason=reason, code=code).to_wire())))
+                out.append(Send(nid, Message(Op.SHUTDOWN, ts=next(self._ts),
+                                             body=Shutdown(reason=reason, code=code).to_wire())))
         out.append(Finish(code, reason))
         return out
+
+    def suspect(self, nid: int, why: str, now: float) -> list[Action]:
+        """The link to member ``nid`` broke (``why``): probe it, unless a probe runs."""
+        info = self.nodes.get(nid)
+        if info is None or nid not in self.last_seen or self.finished:
+            return []  # not (or no longer) a member that heartbeats, or the job is ending: nothing to detect
+        probe = self.detector.suspect(nid, info.address, why, now)
+        return [probe] if probe is not None else []
+
+    def probed(self, nid: int, error: str, now: float) -> list[Action]:
+        """The probe of ``nid`` ended (``error`` "" if its address accepted a connection)."""
+        why = self.detector.probed(nid, error, now)
+        info = self.nodes.get(nid)
+        if why is None or info is None:
+            return []
+        return self._declare_dead(nid, f"{info} died: {why}", now)
+
+    def _declare_dead(self, nid: int, reason: str, now: float) -> list[Action]:
+        if nid in self._answered:
+            return self.node_failed(nid, reason, now)
+        if nid in self._pinged:  # waiting for the job to start: forgotten, nothing else changes
+            return self._waiting_died(nid, reason)
+        return []
+
+    def _on_suspect(self, msg: Message, now: float) -> list[Action]:
+        """A member reports that its link to another broke."""
+        report = Suspect.from_wire(msg.body)
+        why = f"its link from {self.nodes[msg.sender]} broke" + (f" ({report.why})" if report.why else "")
+        return [Send(msg.sender, msg.reply()), *self.suspect(report.node, why, now)]
 
     def _not_a_member(self, msg: Message) -> list[Action]:
         """The answer to a request from a node that is not a member. One declared dead that
@@ -652,7 +696,7 @@ class SchedulerCore:
             self.timeline.add(now, "drain", node, f"server {node} was drained and stops")
             bye = Shutdown(reason="this server was drained", code=0)
             reply = DrainReply(keymap=self.keymap.to_wire() if self.keymap else None)
-            return [Send(node, Message(Op.SHUTDOWN, body=bye.to_wire())),
+            return [Send(node, Message(Op.SHUTDOWN, ts=next(self._ts), body=bye.to_wire())),
                     Send(msg.sender, msg.reply(body=reply.to_wire())),
                     *self._broadcast_nodes(now, dead=[node])]
 
@@ -883,6 +927,7 @@ class SchedulerCore:
         """Drop ``nid`` from the membership (node table, heartbeats, answered); its info,
         or None if it was not a member."""
         self.last_seen.pop(nid, None)
+        self.detector.forget(nid)
         self._answered.discard(nid)
         self.timeline.forget(nid)
         return self.nodes.pop(nid, None)

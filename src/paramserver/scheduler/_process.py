@@ -17,11 +17,12 @@ import time
 
 from .._config import Config
 from .._errors import PSError
-from ..node import Node, NodeInfo
+from ..node import Node, NodeInfo, probe
 from ..placement import EvenSplit, Ring
 from ..protocol import Message, Op
 from ..transport import Transport
-from ._core import Connect, Disconnect, Finish, SchedulerCore, Send
+from ._core import Action, Connect, Disconnect, Finish, Probe, SchedulerCore, Send
+from ._resends import Resends
 
 __all__ = ["SchedulerProcess"]
 
@@ -42,6 +43,9 @@ class SchedulerProcess:
         #: Take over a running job (its nodes' reports rebuild the state; scheduler/_rebuild.py).
         self.recover = recover
         self.core: SchedulerCore | None = None
+        after = config.resend_after()
+        #: The core's requests awaiting answers, sent again until answered (``_resends.py``).
+        self.resends = Resends(after, give_up=min(config.timeout, 60.0)) if after else None
         self.finished = threading.Event()
         self.exit_code = 0
         self.reason = ""
@@ -55,6 +59,8 @@ class SchedulerProcess:
             num_workers=self.config.num_workers,
             replicas=self.replicas,
             heartbeat_timeout=self.config.heartbeat_timeout,
+            probe_timeout=self.config.probe_timeout,
+            hung_timeout=self.config.hung_timeout,
             request_timeout=min(self.config.timeout, 60.0),
             placement=Ring(self.config.vnodes) if self.config.placement == "ring" else EvenSplit(),
             now=time.monotonic(),
@@ -67,7 +73,10 @@ class SchedulerProcess:
         for op in Op:
             self.node.on(op, self._dispatch)
         self.node.on_unmatched_response = self._dispatch
+        self.node.on_link_lost = self._link_lost
         self.node.call_every(min(self.config.heartbeat_interval, 1.0) / 2, self._tick)
+        if self.resends is not None:
+            self.node.call_every(min(self.resends.after / 4, 0.25), self._resend_due)
         return address
 
     def run(self) -> int:
@@ -94,6 +103,8 @@ class SchedulerProcess:
         return self.core
 
     def _dispatch(self, msg: Message) -> None:
+        if msg.response and self.resends is not None:
+            self.resends.answered(msg.sender, msg.ts)
         try:
             actions = self._core().handle(msg, time.monotonic())
         except PSError as exc:
@@ -107,15 +118,39 @@ class SchedulerProcess:
             return
         self._perform(self._core().tick(time.monotonic()))
 
-    def _perform(self, actions: list[Send | Connect | Disconnect | Finish]) -> None:
+    def _resend_due(self) -> None:
+        assert self.resends is not None
+        for node, msg in self.resends.due(time.monotonic()):
+            self.node.count("resends")
+            try:
+                self.node.send(node, msg)
+            except PSError:
+                pass  # its link is gone; its failure or departure drops it
+
+    def _link_lost(self, peer: int) -> None:
+        """The scheduler's own link to ``peer`` broke: the core decides whether to probe."""
+        self._perform(self._core().suspect(peer, "the scheduler's link to it broke", time.monotonic()))
+
+    def _probe(self, action: Probe) -> None:
+        """Connect to the suspect's address on a thread of its own; the outcome goes to the
+        core on the loop."""
+        def run() -> None:
+            error = probe(action.address, timeout=action.timeout)
+            self.node.call_later(0, lambda: self._perform(self._core().probed(action.node, error, time.monotonic())))
+
+        threading.Thread(target=run, name=f"paramserver-probe-{action.node}", daemon=True).start()
+
+    def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             try:
                 self._perform_one(action)
             except Exception:  # one bad action must not stop the others
                 log.exception("scheduler: could not carry out %r", action)
 
-    def _perform_one(self, action: Send | Connect | Disconnect | Finish) -> None:
+    def _perform_one(self, action: Action) -> None:
         if isinstance(action, Send):
+            if self.resends is not None and not action.msg.response:
+                self.resends.sent(action.node, action.msg, time.monotonic())
             try:
                 self.node.send(action.node, action.msg)
             except PSError as exc:
@@ -123,7 +158,11 @@ class SchedulerProcess:
                                          action.node, exc)
         elif isinstance(action, Connect):
             self.node.connect(action.node, action.address, action.role)
+        elif isinstance(action, Probe):
+            self._probe(action)
         elif isinstance(action, Disconnect):
+            if self.resends is not None:
+                self.resends.gone(action.node)
             self.node.peer_failed(action.node, PSError(f"node {action.node} left"))
         elif isinstance(action, Finish):
             self.exit_code = action.code

@@ -94,6 +94,12 @@ class Transport(ABC):
     def recv(self, timeout: float | None) -> list[Any] | None:
         """The frames of the next message, or ``None`` when ``timeout`` seconds pass first."""
 
+    def lost(self) -> list[int]:
+        """The peers whose established link broke since the last call (their process died
+        or closed its endpoint), each once per break; called by the receiving thread after
+        :meth:`recv`. A transport that cannot tell returns ``[]`` (heartbeats then find it)."""
+        return []
+
     @abstractmethod
     def wake(self) -> None:
         """Make a :meth:`recv` blocked in another thread return ``None`` soon. Thread-safe."""

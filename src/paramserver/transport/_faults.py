@@ -60,6 +60,9 @@ class FaultyTransport(Transport):
     def send(self, peer: int, frames: Frames) -> int:
         return self.inner.send(peer, frames)
 
+    def lost(self) -> list[int]:
+        return self.inner.lost()
+
     def wake(self) -> None:
         self.inner.wake()
 

@@ -22,8 +22,17 @@ before it is decoded (ZeroMQ's MAXMSGSIZE already cuts a connection that sends a
 frame), and the ROUTER queues at most ``rcvhwm`` messages per connection: a sender that
 outruns this node waits on TCP (backpressure) instead of filling this node's memory.
 
+Each DEALER has a ZeroMQ socket monitor watching for ``EVENT_DISCONNECTED``: an
+established connection to the peer broke (the peer's process died, its host reset the
+connection, or it closed its endpoint). :meth:`ZmqTransport.recv` reads the monitors with
+the ROUTER and :meth:`ZmqTransport.lost` hands out the peers whose link broke, at once,
+without waiting for a timeout. Failed connection attempts (nothing listens yet) are not
+reported: only a connection that existed and broke.
+
 Thread-safety: each DEALER has its own lock, so :meth:`send` may be called from any
-thread; the ROUTER is used only by the thread that calls :meth:`recv`.
+thread; the ROUTER and the monitors are used only by the thread that calls :meth:`recv`
+(a link opened on another thread hands its monitor over through a list under the links'
+lock).
 """
 
 from __future__ import annotations
@@ -54,11 +63,13 @@ _SNDMORE = int(zmq.SNDMORE)
 
 
 class _Link:
-    __slots__ = ("address", "lock", "socket")
+    __slots__ = ("address", "lock", "monitor", "peer", "socket")
 
-    def __init__(self, socket: zmq.Socket[Any], address: str) -> None:
+    def __init__(self, socket: zmq.Socket[Any], address: str, peer: int, monitor: zmq.Socket[Any]) -> None:
         self.socket = socket
         self.address = address
+        self.peer = peer
+        self.monitor = monitor
         self.lock = threading.Lock()
 
 
@@ -108,6 +119,11 @@ class ZmqTransport(Transport):
         self._poller.register(self._wake_rx, zmq.POLLIN)
         self._links: dict[int, _Link] = {}
         self._links_lock = threading.Lock()
+        # monitors: handed to the receiving thread (new ones, closed links) under _links_lock
+        self._monitors_new: list[_Link] = []
+        self._monitors_old: list[zmq.Socket[Any]] = []
+        self._watching: dict[zmq.Socket[Any], _Link] = {}
+        self._lost: list[int] = []
         self._address = ""
         self.identity = os.urandom(16)
         self.origin = NO_ORIGIN
@@ -155,8 +171,11 @@ class ZmqTransport(Transport):
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             sock.connect(address)
-            self._links[peer] = _Link(sock, address)
+            link = self._links[peer] = _Link(sock, address, peer, monitor)
+            self._monitors_new.append(link)
+        self.wake()  # the receiving thread starts watching the new link
 
     def disconnect(self, peer: int) -> None:
         with self._links_lock:
@@ -164,10 +183,50 @@ class ZmqTransport(Transport):
             if link is not None:
                 self._close_link(link, linger=1.0)  # let a last reply leave
 
-    @staticmethod
-    def _close_link(link: _Link, linger: float) -> None:
+    def _close_link(self, link: _Link, linger: float) -> None:
+        """Close ``link`` (the caller holds the links' lock); its monitor is closed by the
+        receiving thread."""
         with link.lock:
+            # Stop the monitor first: a monitored socket that closes after its monitor's
+            # reader did would block ZeroMQ's I/O thread on the monitor's last event.
+            try:
+                link.socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
             link.socket.close(linger=int(linger * 1000))
+        if link in self._monitors_new:
+            self._monitors_new.remove(link)
+        self._monitors_old.append(link.monitor)
+
+    def _sync_monitors(self) -> None:
+        """Start watching new links' monitors and close those of closed links (receiving thread)."""
+        with self._links_lock:
+            new, self._monitors_new = self._monitors_new, []
+            old, self._monitors_old = self._monitors_old, []
+        for link in new:
+            self._watching[link.monitor] = link
+            self._poller.register(link.monitor, zmq.POLLIN)
+        for monitor in old:
+            if self._watching.pop(monitor, None) is not None:
+                self._poller.unregister(monitor)
+            monitor.close(linger=0)
+
+    def _read_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        link = self._watching.get(monitor)
+        while True:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            if link is None or len(frames) < 1 or len(frames[0]) < 6:
+                continue
+            event = int.from_bytes(frames[0][:2], "little")
+            if event == zmq.EVENT_DISCONNECTED and self._links.get(link.peer) is link:
+                self._lost.append(link.peer)
+
+    def lost(self) -> list[int]:
+        lost, self._lost = self._lost, []
+        return lost
 
     def send(self, peer: int, frames: Frames) -> int:
         link = self._links.get(peer)
@@ -187,13 +246,22 @@ class ZmqTransport(Transport):
     def recv(self, timeout: float | None) -> list[Any] | None:
         # a positive wait rounds up: below 1 ms it must not become a busy poll of 0 ms
         ms = None if timeout is None else (0 if timeout <= 0 else math.ceil(timeout * 1000))
+        if self._monitors_new or self._monitors_old:
+            self._sync_monitors()
         ready = self._poller.poll(ms)
         if not ready:
             return None
-        if len(ready) > 1 or ready[0][0] is self._wake_rx:
-            while self._wake_rx.poll(0):
-                self._wake_rx.recv()
-            if not any(sock is self._router for sock, _ in ready):
+        if len(ready) > 1 or ready[0][0] is not self._router:
+            routed = False
+            for sock, _ in ready:
+                if sock is self._router:
+                    routed = True
+                elif sock is self._wake_rx:
+                    while self._wake_rx.poll(0):
+                        self._wake_rx.recv()
+                else:
+                    self._read_monitor(sock)
+            if not routed:
                 return None
         frames = self._router.recv_multipart(copy=False)
         if len(frames) < 2:
@@ -225,8 +293,13 @@ class ZmqTransport(Transport):
         with self._links_lock:
             links = list(self._links.values())
             self._links.clear()
-        for link in links:
-            self._close_link(link, linger)
+            for link in links:
+                self._close_link(link, linger)
+            monitors = [*self._monitors_old, *self._watching]
+            self._monitors_old, self._monitors_new = [], []
+            self._watching = {}
+        for monitor in set(monitors):
+            monitor.close(linger=0)
         with self._wake_lock:
             self._wake_tx.close(linger=0)
         self._wake_rx.close(linger=0)
