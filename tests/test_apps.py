@@ -110,3 +110,30 @@ def test_logreg_stops_on_its_criterion_near_liblinear_on_data_it_was_not_tuned_o
     p = out["passes"] - 2  # the decision: 5 passes lowered the objective by less than --tol
     assert log[p - 5] - log[p] < 1e-4 * log[p]
     assert -1e-6 < (out["objective"] - ref) / ref < 1e-3, (out["objective"], ref)
+
+
+@pytest.mark.parametrize("blocks", [1, 7, 64])
+def test_logreg_partition_matches_column_slicing(blocks: int) -> None:
+    """The cut into feature blocks gives each block's keys in ascending order and
+    exactly the rows' entries on those columns (empty columns dropped), as column slicing does."""
+    import scipy.sparse as sp
+
+    from paramserver.apps.logreg import partition
+    from paramserver.placement import spread
+
+    X = sp.random(300, 4000, density=0.01, random_state=3, format="csr")
+    X = X[:, np.flatnonzero(np.arange(4000) % 11)]  # some columns stay empty below
+    X = sp.hstack([X, sp.csr_matrix((300, 50))]).tocsr()
+    got = partition(X, blocks)
+    cols = np.flatnonzero(np.diff(X.tocsc().indptr))
+    keys = spread(cols)
+    order = np.argsort(keys)
+    cols, keys = cols[order], keys[order]
+    assert len(got) == blocks and sum(len(k) for k, _ in got) == len(cols) < X.shape[1]
+    done = 0
+    for b, (bkeys, Xb) in enumerate(got):
+        assert np.all(bkeys >= np.uint64(b * (2**64 // blocks))) and np.all(np.diff(bkeys.astype(np.float64)) > 0)
+        np.testing.assert_array_equal(bkeys, keys[done : done + len(bkeys)])
+        expected = X.tocsc()[:, cols[done : done + len(bkeys)]].toarray()
+        np.testing.assert_array_equal(Xb.toarray(), expected)
+        done += len(bkeys)

@@ -142,3 +142,67 @@ def test_launch_restarts_a_killed_scheduler_and_the_job_ends_normally(fast_env: 
     assert "rank 0: exact" in res.stdout and "rank 1: exact" in res.stdout
     assert "the scheduler was killed (SIGKILL); restarting it" in res.stderr
     assert "done: 2 workers finished" in res.stderr
+
+
+def test_a_restarted_schedulers_connection_is_taken_only_from_the_answer_to_a_rejoin() -> None:
+    from paramserver.node import Gate
+
+    pending = {7, 8}
+    gate = Gate("worker", False, lambda n: None, lambda ts: ts in pending)
+    gate.scheduler_identity = b"old"
+    # the new scheduler's heartbeat answer, before this node rejoined: refused
+    assert not gate.admit(Message(Op.HEARTBEAT, sender=0, ts=8, response=True, peer=b"new"))
+    assert not gate.admit(Message(Op.REJOIN, sender=0, ts=7, response=True, peer=b"new"))  # not rejoining
+    gate.rejoining = True
+    assert not gate.admit(Message(Op.REJOIN, sender=0, ts=9, response=True, peer=b"new"))  # no such request
+    assert not gate.admit(Message(Op.SHUTDOWN, sender=0, ts=1, peer=b"new"))  # a request, not the answer
+    assert gate.admit(Message(Op.REJOIN, sender=0, ts=7, response=True, peer=b"new"))
+    assert gate.scheduler_identity == b"new" and not gate.rejoining
+    assert not gate.admit(Message(Op.SHUTDOWN, sender=0, ts=2, peer=b"old"))  # the old one is a stranger now
+    assert gate.admit(Message(Op.SHUTDOWN, sender=0, ts=3, peer=b"new"))
+    keyed = Gate("worker", True, lambda n: None, lambda ts: ts in pending)
+    keyed.rejoining = True
+    assert not keyed.admit(Message(Op.REJOIN, sender=0, ts=7, response=True, peer=b"x", auth="worker"))
+    assert keyed.admit(Message(Op.REJOIN, sender=0, ts=7, response=True, peer=b"x", auth="scheduler"))
+
+
+def test_a_registration_sent_again_makes_one_member() -> None:
+    core = SchedulerCore(address="tcp://127.0.0.1:1", num_servers=1)
+    body = {"role": "server", "address": "tcp://127.0.0.1:9001", "nonce": 42}
+    core.handle(Message(Op.REGISTER, sender=-1, ts=1, body=body, peer=b"s"), 0.0)
+    assert 1 in core.nodes and core.keymap is not None  # the round runs (no other server to tell)
+    again = core.handle(Message(Op.REGISTER, sender=-1, ts=5, body=body, peer=b"s"), 0.1)
+    assert sorted(core.nodes) == [0, 1]
+    assert [(a.node, a.msg.ts, a.msg.body["id"]) for a in again if getattr(a, "msg", None) is not None] == [(1, 5, 1)]
+    other = core.handle(Message(Op.REGISTER, sender=-1, ts=6, body=body, peer=b"t"), 0.2)  # another connection
+    assert sorted(core.nodes) == [0, 1, 2] and other
+
+
+def test_a_worker_that_registers_while_the_scheduler_is_down_joins_the_restarted_one(
+        fast_env: dict[str, str]) -> None:
+    import threading
+
+    keys = np.arange(0, 2**64 - 1, 2**58, dtype=np.uint64)
+    with ps.LocalCluster(servers=2, env=fast_env) as cluster:
+        a = ps.connect(cluster.address)
+        t = a.table("t", dtype="int64")
+        t.push(keys, np.ones((len(keys), 1), dtype=np.int64)).wait()
+        cluster.kill_scheduler()
+        box: list[object] = []
+        joiner = threading.Thread(target=lambda: box.append(ps.connect(cluster.address, timeout=120)))
+        joiner.start()
+        t.push(keys, np.ones((len(keys), 1), dtype=np.int64)).wait()  # the data path goes on
+        cluster.restart_scheduler()
+        joiner.join(150)
+        assert box and isinstance(box[0], ps.Worker)
+        b = box[0]
+        try:
+            workers = sorted(n[0] for n in cluster.status()["nodes"] if n[1] == "worker")
+            assert workers == sorted([a.id, b.id]) and a.id != b.id  # one new member, no id taken twice
+            tb = b.table("t", dtype="int64")  # the table the restarted scheduler learnt from the nodes
+            assert tb.id == t.id
+            tb.push(keys, np.ones((len(keys), 1), dtype=np.int64)).wait()
+            np.testing.assert_array_equal(t.pull(keys).ravel(), np.full(len(keys), 3))
+        finally:
+            b.close()
+            a.close()

@@ -102,6 +102,10 @@ def _forged(members: dict[int, tuple[str, str]], worker_id: int, table: int) -> 
         (sched, Message(Op.DRAIN, sender=worker_id, ts=8, body=Drain(node=servers[0]).to_wire())),
         (sched, Message(Op.SHUTDOWN, sender=servers[0], ts=9, body=stop)),
         (sched, Message(Op.POLICY, sender=worker_id, ts=10, body=PolicyRequest(name="s", policy=["eventual", 0]).to_wire())),
+        # claims to be the scheduler itself, whose own entry has no connection to bind the claim to
+        (sched, Message(Op.SHUTDOWN, sender=0, ts=11, body=stop)),
+        (sched, Message(Op.DRAIN, sender=0, ts=12, body=Drain(node=servers[0]).to_wire())),
+        (sched, Message(Op.HEARTBEAT, sender=0, ts=13, body={})),
     ]
     return out
 

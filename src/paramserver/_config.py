@@ -108,6 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PS_DELAY_MS", "delay_ms", 100.0, "Longest hold-back of a delayed message, in milliseconds.", _positive_float),
     Setting("PS_FAULT_SEED", "fault_seed", -1, "Seed of the fault injection's random choices (-1: a different one each run).", int),
     Setting("PS_RESEND_TIMEOUT", "resend_timeout", 0.0, "Seconds after which a data request without a reply is sent again (0: never, or 1 when fault injection is on).", _nonneg_float),
+    Setting("PS_CRASH_AT", "crash_at", "", "Test hook: a server SIGKILLs itself at this migration step, PHASE:WHEN[:ROLE] (copy, load, sums or switch; before or after; source or target), e.g. switch:before:target (empty: never).", str),
+    Setting("PS_CRASH_ONCE", "crash_once", "", "Test hook: with PS_CRASH_AT, only the first server to reach the step dies (it creates this file first).", str),
     Setting("PS_VERBOSE", "verbose", False, "1 to log every message sent and received (very slow; for debugging).", _bool),
     Setting("PS_PLACEMENT", "placement", "even", "How the scheduler places key ranges on servers: even (equal contiguous ranges) or ring (consistent hashing).", _placement),
     Setting("PS_VNODES", "vnodes", 256, "Virtual nodes per server on the consistent-hash ring (PS_PLACEMENT=ring).", _positive_int),
@@ -155,6 +157,8 @@ class Config:
     delay_ms: float = 100.0
     fault_seed: int = -1
     resend_timeout: float = 0.0
+    crash_at: str = ""
+    crash_once: str = ""
     verbose: bool = False
     placement: str = "even"
     vnodes: int = 256

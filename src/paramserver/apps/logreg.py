@@ -14,7 +14,9 @@ It stops on a convergence criterion, not after a fixed count: every 5th pass is 
 below the one 5 passes before, rank 0 says so through a small table that every worker reads
 at the same iteration; all then run one more unfiltered pass and stop. ``--passes`` is only
 an upper bound. The objective is computed by rank 0 (every ``--log-every`` passes, which
-must divide 5 for the criterion to apply; its time is not counted as training time).
+must divide 5 for the criterion to apply; its time is not counted as training time). The
+training time counts from when a worker is connected with its data in memory: the row
+share, the cut into blocks and the table set-up are part of it.
 
 ``--algo ftrl`` trains the same model online instead: asynchronous minibatch FTRL-proximal,
 for streaming data. Run it with ``paramserver run logreg [--data FILE.libsvm] ...``.
@@ -109,39 +111,21 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def partition(X: sp.csr_matrix, blocks: int) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+def partition(X: sp.spmatrix, blocks: int) -> list[tuple[np.ndarray, sp.csr_matrix]]:
     """Cut the columns of ``X`` that hold data into ``blocks`` blocks of key ranges.
 
     Returns, per block, its keys (``spread`` of the column ids, ascending) and the CSR
-    matrix of ``X``'s rows on those columns, in that key order (a block with no
-    column is empty). One stable radix sort of the non-zeros by block: no Python loop
-    over columns or rows, and no per-block fancy indexing.
+    matrix of ``X``'s rows on those columns, in that key order (a block with no column is
+    empty). One CSC conversion, then one column slice per block (scipy's compiled
+    indexing; a single radix sort of the non-zeros by block measured no faster).
     """
-    X = X.tocsr()
-    n_rows, n_cols = X.shape
-    cols = np.flatnonzero(np.bincount(X.indices, minlength=n_cols))  # the features with data
+    Xc = X.tocsc()
+    cols = np.flatnonzero(np.diff(Xc.indptr))  # the features with data
     keys = spread(cols)
     order = np.argsort(keys)
     cols, keys = cols[order], keys[order]
     cuts = np.searchsorted(keys, (np.arange(1, blocks, dtype=np.float64) * (2.0**64 / blocks)).astype(np.uint64))
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [len(keys)]])
-    block_of = np.zeros(n_cols, dtype=np.int16 if blocks < 2**15 else np.int64)
-    position = np.zeros(n_cols, dtype=X.indices.dtype)  # a column's place in its block
-    block_of[cols] = np.repeat(np.arange(blocks), ends - starts)
-    position[cols] = np.arange(len(cols)) - np.repeat(starts, ends - starts)
-    nz_block = block_of[X.indices]
-    by_block = np.argsort(nz_block, kind="stable")  # rows stay in order inside each block
-    rows = np.repeat(np.arange(n_rows), np.diff(X.indptr))[by_block]
-    data, indices = X.data[by_block], position[X.indices][by_block]
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(nz_block, minlength=blocks))])
-    out = []
-    for b in range(blocks):  # one vectorised step per block
-        lo, hi = bounds[b], bounds[b + 1]
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[lo:hi], minlength=n_rows))])
-        Xb = sp.csr_matrix((data[lo:hi], indices[lo:hi], indptr), shape=(n_rows, ends[b] - starts[b]))
-        out.append((keys[starts[b] : ends[b]], Xb))
-    return out
+    return [(keys[a:b], Xc[:, cols[a:b]].tocsr()) for a, b in zip([0, *cuts], [*cuts, len(keys)], strict=True)]
 
 
 def dbpg(w: Worker, X: sp.csr_matrix, y: np.ndarray, args: argparse.Namespace,

@@ -1,7 +1,11 @@
-"""``paramserver launch``: run a whole job on this machine.
+"""``paramserver launch``: run a whole job, on this machine or over ssh on others.
 
 Starts a scheduler, S servers and W copies of the user's command as workers, each its own
 process, with the environment a worker needs (PS_SCHEDULER, the DMLC_* names, PS_WORKER_RANK).
+With hosts (``-H host1,host2`` or ``--hostfile FILE``) the scheduler runs here and the
+servers and workers run on those hosts over OpenSSH (``deploy/_remote.py``: placement, the
+environment passed on, output prefixed with each node's role and host); the workers'
+command (and this Python, for the servers) must exist at the same path on every host.
 It passes the workers' exit code through; when a worker fails, a node dies, or the user
 presses Ctrl-C, it stops every process and says why. A scheduler killed by a signal is
 restarted at its address (``--recover``, up to :data:`MAX_RESTARTS` times): the servers and
@@ -26,8 +30,20 @@ from types import FrameType
 from .._config import Config
 from .._errors import PSError
 from .._words import plural
-from ..deploy import AdminClient, Proc, node_command, spawn, start_scheduler, stop_all, wait_all
-from ..node import split_address
+from ..deploy import (
+    AdminClient,
+    Host,
+    Proc,
+    forwarded_env,
+    node_command,
+    place,
+    spawn,
+    spawn_remote,
+    start_scheduler,
+    stop_all,
+    wait_all,
+)
+from ..node import choose_host, split_address
 
 __all__ = ["MAX_RESTARTS", "launch"]
 
@@ -61,13 +77,16 @@ class _Interrupted(Exception):
         self.signum = signum
 
 
-def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "127.0.0.1",
+def launch(command: Sequence[str], *, servers: int, workers: int, host: str | None = None,
            env: dict[str, str] | None = None, poll: float = 0.05, quiet: bool = False,
-           dashboard: int | None = None) -> int:
-    """Run ``command`` as ``workers`` workers of a local job with ``servers`` servers.
+           dashboard: int | None = None, hosts: Sequence[Host] = (), ssh: Sequence[str] = ("ssh",),
+           forward: Sequence[str] = ()) -> int:
+    """Run ``command`` as ``workers`` workers of a job with ``servers`` servers, here or,
+    with ``hosts``, over ``ssh`` on them (``forward``: more variables to pass on).
 
-    Returns the exit code to pass on: 0 if every worker succeeded, else the first failing
-    worker's code (or 1 if a node died, 130 on Ctrl-C).
+    The scheduler binds ``host``: 127.0.0.1 by default, or with ``hosts`` the local address
+    that routes to the first of them. Returns the exit code to pass on: 0 if every worker
+    succeeded, else the first failing worker's code (or 1 if a node died, 130 on Ctrl-C).
     """
     if not command:
         _say("no command given; usage: paramserver launch -s 2 -w 4 -- python train.py")
@@ -75,7 +94,7 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
     base = {**os.environ, **(env or {})}
     base.setdefault("PS_LOG_LEVEL", "WARNING")  # nodes' INFO lines would mix with the script's output
     Config.from_env(base)  # fail early on a bad setting
-    why = _runnable(command, base)
+    why = _runnable(command, base) if not hosts else None  # (a remote's PATH is the remote's business)
     if why is not None:
         _say(f"cannot run the workers' command: {why}; nothing was started")
         return 127
@@ -86,28 +105,40 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str = "1
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sched, address = start_scheduler(base, host=host, servers=servers, workers=workers, dashboard=dashboard)
+        where = place(hosts, servers, workers) if hosts else None
+        bind = host or (choose_host(f"tcp://{hosts[0].name}:22") if hosts else "127.0.0.1")
+        sched, address = start_scheduler(base, host=bind, servers=servers, workers=workers, dashboard=dashboard)
         procs.append(sched)
         uri, port = split_address(address)
         node_env = {**base, "PS_SCHEDULER": address, "DMLC_PS_ROOT_URI": uri, "DMLC_PS_ROOT_PORT": str(port),
                     "DMLC_NUM_SERVER": str(servers), "DMLC_NUM_WORKER": str(workers)}
-        server_procs = [spawn(f"server {i}", node_command("server", "--host", host),
-                              {**node_env, "DMLC_ROLE": "server"}) for i in range(servers)]
+        if "PS_KEYS" in node_env:
+            node_env["PS_KEYS"] = os.path.abspath(node_env["PS_KEYS"])
+
+        def start(name: str, i: int, argv: list[str], role_env: dict[str, str]) -> Proc:
+            if where is None:
+                return spawn(name, argv, {**node_env, **role_env})
+            on = (where.servers if name.startswith("server") else where.workers)[i]
+            return spawn_remote(name, on, argv, {**forwarded_env(node_env, forward), **role_env}, ssh=ssh)
+
+        server_argv = node_command("server") if hosts else node_command("server", "--host", bind)
+        server_procs = [start(f"server {i}", i, server_argv, {"DMLC_ROLE": "server"}) for i in range(servers)]
         procs += server_procs
         worker_procs = []
         for i in range(workers):
             try:
-                worker_procs.append(spawn(f"worker {i}", list(command),
-                                          {**node_env, "DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)}))
+                worker_procs.append(start(f"worker {i}", i, list(command),
+                                          {"DMLC_ROLE": "worker", "PS_WORKER_RANK": str(i)}))
             except OSError as exc:  # vanished or lost its permission since the check
                 raise PSError(f"cannot run the workers' command {command[0]!r}: {exc.strerror or exc}") from None
             procs.append(worker_procs[-1])
-        _say(f"scheduler at {address}, {plural(servers, 'server')}, {plural(workers, 'worker')} running "
+        on_hosts = f" on {', '.join(h.name for h in hosts)} over ssh" if hosts else ""
+        _say(f"scheduler at {address}, {plural(servers, 'server')}, {plural(workers, 'worker')}{on_hosts} running "
              f"{' '.join(command)}", quiet=quiet)
 
         def restart() -> Proc:
             """A scheduler at the dead one's address that takes the job over (--recover)."""
-            new, _ = start_scheduler(base, host=host, servers=servers, workers=workers, dashboard=dashboard,
+            new, _ = start_scheduler(base, host=bind, servers=servers, workers=workers, dashboard=dashboard,
                                      port=port, recover=True)
             procs[0] = new
             return new

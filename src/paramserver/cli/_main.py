@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from .._config import SETTINGS, Config, parse_address
 from .._errors import ConnectError, InvalidArgument, PSError
 from .._version import __version__
+from .._words import plural
 
 __all__ = ["main"]
 
@@ -45,7 +46,7 @@ def _cmd_scheduler(args: argparse.Namespace, config: Config) -> int:
         dashboard.board.address = address
         dashboard.start()
         log.info("dashboard of the cluster at %s", dashboard.url)
-    log.info("scheduler listening at %s; waiting for %d servers; workers: %s", address, config.num_servers,
+    log.info("scheduler listening at %s; waiting for %s; workers: %s", address, plural(config.num_servers, "server"),
              config.num_workers or "dynamic")
     if args.address_file:
         tmp = args.address_file + ".tmp"
@@ -88,9 +89,21 @@ def _cmd_worker(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace, config: Config) -> int:
+    import shlex
+
+    from ..deploy import parse_hosts, read_hostfile
     from ._launch import launch
 
-    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host, dashboard=args.dashboard)
+    if sum(map(bool, (args.hosts, args.hostfile, args.slurm, args.mpi))) > 1:
+        raise InvalidArgument("give one of -H, --hostfile, --slurm and --mpi")
+    if args.slurm or args.mpi:
+        from ._ranked import run_task
+
+        return run_task("slurm" if args.slurm else "mpi", args.command, servers=args.servers, host=args.host,
+                        rendezvous=args.rendezvous)
+    hosts = parse_hosts(args.hosts) if args.hosts else read_hostfile(args.hostfile) if args.hostfile else []
+    return launch(args.command, servers=args.servers, workers=args.workers, host=args.host, dashboard=args.dashboard,
+                  hosts=hosts, ssh=shlex.split(args.ssh), forward=args.forward)
 
 
 def _cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -261,8 +274,24 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("launch", help="run a whole job locally: scheduler, servers and workers")
     s.add_argument("-s", "--servers", type=int, default=1, help="server processes (default 1)")
     s.add_argument("-w", "--workers", type=int, default=1, help="worker processes (default 1)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--host", help="address the scheduler binds (default 127.0.0.1, or with -H the local address "
+                                  "that routes to the first host)")
     s.add_argument("--dashboard", type=int, metavar="PORT", help="the scheduler serves the live dashboard on this port")
+    s.add_argument("-H", "--hosts", metavar="HOST[:SLOTS],...",
+                   help="run servers and workers on these hosts over ssh (round-robin; the scheduler runs here)")
+    s.add_argument("--hostfile", metavar="FILE", help="hosts one a line: 'host', 'host slots=N' or 'host:N'")
+    s.add_argument("--ssh", default="ssh", help="the ssh command and its options (default: ssh), e.g. "
+                                                "'ssh -i KEY -p 2222'")
+    s.add_argument("--slurm", action="store_true",
+                   help="this is one task of `srun -n N`: task 0 schedules, the next -s serve, the rest train")
+    s.add_argument("--mpi", action="store_true",
+                   help="the same for `mpirun -np N` (OMPI_COMM_WORLD_RANK or PMI_RANK)")
+    s.add_argument("--rendezvous", metavar="DIR",
+                   help="with --slurm/--mpi: a directory every task sees, where task 0 leaves the scheduler's "
+                        "address (default: the working directory)")
+    s.add_argument("-x", "--forward", action="append", default=[], metavar="NAME",
+                   help="pass this environment variable on to remote nodes too (PS_*, DMLC_* and "
+                        "PYTHONPATH always are); repeatable")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments of each worker")
     s.set_defaults(fn=_cmd_launch)
 

@@ -129,9 +129,13 @@ class Gate:
         self._scheduler = Member("scheduler", identity) if identity else None
 
     def member(self, node: int) -> Known | None:
-        """The member ``node`` as this node knows it (the scheduler by its recorded identity)."""
-        if node == SCHEDULER_ID and self.role != "scheduler":
-            return self._scheduler
+        """The member ``node`` as this node knows it (the scheduler by its recorded identity).
+
+        The scheduler never sends to itself: on the scheduler, a message claiming to come
+        from the scheduler is from a stranger (its own node-table entry has no connection
+        identity to bind the claim to)."""
+        if node == SCHEDULER_ID:
+            return self._scheduler if self.role != "scheduler" else None
         return self.lookup(node)
 
     def admit(self, msg: Message, handled: bool = True) -> bool:
@@ -192,6 +196,8 @@ class Gate:
     def _stranger(self, msg: Message) -> str | None:
         """The rule for a sender that is not a member."""
         if self.role == "scheduler":
+            if msg.sender == SCHEDULER_ID:
+                return "it claims to be this scheduler"
             if msg.response or msg.op not in _FROM_STRANGERS:
                 return f"node {msg.sender} is not a member"
             if self.curve and msg.op == Op.REGISTER and msg.auth not in ("server", "worker", "admin", "scheduler"):

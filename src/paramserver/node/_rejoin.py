@@ -146,7 +146,7 @@ class SchedulerLink:
             return
         restarted = answer.incarnation != self.incarnation
         self.incarnation = answer.incarnation
-        self.lost_since = None
+        was_lost, self.lost_since = self.lost_since is not None, None
         node.heartbeats.seen()
         node.set_nodes(nodes, keymap, dead)
         if restarted:
@@ -155,7 +155,7 @@ class SchedulerLink:
             # requests the old scheduler never answered go to the new one (after this answer is done)
             node.call_later(0, lambda: node.peer_failed(SCHEDULER_ID, SchedulerRestarted(
                 f"the scheduler at {node.scheduler_address} restarted")))
-        else:
+        elif was_lost:
             log.warning("%s %d: the scheduler at %s answers again", node.role, node.id, node.scheduler_address)
 
     # ------------------------------------------------------------------ calls

@@ -169,6 +169,9 @@ class _Table:
 
 GROUPS = ("workers", "servers", "all")
 
+#: How many times a migration is planned again after a party died during its copy phase.
+MIGRATION_TRIES = 3
+
 
 def _error_of(reply: Message) -> ErrorReply:
     """The error a reply that is not OK carries (its fields at their defaults if mistyped)."""
@@ -258,7 +261,8 @@ class SchedulerCore:
         self.namespaces = Namespaces()  # who may write each namespace
         #: Key-map changes run one at a time: (name, build the target map, then) queued here.
         self._migrating = False
-        self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]]]] = []
+        #: (name, target map, then, tries: attempts ended by the death of a party)
+        self._migrations: list[tuple[str, Callable[[], KeyMap], Callable[[bool, str], list[Action]], int]] = []
         self._epoch = 0  # the highest epoch handed out (a failure during a migration skips past it)
         self._pinged: dict[int, float] = {}  # waiting registrations: when each was last told why
         self._warned_waiting = False
@@ -488,7 +492,7 @@ class SchedulerCore:
         for waiting in self._barriers.values():
             waiting.pop(nid, None)
         if info.role == "server":
-            return out + self._server_failed(nid, reason, now)
+            return out + self._server_failed(nid, reason, now) + self._next_migration(now)
         if info.role == "worker":
             group = self.groups[info.group]
             # the shards it held go to the next worker of its group that asks
@@ -508,8 +512,10 @@ class SchedulerCore:
     def _server_failed(self, nid: int, reason: str, now: float) -> list[Action]:
         """Promote the next replica of each range the dead server held and broadcast the
         new map (epoch + 1); end the job if some range had no other copy."""
-        if self.keymap is None or nid not in self.keymap.servers():
+        if self.keymap is None:
             return []  # died before the key map existed: it held nothing
+        if nid not in self.keymap.servers():  # it held nothing (yet): the others forget it
+            return self._broadcast_nodes(now, dead=[nid])
         try:
             self.keymap = self.keymap.without(nid, self._next_epoch())
         except InvalidArgument as exc:
@@ -545,13 +551,13 @@ class SchedulerCore:
                 then: Callable[[bool, str], list[Action]], now: float) -> list[Action]:
         """Move the key map to ``target()`` (computed when its turn comes) by the two-phase
         migration of ``server/_migrate.py``; call ``then(ok, why)`` at the end. One at a time."""
-        self._migrations.append((name, target, then))
+        self._migrations.append((name, target, then, 0))
         return self._next_migration(now)
 
     def _next_migration(self, now: float) -> list[Action]:
         if self._migrating or not self._migrations or self.keymap is None or self.finished:
             return []
-        name, make, then = self._migrations.pop(0)
+        name, make, then, tries = self._migrations.pop(0)
         old = self.keymap
         try:
             new = make()
@@ -568,12 +574,28 @@ class SchedulerCore:
         def copied(g: _Gather) -> list[Action]:
             failed = g.failures()
             self._migrating = False
-            if failed or self.finished:
-                why = "; ".join(f"server {n}: {e}" for n, e in sorted(failed.items())) or "the job ended"
+            dead = sorted({n for n in failed if n not in self.nodes} | {s for s in new.servers() if s not in self.nodes})
+            out: list[Action] = []
+            if (failed or dead) and not self.finished and self.keymap is old:
+                # Roll back: the sources adopted `mid`; a map of a higher epoch without the
+                # extension (the failover's, or this one) takes their chains back.
+                self.keymap = KeyMap(self._next_epoch(), list(old))
+                out += self._broadcast_nodes(g.ended)
+            if dead and not self.finished and set(failed) <= set(dead) and tries < MIGRATION_TRIES:
+                # a party died during the copy: plan again from the map without it (once it is
+                # failed over: node_failed starts the next migration after promoting its replicas)
+                log.warning("migration (%s): %s died while copying; it is planned again after the failover", name,
+                            ", ".join(f"server {n}" for n in dead))
+                self._migrations.insert(0, (name, make, then, tries + 1))
+                waiting = self.keymap is not None and any(n in self.keymap.servers() for n in dead)
+                return out + ([] if waiting else self._next_migration(g.ended))
+            if failed or dead or self.finished:
+                why = "; ".join([f"server {n}: {e}" for n, e in sorted(failed.items())]
+                                + [f"server {n} died" for n in dead if n not in failed]) or "the job ended"
                 log.warning("migration (%s) failed: %s", name, why)
-                return then(False, why) + self._next_migration(g.ended)
+                return out + then(False, why) + self._next_migration(g.ended)
             if self.keymap is not old:  # a failure changed the map meanwhile: plan again
-                self._migrations.insert(0, (name, make, then))
+                self._migrations.insert(0, (name, make, then, tries))
                 return self._next_migration(g.ended)
             # Phase 2, switch: the map is `new` from here on (a failure now is handled from it).
             # Every server of either map adopts it and answers once the updates it applied

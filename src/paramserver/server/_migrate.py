@@ -20,6 +20,18 @@ The scheduler drives a migration from key map ``old`` to ``new`` in two phases:
    scheduler broadcasts ``new``. Old masters answer "moved" for ranges they lost; workers
    send those requests on to the new masters.
 
+Sums handed over go to the new master of their keys and to every replica of them in the new
+map (``MigrateSums``): a holder that does not master them (yet) keeps them as *standby*
+(``TableSync.standby``), takes them into the iteration's pending sum once it masters the keys
+(it adopted the new map, or was promoted by a failover), and drops them once their master
+replicates that iteration's sum (which holds them). The pushes waiting on them are answered
+only once every holder has them, so their sums survive the death of any one of them.
+
+A party that dies during a migration: its replicas take over as in any failover, and a
+replication whose head died goes on to the rest of its chain (``ServerState.answered``), so
+the chains stay exact; the scheduler plans a copy phase that lost a party again from the
+failover map, and a switch stands (the map it installs is failed over like any other).
+
 Snapshots carry, besides the rows, the table's records of which keys the pushes still in
 flight applied (``TableSync.applied_in``), so a part sent again to a new holder applies
 only the keys the snapshot does not hold yet.
@@ -47,11 +59,12 @@ from ..protocol import (
     Op,
     migrate_from_wire,
 )
-from ..table import Store
+from ..table import Store, TableSpec
 from ._actions import Action, Reply
 
 if TYPE_CHECKING:
     from ._state import ServerState
+    from ._sync import TableSync
 
 __all__ = ["Migrations"]
 
@@ -145,11 +158,22 @@ class Migrations:
                     continue
                 for owner in np.unique(owners[~mine]).tolist():
                     pick = owners == owner
-                    token = state.call(int(owner), Message(
-                        Op.MIGRATE, table=tid, arrays=[keys[pick], values[pick]],
-                        body=MigrateSums(pending=iteration).to_wire()), f"hand-over of table {tid} sums", out)
-                    self._handing.add(token)
-                    tokens.append(token)
+                    k, v = keys[pick], values[pick]
+                    # to the new master and to every replica of the keys: the sums survive
+                    # the death of any one of them before the iteration is applied
+                    parts = [(int(owner), k, v)]
+                    for chain, spans in keymap.chains(k).items():
+                        idx = np.concatenate([np.arange(a, b) for a, b in spans])
+                        parts += [(h, k[idx], v[idx]) for h in chain]
+                    for holder, hk, hv in parts:
+                        if holder == state.id:  # this server replicates them from now on
+                            self._standby(sync, tid, iteration, hk, hv)
+                            continue
+                        token = state.call(holder, Message(
+                            Op.MIGRATE, table=tid, arrays=[hk, hv], body=MigrateSums(pending=iteration).to_wire()),
+                            f"hand-over of table {tid} sums to server {holder}", out)
+                        self._handing.add(token)
+                        tokens.append(token)
                 kept = Store(buffer.spec)
                 if bool(mine.any()):
                     kept.push(keys[mine], values[mine])
@@ -165,12 +189,71 @@ class Migrations:
 
     # ------------------------------------------------------------------ target side
     def _load_sums(self, msg: Message, body: MigrateSums, out: list[Action]) -> None:
+        """Sums handed over: the keys this server masters join the iteration's pending sum,
+        the others wait as standby (it holds them as a replica, or masters them once it
+        adopts the new map)."""
         state = self.state
-        store = state.store_of(msg)
+        state.store_of(msg)
         if len(msg.arrays) != 2:
             raise ProtocolError("a hand-over of sums names its iteration and carries keys and values")
-        state.sync[msg.table].buffer(body.pending, store).push(msg.arrays[0], msg.arrays[1])
+        keys, values = np.ascontiguousarray(msg.arrays[0]), np.ascontiguousarray(msg.arrays[1])
+        self._standby(state.sync[msg.table], msg.table, body.pending, keys, values)
+        self.promote_standby()
         out.append(Reply(msg))
+
+    def _standby(self, sync: TableSync, tid: int, iteration: int, keys: np.ndarray, values: np.ndarray) -> None:
+        keymap = self.state.keymap
+        if sync.agg_seen and keymap is not None and len(keys):
+            # keys whose master replicated this iteration's sum here already: the sums are in it
+            masters = keymap.masters(keys)
+            late = np.zeros(len(keys), dtype=bool)
+            for m in np.unique(masters).tolist():
+                if m != self.state.id and sync.agg_seen.get(int(m), -1) >= iteration:
+                    late |= masters == m
+            keys, values = keys[~late], values[~late]
+            if not len(keys):
+                return
+        buffer = sync.standby.get(iteration)
+        if buffer is None:
+            spec = self.state.stores[tid].spec
+            buffer = sync.standby[iteration] = Store(TableSpec.create(
+                f"{spec.name}@{iteration}", spec.width, spec.dtype, "sum"))
+        buffer.push(keys, values)
+
+    def promote_standby(self) -> None:
+        """Standby sums of keys this server masters now join their iteration's pending sum."""
+        state = self.state
+        keymap = state.keymap
+        for tid, sync in state.sync.items():
+            for iteration, buffer in list(sync.standby.items()):
+                keys, values = buffer.pull_range(0, KEY_SPACE)
+                mine = keymap.masters(keys) == state.id if keymap is not None else np.ones(len(keys), dtype=bool)
+                if not bool(mine.any()):
+                    continue
+                sync.buffer(iteration, state.stores[tid]).push(keys[mine], values[mine])
+                self._keep(sync, iteration, buffer, keys[~mine], values[~mine])
+
+    def drop_standby(self, table: int, iteration: int, keys: np.ndarray) -> None:
+        """The master of ``keys`` replicated the sum of ``iteration``: the standby sums of
+        those keys, of that iteration and before, are in it."""
+        sync = self.state.sync.get(table)
+        if sync is None or not sync.standby:
+            return
+        for it, buffer in list(sync.standby.items()):
+            if it <= iteration:
+                held, values = buffer.pull_range(0, KEY_SPACE)
+                keep = ~np.isin(held, keys)
+                if not bool(keep.all()):
+                    self._keep(sync, it, buffer, held[keep], values[keep])
+
+    @staticmethod
+    def _keep(sync: TableSync, iteration: int, buffer: Store, keys: np.ndarray, values: np.ndarray) -> None:
+        if not len(keys):
+            del sync.standby[iteration]
+            return
+        kept = Store(buffer.spec)
+        kept.push(keys, values)
+        sync.standby[iteration] = kept
 
     def _load(self, msg: Message, body: MigrateLoad, out: list[Action]) -> None:
         state = self.state

@@ -62,8 +62,9 @@ class Replica:
         sync = state.sync[msg.table]
         body = replicate_from_wire(msg.body)  # its kind, worker, origins and chain, checked
         if isinstance(body, ReplicateAgg):
+            keys, values = _replica_arrays(msg, store)
+            state.migrations.drop_standby(msg.table, msg.clock, keys)  # handed-over sums now in it
             if not sync.agg_duplicate(body.origins, msg.clock):
-                keys, values = _replica_arrays(msg, store)
                 store.push(keys, values, msg.clock)
                 for o, _ in body.origins:
                     sync.agg_seen[o] = max(sync.agg_seen.get(o, -1), msg.clock)

@@ -30,6 +30,7 @@ from ..protocol import Message, Op, Status, StatusRequest
 from ..table import Store, TableSpec, parse_modules
 from ._actions import Action, Adopt, Call, Fail, Moved, Reply, Wake, WriteCheckpoint
 from ._checkpoint import Restorer, write_checkpoint
+from ._crashpoint import CrashPoint
 from ._state import ServerState
 from ._sync import TableSync
 
@@ -53,6 +54,8 @@ class Server:
         self.state = ServerState(node.id, restore=self.restorer.restore if self.restorer else None,
                                  user_modules=parse_modules(node.config.updater_modules))
         self.done = threading.Event()
+        #: The test hook PS_CRASH_AT (``_crashpoint.py``).
+        self.crash = CrashPoint(node.config.crash_at, node.config.crash_once)
         self.exit_reason = ""
         self._sync_node()
         for op in _OPS:
@@ -107,7 +110,9 @@ class Server:
                                   f"{node.config.max_keys:,} (PS_MAX_KEYS); send fewer keys per request")
         if node.keymap is not state.keymap or node.id != state.id:
             state.set_keymap(node.keymap, node.id)
+        self.crash.check(msg, "before", state.id, state.keymap)
         self._run(state.handle(msg, time.monotonic()))
+        self.crash.check(msg, "after", state.id, state.keymap)
 
     def _on_nodes_changed(self, gone: set[int]) -> None:
         self._sync_node()

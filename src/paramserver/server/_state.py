@@ -126,6 +126,9 @@ class ServerState:
         self._tokens = 0
         self._waits: dict[int, list[_Wait]] = {}  # request token -> what waits for its end
         self._replicating: set[int] = set()  # tokens of replication requests not answered yet
+        #: token -> (chain, table, clock, arrays, body) of each replication in flight, to send
+        #: it on to the rest of the chain if its head dies.
+        self._chains: dict[int, tuple[list[int], int, int, list[np.ndarray], Replicate]] = {}
         self.gate = CheckpointGate(self)
         self.migrations = Migrations(self)
         self.pulls = Pulls(self)
@@ -155,12 +158,23 @@ class ServerState:
 
     def answered(self, token: int, error: BaseException | None = None, what: str = "") -> list[Action]:
         """A request this state sent (:class:`Call` ``token``) ended, with ``error`` if it
-        failed: a replica that died is no longer in the chain, so the update is as safe as
-        it gets, and what waited for it goes on."""
+        failed. A replication whose head died goes on to the rest of its chain (what waited
+        for it waits for that: an update is acknowledged only once every live link has it;
+        the links that had it already from the dead head apply it once, by its records);
+        with no link left the update is as safe as it gets, and what waited for it goes on."""
         if error is not None and not isinstance(error, _QUIET):
             log.warning("server %d: %s failed: %s", self.id, what or f"request {token}", error)
         self._replicating.discard(token)
         out: list[Action] = []
+        sent = self._chains.pop(token, None)
+        if sent is not None and isinstance(error, NodeUnavailable) and len(sent[0]) > 1:
+            chain, table, clock, arrays, body = sent
+            if not (isinstance(body, ReplicatePush) and body.rid < 0):  # else it could apply twice
+                if isinstance(body, ReplicatePush):
+                    body.again = True  # compared with every key applied there
+                again = self.send_replica(chain[1:], table, clock, arrays, body, out)
+                self._waits[again] = self._waits.pop(token, [])
+                return out
         for w in self._waits.pop(token, ()):
             w.left -= 1
             if w.left == 0:
@@ -208,6 +222,7 @@ class ServerState:
         """After a change of the key map or node table: hand sums over, forget the workers
         that left, apply the iterations and answer the pulls that may go on now."""
         self.migrations.hand_over_pending(out)
+        self.migrations.promote_standby()  # sums handed over for keys this server masters now
         for table, sync in self.sync.items():
             sync.forget(gone)
             self.aggregate(table, out)
@@ -252,6 +267,7 @@ class ServerState:
         self.replicated_bytes += sum(a.nbytes for a in arrays)
         token = self.call(chain[0], msg, f"replication to server {chain[0]}", out)
         self._replicating.add(token)
+        self._chains[token] = (list(chain), table, clock, arrays, body)
         return token
 
     # ------------------------------------------------------------------ tables

@@ -93,6 +93,10 @@ class TableSync:
     held: dict[tuple[int, int], Pull] = field(default_factory=dict)  # (sender, ts) -> pull
     #: For tables that aggregate: iteration -> the sum of its pushes, not applied yet.
     pending: dict[int, Store] = field(default_factory=dict)
+    #: For tables that aggregate: iteration -> partial sums handed over by a migration for keys
+    #: this server holds but does not master (yet): taken into ``pending`` if it becomes their
+    #: master, dropped once their master replicates the iteration's sum (server/_migrate.py).
+    standby: dict[int, Store] = field(default_factory=dict)
     #: For tables that aggregate with replicas: iteration -> pushes answered once it is replicated.
     acks: dict[int, list[Message]] = field(default_factory=dict)
     #: The last iteration this server aggregated and applied as master (-1: none).

@@ -33,6 +33,7 @@ from ..protocol import Barrier, Bye, Message, Op, PolicyRequest, PolicyUpdate, R
 from ..table import Initializer, TableSpec, Updater
 from ..transport import Transport
 from ._checkpoint import Periodic, request_checkpoint
+from ._roles import NODE_ROLES, become_node
 from ._session import Session, wait_result
 from ._shards import Shard, iterate_shards, row_shards
 from ._table import Table
@@ -633,6 +634,10 @@ def connect(address: str | None = None, *, timeout: float | None = None,
         The cluster's key directory (PS_KEYS if None; see ``paramserver keygen``); this
         host needs its ``*.key`` files and ``worker.key_secret``.
 
+    Under ``DMLC_ROLE=scheduler`` or ``DMLC_ROLE=server`` (ps-lite's launchers start the same
+    script in every role) this call does not return: the process becomes that node and
+    exits with the job's code when the job ends (docs/deploy.md).
+
     Raises
     ------
     ConnectError
@@ -644,6 +649,8 @@ def connect(address: str | None = None, *, timeout: float | None = None,
     cfg = config or Config.from_env()
     if keys is not None:
         cfg = dataclasses.replace(cfg, keys=os.fspath(keys))
+    if cfg.role in NODE_ROLES and transport is None:
+        become_node(cfg, parse_address(address) if address else None)
     addr = parse_address(address) if address else cfg.scheduler_address()
     name = cfg.group if group is None else group
     size = cfg.group_workers if group_workers is None else group_workers
