@@ -13,7 +13,6 @@ import pytest
 
 import paramserver as ps
 from paramserver.table import Store, TableSpec
-from paramserver.table._init import uniform01
 
 
 def store(**life: object) -> Store:
@@ -48,7 +47,7 @@ def test_admission_by_probability_is_a_function_of_the_key() -> None:
     s = store(admit_prob=0.25)
     ks = np.arange(4000, dtype=np.uint64)
     s.push(ks, ones(4000), 0)
-    expected = uniform01(ks, 1, 0x5EED_AD317)[:, 0] < 0.25
+    expected = TableSpec.create("t", admit_prob=0.25).lifecycle.admitted_by_chance(ks)
     assert len(s) == int(expected.sum()) and s.dropped == 4000 - len(s)
     assert 900 < len(s) < 1100
     np.testing.assert_array_equal(s.pull(ks)[:, 0], expected.astype(np.float64))

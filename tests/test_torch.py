@@ -258,3 +258,31 @@ def test_export_whole_table_and_delta_to_torch_safetensors_and_numpy(w: Any, tmp
     plain = Embedding(3, table="t_export_plain", worker=w)
     with pytest.raises(ps.InvalidArgument, match="needs a table declared with ttl="):
         export_table(plain.table, tmp_path / "d.npz", since=0)
+
+
+def test_dense_parameters_follow_torch_adagrad(w: Any) -> None:
+    from paramserver.torch import DenseParameters
+
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    ref = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    ref.load_state_dict(net.state_dict())
+    dense = DenseParameters(net.parameters(), table="t_dense", worker=w, optimizer=ps.AdaGrad(lr=0.1), width=16)
+    assert dense.rows == 3  # 46 parameters in rows of 16
+    opt = torch.optim.Adagrad(ref.parameters(), lr=0.1)
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        x = torch.from_numpy(rng.normal(size=(8, 7)).astype(np.float32))
+        dense.pull()
+        net.zero_grad()
+        net(x).square().mean().backward()
+        dense.push()
+        opt.zero_grad()
+        ref(x).square().mean().backward()
+        opt.step()
+    dense.flush()
+    dense.pull()
+    for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+        assert float((a - b).abs().max().detach()) < TOL
+    with pytest.raises(ps.InvalidArgument, match="at least one parameter"):
+        DenseParameters([], table="t_dense_none", worker=w)

@@ -4,6 +4,7 @@ keyed row store (``Store`` over a ``HashIndex``) that servers and worker-side fi
 from ._allow import ANY_MODULE, check_user_code, parse_modules
 from ._index import HashIndex
 from ._init import BUILTIN_INITS, Constant, Initializer, Normal, Uniform, Zeros, resolve_init
+from ._lifecycle import Lifecycle
 from ._push_filter import PushFilter
 from ._spec import TABLE_DTYPES, TableSpec
 from ._store import Store
@@ -38,6 +39,7 @@ __all__ = [
     "HashIndex",
     "Initializer",
     "L1Prox",
+    "Lifecycle",
     "Max",
     "Min",
     "Normal",

@@ -35,7 +35,7 @@ class DenseParameters:
     """The parameters ``params`` of this worker, kept in the table ``table`` (see module)."""
 
     def __init__(self, params: Iterable[torch.nn.Parameter], table: str, *, worker: Worker | None = None,
-                 optimizer: str | Updater = "sgd", width: int = 4096, **table_args: Any) -> None:
+                 optimizer: str | Updater = "sgd", width: int = 1024, **table_args: Any) -> None:
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise InvalidArgument("DenseParameters needs at least one parameter that requires grad")

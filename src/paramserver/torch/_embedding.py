@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,11 +73,12 @@ def ids_to_keys(ids: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class _Prefetched:
-    """A pull sent ahead of its forward pass: the distinct keys and the pull in flight."""
+    """A pull sent ahead of its forward pass: the distinct keys (sorted), the pull in flight,
+    and the pulls sent after each later push of some of these keys (positions in ``keys``)."""
 
     keys: np.ndarray
     request: Request
-    pushes: int  # how many pushes the table's gradients had had when the pull left
+    refresh: list[tuple[np.ndarray, Request]] = field(default_factory=list)
 
 
 @dataclass
@@ -122,9 +123,8 @@ class TableGradients:
         self._waiting = 0  # lookups registered whose backward has not reported
         self._held: list[tuple[np.ndarray, np.ndarray]] = []
         self._inflight: deque[Request] = deque()
-        #: (push number, keys) of the pushes since the oldest prefetch still waiting.
-        self.pushed: deque[tuple[int, np.ndarray]] = deque()
-        self.prefetching = 0  # prefetched pulls not used yet (by any module of the table)
+        #: Prefetched pulls not used yet, of every module over the table.
+        self.waiting: list[_Prefetched] = []
 
     def register(self) -> None:
         with self.lock:
@@ -150,10 +150,14 @@ class TableGradients:
             values = np.concatenate([v for _, v in held])
         req = self.table.push(keys, values)
         s = self.stats
-        if self.prefetching:
-            self.pushed.append((s.pushes, np.unique(keys) if len(held) > 1 else keys))
+        pushed = np.unique(keys) if len(held) > 1 else keys  # (one lookup's keys are distinct and sorted)
         s.pushes += 1
-        s.rows_pushed += len(np.unique(keys)) if len(held) > 1 else len(keys)
+        s.rows_pushed += len(pushed)
+        for p in self.waiting:  # rows a prefetch read before this push: read them again, sent now
+            stale = np.intersect1d(p.keys, pushed, assume_unique=True)
+            if len(stale):
+                p.refresh.append((np.searchsorted(p.keys, stale), self.table.pull(stale, block=False)))
+                s.rows_refreshed += len(stale)
         self._inflight.append(req)
         while self._inflight and self._inflight[0].done():
             self._inflight.popleft().result()  # re-raises a failed push here
@@ -251,15 +255,18 @@ class _TableRows(nn.Module):
         """Start pulling the rows of ``ids`` now, for a forward pass on the same ids later.
 
         The next forward pass whose distinct ids equal these uses the pulled rows instead of
-        pulling; rows this module pushed in between are pulled again (only those), so the
-        result is what a pull at forward time reads under the table's consistency model.
+        pulling. When a push of the table touches some of these rows before then, those rows
+        (only those) are pulled again right after the push is sent, so the block is what a
+        pull at forward time reads under the table's consistency model (this worker reads
+        its own writes), and the second pull travels while the step goes on.
         Checks ``ids`` as forward does."""
         keys = np.unique(ids_to_keys(ids))
         g = self.grads
         with g.lock:
             req = self.table.pull(keys, block=False)
-            self._prefetched.append(_Prefetched(keys, req, g.stats.pushes))
-            g.prefetching += 1
+            p = _Prefetched(keys, req)
+            self._prefetched.append(p)
+            g.waiting.append(p)
             g.stats.pulls += 1
             g.stats.rows_pulled += len(keys)
 
@@ -270,7 +277,7 @@ class _TableRows(nn.Module):
             hit = None
             while self._prefetched:
                 p = self._prefetched.popleft()
-                g.prefetching -= 1
+                g.waiting.remove(p)
                 if len(p.keys) == len(keys) and np.array_equal(p.keys, keys):
                     hit = p
                     break
@@ -279,20 +286,12 @@ class _TableRows(nn.Module):
                 g.stats.rows_pulled += len(keys)
             else:
                 g.stats.prefetch_hits += 1
-                since = [k for n, k in g.pushed if n >= hit.pushes]
-            if not g.prefetching:
-                g.pushed.clear()
         if hit is None:
             rows: np.ndarray = self.table.pull(keys)
             return rows
         rows = hit.request.result()
-        if since:
-            stale = np.intersect1d(keys, np.concatenate(since), assume_unique=False)
-            if len(stale):  # rows this module pushed after the prefetch left: read them again
-                pos = np.searchsorted(keys, stale)
-                rows[pos] = self.table.pull(stale)
-                with g.lock:
-                    g.stats.rows_refreshed += len(stale)
+        for pos, req in hit.refresh:  # in push order: a later read of a row overrides an earlier one
+            rows[pos] = req.result()
         return rows
 
     def pull_block(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

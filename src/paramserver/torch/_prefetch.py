@@ -7,9 +7,9 @@ loader and called ``module.prefetch(ids)`` for it on every embedding module name
 forward pass of batch ``i + 1`` then finds its rows there.
 
 Consistency: a prefetched block is exactly what a pull at forward time would read from this
-worker's point of view: the rows this module pushed after the prefetch left (those that
-batch ``i`` shares with batch ``i + 1``) are pulled again, only those, before use (the
-module's ``stats["rows_refreshed"]``). Pushes of other workers are seen as the table's
+worker's point of view: the rows of the table pushed after the prefetch left (those that
+batch ``i`` shares with batch ``i + 1``) are pulled again, only those, right after that push
+is sent (the module's ``stats["rows_refreshed"]``), and those answers override the first. Pushes of other workers are seen as the table's
 consistency model allows, as for any pull. So a single worker trains exactly as without
 prefetching, only sooner.
 
