@@ -29,6 +29,7 @@ EXAMPLES: dict[type[p.Body], dict[str, Any]] = {
                "tables": [[0, SPEC, POLICY]], "num_workers": 2, "declared": [{"spec": SPEC, "policy": POLICY, "id": 0}],
                "shards": [{"set": "s", "shards": 4, "epochs": 1, "done": [0], "running": [1]}],
                "barriers": {"default": 3}},
+    p.Suspect: {"node": 4, "why": "the link broke (disconnected)"},
     p.RejoinReply: {"nodes": [NODE], "keymap": KEYMAP, "dead": [5], "incarnation": 8},
     p.Heartbeat: {"report": {"iteration": 3}},
     p.Bye: {"error": "ValueError: boom", "code": 1},
