@@ -37,6 +37,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..data import movielens_100k
+from ..deploy import AdminClient
 from ..placement import spread
 from ..table import AdaGrad, Normal, Zeros
 from ..worker import Worker, connect
@@ -181,6 +182,8 @@ def worker(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)  # one core per process: the servers need the others
     w = connect()
+    # rank 0's status client starts its threads now: near a memory cap a new thread may not fit later
+    admin = AdminClient(w.address) if w.rank == 0 else None
     if args.data == "movielens":
         x, y, tx, ty = movielens(args.seed)
     else:
@@ -224,17 +227,16 @@ def worker(args: argparse.Namespace) -> int:
         w.barrier()
     bar.close()
     if w.rank == 0:
-        report(args, w, log, (x, y), (tx, ty), emb.stats, train_seconds)
+        assert admin is not None
+        with admin:
+            report(args, w, admin, log, (x, y), (tx, ty), emb.stats, train_seconds)
     w.barrier()
     w.close()
     return 0
 
 
-def _table_bytes(w: Worker) -> int:
-    from ..deploy import AdminClient
-
-    with AdminClient(w.address) as admin:
-        status = admin.status()
+def _table_bytes(admin: AdminClient) -> int:
+    status = admin.status()
     servers = status["servers"]
     reports = servers.values() if isinstance(servers, dict) else servers
     total = 0
@@ -244,7 +246,7 @@ def _table_bytes(w: Worker) -> int:
     return total
 
 
-def report(args: argparse.Namespace, w: Worker, log: list[dict[str, Any]], train: tuple[np.ndarray, np.ndarray],
+def report(args: argparse.Namespace, w: Worker, admin: AdminClient, log: list[dict[str, Any]], train: tuple[np.ndarray, np.ndarray],
            test: tuple[np.ndarray, np.ndarray], stats: dict[str, int], seconds: float) -> None:
     """Rank 0: the held-out metrics, the reference's, the rows moved, the memory."""
     result: dict[str, Any] = {
@@ -253,7 +255,7 @@ def report(args: argparse.Namespace, w: Worker, log: list[dict[str, Any]], train
         "examples_per_second": args.epochs * len(train[1]) * (w.num_workers if args.data == "synthetic" else 1)
         / max(seconds, 1e-9),
         "rows_pulled": stats["rows_pulled"], "rows_pushed": stats["rows_pushed"],
-        "positives": float(np.mean(np.concatenate([train[1], test[1]]))), "table_bytes": _table_bytes(w),
+        "positives": float(np.mean(np.concatenate([train[1], test[1]]))), "table_bytes": _table_bytes(admin),
     }
     if args.data == "movielens" and not args.no_reference:
         start = time.perf_counter()
