@@ -66,6 +66,7 @@ def test_board_rates_from_counter_differences_and_nodes_that_left() -> None:
     assert st["rates"]["push"] == 50  # the same reports again: the same rates
     assert next(x for x in st["workers"] if x["id"] == 3)["iterations_per_s"] == 5 / 2
     st = board.update(status({"4": report(7.0, 45, 0)}, [2, 4], [[5.0, "failure", 1, "server 1 died"],
+                                                                  [5.1, "failover", 1, "replicas took over"],
                                                                   [6.0, "finish", 3, "worker 3 finished"]]))
     assert st["rates"]["push"] == 5  # worker 3 left: only worker 4 counts
     assert [(n["id"], n["state"]) for n in st["nodes"]] == [(1, "failed"), (2, "alive"), (3, "finished"),

@@ -138,7 +138,8 @@ class Board:
                                 "address": address, "host": host, "pid": pid, "state": state,
                                 "heartbeat": None if age is None else max(0.0, _num(age)),
                                 "why": str(rep.get("error", "")), "rss": rss if isinstance(rss, int) else None}
-        last_event = {e[2]: e for e in events if len(e) >= 4}
+        # the last event that says how a node left (a failover after a failure does not)
+        last_event = {e[2]: e for e in events if len(e) >= 4 and e[1] in _GONE}
         for nid, node in self._nodes.items():
             if nid not in live and node["state"] in ("alive", "unreachable"):
                 ev = last_event.get(nid)

@@ -127,6 +127,9 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str | No
         server_argv = node_command("server") if hosts else node_command("server", "--host", bind)
         server_procs = [start("server", i, server_argv, {"DMLC_ROLE": "server"}) for i in range(servers)]
         procs += server_procs
+        names = _ServerNames(address, server_procs, base)
+        if where is None:  # local servers: name them before a worker can act (a server that dies at
+            names.settle(SETTLE_SECONDS)  # once would be gone from the table, unnamed)
         worker_procs = []
         for i in range(workers):
             try:
@@ -146,7 +149,7 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str | No
             procs[0] = new
             return new
 
-        return _supervise(sched, server_procs, worker_procs, procs, address, base, poll, quiet, restart)
+        return _supervise(sched, names, server_procs, worker_procs, procs, poll, quiet, restart)
     except _Interrupted as exc:
         _say(f"interrupted ({exc}); stopping the job")
         stop_all(procs)
@@ -160,11 +163,10 @@ def launch(command: Sequence[str], *, servers: int, workers: int, host: str | No
             signal.signal(s, handler)
 
 
-def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: list[Proc], address: str,
-               env: dict[str, str], poll: float, quiet: bool, restart: Callable[[], Proc]) -> int:
+def _supervise(sched: Proc, names: _ServerNames, servers: list[Proc], workers: list[Proc], procs: list[Proc],
+               poll: float, quiet: bool, restart: Callable[[], Proc]) -> int:
     ended: float | None = None
     restarts = 0
-    names = _ServerNames(address, servers, env)
     while True:
         if sched.poll() is None:
             names.resolve()
@@ -189,7 +191,7 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
         if code is not None and code < 0 and restarts < MAX_RESTARTS:
             # killed by a signal (not a job it ended): the nodes go on and rejoin a new one
             restarts += 1
-            _say(f"the scheduler was killed ({_signal_name(-code)}); restarting it at {address} "
+            _say(f"the scheduler was killed ({_signal_name(-code)}); restarting it at {names.address} "
                  f"({restarts} of {MAX_RESTARTS}); it rebuilds the job from the nodes' reports")
             sched = restart()
             continue
@@ -207,7 +209,7 @@ def _supervise(sched: Proc, servers: list[Proc], workers: list[Proc], procs: lis
     # Every worker succeeded: the scheduler ends the job once all said goodbye.
     if not wait_all([sched, *servers], timeout=10.0):
         try:
-            with AdminClient(address, timeout=5.0, config=Config.from_env(env)) as admin:
+            with AdminClient(names.address, timeout=5.0, config=Config.from_env(names.env)) as admin:
                 admin.shutdown("all workers exited")
         except PSError:
             pass
@@ -226,6 +228,11 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+#: Seconds ``launch`` waits for its local servers to register (and so be named by node id)
+#: before it starts the workers; the job goes on after it either way.
+SETTLE_SECONDS = 10.0
+
+
 class _ServerNames:
     """Renames the server processes after their node ids ("server 0" -> "server 3", as the
     nodes' logs and ``paramserver status`` call them) once the scheduler lists their pids.
@@ -236,6 +243,15 @@ class _ServerNames:
         self.unnamed = list(servers)
         self.env = env
         self.next_try = time.monotonic() + 0.2
+
+    def settle(self, timeout: float) -> None:
+        """Name the servers as soon as they registered: wait at most ``timeout`` seconds, and
+        not at all once one of them exited (the supervisor reports that)."""
+        deadline = time.monotonic() + timeout
+        while self.unnamed and time.monotonic() < deadline and all(p.poll() is None for p in self.unnamed):
+            self.resolve(now=True)
+            if self.unnamed:
+                time.sleep(0.05)
 
     def resolve(self, *, now: bool = False) -> None:
         if not self.unnamed or (time.monotonic() < self.next_try and not now):
