@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import paramserver as ps
@@ -117,38 +116,22 @@ def test_aggregated_sums_handed_over_in_a_drain_survive_a_failure(fast_env: dict
     ``point``: every acknowledged sum is kept, and the job's sums are exact."""
     once = tmp_path / "crashed"
     env = _env(fast_env, point, once)
-    keys = workloads.POOL
     with ps.LocalCluster(servers=4, replicas=2, env=env) as cluster:
         ws = [ps.connect(cluster.address) for _ in range(3)]
         try:
-            tables = [w.table("g", width=2, dtype="float64", aggregate=True) for w in ws]
-            reqs: list[ps.Request] = []
-
-            def push(i: int, it: int) -> None:
-                reqs.append(tables[i].push(keys, np.full((len(keys), 2), float(1 + i + 10 * it))))
-
-            def iterations(its: range) -> None:
-                for it in its:
-                    for i in range(3):
-                        push(i, it)
-                    for w in ws:
-                        w.advance()
-
-            iterations(range(0, 4))
-            push(0, 4)
-            push(1, 4)  # iteration 4 half pushed: partial sums wait on the masters
+            job = workloads.Lockstep(ws)
+            job.iterations(range(0, 4))
+            job.push(0, 4)
+            job.push(1, 4)  # iteration 4 half pushed: partial sums wait on the masters
             with contextlib.suppress(ps.PSError):
                 cluster.remove_server(0)
-            push(2, 4)
-            for w in ws:
-                w.advance()
-            iterations(range(5, 8))
-            for r in reqs:
+            job.push(2, 4)
+            job.advance()
+            job.iterations(range(5, 8))
+            for r in job.reqs:
                 r.wait(120)
             assert once.exists(), f"no server reached {point}"
-            total = sum(float(1 + i + 10 * it) for it in range(8) for i in range(3))
-            for t in tables:
-                np.testing.assert_array_equal(t.pull(keys), np.full((len(keys), 2), total))
+            job.check(range(8), timeout=120)
         finally:
             for w in ws:
                 w.close()

@@ -180,38 +180,20 @@ def test_aggregated_sums_are_exact_through_a_join_and_a_drain(fast_env: dict[str
     drained while an iteration is half pushed (its partial sums on the drained master go to
     the new masters, and the pushes waiting there are answered): every sum is exact."""
     env = _env(fast_env, PS_PLACEMENT="ring")
-    keys = workloads.POOL
     with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:
         ws = [ps.connect(cluster.address) for _ in range(3)]
         try:
-            tables = [w.table("g", width=2, dtype="float64", aggregate=True) for w in ws]
-            reqs: list[ps.Request] = []
-
-            def push(i: int, it: int) -> None:
-                reqs.append(tables[i].push(keys, np.full((len(keys), 2), float(1 + i + 10 * it))))
-
-            def iterations(its: range) -> None:
-                for it in its:
-                    for i in range(3):
-                        push(i, it)
-                    for w in ws:
-                        w.advance()
-
-            iterations(range(0, 4))
+            job = workloads.Lockstep(ws)
+            job.iterations(range(0, 4))
             cluster.add_server()
-            iterations(range(4, 8))
-            push(0, 8)
-            push(1, 8)  # iteration 8 half pushed: partial sums wait on the masters
+            job.iterations(range(4, 8))
+            job.push(0, 8)
+            job.push(1, 8)  # iteration 8 half pushed: partial sums wait on the masters
             cluster.remove_server(0)
-            push(2, 8)
-            for w in ws:
-                w.advance()
-            iterations(range(9, 12))
-            for r in reqs:
-                r.wait(60)
-            total = sum(float(1 + i + 10 * it) for it in range(12) for i in range(3))
-            for t in tables:
-                np.testing.assert_array_equal(t.pull(keys), np.full((len(keys), 2), total))
+            job.push(2, 8)
+            job.advance()
+            job.iterations(range(9, 12))
+            job.check(range(12), timeout=60)
             assert cluster.status()["migrations"] == 2
         finally:
             for w in ws:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,50 @@ def round_data(rank: int, rnd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     values = rng.integers(-100, 100, size=(n, WIDTH)).astype(np.float32)
     counts = np.ones(n, dtype=np.int64)
     return keys, values, counts
+
+
+def push_rounds(sums: Any, counts: Any, rank: int, lo: int, hi: int) -> None:
+    """Push rounds ``lo`` to ``hi`` of ``rank`` to the sums and counts tables; wait for all."""
+    reqs = []
+    for rnd in range(lo, hi):
+        keys, values, ones = round_data(rank, rnd)
+        reqs += [sums.push(keys, values), counts.push(keys, ones)]
+    for r in reqs:
+        r.wait()
+
+
+class Lockstep:
+    """Workers that push one aggregating table ``g`` in lockstep: at iteration ``it`` worker
+    ``i`` pushes ``1 + i + 10 * it`` to every key of POOL (width 2, float64), so after the
+    iterations in ``its`` each key holds ``total(its)``."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+        self.tables = [w.table("g", width=2, dtype="float64", aggregate=True) for w in workers]
+        self.reqs: list[Any] = []
+
+    def push(self, i: int, it: int) -> None:
+        self.reqs.append(self.tables[i].push(POOL, np.full((len(POOL), 2), float(1 + i + 10 * it))))
+
+    def advance(self) -> None:
+        for w in self.workers:
+            w.advance()
+
+    def iterations(self, its: range) -> None:
+        for it in its:
+            for i in range(len(self.workers)):
+                self.push(i, it)
+            self.advance()
+
+    def total(self, its: range) -> float:
+        return sum(float(1 + i + 10 * it) for it in its for i in range(len(self.workers)))
+
+    def check(self, its: range, timeout: float) -> None:
+        """Every push answered, and every worker reads the exact total at every key."""
+        for r in self.reqs:
+            r.wait(timeout)
+        for t in self.tables:
+            np.testing.assert_array_equal(t.pull(POOL), np.full((len(POOL), 2), self.total(its)))
 
 
 def expected(ranks: int, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,22 +28,14 @@ def main() -> int:
         sums = w.table("sums", width=workloads.WIDTH, dtype="float32")
         counts = w.table("counts", width=1, dtype="int64")
 
-        def push(lo: int, hi: int) -> None:
-            reqs = []
-            for rnd in range(lo, hi):
-                keys, values, ones = workloads.round_data(rank, rnd)
-                reqs += [sums.push(keys, values), counts.push(keys, ones)]
-            for r in reqs:
-                r.wait()
-
-        push(0, 20)
+        workloads.push_rounds(sums, counts, rank, 0, 20)
         w.barrier()
         if rank == 0:
             sched = [p for p in psutil.Process(os.getppid()).children() if "scheduler" in p.cmdline()]
             assert len(sched) == 1, sched
             sched[0].kill()
             sched[0].wait(30)
-        push(20, 40)
+        workloads.push_rounds(sums, counts, rank, 20, 40)
         w.barrier()
         keys, want, c = workloads.expected(n, 40)
         np.testing.assert_array_equal(sums.pull(keys), want.astype(np.float32))

@@ -39,15 +39,6 @@ def wait_for(path: Path, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-def push_rounds(sums: ps.Table, counts: ps.Table, rank: int, lo: int, hi: int) -> None:
-    reqs = []
-    for rnd in range(lo, hi):
-        keys, values, ones = workloads.round_data(rank, rnd)
-        reqs += [sums.push(keys, values), counts.push(keys, ones)]
-    for r in reqs:
-        r.wait()
-
-
 def check(sums: ps.Table, counts: ps.Table, workers: int, rounds: int) -> None:
     keys, want, n = workloads.expected(workers, rounds)
     np.testing.assert_array_equal(sums.pull(keys), want.astype(np.float32))
@@ -64,7 +55,7 @@ def main(address: str, rank: int, workers: int, where: str, mode: str) -> int:
     sums = w.table("sums", width=workloads.WIDTH, dtype="float32")
     counts = w.table("counts", width=1, dtype="int64")
     done = w.table("shards_done", width=1, dtype="int64")
-    push_rounds(sums, counts, rank, 0, A)
+    workloads.push_rounds(sums, counts, rank, 0, A)
     w.barrier()
     shards = iter(w.shards("s", list(range(SHARDS))))
     for _ in range(2):
@@ -73,7 +64,7 @@ def main(address: str, rank: int, workers: int, where: str, mode: str) -> int:
     (d / f"a-{rank}").touch()
     wait_for(d / "go")
 
-    push_rounds(sums, counts, rank, A, B)  # the scheduler is dead: pushes and pulls go on
+    workloads.push_rounds(sums, counts, rank, A, B)  # the scheduler is dead: pushes and pulls go on
     keys, _, _ = workloads.round_data(rank, B - 1)
     assert sums.pull(keys).shape == (len(keys), workloads.WIDTH)
     (d / f"b-{rank}").touch()
