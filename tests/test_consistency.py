@@ -76,12 +76,19 @@ def test_eventual_lets_iterations_overlap(tmp_path: Path, fast_env: dict[str, st
     assert s[(0, 9)][1] < s[(1, 1)][0]
 
 
-def test_exact_sums_with_lost_duplicated_and_delayed_messages(fast_env: dict[str, str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def faulty_env(fast_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """5% of messages lost, 5% duplicated, 5% delayed by 50 ms, resends after 0.3 s: for the
+    cluster's processes and this test's own (monkeypatched) environment alike."""
     faults = {"PS_DROP_MSG": "5", "PS_DUP_MSG": "5", "PS_DELAY_MSG": "5", "PS_DELAY_MS": "50",
               "PS_RESEND_TIMEOUT": "0.3"}
     for k, v in faults.items():
         monkeypatch.setenv(k, v)
-    env = {**fast_env, **faults}
+    return {**fast_env, **faults}
+
+
+def test_exact_sums_with_lost_duplicated_and_delayed_messages(faulty_env: dict[str, str]) -> None:
+    env = faulty_env
     rounds = 40
     with ps.LocalCluster(servers=2, env=env) as cluster:
         procs = workloads.start_workers(cluster.address, 3, rounds)
@@ -185,16 +192,12 @@ with ps.connect(sys.argv[1]) as w:
 """
 
 
-def test_a_replicated_job_survives_faults_of_every_message(fast_env: dict[str, str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_replicated_job_survives_faults_of_every_message(faulty_env: dict[str, str]) -> None:
     """5% of *every* message lost, 5% duplicated, 5% delayed (registration, heartbeats, table
     declarations, barriers, data shards, key-map broadcasts, replication and their replies
     included) on 3 servers with replicas=2: every request is resent until answered, each is
     handled once, and the sums are exact; every round was handed out exactly once."""
-    faults = {"PS_DROP_MSG": "5", "PS_DUP_MSG": "5", "PS_DELAY_MSG": "5", "PS_DELAY_MS": "50",
-              "PS_RESEND_TIMEOUT": "0.3"}
-    for k, v in faults.items():
-        monkeypatch.setenv(k, v)
-    env = {**fast_env, **faults}
+    env = faulty_env
     rounds = 30
     tests = str(Path(__file__).parent)
     with ps.LocalCluster(servers=3, replicas=2, env=env) as cluster:

@@ -45,6 +45,7 @@ import threading
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .._errors import ConfigError, ConnectError, NodeUnavailable
 from ._base import COPY_THRESHOLD, NO_ORIGIN, Frames, Origin, Transport
@@ -218,9 +219,12 @@ class ZmqTransport(Transport):
                 frames = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
                 return
-            if link is None or len(frames) < 1 or len(frames[0]) < 6:
+            if link is None:
                 continue
-            event = int.from_bytes(frames[0][:2], "little")
+            try:
+                event = parse_monitor_message(frames)["event"]
+            except (RuntimeError, ValueError):  # not a monitor event: skip it
+                continue
             if event == zmq.EVENT_DISCONNECTED and self._links.get(link.peer) is link:
                 self._lost.append(link.peer)
 
