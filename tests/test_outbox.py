@@ -131,6 +131,22 @@ def test_membership_takes_whole_tables_and_moves_the_key_map_forward_only() -> N
     assert m.keymap.epoch == 2
 
 
+def test_a_delayed_node_table_never_replaces_a_newer_one() -> None:
+    """A NODES broadcast held up on the network arrives after a newer one: the node keeps the
+    newer table (a worker it names stays known); only a newer key map in it is taken. A
+    restarted scheduler's tables start their versions again."""
+    m = Membership()
+    s1, w8 = NodeInfo(1, "server", "tcp://h:1"), NodeInfo(8, "worker", "tcp://h:8")
+    m.update([s1, w8], _map(1, [1]), version=5)
+    change = m.update([s1], _map(2, [1]), {8}, version=4)  # the older broadcast, late
+    assert set(m.nodes) == {1, 8} and not change.gone and change.keymap_changed and m.keymap.epoch == 2
+    assert m.update([s1, w8], version=5).gone == frozenset()  # the same table again (a resend)
+    change = m.update([s1], version=1, restarted=True)
+    assert change.gone == {8} and set(m.nodes) == {1} and m.version == 1
+    m.update([s1, w8])  # unversioned (version 0): always taken
+    assert set(m.nodes) == {1, 8}
+
+
 def test_a_moved_answer_adds_servers_but_never_removes_or_changes_nodes() -> None:
     m = Membership()
     m.update([NodeInfo(1, "server", "tcp://h:1")])

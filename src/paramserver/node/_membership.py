@@ -6,8 +6,10 @@ or a server's "moved" answer naming servers and a newer key map. The update retu
 the I/O shell must do about it (links to re-point, peers that are gone).
 
 Invariants: the key map only moves forward (a map whose epoch is not above the cached one
-is ignored, except an equal epoch from the scheduler's table, which is the same map); a
-"moved" answer may add servers to the table but never removes or changes a node.
+is ignored, except an equal epoch from the scheduler's table, which is the same map); the
+node table only moves forward too (a scheduler's table whose version is below the last one
+taken is a delayed broadcast, and only its key map may still be news); a "moved" answer may
+add servers to the table but never removes or changes a node.
 
 Thread-safety: not thread-safe; the node runtime guards it with its lock.
 """
@@ -34,8 +36,8 @@ class Change:
     keymap_changed: bool
 
 
-def parse_nodes(body: Nodes) -> tuple[list[NodeInfo], KeyMap | None, set[int]]:
-    """The node table, key map and dead nodes of a registration answer or ``NODES`` body.
+def parse_nodes(body: Nodes) -> tuple[list[NodeInfo], KeyMap | None, set[int], int]:
+    """The node table, key map, dead nodes and version of a registration answer or ``NODES`` body.
 
     Raises
     ------
@@ -44,30 +46,42 @@ def parse_nodes(body: Nodes) -> tuple[list[NodeInfo], KeyMap | None, set[int]]:
     """
     nodes = [NodeInfo.from_wire(x) for x in body.nodes]
     keymap = KeyMap.from_wire(body.keymap) if body.keymap is not None else None
-    return nodes, keymap, set(body.dead)
+    return nodes, keymap, set(body.dead), body.version
 
 
 class Membership:
     """The node table and key map of one node. See the module docstring."""
 
-    __slots__ = ("keymap", "nodes", "scheduler_address")
+    __slots__ = ("keymap", "nodes", "scheduler_address", "version")
 
     def __init__(self) -> None:
         self.nodes: dict[int, NodeInfo] = {}
         self.keymap: KeyMap | None = None
         #: The scheduler's address, once known.
         self.scheduler_address = ""
+        #: The version of the scheduler's table last taken (0: none, or unversioned).
+        self.version = 0
 
     def update(self, nodes: Iterable[NodeInfo], keymap: KeyMap | None = None, dead: Iterable[int] = (),
-               *, complete: bool = True) -> Change:
+               *, complete: bool = True, version: int = 0, restarted: bool = False) -> Change:
         """Take news of the cluster.
 
         ``complete``: ``nodes`` is the whole table (from the scheduler), so nodes missing
         from it are gone; otherwise (a "moved" answer) only servers it names that the table
-        lacks are added.
+        lacks are added. ``version``: the table's version (0: unversioned, always taken); a
+        complete table below the last version taken is stale and only its key map is
+        considered. ``restarted``: the table comes from a scheduler process that restarted
+        (its versions start again).
         """
         old = self.nodes
+        if restarted:
+            self.version = 0
+        if complete and version and version < self.version:
+            stale = self.adopt(keymap) if keymap is not None else False
+            return Change(frozenset(), (), stale)
         changed = self.adopt(keymap, allow_equal=complete) if keymap is not None else False
+        if complete and version:
+            self.version = version
         if not complete:
             for info in nodes:
                 if info.role == "server" and info.id not in old:

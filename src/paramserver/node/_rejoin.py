@@ -140,7 +140,7 @@ class SchedulerLink:
         node.gate.rejoining = False
         try:
             answer = RejoinReply.from_wire(reply.body)
-            nodes, keymap, dead = parse_nodes(answer)
+            nodes, keymap, dead, version = parse_nodes(answer)
         except ProtocolError as exc:
             log.warning("%s %d: a malformed rejoin answer: %s", node.role, node.id, exc)
             return
@@ -148,7 +148,7 @@ class SchedulerLink:
         self.incarnation = answer.incarnation
         was_lost, self.lost_since = self.lost_since is not None, None
         node.heartbeats.seen()
-        node.set_nodes(nodes, keymap, dead)
+        node.set_nodes(nodes, keymap, dead, version, restarted=restarted)
         if restarted:
             self.restarts += 1
             log.warning("%s %d: rejoined the restarted scheduler at %s", node.role, node.id, node.scheduler_address)

@@ -232,11 +232,13 @@ class Node:
     def describe_peer(self, node: int) -> str:
         return self.members.describe(node, self.address)
 
-    def set_nodes(self, nodes: list[NodeInfo], keymap: KeyMap | None, dead: set[int]) -> None:
-        """Replace the node table (and key map, if given); fail requests awaiting ``dead``."""
+    def set_nodes(self, nodes: list[NodeInfo], keymap: KeyMap | None, dead: set[int], version: int = 0,
+                  *, restarted: bool = False) -> None:
+        """Replace the node table (and key map, if given) unless ``version`` shows it is stale
+        (:meth:`Membership.update`); fail requests awaiting ``dead``."""
         with self._lock:
             old = dict(self.members.nodes)
-            change = self.members.update(nodes, keymap, dead)
+            change = self.members.update(nodes, keymap, dead, version=version, restarted=restarted)
         self.links.repoint(change.moved_links)
         self.scheduler.nodes_left({n: old[n] for n in change.gone if n in old})
         for nid in sorted(change.gone):

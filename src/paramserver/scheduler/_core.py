@@ -253,6 +253,7 @@ class SchedulerCore:
         self.finished = False
         self._ids = itertools.count(1)
         self._ts = itertools.count(1)  # every request the core sends has its own timestamp (reply caches key by it)
+        self._versions = itertools.count(1)  # each node table sent has a higher version (stale ones are ignored)
         self._waiting_regs: list[tuple[NodeInfo, Message]] = []
         self._round_busy = False
         self._gathers: dict[int, _Gather] = {}
@@ -301,7 +302,8 @@ class SchedulerCore:
 
     def _nodes_body(self, dead: list[int] | None = None) -> Nodes:
         return Nodes(nodes=[n.to_wire() for n in self.nodes.values() if n.role in ("scheduler", "server", "worker")],
-                     keymap=self.keymap.to_wire() if self.keymap else None, dead=dead or [])
+                     keymap=self.keymap.to_wire() if self.keymap else None, dead=dead or [],
+                     version=next(self._versions))
 
     def _request(self, nodes: list[int], make: Callable[[int], Message], now: float,
                  on_done: Callable[[_Gather], list[Action]]) -> list[Action]:
@@ -710,7 +712,8 @@ class SchedulerCore:
 
     def _rejoin_answer(self, nid: int, msg: Message) -> Send:
         nodes = self._nodes_body()
-        body = RejoinReply(incarnation=self.incarnation, nodes=nodes.nodes, keymap=nodes.keymap)
+        body = RejoinReply(incarnation=self.incarnation, nodes=nodes.nodes, keymap=nodes.keymap,
+                           version=nodes.version)
         return Send(nid, msg.reply(body=body.to_wire()))
 
     def _on_rejoin(self, msg: Message, now: float) -> list[Action]:
@@ -910,11 +913,12 @@ class SchedulerCore:
         """The answer to ``info``'s registration ``reg``."""
         nodes = self._nodes_body()
         if info.role == "client":
-            body = RegisterReply(id=info.id, nodes=nodes.nodes, keymap=nodes.keymap, incarnation=self.incarnation)
+            body = RegisterReply(id=info.id, nodes=nodes.nodes, keymap=nodes.keymap, incarnation=self.incarnation,
+                                 version=nodes.version)
         else:
             size = self.groups[info.group].size if info.role == "worker" else self.num_workers
             body = RegisterReply(id=info.id, rank=info.rank, num_workers=size, tables=self._table_list(),
-                                 nodes=nodes.nodes, keymap=nodes.keymap,
+                                 nodes=nodes.nodes, keymap=nodes.keymap, version=nodes.version,
                                  group=info.group if info.group != DEFAULT_GROUP else "", incarnation=self.incarnation)
         return Send(info.id, reg.reply(body=body.to_wire()))
 
