@@ -46,7 +46,7 @@ def parse_nodes(body: Nodes) -> tuple[list[NodeInfo], KeyMap | None, set[int], i
     """
     nodes = [NodeInfo.from_wire(x) for x in body.nodes]
     keymap = KeyMap.from_wire(body.keymap) if body.keymap is not None else None
-    return nodes, keymap, set(body.dead), body.version
+    return nodes, keymap, set(body.dead), body.table_version
 
 
 class Membership:

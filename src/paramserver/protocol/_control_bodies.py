@@ -43,13 +43,13 @@ class Nodes(Body):
     """NODES, scheduler -> every node: the node table (``NodeInfo`` wire lists), the key map
     (None before the first server joined) and the nodes that died or left.
 
-    ``version`` grows with every table one scheduler process sends: a broadcast that was
+    ``table_version`` grows with every table one scheduler process sends: a broadcast that was
     delayed on the network and arrives after a newer one is known by it and ignored."""
 
     nodes: list[list[Any]]
     keymap: dict[str, Any] | None = None
     dead: list[int] = field(default_factory=list, metadata=OMIT)
-    version: int = field(default=0, metadata=OMIT)
+    table_version: int = field(default=0, metadata=OMIT)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -303,7 +303,7 @@ class SchedulerCore:
     def _nodes_body(self, dead: list[int] | None = None) -> Nodes:
         return Nodes(nodes=[n.to_wire() for n in self.nodes.values() if n.role in ("scheduler", "server", "worker")],
                      keymap=self.keymap.to_wire() if self.keymap else None, dead=dead or [],
-                     version=next(self._versions))
+                     table_version=next(self._versions))
 
     def _request(self, nodes: list[int], make: Callable[[int], Message], now: float,
                  on_done: Callable[[_Gather], list[Action]]) -> list[Action]:
@@ -713,7 +713,7 @@ class SchedulerCore:
     def _rejoin_answer(self, nid: int, msg: Message) -> Send:
         nodes = self._nodes_body()
         body = RejoinReply(incarnation=self.incarnation, nodes=nodes.nodes, keymap=nodes.keymap,
-                           version=nodes.version)
+                           table_version=nodes.table_version)
         return Send(nid, msg.reply(body=body.to_wire()))
 
     def _on_rejoin(self, msg: Message, now: float) -> list[Action]:
@@ -914,11 +914,11 @@ class SchedulerCore:
         nodes = self._nodes_body()
         if info.role == "client":
             body = RegisterReply(id=info.id, nodes=nodes.nodes, keymap=nodes.keymap, incarnation=self.incarnation,
-                                 version=nodes.version)
+                                 table_version=nodes.table_version)
         else:
             size = self.groups[info.group].size if info.role == "worker" else self.num_workers
             body = RegisterReply(id=info.id, rank=info.rank, num_workers=size, tables=self._table_list(),
-                                 nodes=nodes.nodes, keymap=nodes.keymap, version=nodes.version,
+                                 nodes=nodes.nodes, keymap=nodes.keymap, table_version=nodes.table_version,
                                  group=info.group if info.group != DEFAULT_GROUP else "", incarnation=self.incarnation)
         return Send(info.id, reg.reply(body=body.to_wire()))
 
